@@ -1,0 +1,85 @@
+"""Next-item losses as small pure functions: full softmax and sampled softmax.
+
+Every function takes query vectors (N × d, one per supervised position), the item vector table (V × d, row 0 =
+padding) and targets (N,), and returns the **sum** of the per-position losses; the caller divides by the number of
+supervised positions of the whole (accumulated, multi-process) batch, which is what makes the loss exact under
+gradient accumulation and data parallelism (DESIGN.md §4.1).
+
+Torch only (no genrec_hf imports): copied next to saved checkpoints for `trust_remote_code` loading.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+
+from .scoring import score_items
+
+
+def full_softmax_loss(
+    queries: torch.Tensor,
+    item_vectors: torch.Tensor,
+    targets: torch.Tensor,
+    *,
+    temperature: float = 1.0,
+    l2_normalize: bool = False,
+) -> torch.Tensor:
+    """Summed cross-entropy of the targets under a softmax over the whole catalog (padding excluded)."""
+    logits = score_items(queries, item_vectors, temperature=temperature, l2_normalize=l2_normalize).float()
+    logits[:, 0] = float("-inf")
+    return F.cross_entropy(logits, targets, reduction="sum")
+
+
+def sample_uniform_negatives(
+    num_items: int, shape: tuple[int, ...], *, device: torch.device, generator: torch.Generator | None = None
+) -> torch.Tensor:
+    """Item indices drawn uniformly from 1..num_items-1 (never padding), with replacement."""
+    return torch.randint(1, num_items, shape, device=device, generator=generator)
+
+
+def sampled_softmax_loss(
+    queries: torch.Tensor,
+    item_vectors: torch.Tensor,
+    targets: torch.Tensor,
+    negatives: torch.Tensor,
+    *,
+    in_batch_negatives: bool = False,
+    item_log_q: torch.Tensor | None = None,
+    remove_accidental_hits: bool = True,
+    temperature: float = 1.0,
+    l2_normalize: bool = False,
+) -> torch.Tensor:
+    """Summed cross-entropy of each target against its positive + sampled negatives (+ other positives).
+
+    Args:
+        queries: (N, d) query vectors; targets: (N,) positive item indices.
+        negatives: (K,) negatives shared by every position, or (N, K) per-position negatives.
+        in_batch_negatives: Also score every query against the other positions' positives.
+        item_log_q: Optional (V,) log sampling probability of each item; subtracted from every candidate's logit
+            (logQ correction, Yi et al. 2019). With a uniform sampler it is a constant and changes nothing.
+        remove_accidental_hits: Mask candidates equal to the position's own positive (they are not negatives).
+    """
+    n = queries.shape[0]
+    positive = score_items(queries.unsqueeze(1), item_vectors[targets].unsqueeze(1), temperature=temperature,
+                           l2_normalize=l2_normalize).reshape(n, 1)
+    if negatives.dim() == 1:
+        negative_ids = negatives.unsqueeze(0).expand(n, -1)
+        negative = score_items(queries, item_vectors[negatives], temperature=temperature, l2_normalize=l2_normalize)
+    else:
+        negative_ids = negatives
+        negative = score_items(queries.unsqueeze(1), item_vectors[negatives], temperature=temperature,
+                               l2_normalize=l2_normalize).squeeze(1)
+    candidate_ids = [targets[:, None], negative_ids]
+    logits = [positive, negative]
+    if in_batch_negatives:
+        logits.append(score_items(queries, item_vectors[targets], temperature=temperature, l2_normalize=l2_normalize))
+        candidate_ids.append(targets.unsqueeze(0).expand(n, -1))
+    logits = torch.cat(logits, dim=1).float()
+    candidate_ids = torch.cat(candidate_ids, dim=1)
+    if item_log_q is not None:
+        logits = logits - item_log_q[candidate_ids].float()
+    if remove_accidental_hits:
+        hits = candidate_ids == targets[:, None]
+        hits[:, 0] = False
+        logits = logits.masked_fill(hits, float("-inf"))
+    return -F.log_softmax(logits, dim=1)[:, 0].sum()

@@ -1,0 +1,131 @@
+"""Exact full-catalog scoring in chunks: top-k and target ranks with memory bounded by the chunk size.
+
+Scores are dot products between query vectors (batch × d) and item vectors (catalog × d). Index 0 is padding and
+is never ranked. A batch × catalog score matrix is never built: items are scored `chunk_size` at a time and a
+running top-k is merged, or the number of items scoring at least the target is accumulated.
+
+Torch only (no genrec_hf imports): copied next to saved checkpoints for `trust_remote_code` loading.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+
+
+def _as_exclusion(exclude: torch.Tensor | None, batch: int, device: torch.device) -> torch.Tensor:
+    """Exclusions as a padded (batch, H) LongTensor of item indices, 0 = nothing."""
+    if exclude is None:
+        return torch.zeros(batch, 0, dtype=torch.long, device=device)
+    if exclude.dim() != 2 or exclude.shape[0] != batch:
+        raise ValueError(f"exclude must have shape (batch={batch}, H), got {tuple(exclude.shape)}.")
+    return exclude.to(device=device, dtype=torch.long)
+
+
+def score_items(queries: torch.Tensor, item_vectors: torch.Tensor, *, temperature: float = 1.0,
+                l2_normalize: bool = False) -> torch.Tensor:
+    """Scores of every query against the given item vectors (the one scoring rule of the package)."""
+    if l2_normalize:
+        queries = F.normalize(queries, dim=-1)
+        item_vectors = F.normalize(item_vectors, dim=-1)
+    return (queries @ item_vectors.transpose(-1, -2)) / temperature
+
+
+def chunked_topk(
+    queries: torch.Tensor,
+    item_vectors: torch.Tensor,
+    k: int,
+    *,
+    exclude: torch.Tensor | None = None,
+    allowed: torch.Tensor | None = None,
+    chunk_size: int = 65536,
+    temperature: float = 1.0,
+    l2_normalize: bool = False,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Exact top-k items per query over the whole catalog, scoring `chunk_size` items at a time.
+
+    Args:
+        queries: (B, d) query vectors.
+        item_vectors: (V, d) item vectors; row 0 is padding and never returned.
+        k: Number of items to return (capped at the number of rankable items).
+        exclude: Optional (B, H) item indices to skip per query (e.g. the history); 0 entries are ignored.
+        allowed: Optional (V,) boolean mask of items that may be returned (e.g. currently available items).
+        chunk_size: Items scored at once; memory is O(B × (chunk_size + k)).
+
+    Returns:
+        (scores, indices), each (B, k), best first. Slots with no rankable item hold score -inf and index 0.
+    """
+    batch, num_items = queries.shape[0], item_vectors.shape[0]
+    k = max(0, min(k, num_items - 1))
+    exclude = _as_exclusion(exclude, batch, queries.device)
+    best_scores = torch.full((batch, k), float("-inf"), device=queries.device)
+    best_index = torch.zeros(batch, k, dtype=torch.long, device=queries.device)
+    if k == 0:
+        return best_scores, best_index
+    for start in range(0, num_items, chunk_size):
+        stop = min(start + chunk_size, num_items)
+        scores = score_items(queries, item_vectors[start:stop], temperature=temperature,
+                             l2_normalize=l2_normalize).float()
+        scores = _mask_chunk(scores, start, exclude, allowed)
+        merged_scores = torch.cat([best_scores, scores], dim=1)
+        chunk_index = torch.arange(start, stop, device=queries.device).expand(batch, -1)
+        merged_index = torch.cat([best_index, chunk_index], dim=1)
+        best_scores, pos = merged_scores.topk(k, dim=1)
+        best_index = merged_index.gather(1, pos)
+    best_index = best_index.masked_fill(torch.isinf(best_scores), 0)
+    return best_scores, best_index
+
+
+def _mask_chunk(scores: torch.Tensor, start: int, exclude: torch.Tensor, allowed: torch.Tensor | None) -> torch.Tensor:
+    """Set padding, excluded and disallowed items of one chunk (items start..start+C) to -inf."""
+    width = scores.shape[1]
+    if start == 0:
+        scores[:, 0] = float("-inf")
+    if exclude.shape[1]:
+        local = exclude - start
+        inside = (local >= 0) & (local < width) & (exclude > 0)
+        # Route out-of-chunk entries to an extra dummy column so a single scatter handles every row.
+        padded = torch.cat([scores, scores.new_zeros(scores.shape[0], 1)], dim=1)
+        padded.scatter_(1, torch.where(inside, local, width), float("-inf"))
+        scores = padded[:, :width]
+    if allowed is not None:
+        scores = scores.masked_fill(~allowed[start:start + width].to(scores.device), float("-inf"))
+    return scores
+
+
+def chunked_target_ranks(
+    queries: torch.Tensor,
+    item_vectors: torch.Tensor,
+    targets: torch.Tensor,
+    *,
+    exclude: torch.Tensor | None = None,
+    chunk_size: int = 65536,
+    temperature: float = 1.0,
+    l2_normalize: bool = False,
+) -> torch.Tensor:
+    """1-based rank of each target among all rankable items, ties counted pessimistically.
+
+    rank = 1 + #{items j: not padding, not excluded, not the target, score_j >= score_target}, so a constant
+    model ranks every target last. The target itself is always ranked, even if it appears in `exclude`.
+
+    Args:
+        queries: (B, d); item_vectors: (V, d); targets: (B,) item indices in 1..V-1.
+        exclude: Optional (B, H) item indices not ranked (e.g. the user's history); 0 entries ignored.
+
+    Returns:
+        (B,) LongTensor of ranks.
+    """
+    batch = queries.shape[0]
+    targets = targets.to(queries.device).long()
+    # The target is masked out of the count and added back as the leading 1, so rounding differences between the
+    # separately computed target score and its score inside a chunk can never drop or double-count it.
+    masked = torch.cat([_as_exclusion(exclude, batch, queries.device), targets[:, None]], dim=1)
+    target_scores = score_items(queries.unsqueeze(1), item_vectors[targets].unsqueeze(1), temperature=temperature,
+                                l2_normalize=l2_normalize).float().reshape(batch, 1)
+    ranks = torch.ones(batch, dtype=torch.long, device=queries.device)
+    for start in range(0, item_vectors.shape[0], chunk_size):
+        scores = score_items(queries, item_vectors[start:start + chunk_size], temperature=temperature,
+                             l2_normalize=l2_normalize).float()
+        scores = _mask_chunk(scores, start, masked, None)
+        ranks += (scores >= target_scores).sum(dim=1)
+    return ranks

@@ -20,10 +20,12 @@ __version__ = "0.1.0"
 
 AutoConfig.register("genrec", GenRecConfig, exist_ok=True)
 AutoModel.register(GenRecConfig, GenRecModel, exist_ok=True)
-# Saved checkpoints carry `auto_map` + the source files, so they also load with `trust_remote_code=True`
-# where genrec_hf is not installed (how Hub users load them).
+# Saved checkpoints carry `auto_map` + the source files, so they also load with `trust_remote_code=True` where
+# genrec_hf is not installed (how Hub users load them). Remote code gives back exactly the class that was saved:
+# a backbone for a `GenRecModel` folder, the backbone + decoding head for a `GenRecForNextItemPrediction` folder.
 GenRecConfig.register_for_auto_class()
 GenRecModel.register_for_auto_class("AutoModel")
+GenRecForNextItemPrediction.register_for_auto_class("AutoModel")
 
 
 def count_backbone_parameters(model_or_config: torch.nn.Module | GenRecConfig) -> int:

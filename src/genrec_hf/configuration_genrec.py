@@ -107,7 +107,8 @@ class GenRecConfig(PretrainedConfig):
         in_batch_negatives: Also use the other positives of the batch as negatives.
         logq_correction: Subtract log q(item) from sampled logits (only meaningful for non-uniform samplers).
         remove_accidental_hits: Mask a sampled negative that equals the position's positive.
-        temperature: Logits are divided by this temperature.
+        score_temperature: Scores (logits) are divided by this temperature (HSTU uses 0.05 with L2-normalised
+            scores). Named so to stay clear of `temperature`, which transformers reserves for generation.
         l2_normalize_scores: L2-normalise user and item vectors before the dot product (cosine scores, HSTU setting).
         score_chunk_size: Items scored per chunk in full-catalog loss, ranking and top-k (bounds memory).
     """
@@ -146,7 +147,7 @@ class GenRecConfig(PretrainedConfig):
         in_batch_negatives: bool = False,
         logq_correction: bool = False,
         remove_accidental_hits: bool = True,
-        temperature: float = 1.0,
+        score_temperature: float = 1.0,
         l2_normalize_scores: bool = False,
         score_chunk_size: int = 65536,
         pad_token_id: int = 0,
@@ -181,7 +182,7 @@ class GenRecConfig(PretrainedConfig):
         self.in_batch_negatives = in_batch_negatives
         self.logq_correction = logq_correction
         self.remove_accidental_hits = remove_accidental_hits
-        self.temperature = temperature
+        self.score_temperature = score_temperature
         self.l2_normalize_scores = l2_normalize_scores
         self.score_chunk_size = score_chunk_size
         kwargs.pop("tie_word_embeddings", None)
@@ -247,7 +248,7 @@ class GenRecConfig(PretrainedConfig):
         _check(0.0 < self.negatives_fraction <= 1.0, "negatives_fraction", self.negatives_fraction, "a float in (0, 1]")
         _check(self.min_negatives <= self.max_negatives, "min_negatives", self.min_negatives,
                f"at most max_negatives={self.max_negatives}")
-        _check(self.temperature > 0, "temperature", self.temperature, "a positive float")
+        _check(self.score_temperature > 0, "score_temperature", self.score_temperature, "a positive float")
         _check(math.isfinite(self.rope_theta) and self.rope_theta > 0, "rope_theta", self.rope_theta, "a positive float")
 
     @property

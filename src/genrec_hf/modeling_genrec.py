@@ -425,7 +425,7 @@ class GenRecForNextItemPrediction(GenRecPreTrainedModel):
     def loss_sum(self, queries: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
         """Summed next-item loss of (N, d_out) queries against (N,) targets, as configured."""
         config = self.config
-        common = dict(temperature=config.temperature, l2_normalize=config.l2_normalize_scores)
+        common = dict(temperature=config.score_temperature, l2_normalize=config.l2_normalize_scores)
         if config.loss_type == "full":
             return full_softmax_loss(queries, self.item_vectors, targets, **common)
         k = config.resolved_num_negatives
@@ -439,7 +439,7 @@ class GenRecForNextItemPrediction(GenRecPreTrainedModel):
 
     def score(self, user_embeddings: torch.Tensor) -> torch.Tensor:
         """(B, V) scores of every item for each user embedding; padding scores -inf. Use `topk` for big catalogs."""
-        scores = score_items(user_embeddings, self.item_vectors, temperature=self.config.temperature,
+        scores = score_items(user_embeddings, self.item_vectors, temperature=self.config.score_temperature,
                              l2_normalize=self.config.l2_normalize_scores).float()
         scores[:, 0] = float("-inf")
         return scores
@@ -454,5 +454,5 @@ class GenRecForNextItemPrediction(GenRecPreTrainedModel):
     ) -> tuple[torch.Tensor, torch.Tensor]:
         """Exact top-k item indices (and scores) per user, scored in catalog chunks of `config.score_chunk_size`."""
         return chunked_topk(user_embeddings, self.item_vectors, k, exclude=exclude, allowed=allowed,
-                            chunk_size=self.config.score_chunk_size, temperature=self.config.temperature,
+                            chunk_size=self.config.score_chunk_size, temperature=self.config.score_temperature,
                             l2_normalize=self.config.l2_normalize_scores)

@@ -456,3 +456,47 @@ class GenRecForNextItemPrediction(GenRecPreTrainedModel):
         return chunked_topk(user_embeddings, self.item_vectors, k, exclude=exclude, allowed=allowed,
                             chunk_size=self.config.score_chunk_size, temperature=self.config.score_temperature,
                             l2_normalize=self.config.l2_normalize_scores)
+
+    @torch.no_grad()
+    def recommend(
+        self,
+        histories: list[list[int]],
+        k: int = 10,
+        *,
+        timestamps: list[list[int]] | None = None,
+        action_ids: list[list[int]] | None = None,
+        exclude_seen: bool = True,
+        allowed: torch.Tensor | None = None,
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Top-k next items for each history of item indices (most recent last).
+
+        Histories longer than `config.max_position_embeddings` keep their most recent events; items of the whole
+        history are excluded unless `exclude_seen=False`. Returns (item indices, scores), each (B, k), best first.
+        """
+        if not histories or any(len(h) == 0 for h in histories):
+            raise ValueError("Every history needs at least one event to recommend from (got an empty history).")
+        length = min(max(len(h) for h in histories), self.config.max_position_embeddings)
+        device = self.item_vectors.device
+
+        def left_pad(rows: list[list[int]] | None) -> torch.Tensor | None:
+            if rows is None:
+                return None
+            if len(rows) != len(histories) or any(len(r) != len(h) for r, h in zip(rows, histories)):
+                raise ValueError("timestamps/action_ids must have one value per event of each history.")
+            out = torch.zeros(len(rows), length, dtype=torch.long, device=device)
+            for i, row in enumerate(rows):
+                row = row[-length:]
+                out[i, length - len(row):] = torch.as_tensor(row, dtype=torch.long)
+            return out
+
+        input_ids = left_pad(histories)
+        outputs = self.eval()(input_ids, attention_mask=(input_ids != 0).long(), timestamps=left_pad(timestamps),
+                              action_ids=left_pad(action_ids))
+        exclude = None
+        if exclude_seen:
+            width = max(len(h) for h in histories)
+            exclude = torch.zeros(len(histories), width, dtype=torch.long, device=device)
+            for i, history in enumerate(histories):
+                exclude[i, :len(history)] = torch.as_tensor(history, dtype=torch.long)
+        scores, indices = self.topk(outputs.user_embeddings, k, exclude=exclude, allowed=allowed)
+        return indices, scores

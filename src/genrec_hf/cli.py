@@ -1,0 +1,192 @@
+"""`genrec-hf` command line: train, evaluate, recommend, card.
+
+Every command has `--help`. Errors a user can fix (missing file, bad column, unknown item) are printed as one clear
+line and exit with status 2, not as a traceback.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+from pathlib import Path
+from typing import Any, Callable
+
+logger = logging.getLogger("genrec_hf")
+
+
+def _parse_overrides(extra: list[str]) -> dict[str, str]:
+    """`--section.key value` / `--section.key=value` pairs → {"section.key": "value"}."""
+    overrides: dict[str, str] = {}
+    i = 0
+    while i < len(extra):
+        token = extra[i]
+        if not token.startswith("--"):
+            raise ValueError(f"Unexpected argument {token!r}: overrides look like --training.learning_rate 1e-3.")
+        key = token[2:]
+        if "=" in key:
+            key, value = key.split("=", 1)
+            i += 1
+        else:
+            if i + 1 >= len(extra):
+                raise ValueError(f"Override {token} needs a value.")
+            value = extra[i + 1]
+            i += 2
+        overrides[key] = value
+    return overrides
+
+
+def cmd_train(args: argparse.Namespace, extra: list[str]) -> int:
+    from .recipes import load_recipe
+    from .training import train
+
+    overrides = _parse_overrides(extra)
+    if args.output_dir:
+        overrides["output_dir"] = args.output_dir
+    recipe = load_recipe(args.recipe, overrides)
+    resume: str | bool | None = args.resume_from_checkpoint
+    if resume == "latest":
+        resume = True
+    outcome = train(recipe, overwrite_output_dir=args.overwrite_output_dir, resume_from_checkpoint=resume)
+    _print_metrics(outcome.metrics, recipe.output_dir)
+    _print_examples(outcome, recipe.evaluation.num_examples)
+    return 0
+
+
+def _print_metrics(metrics: dict[str, Any], output_dir: str) -> None:
+    test = metrics["test"]
+    keys = [k for k in ("mrr", "hr@10", "ndcg@10", "hr@50") if k in test]
+    print(f"\nTest ({metrics['protocol']}) on {metrics['dataset']}: "
+          + ", ".join(f"{k} {test[k]:.4f}" for k in keys))
+    print(f"Model, item_vocab.json, metrics.json and README.md (model card) written to {output_dir}")
+
+
+def _print_examples(outcome: Any, num_examples: int) -> None:
+    from .serving import Recommender
+
+    data = outcome.data
+    recommender = Recommender(outcome.model, data.vocab)
+    for row in data.sequences.select(range(min(num_examples, len(data.sequences)))):
+        history = [data.vocab.decode(i) for i in row["item_ids"]]
+        recs = recommender.recommend(history, k=5)
+        shown = ", ".join(_label(r.item_id, r.title) for r in recs)
+        recent = ", ".join(_label(i, data.item_info.get(i, {}).get("title")) for i in history[-3:])
+        print(f"user {row['user_id']}: last watched [{recent}] -> recommended [{shown}]")
+
+
+def _label(item_id: str, title: str | None) -> str:
+    return f"{item_id} ({title})" if title else item_id
+
+
+def cmd_evaluate(args: argparse.Namespace, extra: list[str]) -> int:
+    from .evaluation import evaluate_saved_model
+
+    output = Path(args.output) if args.output else Path(args.model_dir) / f"eval_results_{args.split}.json"
+    if output.exists() and not args.overwrite:
+        raise FileExistsError(f"{output} exists; pass --overwrite to replace it or --output to write elsewhere.")
+    metrics = evaluate_saved_model(args.model_dir, args.data, format=args.format, split=args.split,
+                                   max_length=args.max_length, batch_size=args.batch_size,
+                                   exclude_history=not args.include_history)
+    print(json.dumps(metrics, indent=2))
+    output.write_text(json.dumps(metrics, indent=2))
+    print(f"written to {output}", file=sys.stderr)
+    return 0
+
+
+def cmd_recommend(args: argparse.Namespace, extra: list[str]) -> int:
+    from .serving import Recommender
+
+    recommender = Recommender.from_pretrained(args.model_dir)
+    history = [item.strip() for item in args.history.split(",") if item.strip()]
+    timestamps = [int(t) for t in args.timestamps.split(",")] if args.timestamps else None
+    recs = recommender.recommend(history, k=args.k, timestamps=timestamps, exclude_seen=not args.include_seen)
+    if args.json:
+        print(json.dumps([r.to_dict() for r in recs], indent=2))
+    else:
+        for rank, rec in enumerate(recs, 1):
+            print(f"{rank:3d}. {rec.item_id:>12}  {rec.score:9.4f}  {rec.title or ''}")
+    return 0
+
+
+def cmd_card(args: argparse.Namespace, extra: list[str]) -> int:
+    from .cards import write_model_card
+
+    path = write_model_card(args.model_dir, repo_id=args.repo_id)
+    print(f"model card written to {path}")
+    if args.push_to_hub:
+        from .cards import push_to_hub
+
+        push_to_hub(args.model_dir, args.push_to_hub)
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="genrec-hf", description="Generative recommenders on the HF stack.")
+    parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    p = sub.add_parser("train", help="train a model from a YAML recipe",
+                       description="Train from a recipe; any recipe key can be overridden as --section.key value "
+                                   "(e.g. --training.num_train_epochs 5 --model.preset genrec-8m).")
+    p.add_argument("recipe", help="YAML recipe, e.g. recipes/pretrain/genrec-2m.yaml")
+    p.add_argument("--output_dir", help="where the model, vocab, metrics and card are written")
+    p.add_argument("--overwrite_output_dir", action="store_true", help="allow writing into a non-empty output_dir")
+    p.add_argument("--resume_from_checkpoint", nargs="?", const="latest", default=None,
+                   help="continue from a checkpoint folder (or the latest one in output_dir when no path is given)")
+    p.set_defaults(func=cmd_train, allow_extra=True)
+
+    p = sub.add_parser("evaluate", help="full-catalog ranking metrics of a saved model",
+                       description="Rank each user's held-out item against the whole catalog (history excluded, "
+                                   "ties pessimistic) and report MRR, HR@K, NDCG@K.")
+    p.add_argument("model_dir")
+    p.add_argument("--data", required=True, help="events: a path or 'synthetic' (same as a recipe's data.source)")
+    p.add_argument("--format", default=None, help="loader name when it cannot be detected from the path")
+    p.add_argument("--split", default="test", choices=["validation", "test"])
+    p.add_argument("--max_length", type=int, default=None, help="history length (default: the model's maximum)")
+    p.add_argument("--batch_size", type=int, default=256)
+    p.add_argument("--include_history", action="store_true", help="also rank items already in the history")
+    p.add_argument("--output", default=None, help="JSON file (default MODEL_DIR/eval_results_SPLIT.json)")
+    p.add_argument("--overwrite", action="store_true", help="replace an existing output file")
+    p.set_defaults(func=cmd_evaluate)
+
+    p = sub.add_parser("recommend", help="top-k items after a history of raw item ids")
+    p.add_argument("model_dir")
+    p.add_argument("--history", required=True, help="comma-separated raw item ids, oldest first")
+    p.add_argument("--timestamps", default=None, help="comma-separated unix seconds, one per history item")
+    p.add_argument("--k", type=int, default=10)
+    p.add_argument("--include_seen", action="store_true", help="allow items already in the history")
+    p.add_argument("--json", action="store_true", help="print JSON instead of a table")
+    p.set_defaults(func=cmd_recommend)
+
+    p = sub.add_parser("card", help="(re)generate the model card README.md of a model or adapter folder")
+    p.add_argument("model_dir")
+    p.add_argument("--repo_id", default=None, help="Hub repo id shown in the usage snippets")
+    p.add_argument("--push_to_hub", default=None, metavar="REPO_ID", help="upload folder + card (needs network)")
+    p.set_defaults(func=cmd_card)
+    return parser
+
+
+USER_ERRORS = (ValueError, FileNotFoundError, FileExistsError, KeyError, RuntimeError)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args, extra = parser.parse_known_args(argv)
+    if extra and not getattr(args, "allow_extra", False):
+        parser.error(f"unrecognized arguments: {' '.join(extra)}")
+    logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO,
+                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    func: Callable[[argparse.Namespace, list[str]], int] = args.func
+    try:
+        return func(args, extra)
+    except USER_ERRORS as error:
+        if args.verbose:
+            raise
+        message = error.args[0] if isinstance(error, KeyError) and error.args else error
+        print(f"genrec-hf {args.command}: error: {message}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -66,6 +66,7 @@ class Recipe:
     training: dict[str, Any] = field(default_factory=dict)
     evaluation: EvaluationSection = field(default_factory=EvaluationSection)
     seed: int = 0
+    max_train_minutes: float | None = None  # stop training after this wall time (equal-CPU-time comparisons)
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -108,6 +109,7 @@ def recipe_from_dict(raw: dict[str, Any], source: str = "recipe") -> Recipe:
         training=dict(training),
         evaluation=_build_section(EvaluationSection, raw.get("evaluation"), f"{source}: evaluation"),
         seed=int(raw.get("seed", 0)),
+        max_train_minutes=raw.get("max_train_minutes"),
     )
     validate_recipe(recipe, source)
     return recipe

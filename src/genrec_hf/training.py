@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import logging
 import math
+import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -18,7 +19,15 @@ import torch
 import yaml
 from datasets import Dataset, DatasetDict
 from torch.utils.data import DataLoader
-from transformers import EarlyStoppingCallback, Trainer, TrainingArguments, set_seed
+from transformers import (
+    EarlyStoppingCallback,
+    Trainer,
+    TrainerCallback,
+    TrainerControl,
+    TrainerState,
+    TrainingArguments,
+    set_seed,
+)
 from transformers.trainer_utils import EvalLoopOutput
 
 from .configuration_genrec import SIZE_PRESETS, GenRecConfig
@@ -47,6 +56,26 @@ DEFAULT_TRAINING_ARGUMENTS: dict[str, Any] = dict(
     dataloader_num_workers=0,
     disable_tqdm=False,
 )
+
+
+class TimeBudgetCallback(TrainerCallback):
+    """Stop training once `max_minutes` of wall time are spent (after an evaluation, so the best model is kept)."""
+
+    def __init__(self, max_minutes: float) -> None:
+        self.max_seconds = max_minutes * 60
+        self.start = time.monotonic()
+
+    def on_train_begin(self, args: TrainingArguments, state: TrainerState, control: TrainerControl, **kwargs: Any):
+        self.start = time.monotonic()
+
+    def on_step_end(self, args: TrainingArguments, state: TrainerState, control: TrainerControl, **kwargs: Any):
+        if time.monotonic() - self.start > self.max_seconds:
+            logger.info("time budget of %.1f min spent at step %d: evaluating and stopping",
+                        self.max_seconds / 60, state.global_step)
+            control.should_training_stop = True
+            control.should_evaluate = args.eval_strategy != "no"
+            control.should_save = args.save_strategy != "no"
+        return control
 
 
 class GenRecTrainer(Trainer):
@@ -160,6 +189,8 @@ def train(recipe: Recipe, *, overwrite_output_dir: bool = False,
     callbacks = [ModelCardCallback(dataset_name=prepared.data.name)]
     if recipe.evaluation.early_stopping_patience and args.eval_strategy != "no":
         callbacks.append(EarlyStoppingCallback(early_stopping_patience=recipe.evaluation.early_stopping_patience))
+    if recipe.max_train_minutes:
+        callbacks.append(TimeBudgetCallback(recipe.max_train_minutes))
     trainer = GenRecTrainer(
         model=model, args=args, train_dataset=prepared.train_windows, eval_dataset=prepared.splits["validation"],
         data_collator=collator, eval_collator=eval_collator, ks=tuple(recipe.evaluation.ks), callbacks=callbacks,

@@ -1,0 +1,108 @@
+"""Quality benchmark: popularity, SASRec and GenRec presets on ML-100K and Amazon Toys, one protocol, one run.
+
+Leave-one-out, full-catalog ranking, history items excluded, pessimistic ties (DESIGN.md §5). Every neural model
+trains through `genrec_hf.training.train` from its shipped recipe with the same wall-clock budget, so the table
+compares quality at equal CPU time.
+
+    python benchmarks/bench_quality.py --minutes 6 --out benchmarks/out/quality
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import platform
+import subprocess
+import time
+from datetime import date
+from pathlib import Path
+
+import torch
+from torch.utils.data import DataLoader
+
+from genrec_hf.baselines import evaluate_static_scores, popularity_scores
+from genrec_hf.data import NextItemCollator, leave_one_out, load_interactions
+from genrec_hf.recipes import load_recipe
+from genrec_hf.training import train
+
+ROOT = Path(__file__).resolve().parents[1]
+DATA = ROOT.parent / "shared" / "data"
+DATASETS = {
+    # name: (source, max_length): ML-100K histories are long (median ~65), Toys short (median ~6).
+    "ml-100k": (DATA / "ml-100k", 200),
+    "toys": (DATA / "amazon-toys" / "Toys_and_Games.txt", 50),
+}
+REFERENCE = {  # published / issue reference numbers under the same protocol, shown beside ours
+    "toys": "TIGER (published): HR@10 .0712, NDCG@10 .0432",
+}
+METRICS = ("mrr", "hr@10", "ndcg@10")
+
+
+def machine() -> str:
+    cpu = next((line.split(":", 1)[1].strip() for line in Path("/proc/cpuinfo").read_text().splitlines()
+                if line.startswith("model name")), platform.processor())
+    cores = subprocess.run(["nproc"], capture_output=True, text=True).stdout.strip()
+    return f"{cpu}, {cores} cores, torch {torch.__version__}"
+
+
+def run_popularity(source: Path) -> dict:
+    start = time.perf_counter()
+    data = load_interactions(str(source))
+    splits = leave_one_out(data)
+    scores = popularity_scores(splits["train"], len(data.vocab))
+    loader = DataLoader(splits["test"], batch_size=512, collate_fn=NextItemCollator(50, mode="eval"))
+    metrics = evaluate_static_scores(scores, loader)
+    return {"test": metrics, "seconds": time.perf_counter() - start}
+
+
+def run_model(preset: str, dataset: str, source: Path, max_length: int, minutes: float, out: Path,
+              overrides: dict[str, str]) -> dict:
+    recipe = load_recipe(ROOT / "recipes" / "pretrain" / f"{preset}.yaml", {
+        "data.source": str(source), "data.max_length": str(max_length), "output_dir": str(out / dataset / preset),
+        "max_train_minutes": str(minutes), "training.num_train_epochs": "1000", "evaluation.num_examples": "0",
+        **overrides,
+    })
+    start = time.perf_counter()
+    outcome = train(recipe, overwrite_output_dir=True)
+    return {**outcome.metrics, "seconds": time.perf_counter() - start}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--datasets", nargs="+", default=list(DATASETS), choices=list(DATASETS))
+    parser.add_argument("--models", nargs="+", default=["popularity", "sasrec", "genrec-2m", "genrec-8m"])
+    parser.add_argument("--minutes", type=float, default=6.0, help="training wall-clock budget per model")
+    parser.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "out" / "quality")
+    parser.add_argument("--override", nargs="*", default=[], metavar="KEY=VALUE",
+                        help="recipe overrides applied to every neural model, e.g. training.learning_rate=1e-3")
+    args = parser.parse_args()
+    overrides = dict(item.split("=", 1) for item in args.override)
+    args.out.mkdir(parents=True, exist_ok=True)
+    results: dict[str, dict[str, dict]] = {}
+    for dataset in args.datasets:
+        source, max_length = DATASETS[dataset]
+        for model in args.models:
+            print(f"=== {dataset} / {model}", flush=True)
+            if model == "popularity":
+                result = run_popularity(source)
+            else:
+                result = run_model(model, dataset, source, max_length, args.minutes, args.out, overrides)
+            results.setdefault(dataset, {})[model] = result
+            (args.out / "results.json").write_text(json.dumps(results, indent=2, default=str))
+
+    lines = [f"Date {date.today()}; machine: {machine()}; budget {args.minutes} min training per model.",
+             "", "| dataset | model | MRR | HR@10 | NDCG@10 | train+eval time (s) |", "|---|---|---|---|---|---|"]
+    for dataset, by_model in results.items():
+        for model, result in by_model.items():
+            m = result["test"]
+            lines.append(f"| {dataset} | {model} | " + " | ".join(f"{m[k]:.4f}" for k in METRICS)
+                         + f" | {result['seconds']:.0f} |")
+        if dataset in REFERENCE:
+            lines.append(f"| {dataset} | reference | {REFERENCE[dataset]} | | | |")
+    table = "\n".join(lines)
+    (args.out / "results.md").write_text(table + "\n")
+    print(table)
+
+
+if __name__ == "__main__":
+    main()

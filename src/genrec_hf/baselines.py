@@ -1,0 +1,36 @@
+"""Non-neural baselines scored by the same ranking code as the models.
+
+A baseline is a fixed (V,) item score vector; ranking it with `scoring.chunked_target_ranks` through a 1-d "query"
+of 1.0 reuses exactly the protocol the models use (padding never ranked, history excluded, ties pessimistic).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+
+import torch
+from datasets import Dataset
+
+from .evaluation import RankingAccumulator
+from .scoring import chunked_target_ranks
+
+
+def popularity_scores(train: Dataset, vocab_size: int) -> torch.Tensor:
+    """(V,) count of each item's events in the training rows; padding scores 0 (and is never ranked anyway)."""
+    counts = torch.zeros(vocab_size, dtype=torch.float64)
+    for items in train["item_ids"]:
+        counts += torch.bincount(torch.as_tensor(items, dtype=torch.long), minlength=vocab_size).double()
+    return counts
+
+
+def evaluate_static_scores(
+    item_scores: torch.Tensor, batches: Iterable[dict[str, torch.Tensor]], ks: tuple[int, ...] = (1, 5, 10, 50, 200)
+) -> dict[str, float]:
+    """Rank each batch's `target_ids` under one score vector shared by every user."""
+    accumulator = RankingAccumulator(ks=ks)
+    item_vectors = item_scores.float().unsqueeze(1)  # (V, 1)
+    for batch in batches:
+        queries = torch.ones(batch["target_ids"].shape[0], 1)
+        accumulator.add(chunked_target_ranks(queries, item_vectors, batch["target_ids"],
+                                             exclude=batch.get("exclude_ids")))
+    return accumulator.compute()

@@ -1,0 +1,108 @@
+"""Generic CSV / TSV / Parquet event tables with a column mapping.
+
+`column_map` maps canonical names to the file's columns, e.g. `{"user_id": "customer", "item_id": "sku",
+"timestamp": "ts", "rating": "stars", "action": "event_type"}`. Without a mapping, common spellings are tried
+(`user_id`/`userId`/`user`, `item_id`/`itemId`/`movieId`/`item`, `timestamp`/`time`/`ts`, `rating`/`score`).
+Timestamps may be unix seconds or parseable date/times; without a timestamp column, row order per user is the time.
+Actions may be integers >= 0 or strings (mapped to 1..K in sorted order; 0 stays "unknown").
+"""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from ._parsing import parse_numbers, parse_timestamps, read_table, require_path
+from .events import LoadedEvents
+
+logger = logging.getLogger(__name__)
+
+CANONICAL = ("user_id", "item_id", "timestamp", "rating", "action")
+ALIASES = {
+    "user_id": ("user_id", "userId", "user", "uid", "UserID"),
+    "item_id": ("item_id", "itemId", "item", "iid", "movieId", "MovieID", "product_id"),
+    "timestamp": ("timestamp", "time", "ts", "datetime", "Timestamp"),
+    "rating": ("rating", "score", "Rating"),
+    "action": ("action", "action_id", "event_type"),
+}
+TABULAR_SUFFIXES = (".csv", ".tsv", ".parquet", ".pq")
+
+
+def load_table(source: str | Path, column_map: dict[str, str] | None = None) -> LoadedEvents:
+    """Events of one CSV/TSV/Parquet file, columns named through `column_map` (see module docstring)."""
+    path = Path(source)
+    require_path(path, "event table")
+    label = str(path)
+    unknown = sorted(set(column_map or {}) - set(CANONICAL))
+    if unknown:
+        raise ValueError(f"column_map keys {unknown} are not canonical names; expected some of {list(CANONICAL)}.")
+    if path.suffix in (".parquet", ".pq"):
+        try:
+            table = pd.read_parquet(path)
+        except Exception as error:  # pyarrow raises several types for non-parquet input
+            raise ValueError(f"{label}: cannot read as Parquet ({error}).") from None
+        if len(table) == 0:
+            raise ValueError(f"{label} has columns {list(table.columns)} but no events.")
+        first_line = 0  # "line" = row number in the Parquet file
+    else:
+        table = read_table(path, label=label, sep="\t" if path.suffix == ".tsv" else ",")
+        first_line = 2
+    mapping = _resolve_columns(list(table.columns), column_map, label)
+    user = table[mapping["user_id"]].astype(str).str.strip()
+    item = table[mapping["item_id"]].astype(str).str.strip()
+    for values, column in ((user, mapping["user_id"]), (item, mapping["item_id"])):
+        empty = (values == "") | table[column].isna().to_numpy()
+        if empty.any():
+            position = int(np.flatnonzero(empty.to_numpy())[0])
+            raise ValueError(f"{label}, line {first_line + position}: column {column!r} is empty; expected an id.")
+    events = pd.DataFrame({"user_id": user.to_numpy(), "item_id": item.to_numpy()})
+    has_timestamps = "timestamp" in mapping
+    if has_timestamps:
+        events["timestamp"] = parse_timestamps(table[mapping["timestamp"]], label=label,
+                                               column=mapping["timestamp"], first_line=first_line)
+    else:
+        logger.info("%s: no timestamp column; row order per user is used as event order", label)
+        events["timestamp"] = events.groupby("user_id").cumcount().to_numpy(np.int64)
+    events["rating"] = np.nan
+    if "rating" in mapping:
+        events["rating"] = parse_numbers(table[mapping["rating"]].astype(str), label=label,
+                                         column=mapping["rating"], first_line=first_line, integer=False,
+                                         allow_missing=True)
+    if "action" in mapping:
+        events["action"] = _actions(table[mapping["action"]], label, mapping["action"], first_line)
+    return LoadedEvents(events=events, has_timestamps=has_timestamps, name=path.stem)
+
+
+def _resolve_columns(columns: list[str], column_map: dict[str, str] | None, label: str) -> dict[str, str]:
+    """Canonical name → file column; explicit `column_map` entries must exist, the rest fall back to aliases."""
+    column_map = dict(column_map or {})
+    missing_mapped = {k: v for k, v in column_map.items() if v not in columns}
+    if missing_mapped:
+        raise ValueError(f"{label}: column_map names column(s) {sorted(missing_mapped.values())} "
+                         f"(for {sorted(missing_mapped)}) that the file lacks; the file has columns {columns}.")
+    mapping = dict(column_map)
+    for canonical, aliases in ALIASES.items():
+        if canonical not in mapping:
+            found = next((a for a in aliases if a in columns), None)
+            if found is not None:
+                mapping[canonical] = found
+    missing = [c for c in ("user_id", "item_id") if c not in mapping]
+    if missing:
+        tried = {c: list(ALIASES[c]) for c in missing}
+        raise ValueError(f"{label}: missing required column(s) {missing} (looked for {tried}); the file has columns "
+                         f"{columns}. Pass column_map={{'user_id': ..., 'item_id': ..., 'timestamp': ...}}.")
+    return mapping
+
+
+def _actions(values: pd.Series, label: str, column: str, first_line: int) -> np.ndarray:
+    text = values.astype(str).str.strip()
+    numbers = pd.to_numeric(text, errors="coerce")
+    if not numbers.isna().any():
+        return parse_numbers(text, label=label, column=column, first_line=first_line, integer=True)
+    names = sorted(set(text) - {""})
+    codes = {name: i + 1 for i, name in enumerate(names)}
+    logger.info("%s: action names mapped to ids %s", label, codes)
+    return text.map(lambda name: codes.get(name, 0)).to_numpy(np.int64)

@@ -1,0 +1,305 @@
+"""PEFT LoRA adapters on a frozen GenRec backbone: one small adapter per downstream task (DESIGN.md §4.7).
+
+What is trained per task:
+  * LoRA on the backbone's named projections (`q_proj k_proj v_proj o_proj gate_proj up_proj down_proj`);
+  * task-specific head parts through `modules_to_save` (a full trainable copy per adapter, the base stays frozen):
+    - `"projection"` → `head.projection`, the projected decoding head `Linear(d, d/r)` (present only when
+      `config.head_projection_ratio` is set; PEFT ignores the name otherwise);
+    - `"item_vectors"` → `head.item_embeddings`, the item output table (V × d_out). With tied embeddings
+      (`tie_word_embeddings=True`, the default presets) this table IS the input item embedding: `modules_to_save`
+      deep-copies it, so the adapter gets its own *output* vectors while the input embeddings stay the frozen base
+      ones (deliberately untied). It costs V × d_out parameters per adapter — large next to LoRA — so it is opt-in.
+
+Wrapping the whole `head` in `modules_to_save` is avoided on purpose: PEFT's mixed-batch forward (`adapter_names=`)
+only supports Linear/Embedding/Conv leaves, so the head's leaves are wrapped instead, and mixed batches work.
+Item vectors are read through `.weight`, not a forward call, so a mixed batch is scored per adapter group with
+that adapter's table (`adapter_item_vectors`, `score_mixed_batch`).
+
+Every saved adapter folder carries `genrec_base.json`: the base config fields that shape the weights, plus the
+hash of the base's item vocabulary and weights. Loading on another base raises a `ValueError` naming both.
+"""
+
+from __future__ import annotations
+
+import copy
+import hashlib
+import json
+import shutil
+import warnings
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import torch
+from peft import LoraConfig, PeftModel, get_peft_model
+from peft.utils.other import ModulesToSaveWrapper
+
+from .configuration_genrec import GenRecConfig
+from .modeling_genrec import GenRecForNextItemPrediction
+from .scoring import chunked_topk
+
+DEFAULT_TARGET_MODULES = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
+HEAD_PARTS = {"projection": "head.projection", "item_vectors": "head.item_embeddings"}
+BASE_FINGERPRINT_FILE = "genrec_base.json"
+# Config fields that change the shape or meaning of weights an adapter is trained against.
+FINGERPRINT_FIELDS = ("model_type", "vocab_size", "hidden_size", "num_hidden_layers", "num_attention_heads",
+                      "intermediate_size", "mlp_type", "head_projection_ratio", "tie_word_embeddings",
+                      "num_action_types", "num_time_buckets", "position_encoding", "norm_type")
+
+
+def _head_modules(train_head: bool | str | Sequence[str]) -> list[str]:
+    if train_head is True:
+        parts: Sequence[str] = ("projection",)
+    elif train_head is False or train_head is None:
+        parts = ()
+    elif isinstance(train_head, str):
+        parts = ("projection", "item_vectors") if train_head == "all" else (train_head,)
+    else:
+        parts = tuple(train_head)
+    unknown = sorted(set(parts) - set(HEAD_PARTS))
+    if unknown:
+        raise ValueError(f"train_head: unknown head part(s) {unknown}; expected True, False, 'all' or names from "
+                         f"{sorted(HEAD_PARTS)}.")
+    return [HEAD_PARTS[p] for p in parts]
+
+
+def lora_config(
+    r: int = 8,
+    alpha: int = 16,
+    dropout: float = 0.0,
+    target_modules: Sequence[str] = DEFAULT_TARGET_MODULES,
+    layers: Sequence[int] | None = None,
+    train_head: bool | str | Sequence[str] = True,
+) -> LoraConfig:
+    """A `peft.LoraConfig` for GenRec: LoRA on the named projections + task-specific head parts.
+
+    Args:
+        r, alpha, dropout: LoRA rank, scaling numerator (`alpha / r`) and dropout on the LoRA input.
+        target_modules: Projection names to adapt (any of `DEFAULT_TARGET_MODULES`).
+        layers: Decoder layer indices to adapt (None = all).
+        train_head: Head parts trained in full per adapter (`modules_to_save`): True = `"projection"` (a no-op on
+            heads without a projection), `"item_vectors"`, `"all"`, a list of those, or False for LoRA only.
+    """
+    bad = sorted(set(target_modules) - set(DEFAULT_TARGET_MODULES))
+    if bad:
+        raise ValueError(f"target_modules: {bad} are not GenRec projection layers; expected names from "
+                         f"{list(DEFAULT_TARGET_MODULES)}.")
+    if r < 1:
+        raise ValueError(f"LoRA rank r={r}; expected a positive integer.")
+    return LoraConfig(
+        task_type=None, r=r, lora_alpha=alpha, lora_dropout=dropout, target_modules=list(target_modules),
+        layers_to_transform=list(layers) if layers is not None else None,
+        layers_pattern="layers" if layers is not None else None,
+        modules_to_save=_head_modules(train_head) or None, bias="none",
+    )
+
+
+def attach_adapter(model: GenRecForNextItemPrediction | PeftModel, config: LoraConfig | None = None,
+                   adapter_name: str = "default") -> PeftModel:
+    """Wrap a GenRec model with a new trainable LoRA adapter (or add one to an existing PeftModel).
+
+    Only the adapter's parameters require grad; the base model's weights are frozen and never modified.
+    """
+    config = config or lora_config()
+    if isinstance(model, PeftModel):
+        model.add_adapter(adapter_name, config)
+        model.set_adapter(adapter_name)
+        return model
+    if not isinstance(model, GenRecForNextItemPrediction):
+        raise TypeError(f"attach_adapter expects a GenRecForNextItemPrediction, got {type(model).__name__}.")
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message=".*tied.*")
+        return get_peft_model(model, config, adapter_name=adapter_name)
+
+
+def trainable_parameters(model: torch.nn.Module) -> tuple[int, int]:
+    """(trainable, total) parameter counts; a PEFT copy of a head part counts once, the frozen original too."""
+    trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
+    total = sum(p.numel() for p in model.parameters())
+    return trainable, total
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# Base fingerprint: refuse to load an adapter on the wrong base
+
+
+def _sha256(path: Path) -> str | None:
+    if not path.is_file():
+        return None
+    digest = hashlib.sha256()
+    with path.open("rb") as handle:
+        for block in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def base_fingerprint(config: GenRecConfig, base_dir: str | Path | None = None) -> dict[str, Any]:
+    """The fields of the base an adapter depends on: config shape + item-vocab and weight hashes when on disk."""
+    out: dict[str, Any] = {name: getattr(config, name, None) for name in FINGERPRINT_FIELDS}
+    if base_dir is not None:
+        base_dir = Path(base_dir)
+        out["base_dir"] = str(base_dir)
+        out["item_vocab_sha256"] = _sha256(base_dir / "item_vocab.json")
+        out["weights_sha256"] = _sha256(base_dir / "model.safetensors")
+    return out
+
+
+def check_base(adapter_dir: str | Path, config: GenRecConfig, base_dir: str | Path | None = None) -> None:
+    """Raise `ValueError` naming both sides if `adapter_dir` was trained on a different base.
+
+    Config fields and the item vocabulary must match (an adapter on a re-indexed catalog scores the wrong items);
+    a different weight hash with the same shapes only warns (e.g. a re-saved or re-trained base).
+    """
+    adapter_dir = Path(adapter_dir)
+    path = adapter_dir / BASE_FINGERPRINT_FILE
+    if not path.is_file():
+        warnings.warn(f"{adapter_dir} has no {BASE_FINGERPRINT_FILE}; cannot check it was trained on this base.")
+        return
+    expected = json.loads(path.read_text())
+    actual = base_fingerprint(config, base_dir)
+    where = f" at {base_dir}" if base_dir is not None else ""
+    diffs = [f"{k}: adapter expects {expected[k]!r}, base{where} has {actual.get(k)!r}"
+             for k in FINGERPRINT_FIELDS if k in expected and expected[k] != actual.get(k)]
+    if expected.get("item_vocab_sha256") and actual.get("item_vocab_sha256") and \
+            expected["item_vocab_sha256"] != actual["item_vocab_sha256"]:
+        diffs.append("item_vocab.json differs (the item indices would not mean the same items)")
+    if diffs:
+        raise ValueError(f"Adapter {adapter_dir} was trained on base {expected.get('base_dir', '?')!r} and does not "
+                         f"fit the base{where}: " + "; ".join(diffs) + ".")
+    if expected.get("weights_sha256") and actual.get("weights_sha256") and \
+            expected["weights_sha256"] != actual["weights_sha256"]:
+        warnings.warn(f"Adapter {adapter_dir} was trained on base weights {expected['weights_sha256'][:12]}…, this "
+                      f"base{where} has {actual['weights_sha256'][:12]}… (same shapes; results may differ).")
+
+
+def save_adapter(model: PeftModel, output_dir: str | Path, *, adapter_name: str | None = None,
+                 base_dir: str | Path | None = None) -> Path:
+    """Save one adapter flat into `output_dir` (adapter_model.safetensors, adapter_config.json, genrec_base.json).
+
+    PEFT puts non-default adapter names into a subfolder; this keeps every adapter folder loadable the same way.
+    """
+    output_dir = Path(output_dir)
+    name = adapter_name or model.active_adapter
+    if name not in model.peft_config:
+        raise ValueError(f"No adapter named {name!r}; this model has {sorted(model.peft_config)}.")
+    output_dir.mkdir(parents=True, exist_ok=True)
+    model.save_pretrained(str(output_dir), selected_adapters=[name])
+    if name != "default":
+        sub = output_dir / name
+        for path in sub.iterdir():
+            shutil.move(str(path), output_dir / path.name)
+        sub.rmdir()
+    config = model.get_base_model().config
+    fingerprint = base_fingerprint(config, base_dir)
+    fingerprint["adapter_name"] = name
+    (output_dir / BASE_FINGERPRINT_FILE).write_text(json.dumps(fingerprint, indent=2))
+    return output_dir
+
+
+def _load_base(base: str | Path | GenRecForNextItemPrediction) -> tuple[GenRecForNextItemPrediction, Path | None]:
+    if isinstance(base, GenRecForNextItemPrediction):
+        return base, None
+    base_dir = Path(base)
+    if not (base_dir / "config.json").is_file():
+        raise FileNotFoundError(f"Base model folder {base_dir} has no config.json (expected a saved "
+                                "GenRecForNextItemPrediction, e.g. the output_dir of `genrec-hf train`).")
+    return GenRecForNextItemPrediction.from_pretrained(str(base_dir)), base_dir
+
+
+def load_adapters(base: str | Path | GenRecForNextItemPrediction, adapters: dict[str, str | Path], *,
+                  is_trainable: bool = False) -> PeftModel:
+    """Load the base once and attach every `{name: adapter_dir}`; the first one is active (`set_adapter` switches).
+
+    Each adapter is checked against the base (`check_base`) before its weights are read.
+    """
+    if not adapters:
+        raise ValueError("load_adapters needs at least one {name: adapter_dir}.")
+    model, base_dir = _load_base(base)
+    peft_model: PeftModel | None = None
+    for name, adapter_dir in adapters.items():
+        adapter_dir = Path(adapter_dir)
+        if not (adapter_dir / "adapter_config.json").is_file():
+            raise FileNotFoundError(f"Adapter folder {adapter_dir} has no adapter_config.json.")
+        check_base(adapter_dir, model.config, base_dir)
+        try:
+            with warnings.catch_warnings():
+                warnings.filterwarnings("ignore", message=".*tied.*")
+                if peft_model is None:
+                    peft_model = PeftModel.from_pretrained(model, str(adapter_dir), adapter_name=name,
+                                                           is_trainable=is_trainable)
+                else:
+                    peft_model.load_adapter(str(adapter_dir), adapter_name=name, is_trainable=is_trainable)
+        except RuntimeError as error:  # shape mismatch on an adapter saved without a fingerprint
+            raise ValueError(f"Adapter {adapter_dir} does not fit the base {base_dir or 'model'} "
+                             f"(vocab_size={model.config.vocab_size}, hidden_size={model.config.hidden_size}): "
+                             f"{error}") from None
+    assert peft_model is not None
+    peft_model.set_adapter(next(iter(adapters)))
+    if not is_trainable:
+        peft_model.eval()
+    return peft_model
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# Serving several tasks from one base
+
+
+def adapter_item_vectors(model: PeftModel, adapter_name: str) -> torch.Tensor:
+    """The (V, d_out) item output vectors adapter `adapter_name` scores with (`"__base__"` = the frozen base)."""
+    table = model.get_base_model().head.item_embeddings
+    if isinstance(table, ModulesToSaveWrapper):
+        if adapter_name != "__base__" and adapter_name in table.modules_to_save:
+            return table.modules_to_save[adapter_name].weight
+        return table.original_module.weight
+    return table.weight
+
+
+@torch.no_grad()
+def score_mixed_batch(model: PeftModel, batch: dict[str, torch.Tensor], adapter_names: list[str], k: int = 10,
+                      exclude: torch.Tensor | None = None, allowed: torch.Tensor | None = None,
+                      ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Top-k items for a batch whose row i is served by adapter `adapter_names[i]` (`"__base__"` = no adapter).
+
+    One forward pass with PEFT's per-row `adapter_names` gives each row's query vector; rows are then scored in
+    groups against their adapter's item vectors. Returns (scores (B, k), item indices (B, k), user embeddings).
+    """
+    model.eval()
+    config = model.get_base_model().config
+    inputs = {key: batch[key] for key in ("input_ids", "attention_mask", "timestamps", "action_ids") if key in batch}
+    queries = model(**inputs, adapter_names=list(adapter_names)).user_embeddings
+    batch_size = queries.shape[0]
+    scores = torch.full((batch_size, k), float("-inf"), device=queries.device)
+    indices = torch.zeros(batch_size, k, dtype=torch.long, device=queries.device)
+    for name in dict.fromkeys(adapter_names):
+        rows = torch.tensor([i for i, n in enumerate(adapter_names) if n == name], device=queries.device)
+        s, idx = chunked_topk(queries[rows], adapter_item_vectors(model, name), k,
+                              exclude=None if exclude is None else exclude[rows], allowed=allowed,
+                              chunk_size=config.score_chunk_size, temperature=config.score_temperature,
+                              l2_normalize=config.l2_normalize_scores)
+        scores[rows], indices[rows] = s, idx
+    return scores, indices, queries
+
+
+def merge_adapter(model: PeftModel, adapter_name: str | None = None) -> GenRecForNextItemPrediction:
+    """A standalone model with one adapter merged in (`merge_and_unload` on a copy: the shared base is untouched).
+
+    When the adapter trained its own item output vectors on a tied model, the exported config gets
+    `tie_word_embeddings=False`: otherwise saving would drop the task's output table and reloading would tie the
+    head back to the input embeddings.
+    """
+    name = adapter_name or model.active_adapter
+    if name not in model.peft_config:
+        raise ValueError(f"No adapter named {name!r}; this model has {sorted(model.peft_config)}.")
+    clone = copy.deepcopy(model)
+    for other in list(clone.peft_config):
+        if other != name:
+            clone.delete_adapter(other)
+    clone.set_adapter(name)
+    table = clone.get_base_model().head.item_embeddings
+    untie = isinstance(table, ModulesToSaveWrapper) and name in table.modules_to_save
+    merged = clone.merge_and_unload()
+    if untie and merged.config.tie_word_embeddings:
+        merged.config.tie_word_embeddings = False
+        merged.head.item_embeddings.weight = torch.nn.Parameter(merged.head.item_embeddings.weight.detach().clone())
+    merged.requires_grad_(True)
+    return merged.eval()

@@ -67,26 +67,37 @@ def parse_numbers(
     first_line: int,
     integer: bool,
     allow_missing: bool = False,
+    unit: str = "line",
 ) -> np.ndarray:
-    """Strings → int64 / float64; the first bad value is reported with its line (row i is line `first_line + i`)."""
-    numbers = pd.to_numeric(values.where(values.astype(str).str.strip() != "", None), errors="coerce")
-    numbers = np.asarray(numbers, dtype=np.float64)
-    bad = np.isnan(numbers)
-    if allow_missing:
-        bad &= values.astype(str).str.strip().to_numpy() != ""
-    if integer:
-        bad |= ~np.isnan(numbers) & (numbers != np.round(numbers))
+    """Strings or numbers → int64 / float64 (NaN where missing and allowed); the first bad value is reported with
+    its line (row i is `unit` `first_line + i`)."""
+    if pd.api.types.is_numeric_dtype(values) and not pd.api.types.is_bool_dtype(values):
+        numbers = values.to_numpy(dtype=np.float64, na_value=np.nan)
+        missing = np.isnan(numbers)
+        bad = np.zeros(len(values), dtype=bool)
+    else:
+        text = values.astype(str).str.strip()
+        missing = values.isna().to_numpy() | (text == "").to_numpy()
+        numbers = pd.to_numeric(text.where(~missing, None), errors="coerce").to_numpy(dtype=np.float64,
+                                                                                     na_value=np.nan)
+        bad = np.isnan(numbers) & ~missing
     if not allow_missing:
-        bad |= np.isinf(numbers)
+        bad |= missing
+    finite = ~np.isnan(numbers)
+    bad |= finite & np.isinf(numbers)
+    if integer:
+        bad |= finite & ~np.isinf(numbers) & (numbers != np.round(numbers))
     if bad.any():
         position = int(np.flatnonzero(bad)[0])
         expected = "an integer" if integer else "a number"
-        raise ValueError(f"{label}, line {first_line + position}: column {column!r} has {values.iloc[position]!r}; "
+        shown = "an empty value" if missing[position] else repr(values.iloc[position])
+        raise ValueError(f"{label}, {unit} {first_line + position}: column {column!r} has {shown}; "
                          f"expected {expected}.")
     return numbers.astype(np.int64) if integer and not allow_missing else numbers
 
 
-def parse_timestamps(values: pd.Series, *, label: str, column: str, first_line: int) -> np.ndarray:
+def parse_timestamps(values: pd.Series, *, label: str, column: str, first_line: int,
+                     unit: str = "line") -> np.ndarray:
     """Unix seconds from numbers or from datetime strings ("2020-01-31 12:00:00", ISO 8601, ...); UTC if naive."""
     if pd.api.types.is_datetime64_any_dtype(values):
         return _datetime_seconds(values)
@@ -94,7 +105,7 @@ def parse_timestamps(values: pd.Series, *, label: str, column: str, first_line: 
         numbers = values.to_numpy(dtype=np.float64)
         if np.isnan(numbers).any():
             position = int(np.flatnonzero(np.isnan(numbers))[0])
-            raise ValueError(f"{label}, line {first_line + position}: column {column!r} is empty; "
+            raise ValueError(f"{label}, {unit} {first_line + position}: column {column!r} is empty; "
                              "expected a timestamp.")
         return np.floor(numbers).astype(np.int64)
     text = values.astype(str).str.strip()
@@ -104,8 +115,8 @@ def parse_timestamps(values: pd.Series, *, label: str, column: str, first_line: 
     parsed = pd.to_datetime(text, errors="coerce", utc=True, format="mixed")
     if parsed.isna().any():
         position = int(np.flatnonzero(parsed.isna().to_numpy())[0])
-        raise ValueError(f"{label}, line {first_line + position}: column {column!r} has {values.iloc[position]!r}; "
-                         "expected unix seconds or a date/time such as '2020-01-31 12:00:00'.")
+        raise ValueError(f"{label}, {unit} {first_line + position}: column {column!r} has "
+                         f"{values.iloc[position]!r}; expected unix seconds or a date/time such as '2020-01-31 12:00:00'.")
     return _datetime_seconds(parsed)
 
 

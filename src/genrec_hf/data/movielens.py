@@ -94,9 +94,6 @@ def load_movielens(source: str | Path) -> LoadedEvents:
         table, first_line = read_table(raw, label=label, sep=","), 2
         check_columns(table.columns, ["userId", "movieId", "rating", "timestamp"], label=label)
         table = table.rename(columns={"userId": "user", "movieId": "item", "timestamp": "ts"})
-    if table.shape[1] < 4 or table[["user", "item", "rating", "ts"]].isna().any().any():
-        bad = int(np.flatnonzero(table.isna().any(axis=1).to_numpy())[0])
-        raise ValueError(f"{label}, line {first_line + bad}: expected 4 fields (user, item, rating, timestamp).")
 
     def number(column: str, name: str, integer: bool) -> np.ndarray:
         return parse_numbers(table[column], label=label, column=name, first_line=first_line, integer=integer)

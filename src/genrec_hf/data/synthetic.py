@@ -2,7 +2,7 @@
 
 What a model can learn from it, strongest first:
   * sequential dependence: items of a taste cluster form a chain ordered by release (think series / episodes);
-    within a session users mostly move 1-3 steps along the chain of the item they just consumed, so "what comes
+    within a session users mostly move 1-5 steps along the chain of the item they just consumed, so "what comes
     after item i" carries signal beyond popularity;
   * taste: each user mixes 1-3 clusters, and a session starts in a cluster drawn from that mix, so the history
     predicts the cluster of the next session; the mix drifts towards one new cluster over the user's lifetime;
@@ -35,7 +35,7 @@ _THEMES = ["River", "Empire", "Garden", "Signal", "Harbor", "Machine", "Kingdom"
            "Mirror", "Galaxy", "Island", "Temple", "Festival"]
 _SUFFIXES = ["", "", "", " II", " III", " Returns", " Rising", " Chronicles"]
 _DAY = 86_400
-_STEP_PROBS = np.array([0.55, 0.25, 0.12, 0.08])  # chain steps 1..4 within a session
+_STEP_PROBS = np.array([0.45, 0.25, 0.15, 0.10, 0.05])  # chain steps 1..5 within a session
 
 
 @dataclass
@@ -60,7 +60,7 @@ def generate_synthetic(
     mean_sessions: float = 8.0,
     mean_session_length: float = 4.0,
     zipf_exponent: float = 1.0,
-    sequential_strength: float = 0.6,
+    sequential_strength: float = 0.5,
     exploration: float = 0.15,
     new_item_rate: float = 0.05,
     drift: float = 0.5,
@@ -92,7 +92,7 @@ def synthetic_events(
     mean_sessions: float = 8.0,
     mean_session_length: float = 4.0,
     zipf_exponent: float = 1.0,
-    sequential_strength: float = 0.6,
+    sequential_strength: float = 0.5,
     exploration: float = 0.15,
     new_item_rate: float = 0.05,
     drift: float = 0.5,
@@ -228,7 +228,7 @@ def _popular_global(rng: np.random.Generator, cat: _Catalog, t: int, seen: set[i
 
 
 def _follow_chain(rng: np.random.Generator, cat: _Catalog, current: int, t: int, seen: set[int]) -> int:
-    """1-4 steps along the current item's chain, skipping consumed or unreleased items."""
+    """1-5 steps along the current item's chain, skipping consumed or unreleased items."""
     chain = cat.chains[cat.cluster[current]]
     position = int(cat.chain_pos[current]) + 1 + int(rng.choice(len(_STEP_PROBS), p=_STEP_PROBS))
     for offset in range(len(chain)):

@@ -46,10 +46,10 @@ def load_table(source: str | Path, column_map: dict[str, str] | None = None) -> 
             raise ValueError(f"{label}: cannot read as Parquet ({error}).") from None
         if len(table) == 0:
             raise ValueError(f"{label} has columns {list(table.columns)} but no events.")
-        first_line = 0  # "line" = row number in the Parquet file
+        first_line, unit = 0, "row"
     else:
         table = read_table(path, label=label, sep="\t" if path.suffix == ".tsv" else ",")
-        first_line = 2
+        first_line, unit = 2, "line"
     mapping = _resolve_columns(list(table.columns), column_map, label)
     user = table[mapping["user_id"]].astype(str).str.strip()
     item = table[mapping["item_id"]].astype(str).str.strip()
@@ -57,22 +57,21 @@ def load_table(source: str | Path, column_map: dict[str, str] | None = None) -> 
         empty = (values == "") | table[column].isna().to_numpy()
         if empty.any():
             position = int(np.flatnonzero(empty.to_numpy())[0])
-            raise ValueError(f"{label}, line {first_line + position}: column {column!r} is empty; expected an id.")
+            raise ValueError(f"{label}, {unit} {first_line + position}: column {column!r} is empty; expected an id.")
     events = pd.DataFrame({"user_id": user.to_numpy(), "item_id": item.to_numpy()})
     has_timestamps = "timestamp" in mapping
     if has_timestamps:
         events["timestamp"] = parse_timestamps(table[mapping["timestamp"]], label=label,
-                                               column=mapping["timestamp"], first_line=first_line)
+                                               column=mapping["timestamp"], first_line=first_line, unit=unit)
     else:
         logger.info("%s: no timestamp column; row order per user is used as event order", label)
         events["timestamp"] = events.groupby("user_id").cumcount().to_numpy(np.int64)
     events["rating"] = np.nan
     if "rating" in mapping:
-        events["rating"] = parse_numbers(table[mapping["rating"]].astype(str), label=label,
-                                         column=mapping["rating"], first_line=first_line, integer=False,
-                                         allow_missing=True)
+        events["rating"] = parse_numbers(table[mapping["rating"]], label=label, column=mapping["rating"],
+                                         first_line=first_line, integer=False, allow_missing=True, unit=unit)
     if "action" in mapping:
-        events["action"] = _actions(table[mapping["action"]], label, mapping["action"], first_line)
+        events["action"] = _actions(table[mapping["action"]], label, mapping["action"], first_line, unit)
     return LoadedEvents(events=events, has_timestamps=has_timestamps, name=path.stem)
 
 
@@ -97,11 +96,11 @@ def _resolve_columns(columns: list[str], column_map: dict[str, str] | None, labe
     return mapping
 
 
-def _actions(values: pd.Series, label: str, column: str, first_line: int) -> np.ndarray:
+def _actions(values: pd.Series, label: str, column: str, first_line: int, unit: str) -> np.ndarray:
+    """Integer action ids as they are; string action names → 1..K in sorted order (empty → 0, unknown)."""
     text = values.astype(str).str.strip()
-    numbers = pd.to_numeric(text, errors="coerce")
-    if not numbers.isna().any():
-        return parse_numbers(text, label=label, column=column, first_line=first_line, integer=True)
+    if pd.api.types.is_numeric_dtype(values) or not pd.to_numeric(text, errors="coerce").isna().any():
+        return parse_numbers(values, label=label, column=column, first_line=first_line, integer=True, unit=unit)
     names = sorted(set(text) - {""})
     codes = {name: i + 1 for i, name in enumerate(names)}
     logger.info("%s: action names mapped to ids %s", label, codes)

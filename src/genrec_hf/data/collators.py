@@ -52,7 +52,7 @@ class NextItemCollator:
     mode="eval": history = events[:-1] truncated to its most recent `max_length`, target = events[-1];
         `labels` is -100 except the last real position (= target, so a Trainer eval loss works), `target_ids` (B,),
         and with `exclude_history` an `exclude_ids` (B, H) of the distinct items of the FULL history (not only the
-        truncated window), 0-padded, for ranking with seen items removed.
+        truncated window), 0-padded on the right (it is a set), for ranking with seen items removed.
     Both return `input_ids`, `attention_mask`, `timestamps`, `action_ids` of the input events, padded on
     `padding_side` ("left" by default, so the last real event sits at position -1).
     """
@@ -110,7 +110,7 @@ class NextItemCollator:
         batch["labels"] = labels
         batch["target_ids"] = target_ids
         if self.exclude_history:
-            batch["exclude_ids"] = self._pad(histories, 0, max(1, max(len(h) for h in histories)))
+            batch["exclude_ids"] = _pad(histories, 0, max(1, max(len(h) for h in histories)), "right")
         return batch
 
     def _pad_inputs(self, inputs: list[tuple[list[int], list[int], list[int]]]) -> dict[str, torch.Tensor]:
@@ -123,16 +123,21 @@ class NextItemCollator:
         }
 
     def _pad(self, sequences: list[list[int]], value: int, width: int) -> torch.Tensor:
-        out = torch.full((len(sequences), width), value, dtype=torch.long)
-        for i, values in enumerate(sequences):
-            if not len(values):
-                continue
-            tensor = torch.as_tensor(list(values), dtype=torch.long)
-            if self.padding_side == "left":
-                out[i, width - len(values):] = tensor
-            else:
-                out[i, :len(values)] = tensor
-        return out
+        return _pad(sequences, value, width, self.padding_side)
+
+
+def _pad(sequences: list[list[int]], value: int, width: int, side: str) -> torch.Tensor:
+    """(B, width) int64 tensor, each sequence aligned to the `side`'s opposite end and filled with `value`."""
+    out = torch.full((len(sequences), width), value, dtype=torch.long)
+    for i, values in enumerate(sequences):
+        if not len(values):
+            continue
+        tensor = torch.as_tensor(list(values), dtype=torch.long)
+        if side == "left":
+            out[i, width - len(values):] = tensor
+        else:
+            out[i, :len(values)] = tensor
+    return out
 
 
 def _field(row: dict[str, Any], name: str, length: int) -> list[int]:

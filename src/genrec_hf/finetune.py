@@ -1,0 +1,404 @@
+"""Fine-tune a pre-trained GenRec base on a downstream task: LoRA adapter, full fine-tune, or from scratch.
+
+    genrec-hf finetune BASE_DIR recipes/finetune/short_horizon_lora.yaml [--mode lora|full|from_scratch]
+        [--output_dir DIR] [--overwrite_output_dir] [--section.key value ...]
+
+A finetune recipe (YAML, unknown keys are errors):
+
+    output_dir:          where the adapter (lora) or the model (full, from_scratch) + metrics.json + card go
+    mode:                lora | full | from_scratch
+    seed:                seeds adapter/model init, data order and negative sampling
+    max_train_minutes:   optional wall-time budget (stops after the current step, best checkpoint kept)
+    keep_checkpoints:    keep Trainer's checkpoint-* folders (default false: the output holds only the result)
+    task:       {name: a genrec_hf.tasks.TASKS name, params: {task keyword arguments}}
+    data:       {source, format, column_map, min_user_events, k_core, max_length}
+    lora:       {r, alpha, dropout, target_modules, layers, train_head}   (used by mode: lora)
+    training:   any transformers.TrainingArguments field (on top of DEFAULT_FINETUNE_ARGUMENTS)
+    evaluation: {ks, metric_for_best_model, early_stopping_patience, zero_shot}
+
+Every mode trains through `TaskTrainer` (a `transformers.Trainer` whose evaluation is the task's ranking protocol),
+so the three modes differ only in which parameters are trained and what is saved.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import logging
+import math
+import resource
+import shutil
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+import yaml
+from datasets import Dataset
+from torch.utils.data import DataLoader
+from transformers import EarlyStoppingCallback, Trainer, TrainingArguments, set_seed
+from transformers.trainer_utils import EvalLoopOutput
+
+from .adapters import DEFAULT_TARGET_MODULES, attach_adapter, lora_config, save_adapter, trainable_parameters
+from .modeling_genrec import GenRecForNextItemPrediction
+from .recipes import apply_overrides
+from .tasks import TASKS, EvalSpec, TaskCollator, TaskData, build_task, evaluate_task, windows
+
+logger = logging.getLogger(__name__)
+
+MODES = ("lora", "full", "from_scratch")
+TRAINING_ARGUMENT_FIELDS = {f.name for f in dataclasses.fields(TrainingArguments) if f.init}
+RESERVED_TRAINING_KEYS = {"output_dir", "overwrite_output_dir", "remove_unused_columns", "metric_for_best_model",
+                          "greater_is_better", "label_names"}
+DEFAULT_FINETUNE_ARGUMENTS: dict[str, Any] = dict(
+    num_train_epochs=10,
+    per_device_train_batch_size=128,
+    per_device_eval_batch_size=256,
+    learning_rate=1e-3,
+    weight_decay=0.0,
+    lr_scheduler_type="constant",
+    eval_strategy="epoch",
+    save_strategy="epoch",
+    save_total_limit=1,
+    load_best_model_at_end=True,
+    logging_strategy="epoch",
+    report_to=[],
+    dataloader_num_workers=0,
+    disable_tqdm=True,
+)
+
+
+@dataclass
+class TaskSection:
+    name: str = "short_horizon"  # a genrec_hf.tasks.TASKS name
+    params: dict[str, Any] = field(default_factory=dict)  # keyword arguments of the task builder
+
+
+@dataclass
+class FinetuneDataSection:
+    source: str = "synthetic"  # the log the base was trained on (item ids are mapped through the base vocabulary)
+    format: str | None = None  # loader name; None = detect
+    column_map: dict[str, str] | None = None  # for generic csv/parquet
+    min_user_events: int = 2  # users with fewer events are dropped
+    k_core: int | None = None  # iterative k-core filter
+    max_length: int = 50  # most recent events per history the model reads (≤ base max_position_embeddings)
+
+
+@dataclass
+class LoraSection:
+    r: int = 8  # LoRA rank
+    alpha: int = 16  # LoRA scaling numerator (scale = alpha / r)
+    dropout: float = 0.0  # dropout on the LoRA input
+    target_modules: list[str] = field(default_factory=lambda: list(DEFAULT_TARGET_MODULES))
+    layers: list[int] | None = None  # decoder layers to adapt (None = all)
+    train_head: Any = True  # True | False | "projection" | "item_vectors" | "all" | list
+
+
+@dataclass
+class FinetuneEvaluationSection:
+    ks: list[int] = field(default_factory=lambda: [1, 5, 10, 50, 200])  # cut-offs of hr/recall/ndcg@K
+    metric_for_best_model: str = "mrr"  # validation metric that picks the best checkpoint
+    early_stopping_patience: int | None = 3  # evaluations without improvement before stopping
+    zero_shot: bool = True  # also evaluate the untouched base on the task's test rows
+
+
+@dataclass
+class FinetuneRecipe:
+    output_dir: str = "runs/finetune"
+    mode: str = "lora"
+    seed: int = 0
+    max_train_minutes: float | None = None
+    keep_checkpoints: bool = False
+    task: TaskSection = field(default_factory=TaskSection)
+    data: FinetuneDataSection = field(default_factory=FinetuneDataSection)
+    lora: LoraSection = field(default_factory=LoraSection)
+    training: dict[str, Any] = field(default_factory=dict)
+    evaluation: FinetuneEvaluationSection = field(default_factory=FinetuneEvaluationSection)
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+
+def _section(cls: type, values: Any, where: str) -> Any:
+    if values is None:
+        return cls()
+    if not isinstance(values, dict):
+        raise ValueError(f"{where}: expected a mapping, got {type(values).__name__} ({values!r}).")
+    known = {f.name for f in dataclasses.fields(cls)}
+    unknown = sorted(set(values) - known)
+    if unknown:
+        raise ValueError(f"{where}: unknown key(s) {unknown}; allowed keys are {sorted(known)}.")
+    return cls(**values)
+
+
+def finetune_recipe_from_dict(raw: dict[str, Any], source: str = "finetune recipe") -> FinetuneRecipe:
+    """Validate a parsed finetune recipe; every error names the section, the key and what is allowed."""
+    if not isinstance(raw, dict):
+        raise ValueError(f"{source}: a recipe must be a YAML mapping, got {type(raw).__name__}.")
+    top = {f.name for f in dataclasses.fields(FinetuneRecipe)}
+    unknown = sorted(set(raw) - top)
+    if unknown:
+        raise ValueError(f"{source}: unknown top-level key(s) {unknown}; allowed keys are {sorted(top)}.")
+    training = raw.get("training") or {}
+    if not isinstance(training, dict):
+        raise ValueError(f"{source}: training: expected a mapping of TrainingArguments fields.")
+    bad = sorted(set(training) - TRAINING_ARGUMENT_FIELDS)
+    if bad:
+        raise ValueError(f"{source}: training: unknown TrainingArguments field(s) {bad}.")
+    reserved = sorted(set(training) & RESERVED_TRAINING_KEYS)
+    if reserved:
+        raise ValueError(f"{source}: training: {reserved} are set by the finetune runner.")
+    recipe = FinetuneRecipe(
+        output_dir=str(raw.get("output_dir", FinetuneRecipe.output_dir)),
+        mode=str(raw.get("mode", "lora")),
+        seed=int(raw.get("seed", 0)),
+        max_train_minutes=raw.get("max_train_minutes"),
+        keep_checkpoints=bool(raw.get("keep_checkpoints", False)),
+        task=_section(TaskSection, raw.get("task"), f"{source}: task"),
+        data=_section(FinetuneDataSection, raw.get("data"), f"{source}: data"),
+        lora=_section(LoraSection, raw.get("lora"), f"{source}: lora"),
+        training=dict(training),
+        evaluation=_section(FinetuneEvaluationSection, raw.get("evaluation"), f"{source}: evaluation"),
+    )
+    if recipe.mode not in MODES:
+        raise ValueError(f"{source}: mode={recipe.mode!r}; expected one of {MODES}.")
+    if recipe.task.name not in TASKS:
+        raise ValueError(f"{source}: task.name={recipe.task.name!r}; registered tasks are {sorted(TASKS)}.")
+    if recipe.data.max_length < 1:
+        raise ValueError(f"{source}: data.max_length={recipe.data.max_length}; expected a positive integer.")
+    allowed = {"mrr"} | {f"{m}@{k}" for m in ("hr", "ndcg", "recall") for k in recipe.evaluation.ks}
+    if recipe.evaluation.metric_for_best_model not in allowed:
+        raise ValueError(f"{source}: evaluation.metric_for_best_model={recipe.evaluation.metric_for_best_model!r}; "
+                         f"expected one of {sorted(allowed)}.")
+    lora = recipe.lora
+    lora_config(r=lora.r, alpha=lora.alpha, dropout=lora.dropout, target_modules=lora.target_modules,
+                layers=lora.layers, train_head=lora.train_head)  # raises on bad values
+    return recipe
+
+
+def load_finetune_recipe(path: str | Path, overrides: dict[str, str] | None = None) -> FinetuneRecipe:
+    """Read a finetune YAML, apply dotted command-line overrides and validate it."""
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"Finetune recipe {path} does not exist (e.g. recipes/finetune/short_horizon_lora.yaml).")
+    try:
+        raw = yaml.safe_load(path.read_text()) or {}
+    except yaml.YAMLError as error:
+        raise ValueError(f"{path}: not valid YAML: {error}") from None
+    return finetune_recipe_from_dict(apply_overrides(raw, overrides or {}), source=str(path))
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+
+
+class TaskTrainer(Trainer):
+    """`Trainer` whose evaluation ranks each row's task targets under the task's `EvalSpec` (chunked, no logits)."""
+
+    def __init__(self, *args: Any, task_spec: EvalSpec, max_length: int, ks: tuple[int, ...] = (1, 5, 10, 50, 200),
+                 **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.task_spec = task_spec
+        self.max_length = max_length
+        self.ks = tuple(ks)
+
+    def get_eval_dataloader(self, eval_dataset: str | Dataset | None = None) -> DataLoader:
+        dataset = eval_dataset if eval_dataset is not None else self.eval_dataset
+        collator = TaskCollator(self.max_length, mode="eval", exclude_history=self.task_spec.exclude_history)
+        loader = DataLoader(dataset, batch_size=self.args.eval_batch_size, collate_fn=collator, shuffle=False)
+        return self.accelerator.prepare(loader)
+
+    def evaluation_loop(self, dataloader: DataLoader, description: str, prediction_loss_only: bool | None = None,
+                        ignore_keys: list[str] | None = None, metric_key_prefix: str = "eval") -> EvalLoopOutput:
+        model = self.accelerator.unwrap_model(self.model)
+        gather = None
+        if self.accelerator.num_processes > 1:
+            def gather(ranks: torch.Tensor) -> torch.Tensor:
+                return self.accelerator.gather_for_metrics(self.accelerator.pad_across_processes(ranks, dim=1))
+        metrics = evaluate_task(model, None, self.task_spec, max_length=self.max_length, ks=self.ks, gather=gather,
+                                batches=dataloader)
+        num_users = int(metrics.pop("num_users"))
+        metrics = {f"{metric_key_prefix}_{k}": v for k, v in metrics.items()}
+        return EvalLoopOutput(predictions=None, label_ids=None, metrics=metrics, num_samples=num_users)
+
+
+def align_to_vocab(data: Any, vocab: Any) -> Any:
+    """Re-index `data` with the base's item vocabulary; events on items the base does not know are dropped."""
+    if data.vocab == vocab:
+        return data
+    from .data.interactions import SEQUENCE_FEATURES
+
+    mapping = {i: (vocab.encode(raw) if raw in vocab else 0) for i, raw in enumerate(data.vocab.raw_ids, start=1)}
+    dropped = 0
+
+    def remap(row: dict[str, Any]) -> dict[str, Any]:
+        nonlocal dropped
+        keep = [j for j, item in enumerate(row["item_ids"]) if mapping[item] > 0]
+        dropped += len(row["item_ids"]) - len(keep)
+        out = {key: [row[key][j] for j in keep] for key in ("timestamps", "action_ids", "ratings")}
+        out["item_ids"] = [mapping[row["item_ids"][j]] for j in keep]
+        return out
+
+    sequences = data.sequences.map(remap, features=SEQUENCE_FEATURES).filter(lambda r: len(r["item_ids"]) >= 2)
+    logger.warning("data %s re-indexed with the base vocabulary: %d events on unknown items dropped", data.name,
+                   dropped)
+    return dataclasses.replace(data, sequences=sequences, vocab=vocab)
+
+
+def _training_arguments(recipe: FinetuneRecipe, output_dir: Path) -> TrainingArguments:
+    values = {**DEFAULT_FINETUNE_ARGUMENTS, **recipe.training}
+    if not torch.cuda.is_available():
+        values.setdefault("use_cpu", True)
+    return TrainingArguments(output_dir=str(output_dir), remove_unused_columns=False, seed=recipe.seed,
+                             label_names=["labels"], greater_is_better=True,
+                             metric_for_best_model=f"eval_{recipe.evaluation.metric_for_best_model}", **values)
+
+
+def _dir_bytes(path: Path, names: tuple[str, ...]) -> int:
+    return sum(p.stat().st_size for p in path.iterdir() if p.is_file() and p.name in names)
+
+
+@dataclass
+class FinetuneOutcome:
+    metrics: dict[str, Any]  # also written to output_dir/metrics.json
+    model: torch.nn.Module  # PeftModel (lora) or GenRecForNextItemPrediction
+    task: TaskData
+
+
+def finetune(recipe: FinetuneRecipe, base_dir: str | Path, *, overwrite_output_dir: bool = False) -> FinetuneOutcome:
+    """Train a task on top of the base in `base_dir` as the recipe's `mode` says; save the result and metrics."""
+    from .data import ItemVocab, load_interactions
+
+    base_dir = Path(base_dir)
+    output_dir = Path(recipe.output_dir)
+    if output_dir.is_dir() and any(output_dir.iterdir()) and not overwrite_output_dir:
+        raise FileExistsError(f"Output folder {output_dir} exists and is not empty; pass --overwrite_output_dir to "
+                              "write into it, or choose another --output_dir.")
+    if not (base_dir / "config.json").is_file():
+        raise FileNotFoundError(f"Base model folder {base_dir} has no config.json (train one with `genrec-hf train`).")
+    set_seed(recipe.seed)
+    base = GenRecForNextItemPrediction.from_pretrained(str(base_dir))
+    if recipe.data.max_length > base.config.max_position_embeddings:
+        raise ValueError(f"data.max_length={recipe.data.max_length} exceeds the base's max_position_embeddings="
+                         f"{base.config.max_position_embeddings}.")
+    data = load_interactions(recipe.data.source, format=recipe.data.format, column_map=recipe.data.column_map,
+                             min_user_events=recipe.data.min_user_events, k_core=recipe.data.k_core)
+    vocab_file = base_dir / "item_vocab.json"
+    if vocab_file.is_file():
+        data = align_to_vocab(data, ItemVocab.load(base_dir))
+    elif len(data.vocab) != base.config.vocab_size:
+        raise ValueError(f"The data has {len(data.vocab)} item indices but the base {base_dir} has vocab_size="
+                         f"{base.config.vocab_size}, and the base has no item_vocab.json to map ids with.")
+    task = build_task(recipe.task.name, data, **recipe.task.params)
+    train_rows = windows(task.train, recipe.data.max_length)
+    ks = tuple(recipe.evaluation.ks)
+    logger.info("task %s on %s: %d training windows, %d validation and %d test users", task.name, data.name,
+                len(train_rows), len(task.validation), len(task.test))
+
+    zero_shot = None
+    if recipe.evaluation.zero_shot:
+        zero_shot = evaluate_task(base, task.test, task.spec, max_length=recipe.data.max_length, ks=ks)
+        zero_shot.pop("num_users", None)
+
+    if recipe.mode == "lora":
+        section = recipe.lora
+        model: torch.nn.Module = attach_adapter(base, lora_config(
+            r=section.r, alpha=section.alpha, dropout=section.dropout, target_modules=section.target_modules,
+            layers=section.layers, train_head=section.train_head))
+    elif recipe.mode == "full":
+        model = base
+    else:
+        torch.manual_seed(recipe.seed)
+        model = GenRecForNextItemPrediction(base.config)
+    trainable, total = trainable_parameters(model)
+
+    args = _training_arguments(recipe, output_dir)
+    callbacks = []
+    if recipe.evaluation.early_stopping_patience and args.eval_strategy != "no":
+        callbacks.append(EarlyStoppingCallback(early_stopping_patience=recipe.evaluation.early_stopping_patience))
+    if recipe.max_train_minutes:
+        from .training import TimeBudgetCallback
+
+        callbacks.append(TimeBudgetCallback(recipe.max_train_minutes))
+    trainer = TaskTrainer(model=model, args=args, train_dataset=train_rows, eval_dataset=task.validation,
+                          data_collator=TaskCollator(recipe.data.max_length, mode="train"), task_spec=task.spec,
+                          max_length=recipe.data.max_length, ks=ks, callbacks=callbacks)
+    start = time.monotonic()
+    train_result = trainer.train()
+    train_seconds = time.monotonic() - start
+    validation = trainer.evaluate(metric_key_prefix="validation")
+    test = trainer.evaluate(task.test, metric_key_prefix="test")
+    model = trainer.model
+
+    metrics: dict[str, Any] = {
+        "dataset": data.name,
+        "task": task.name,
+        "task_description": task.spec.description,
+        "task_params": task.params,
+        "task_stats": task.stats,
+        "mode": recipe.mode,
+        "base_model": str(base_dir),
+        "protocol": "per-user last qualifying target = test, previous = validation; full-catalog ranking"
+                    + (" within the availability window" if task.spec.available_since is not None else "")
+                    + f"; history excluded={task.spec.exclude_history}; set-valued={task.spec.set_valued}",
+        "validation": _strip(validation, "validation_"),
+        "test": _strip(test, "test_"),
+        "zero_shot_test": zero_shot,
+        "train": {"runtime_s": train_seconds, "loss": train_result.training_loss, "epochs": trainer.state.epoch,
+                  "steps": trainer.state.global_step, "windows": len(train_rows)},
+        "parameters": {"trainable": trainable, "total": total, "trainable_fraction": trainable / total},
+    }
+    if trainer.is_world_process_zero():
+        if not recipe.keep_checkpoints:
+            for checkpoint in output_dir.glob("checkpoint-*"):
+                shutil.rmtree(checkpoint, ignore_errors=True)
+        if recipe.mode == "lora":
+            save_adapter(model, output_dir, base_dir=base_dir)
+            size = _dir_bytes(output_dir, ("adapter_model.safetensors",))
+        else:
+            trainer.save_model(str(output_dir))
+            if vocab_file.is_file():
+                shutil.copy(vocab_file, output_dir / "item_vocab.json")
+            size = _dir_bytes(output_dir, ("model.safetensors",))
+        metrics["checkpoint_bytes"] = size
+        metrics["peak_rss_mb"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+        (output_dir / "metrics.json").write_text(json.dumps(metrics, indent=2, default=str))
+        (output_dir / "finetune_recipe.yaml").write_text(yaml.safe_dump(recipe.to_dict(), sort_keys=False))
+        _write_card(output_dir, data.name)
+    return FinetuneOutcome(metrics=metrics, model=model, task=task)
+
+
+def _write_card(output_dir: Path, dataset_name: str) -> None:
+    try:
+        from .cards import write_model_card
+    except ImportError:
+        return
+    try:
+        write_model_card(output_dir, dataset_name=dataset_name)
+    except Exception as error:  # a card must never lose a finished training run
+        logger.warning("model card not written: %s", error)
+
+
+def _strip(metrics: dict[str, float], prefix: str) -> dict[str, float]:
+    return {k[len(prefix):]: v for k, v in metrics.items()
+            if k.startswith(prefix) and isinstance(v, (int, float)) and not math.isnan(v)}
+
+
+def run_finetune(base_dir: str, recipe_path: str, *, mode: str | None = None, overrides: dict[str, str] | None = None,
+                 overwrite_output_dir: bool = False) -> dict:
+    """CLI entry (`genrec-hf finetune`): load + override the recipe, fine-tune, return the metrics dict.
+
+    `mode` overrides the recipe's mode; unless `output_dir` is overridden too, a trailing `-lora` / `-full` /
+    `-from_scratch` of the recipe's output folder becomes `-<mode>`, so comparison runs never overwrite each other.
+    """
+    overrides = dict(overrides or {})
+    if mode is not None:
+        overrides["mode"] = mode
+    recipe = load_finetune_recipe(recipe_path, overrides)
+    if mode is not None and "output_dir" not in overrides:
+        stem = recipe.output_dir
+        for suffix in MODES:
+            if stem.endswith(f"-{suffix}"):
+                stem = stem[: -len(suffix) - 1]
+        recipe.output_dir = f"{stem}-{mode}"
+    return finetune(recipe, base_dir, overwrite_output_dir=overwrite_output_dir).metrics

@@ -7,7 +7,8 @@ import re
 
 import pytest
 
-from genrec_hf.data import ItemVocab, NextItemCollator, generate_synthetic, load_interactions, sliding_windows, time_split
+from genrec_hf.data import (ItemVocab, NextItemCollator, generate_synthetic, load_interactions, sliding_windows,
+                            time_split)
 
 
 def write(path, text: str):

@@ -1,4 +1,4 @@
-"""The embedded synthetic log: seeded determinism, realistic structure and a real (but not trivial) sequential signal."""
+"""The embedded synthetic log: seeded determinism, realistic structure, a real (not trivial) sequential signal."""
 
 from __future__ import annotations
 

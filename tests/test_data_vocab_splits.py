@@ -5,7 +5,6 @@ from __future__ import annotations
 import json
 
 import numpy as np
-import pytest
 
 from genrec_hf.data import ItemVocab, build_interactions, generate_synthetic, leave_one_out, time_split
 from genrec_hf.data.interactions import SEQUENCE_FEATURES

@@ -26,25 +26,29 @@ def read_table(
     names: list[str] | None = None,
     encoding: str = "utf-8",
     quoting: bool = True,
+    as_strings: bool = True,
 ) -> pd.DataFrame:
-    """Read a delimited text table as strings (`names` given = headerless file); parse errors name the file.
+    """Read a delimited text table (`names` given = headerless file); parse errors name the file.
 
-    `source` is a path or the raw bytes of a zip member. A multi-character `sep` such as MovieLens' `::` is replaced
-    by a tab first, so the fast C parser is used even for millions of lines.
+    `source` is a path or the raw bytes of a zip member. `as_strings=False` lets pandas infer numeric columns (fast
+    path for big numeric logs; a column with a bad value stays text and `parse_numbers` then names its line). A
+    multi-character `sep` such as MovieLens' `::` is replaced by a tab first, so the C parser reads it.
     """
     raw = source if isinstance(source, bytes) else Path(source).read_bytes()
-    if not raw.strip():
+    if not raw or raw.isspace():
         raise ValueError(f"{label} is empty; expected events, one per line.")
-    text = raw.decode(encoding, errors="strict") if encoding != "latin-1" else raw.decode("latin-1")
     if len(sep) > 1:
-        text, sep = text.replace(sep, "\t"), "\t"
+        raw, sep = raw.replace(sep.encode(), b"\t"), "\t"
     try:
-        frame = pd.read_csv(io.StringIO(text), sep=sep, header=None if names else 0, names=names, dtype=str,
-                            keep_default_na=False, quoting=0 if quoting else 3, engine="c")
+        frame = pd.read_csv(io.BytesIO(raw), sep=sep, header=None if names else 0, names=names,
+                            dtype=str if as_strings else None, keep_default_na=False, quoting=0 if quoting else 3,
+                            encoding=encoding, engine="c")
     except pd.errors.ParserError as error:
         raise ValueError(f"{label}: cannot parse the file ({error}).") from None
     except pd.errors.EmptyDataError:
         raise ValueError(f"{label} is empty; expected events, one per line.") from None
+    except UnicodeDecodeError as error:
+        raise ValueError(f"{label}: not {encoding} text ({error.reason} at byte {error.start}).") from None
     if len(frame) == 0:
         raise ValueError(f"{label} has a header ({', '.join(map(str, frame.columns))}) but no events.")
     return frame
@@ -90,7 +94,7 @@ def parse_numbers(
     if bad.any():
         position = int(np.flatnonzero(bad)[0])
         expected = "an integer" if integer else "a number"
-        shown = "an empty value" if missing[position] else repr(values.iloc[position])
+        shown = "an empty value" if missing[position] else _quoted(values.iloc[position])
         raise ValueError(f"{label}, {unit} {first_line + position}: column {column!r} has {shown}; "
                          f"expected {expected}.")
     return numbers.astype(np.int64) if integer and not allow_missing else numbers
@@ -116,8 +120,14 @@ def parse_timestamps(values: pd.Series, *, label: str, column: str, first_line: 
     if parsed.isna().any():
         position = int(np.flatnonzero(parsed.isna().to_numpy())[0])
         raise ValueError(f"{label}, {unit} {first_line + position}: column {column!r} has "
-                         f"{values.iloc[position]!r}; expected unix seconds or a date/time such as '2020-01-31 12:00:00'.")
+                         f"{_quoted(values.iloc[position])}; expected unix seconds or a date/time such as "
+                         "'2020-01-31 12:00:00'.")
     return _datetime_seconds(parsed)
+
+
+def _quoted(value: Any) -> str:
+    """A cell as the user wrote it, quoted: '2.5', 'abc' (numpy scalars unwrapped)."""
+    return repr(str(value.item() if hasattr(value, "item") else value))
 
 
 def _datetime_seconds(values: Any) -> np.ndarray:

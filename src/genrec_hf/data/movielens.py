@@ -85,13 +85,14 @@ def load_movielens(source: str | Path) -> LoadedEvents:
     label = files.label(ratings_name)
     raw = files.read(ratings_name)
     if kind == "u.data":
-        table, first_line = read_table(raw, label=label, sep="\t", names=["user", "item", "rating", "ts"]), 1
+        table = read_table(raw, label=label, sep="\t", names=["user", "item", "rating", "ts"], as_strings=False)
+        first_line = 1
     elif kind == "ratings.dat":
         table = read_table(raw, label=label, sep="::", names=["user", "item", "rating", "ts"], encoding="latin-1",
-                           quoting=False)
+                           quoting=False, as_strings=False)
         first_line = 1
     else:
-        table, first_line = read_table(raw, label=label, sep=","), 2
+        table, first_line = read_table(raw, label=label, sep=",", as_strings=False), 2
         check_columns(table.columns, ["userId", "movieId", "rating", "timestamp"], label=label)
         table = table.rename(columns={"userId": "user", "movieId": "item", "timestamp": "ts"})
 

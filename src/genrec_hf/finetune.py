@@ -37,7 +37,7 @@ import torch
 import yaml
 from datasets import Dataset
 from torch.utils.data import DataLoader
-from transformers import EarlyStoppingCallback, Trainer, TrainingArguments, set_seed
+from transformers import EarlyStoppingCallback, Trainer, TrainerCallback, TrainingArguments, set_seed
 from transformers.trainer_utils import EvalLoopOutput
 
 from .adapters import DEFAULT_TARGET_MODULES, attach_adapter, lora_config, save_adapter, trainable_parameters
@@ -192,6 +192,24 @@ def load_finetune_recipe(path: str | Path, overrides: dict[str, str] | None = No
 # ---------------------------------------------------------------------------------------------------------------------
 
 
+class TimeBudgetCallback(TrainerCallback):
+    """Stop after `max_minutes` of training wall time (evaluating and saving first, so the best model is kept)."""
+
+    def __init__(self, max_minutes: float) -> None:
+        self.max_seconds = max_minutes * 60
+        self.start = time.monotonic()
+
+    def on_train_begin(self, args: TrainingArguments, state: Any, control: Any, **kwargs: Any) -> None:
+        self.start = time.monotonic()
+
+    def on_step_end(self, args: TrainingArguments, state: Any, control: Any, **kwargs: Any) -> Any:
+        if time.monotonic() - self.start > self.max_seconds:
+            control.should_training_stop = True
+            control.should_evaluate = args.eval_strategy != "no"
+            control.should_save = args.save_strategy != "no"
+        return control
+
+
 class TaskTrainer(Trainer):
     """`Trainer` whose evaluation ranks each row's task targets under the task's `EvalSpec` (chunked, no logits)."""
 
@@ -317,8 +335,6 @@ def finetune(recipe: FinetuneRecipe, base_dir: str | Path, *, overwrite_output_d
     if recipe.evaluation.early_stopping_patience and args.eval_strategy != "no":
         callbacks.append(EarlyStoppingCallback(early_stopping_patience=recipe.evaluation.early_stopping_patience))
     if recipe.max_train_minutes:
-        from .training import TimeBudgetCallback
-
         callbacks.append(TimeBudgetCallback(recipe.max_train_minutes))
     trainer = TaskTrainer(model=model, args=args, train_dataset=train_rows, eval_dataset=task.validation,
                           data_collator=TaskCollator(recipe.data.max_length, mode="train"), task_spec=task.spec,

@@ -1,0 +1,160 @@
+"""What a LoRA adapter saves vs full fine-tuning and training from scratch, per downstream task (issue 6).
+
+For each dataset: pre-train one base (`--preset`) on every user's events before the earliest validation anchor of
+any task (so no task's validation/test targets are seen in pre-training), then per task run, each in its own
+process (for a clean peak RSS): frozen base zero-shot, LoRA r ∈ `--ranks`, full fine-tune, from scratch. Writes
+a markdown table (MRR, HR@10, trainable params, wall time, peak RSS, checkpoint size) and the serving cost of N
+tasks (N adapters + 1 base vs N full models).
+
+    python benchmarks/bench_adapters.py --datasets synthetic ../shared/data/ml-100k --out benchmarks/results_adapters.md
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import os
+import platform
+import subprocess
+import sys
+import time
+from datetime import date
+from pathlib import Path
+
+import torch
+import yaml
+
+REPO = Path(__file__).resolve().parents[1]
+TASK_NAMES = ("short_horizon", "long_horizon", "availability", "high_engagement")
+
+
+def pretrain_base(source: str, out: Path, preset: str, epochs: int, max_length: int, minutes: float) -> Path:
+    """Pre-train a base with next-item prediction on the events before every task's validation anchor."""
+    from transformers import TrainingArguments
+
+    from genrec_hf import GenRecConfig, GenRecForNextItemPrediction
+    from genrec_hf.data import load_interactions
+    from genrec_hf.finetune import TaskTrainer, TimeBudgetCallback
+    from genrec_hf.tasks import EvalSpec, TaskCollator, build_task, single_target_task, windows
+
+    if (out / "model.safetensors").is_file():
+        return out
+    data = load_interactions(source)
+    cut: dict[str, int] = {}
+    for name in TASK_NAMES:
+        for row in build_task(name, data).validation:
+            cut[row["user_id"]] = min(cut.get(row["user_id"], 10**9), len(row["item_ids"]))
+    truncated = data.sequences.filter(lambda r: r["user_id"] in cut).map(
+        lambda r: {k: r[k][:cut[r["user_id"]]] for k in ("item_ids", "timestamps", "action_ids", "ratings")})
+    pre = dataclasses.replace(data, sequences=truncated.filter(lambda r: len(r["item_ids"]) >= 3))
+    task = single_target_task(pre, lambda row, i: True, name="pretrain", spec=EvalSpec())
+    config = GenRecConfig.from_preset(preset, vocab_size=len(data.vocab), num_action_types=data.num_action_types,
+                                      max_position_embeddings=max_length)
+    torch.manual_seed(0)
+    model = GenRecForNextItemPrediction(config)
+    args = TrainingArguments(output_dir=str(out / "tmp"), num_train_epochs=epochs, per_device_train_batch_size=128,
+                             learning_rate=2e-3, eval_strategy="no", save_strategy="no", report_to=[], use_cpu=True,
+                             remove_unused_columns=False, label_names=["labels"], disable_tqdm=True,
+                             logging_strategy="epoch")
+    trainer = TaskTrainer(model=model, args=args, train_dataset=windows(task.train, max_length),
+                          data_collator=TaskCollator(max_length), task_spec=task.spec, max_length=max_length,
+                          callbacks=[TimeBudgetCallback(minutes)])
+    start = time.monotonic()
+    trainer.train()
+    out.mkdir(parents=True, exist_ok=True)
+    model.save_pretrained(out)
+    data.vocab.save(out)
+    (out / "pretrain.json").write_text(json.dumps({"preset": preset, "seconds": time.monotonic() - start,
+                                                   "windows": len(trainer.train_dataset)}))
+    return out
+
+
+def run_one(base: Path, task: str, mode: str, rank: int | None, out: Path, source: str, epochs: int,
+            max_length: int, minutes: float) -> dict:
+    recipe = yaml.safe_load((REPO / "recipes" / "finetune" / f"{task}_{'lora' if mode == 'lora' else 'full'}.yaml")
+                            .read_text())
+    recipe.update(output_dir=str(out), mode=mode, max_train_minutes=minutes)
+    recipe["data"].update(source=source, max_length=max_length)
+    recipe["training"].update(num_train_epochs=epochs)
+    recipe["evaluation"].update(ks=[10], early_stopping_patience=2, zero_shot=(mode == "full"))
+    if mode == "from_scratch":
+        recipe["training"]["learning_rate"] = 2e-3
+    if rank is not None:
+        recipe["lora"].update(r=rank, alpha=2 * rank)
+    out.mkdir(parents=True, exist_ok=True)
+    path = out.parent / f"{out.name}.yaml"
+    path.write_text(yaml.safe_dump(recipe))
+    code = ("import json,sys; from genrec_hf.finetune import run_finetune; "
+            f"run_finetune({str(base)!r}, {str(path)!r}, overwrite_output_dir=True)")
+    start = time.monotonic()
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                          env={**os.environ, "HF_HUB_OFFLINE": "1"})
+    if proc.returncode:
+        raise RuntimeError(f"{task} {mode} failed:\n{proc.stderr[-3000:]}")
+    metrics = json.loads((out / "metrics.json").read_text())
+    metrics["process_s"] = time.monotonic() - start
+    return metrics
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--datasets", nargs="+", default=["synthetic", str(REPO.parent / "shared/data/ml-100k")])
+    parser.add_argument("--tasks", nargs="+", default=list(TASK_NAMES))
+    parser.add_argument("--preset", default="genrec-500k")
+    parser.add_argument("--ranks", nargs="+", type=int, default=[4, 16])
+    parser.add_argument("--epochs", type=int, default=4)
+    parser.add_argument("--pretrain_epochs", type=int, default=8)
+    parser.add_argument("--max_length", type=int, default=50)
+    parser.add_argument("--minutes", type=float, default=1.0, help="per fine-tune run wall-time cap")
+    parser.add_argument("--workdir", default=str(REPO / "runs" / "bench_adapters"))
+    parser.add_argument("--out", default=str(REPO / "benchmarks" / "results_adapters.md"))
+    args = parser.parse_args()
+
+    lines = [f"# Adapters vs full fine-tune vs scratch ({date.today()}, {platform.machine()}, "
+             f"{os.cpu_count()} CPUs shared, torch {torch.__version__})", "",
+             f"Command: `python benchmarks/bench_adapters.py {' '.join(sys.argv[1:])}`", "",
+             f"Base: `{args.preset}` pre-trained {args.pretrain_epochs} epochs (cap 3 min) on events before every "
+             f"task's validation anchor; fine-tune: ≤{args.epochs} epochs, early stopping 2, ≤{args.minutes} min, "
+             "best validation MRR kept. Test metrics under each task's protocol (`genrec_hf.tasks`).", ""]
+    for source in args.datasets:
+        name = Path(source).name
+        workdir = Path(args.workdir) / name
+        base = pretrain_base(source, workdir / "base", args.preset, args.pretrain_epochs, args.max_length, 3.0)
+        base_bytes = (base / "model.safetensors").stat().st_size
+        lines += [f"## {name}", "", f"Base checkpoint: {base_bytes / 1e6:.2f} MB "
+                  f"({json.loads((base / 'pretrain.json').read_text())['seconds']:.0f} s pre-training).", "",
+                  "| task | method | test MRR | HR@10 | % of full MRR | trainable params | % trainable | "
+                  "fine-tune s | peak RSS MB | checkpoint MB |", "|---|---|---|---|---|---|---|---|---|---|"]
+        adapter_sizes, full_sizes = [], []
+        for task in args.tasks:
+            runs = {"full": run_one(base, task, "full", None, workdir / f"{task}-full", source, args.epochs,
+                                    args.max_length, args.minutes)}
+            for r in args.ranks:
+                runs[f"lora r={r}"] = run_one(base, task, "lora", r, workdir / f"{task}-lora{r}", source,
+                                              args.epochs, args.max_length, args.minutes)
+            runs["from scratch"] = run_one(base, task, "from_scratch", None, workdir / f"{task}-scratch", source,
+                                           args.epochs, args.max_length, args.minutes)
+            full_mrr = runs["full"]["test"]["mrr"]
+            zero = runs["full"]["zero_shot_test"]
+            lines.append(f"| {task} | frozen base (zero-shot) | {zero['mrr']:.4f} | {zero.get('hr@10', 0):.4f} | "
+                         f"{100 * zero['mrr'] / full_mrr:.0f}% | 0 | 0 | 0 | – | – |")
+            for label, m in runs.items():
+                p = m["parameters"]
+                lines.append(f"| {task} | {label} | {m['test']['mrr']:.4f} | {m['test'].get('hr@10', 0):.4f} | "
+                             f"{100 * m['test']['mrr'] / full_mrr:.0f}% | {p['trainable']:,} | "
+                             f"{100 * p['trainable_fraction']:.2f}% | {m['train']['runtime_s']:.1f} | "
+                             f"{m['peak_rss_mb']:.0f} | {m['checkpoint_bytes'] / 1e6:.3f} |")
+            adapter_sizes.append(runs[f"lora r={args.ranks[0]}"]["checkpoint_bytes"])
+            full_sizes.append(runs["full"]["checkpoint_bytes"])
+        n = len(args.tasks)
+        lines += ["", f"Serving {n} tasks: 1 base + {n} adapters (r={args.ranks[0]}) = "
+                  f"{(base_bytes + sum(adapter_sizes)) / 1e6:.2f} MB vs {n} full models = {sum(full_sizes) / 1e6:.2f} MB "
+                  f"({sum(full_sizes) / (base_bytes + sum(adapter_sizes)):.1f}× less); adapter/base size = "
+                  f"{100 * max(adapter_sizes) / base_bytes:.1f}%.", ""]
+        Path(args.out).write_text("\n".join(lines) + "\n")
+    print("\n".join(lines))
+
+
+if __name__ == "__main__":
+    main()

@@ -72,7 +72,7 @@ def _print_examples(outcome: Any, num_examples: int) -> None:
         recs = recommender.recommend(history, k=5)
         shown = ", ".join(_label(r.item_id, r.title) for r in recs)
         recent = ", ".join(_label(i, data.item_info.get(i, {}).get("title")) for i in history[-3:])
-        print(f"user {row['user_id']}: last watched [{recent}] -> recommended [{shown}]")
+        print(f"user {row['user_id']}: recent [{recent}] -> recommended [{shown}]")
 
 
 def _label(item_id: str, title: str | None) -> str:
@@ -80,7 +80,7 @@ def _label(item_id: str, title: str | None) -> str:
 
 
 def cmd_evaluate(args: argparse.Namespace, extra: list[str]) -> int:
-    from .evaluation import evaluate_saved_model
+    from .training import evaluate_saved_model
 
     output = Path(args.output) if args.output else Path(args.model_dir) / f"eval_results_{args.split}.json"
     if output.exists() and not args.overwrite:

@@ -7,6 +7,7 @@ without duplicates, turned into MRR / HR@K / NDCG@K. Checkpoint selection and ea
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
 import math
@@ -15,6 +16,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 import yaml
 from datasets import Dataset, DatasetDict
@@ -31,7 +33,7 @@ from transformers import (
 from transformers.trainer_utils import EvalLoopOutput
 
 from .configuration_genrec import SIZE_PRESETS, GenRecConfig
-from .data import InteractionData, NextItemCollator, leave_one_out, load_interactions, sliding_windows, time_split
+from .data import InteractionData, ItemVocab, NextItemCollator, leave_one_out, load_interactions, sliding_windows, time_split
 from .evaluation import evaluate_model
 from .modeling_genrec import GenRecForNextItemPrediction
 from .recipes import Recipe
@@ -196,6 +198,7 @@ def train(recipe: Recipe, *, overwrite_output_dir: bool = False,
         data_collator=collator, eval_collator=eval_collator, ks=tuple(recipe.evaluation.ks), callbacks=callbacks,
     )
     train_result = trainer.train(resume_from_checkpoint=resume_from_checkpoint)
+    trainer.remove_callback(EarlyStoppingCallback)  # the final evaluations below are reports, not stopping signals
     validation = trainer.evaluate(metric_key_prefix="validation")
     test = trainer.evaluate(prepared.splits["test"], metric_key_prefix="test")
     metrics = {
@@ -227,3 +230,43 @@ def _parameter_counts(model: GenRecForNextItemPrediction) -> dict[str, int]:
     total = sum(p.numel() for p in model.parameters())
     return {"backbone": count_backbone_parameters(model), "total": total}
 
+
+
+def remap_to_vocab(data: InteractionData, vocab: ItemVocab) -> InteractionData:
+    """Re-index `data` into a model's vocabulary; events of items the model does not know are dropped (and counted)."""
+    if data.vocab == vocab:
+        return data
+    lookup = np.array([0] + [vocab.encode(raw) if raw in vocab else 0 for raw in data.vocab.raw_ids], dtype=np.int64)
+    unknown = int((lookup[1:] == 0).sum())
+    if unknown == data.vocab.num_items:
+        raise ValueError(f"None of the {unknown} items of {data.name} is in the model's item_vocab.json: "
+                         "the data and the model use different item ids.")
+
+    def remap(row: dict[str, Any]) -> dict[str, Any]:
+        items = lookup[np.asarray(row["item_ids"], dtype=np.int64)]
+        keep = items > 0
+        return {"item_ids": items[keep], **{c: np.asarray(row[c])[keep] for c in ("timestamps", "action_ids",
+                                                                                   "ratings")}}
+
+    sequences = data.sequences.map(remap, features=data.sequences.features, desc="mapping items to the model vocab")
+    sequences = sequences.filter(lambda row: len(row["item_ids"]) >= 2)
+    if unknown:
+        logger.warning("%d of %d items of %s are unknown to the model: their events are dropped (%d users kept)",
+                       unknown, data.vocab.num_items, data.name, len(sequences))
+    return dataclasses.replace(data, sequences=sequences, vocab=vocab)
+
+
+def evaluate_saved_model(model_dir: str | Path, source: str, *, format: str | None = None, split: str = "test",
+                         max_length: int | None = None, batch_size: int = 256, exclude_history: bool = True,
+                         ks: tuple[int, ...] = (1, 5, 10, 50, 200)) -> dict[str, Any]:
+    """Leave-one-out metrics of a saved model on `source` (mapped into the model's vocabulary)."""
+    model = GenRecForNextItemPrediction.from_pretrained(model_dir).eval()
+    vocab = ItemVocab.load(model_dir)
+    data = remap_to_vocab(load_interactions(source, format=format), vocab)
+    rows = leave_one_out(data)[split]
+    max_length = max_length or model.config.max_position_embeddings
+    loader = DataLoader(rows, batch_size=batch_size,
+                        collate_fn=NextItemCollator(max_length, mode="eval", exclude_history=exclude_history))
+    metrics = evaluate_model(model, loader, ks=ks)
+    return {"dataset": data.name, "split": split, "protocol": "leave_one_out, full-catalog ranking, history "
+            f"excluded={exclude_history}", **metrics}

@@ -1,4 +1,4 @@
-"""`genrec-hf` command line: train, evaluate, recommend, card.
+"""`genrec-hf` command line: train, finetune, evaluate, recommend, card.
 
 Every command has `--help`. Errors a user can fix (missing file, bad column, unknown item) are printed as one clear
 line and exit with status 2, not as a traceback.
@@ -79,6 +79,19 @@ def _label(item_id: str, title: str | None) -> str:
     return f"{item_id} ({title})" if title else item_id
 
 
+def cmd_finetune(args: argparse.Namespace, extra: list[str]) -> int:
+    from .finetune import run_finetune
+
+    overrides = _parse_overrides(extra)
+    if args.output_dir:
+        overrides["output_dir"] = args.output_dir
+    metrics = run_finetune(args.base_dir, args.recipe, mode=args.mode, overrides=overrides,
+                           overwrite_output_dir=args.overwrite_output_dir)
+    print(json.dumps({k: v for k, v in metrics.items() if k in ("task", "mode", "test", "trainable_parameters",
+                                                                "output_dir")}, indent=2, default=str))
+    return 0
+
+
 def cmd_evaluate(args: argparse.Namespace, extra: list[str]) -> int:
     from .training import evaluate_saved_model
 
@@ -135,6 +148,17 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--resume_from_checkpoint", nargs="?", const="latest", default=None,
                    help="continue from a checkpoint folder (or the latest one in output_dir when no path is given)")
     p.set_defaults(func=cmd_train, allow_extra=True)
+
+    p = sub.add_parser("finetune", help="fine-tune a trained backbone on a downstream task (LoRA adapter by default)",
+                       description="Train one task adapter on a frozen base (mode lora: only the adapter is saved), "
+                                   "or compare with full fine-tuning / training from scratch through the same "
+                                   "command. Recipe keys can be overridden as --section.key value.")
+    p.add_argument("base_dir", help="a model folder written by `genrec-hf train`")
+    p.add_argument("recipe", help="YAML recipe, e.g. recipes/finetune/short_horizon_lora.yaml")
+    p.add_argument("--mode", choices=["lora", "full", "from_scratch"], default=None, help="override the recipe's mode")
+    p.add_argument("--output_dir", help="where the adapter (or model), metrics and card are written")
+    p.add_argument("--overwrite_output_dir", action="store_true", help="allow writing into a non-empty output_dir")
+    p.set_defaults(func=cmd_finetune, allow_extra=True)
 
     p = sub.add_parser("evaluate", help="full-catalog ranking metrics of a saved model",
                        description="Rank each user's held-out item against the whole catalog (history excluded, "

@@ -49,6 +49,8 @@ def cmd_train(args: argparse.Namespace, extra: list[str]) -> int:
     if resume == "latest":
         resume = True
     outcome = train(recipe, overwrite_output_dir=args.overwrite_output_dir, resume_from_checkpoint=resume)
+    if not outcome.is_main_process:
+        return 0
     _print_metrics(outcome.metrics, recipe.output_dir)
     _print_examples(outcome, recipe.evaluation.num_examples)
     return 0

@@ -172,6 +172,7 @@ class TrainOutcome:
     metrics: dict[str, Any]  # also written to output_dir/metrics.json
     data: InteractionData
     model: GenRecForNextItemPrediction  # the best checkpoint, as saved in output_dir
+    is_main_process: bool = True  # False on the other ranks of a distributed run
 
 
 def train(recipe: Recipe, *, overwrite_output_dir: bool = False,
@@ -208,7 +209,8 @@ def train(recipe: Recipe, *, overwrite_output_dir: bool = False,
         "validation": _strip_prefix(validation, "validation_"),
         "test": _strip_prefix(test, "test_"),
         "train": {"runtime_s": train_result.metrics.get("train_runtime"), "loss": train_result.training_loss,
-                  "epochs": trainer.state.epoch, "best_checkpoint": trainer.state.best_model_checkpoint},
+                  "epochs": trainer.state.epoch, "best_checkpoint": trainer.state.best_model_checkpoint,
+                  "world_size": args.world_size, "device": str(args.device)},
         "parameters": _parameter_counts(model),
     }
     if trainer.is_world_process_zero():
@@ -217,7 +219,8 @@ def train(recipe: Recipe, *, overwrite_output_dir: bool = False,
         (output_dir / "metrics.json").write_text(json.dumps(metrics, indent=2))
         (output_dir / "training_recipe.yaml").write_text(yaml.safe_dump(recipe.to_dict(), sort_keys=False))
         write_model_card(output_dir, dataset_name=prepared.data.name)
-    return TrainOutcome(metrics=metrics, data=prepared.data, model=trainer.model)
+    return TrainOutcome(metrics=metrics, data=prepared.data, model=trainer.model,
+                        is_main_process=trainer.is_world_process_zero())
 
 
 def _strip_prefix(metrics: dict[str, float], prefix: str) -> dict[str, float]:

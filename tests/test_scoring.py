@@ -102,3 +102,17 @@ def test_ranking_metrics_dense_matches_reference_with_ties():
     assert got == pytest.approx(expected)
     with pytest.raises(ValueError, match="scores must be"):
         ranking_metrics(scores[0], targets)
+
+
+def test_evaluate_module_loads_offline_by_path():
+    import evaluate
+
+    from genrec_hf.metrics import RANKING_METRIC_PATH
+
+    ranks = [1, 4, 12, 300]
+    assert evaluate.load(RANKING_METRIC_PATH, "ranks").compute(ranks=ranks) == pytest.approx(metrics_from_ranks(torch.tensor(ranks)))
+    queries, vectors, targets, _ = _integer_problem(seed=5)
+    scores = (queries @ vectors.T).tolist()
+    got = evaluate.load(RANKING_METRIC_PATH).compute(predictions=scores, references=targets.tolist(), ks=(1, 5))
+    expected = metrics_from_ranks(dense_target_ranks(torch.tensor(scores), targets), (1, 5))
+    assert got == pytest.approx(expected)

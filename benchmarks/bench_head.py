@@ -68,7 +68,7 @@ def run_case(head: str, items: int, dim: int, tokens: int, repeats: int) -> dict
                             num_items=items, backbone_flops=0.0)
     return {"head": head, "items": items, "dim": dim, "tokens": tokens, "seconds": sorted(times)[len(times) // 2],
             "peak_rss_mib": peak_mib, "baseline_rss_mib": rss_before / 1024,
-            "head_flops_per_token": flops.total, "negatives": config.resolved_num_negatives}
+            "head_flops_per_token": flops["total"], "negatives": config.resolved_num_negatives}
 
 
 def main() -> None:

@@ -35,7 +35,8 @@ def pretrain_base(source: str, out: Path, preset: str, epochs: int, max_length: 
 
     from genrec_hf import GenRecConfig, GenRecForNextItemPrediction
     from genrec_hf.data import load_interactions
-    from genrec_hf.finetune import TaskTrainer, TimeBudgetCallback
+    from genrec_hf.finetune import TaskTrainer
+    from genrec_hf.training import TimeBudgetCallback
     from genrec_hf.tasks import EvalSpec, TaskCollator, build_task, single_target_task, windows
 
     if (out / "model.safetensors").is_file():

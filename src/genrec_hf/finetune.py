@@ -37,36 +37,22 @@ import torch
 import yaml
 from datasets import Dataset
 from torch.utils.data import DataLoader
-from transformers import EarlyStoppingCallback, Trainer, TrainerCallback, TrainingArguments, set_seed
+from transformers import EarlyStoppingCallback, Trainer, TrainingArguments, set_seed
 from transformers.trainer_utils import EvalLoopOutput
 
 from .adapters import DEFAULT_TARGET_MODULES, attach_adapter, lora_config, save_adapter, trainable_parameters
 from .modeling_genrec import GenRecForNextItemPrediction
-from .recipes import apply_overrides
+from .recipes import apply_overrides, build_section, check_recipe_shape
+from .training import DEFAULT_TRAINING_ARGUMENTS, TimeBudgetCallback, remap_to_vocab
 from .tasks import TASKS, EvalSpec, TaskCollator, TaskData, build_task, evaluate_task, windows
 
 logger = logging.getLogger(__name__)
 
 MODES = ("lora", "full", "from_scratch")
-TRAINING_ARGUMENT_FIELDS = {f.name for f in dataclasses.fields(TrainingArguments) if f.init}
-RESERVED_TRAINING_KEYS = {"output_dir", "overwrite_output_dir", "remove_unused_columns", "metric_for_best_model",
-                          "greater_is_better", "label_names"}
-DEFAULT_FINETUNE_ARGUMENTS: dict[str, Any] = dict(
-    num_train_epochs=10,
-    per_device_train_batch_size=128,
-    per_device_eval_batch_size=256,
-    learning_rate=1e-3,
-    weight_decay=0.0,
-    lr_scheduler_type="constant",
-    eval_strategy="epoch",
-    save_strategy="epoch",
-    save_total_limit=1,
-    load_best_model_at_end=True,
-    logging_strategy="epoch",
-    report_to=[],
-    dataloader_num_workers=0,
-    disable_tqdm=True,
-)
+# Fine-tuning runs are shorter than pre-training: fewer epochs, one checkpoint kept, quiet progress.
+DEFAULT_FINETUNE_ARGUMENTS: dict[str, Any] = {
+    **DEFAULT_TRAINING_ARGUMENTS, "num_train_epochs": 10, "save_total_limit": 1, "disable_tqdm": True,
+}
 
 
 @dataclass
@@ -120,46 +106,20 @@ class FinetuneRecipe:
         return dataclasses.asdict(self)
 
 
-def _section(cls: type, values: Any, where: str) -> Any:
-    if values is None:
-        return cls()
-    if not isinstance(values, dict):
-        raise ValueError(f"{where}: expected a mapping, got {type(values).__name__} ({values!r}).")
-    known = {f.name for f in dataclasses.fields(cls)}
-    unknown = sorted(set(values) - known)
-    if unknown:
-        raise ValueError(f"{where}: unknown key(s) {unknown}; allowed keys are {sorted(known)}.")
-    return cls(**values)
-
-
 def finetune_recipe_from_dict(raw: dict[str, Any], source: str = "finetune recipe") -> FinetuneRecipe:
     """Validate a parsed finetune recipe; every error names the section, the key and what is allowed."""
-    if not isinstance(raw, dict):
-        raise ValueError(f"{source}: a recipe must be a YAML mapping, got {type(raw).__name__}.")
-    top = {f.name for f in dataclasses.fields(FinetuneRecipe)}
-    unknown = sorted(set(raw) - top)
-    if unknown:
-        raise ValueError(f"{source}: unknown top-level key(s) {unknown}; allowed keys are {sorted(top)}.")
-    training = raw.get("training") or {}
-    if not isinstance(training, dict):
-        raise ValueError(f"{source}: training: expected a mapping of TrainingArguments fields.")
-    bad = sorted(set(training) - TRAINING_ARGUMENT_FIELDS)
-    if bad:
-        raise ValueError(f"{source}: training: unknown TrainingArguments field(s) {bad}.")
-    reserved = sorted(set(training) & RESERVED_TRAINING_KEYS)
-    if reserved:
-        raise ValueError(f"{source}: training: {reserved} are set by the finetune runner.")
+    training = check_recipe_shape(raw, FinetuneRecipe, source)
     recipe = FinetuneRecipe(
         output_dir=str(raw.get("output_dir", FinetuneRecipe.output_dir)),
         mode=str(raw.get("mode", "lora")),
         seed=int(raw.get("seed", 0)),
         max_train_minutes=raw.get("max_train_minutes"),
         keep_checkpoints=bool(raw.get("keep_checkpoints", False)),
-        task=_section(TaskSection, raw.get("task"), f"{source}: task"),
-        data=_section(FinetuneDataSection, raw.get("data"), f"{source}: data"),
-        lora=_section(LoraSection, raw.get("lora"), f"{source}: lora"),
+        task=build_section(TaskSection, raw.get("task"), f"{source}: task"),
+        data=build_section(FinetuneDataSection, raw.get("data"), f"{source}: data"),
+        lora=build_section(LoraSection, raw.get("lora"), f"{source}: lora"),
         training=dict(training),
-        evaluation=_section(FinetuneEvaluationSection, raw.get("evaluation"), f"{source}: evaluation"),
+        evaluation=build_section(FinetuneEvaluationSection, raw.get("evaluation"), f"{source}: evaluation"),
     )
     if recipe.mode not in MODES:
         raise ValueError(f"{source}: mode={recipe.mode!r}; expected one of {MODES}.")
@@ -192,24 +152,6 @@ def load_finetune_recipe(path: str | Path, overrides: dict[str, str] | None = No
 # ---------------------------------------------------------------------------------------------------------------------
 
 
-class TimeBudgetCallback(TrainerCallback):
-    """Stop after `max_minutes` of training wall time (evaluating and saving first, so the best model is kept)."""
-
-    def __init__(self, max_minutes: float) -> None:
-        self.max_seconds = max_minutes * 60
-        self.start = time.monotonic()
-
-    def on_train_begin(self, args: TrainingArguments, state: Any, control: Any, **kwargs: Any) -> None:
-        self.start = time.monotonic()
-
-    def on_step_end(self, args: TrainingArguments, state: Any, control: Any, **kwargs: Any) -> Any:
-        if time.monotonic() - self.start > self.max_seconds:
-            control.should_training_stop = True
-            control.should_evaluate = args.eval_strategy != "no"
-            control.should_save = args.save_strategy != "no"
-        return control
-
-
 class TaskTrainer(Trainer):
     """`Trainer` whose evaluation ranks each row's task targets under the task's `EvalSpec` (chunked, no logits)."""
 
@@ -238,29 +180,6 @@ class TaskTrainer(Trainer):
         num_users = int(metrics.pop("num_users"))
         metrics = {f"{metric_key_prefix}_{k}": v for k, v in metrics.items()}
         return EvalLoopOutput(predictions=None, label_ids=None, metrics=metrics, num_samples=num_users)
-
-
-def align_to_vocab(data: Any, vocab: Any) -> Any:
-    """Re-index `data` with the base's item vocabulary; events on items the base does not know are dropped."""
-    if data.vocab == vocab:
-        return data
-    from .data.interactions import SEQUENCE_FEATURES
-
-    mapping = {i: (vocab.encode(raw) if raw in vocab else 0) for i, raw in enumerate(data.vocab.raw_ids, start=1)}
-    dropped = 0
-
-    def remap(row: dict[str, Any]) -> dict[str, Any]:
-        nonlocal dropped
-        keep = [j for j, item in enumerate(row["item_ids"]) if mapping[item] > 0]
-        dropped += len(row["item_ids"]) - len(keep)
-        out = {key: [row[key][j] for j in keep] for key in ("timestamps", "action_ids", "ratings")}
-        out["item_ids"] = [mapping[row["item_ids"][j]] for j in keep]
-        return out
-
-    sequences = data.sequences.map(remap, features=SEQUENCE_FEATURES).filter(lambda r: len(r["item_ids"]) >= 2)
-    logger.warning("data %s re-indexed with the base vocabulary: %d events on unknown items dropped", data.name,
-                   dropped)
-    return dataclasses.replace(data, sequences=sequences, vocab=vocab)
 
 
 def _training_arguments(recipe: FinetuneRecipe, output_dir: Path) -> TrainingArguments:
@@ -303,7 +222,7 @@ def finetune(recipe: FinetuneRecipe, base_dir: str | Path, *, overwrite_output_d
                              min_user_events=recipe.data.min_user_events, k_core=recipe.data.k_core)
     vocab_file = base_dir / "item_vocab.json"
     if vocab_file.is_file():
-        data = align_to_vocab(data, ItemVocab.load(base_dir))
+        data = remap_to_vocab(data, ItemVocab.load(base_dir))
     elif len(data.vocab) != base.config.vocab_size:
         raise ValueError(f"The data has {len(data.vocab)} item indices but the base {base_dir} has vocab_size="
                          f"{base.config.vocab_size}, and the base has no item_vocab.json to map ids with.")
@@ -342,6 +261,7 @@ def finetune(recipe: FinetuneRecipe, base_dir: str | Path, *, overwrite_output_d
     start = time.monotonic()
     train_result = trainer.train()
     train_seconds = time.monotonic() - start
+    trainer.remove_callback(EarlyStoppingCallback)  # the final evaluations are reports, not stopping signals
     validation = trainer.evaluate(metric_key_prefix="validation")
     test = trainer.evaluate(task.test, metric_key_prefix="test")
     model = trainer.model

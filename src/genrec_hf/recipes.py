@@ -25,7 +25,7 @@ from .configuration_genrec import SIZE_PRESETS, GenRecConfig
 TRAINING_ARGUMENT_FIELDS = {f.name for f in dataclasses.fields(TrainingArguments) if f.init}
 # Set by the recipe runner itself (from other sections), so a recipe must not set them under `training:`.
 RESERVED_TRAINING_KEYS = {"output_dir", "overwrite_output_dir", "remove_unused_columns", "metric_for_best_model",
-                          "greater_is_better"}
+                          "greater_is_better", "label_names"}
 
 
 @dataclass
@@ -72,7 +72,7 @@ class Recipe:
         return dataclasses.asdict(self)
 
 
-def _build_section(cls: type, values: Any, where: str) -> Any:
+def build_section(cls: type, values: Any, where: str) -> Any:
     if values is None:
         return cls()
     if not isinstance(values, dict):
@@ -84,11 +84,12 @@ def _build_section(cls: type, values: Any, where: str) -> Any:
     return cls(**values)
 
 
-def recipe_from_dict(raw: dict[str, Any], source: str = "recipe") -> Recipe:
-    """Validate a parsed recipe; every error names the section, the key and what is allowed."""
+def check_recipe_shape(raw: Any, recipe_cls: type, source: str) -> dict[str, Any]:
+    """Shared checks of every recipe kind: a mapping, known top-level keys, real TrainingArguments fields that the
+    runner does not set itself. Returns the `training:` section."""
     if not isinstance(raw, dict):
         raise ValueError(f"{source}: a recipe must be a YAML mapping, got {type(raw).__name__}.")
-    top = {f.name for f in dataclasses.fields(Recipe)}
+    top = {f.name for f in dataclasses.fields(recipe_cls)}
     unknown = sorted(set(raw) - top)
     if unknown:
         raise ValueError(f"{source}: unknown top-level key(s) {unknown}; allowed keys are {sorted(top)}.")
@@ -102,12 +103,18 @@ def recipe_from_dict(raw: dict[str, Any], source: str = "recipe") -> Recipe:
     if reserved:
         raise ValueError(f"{source}: training: {reserved} are set by the recipe runner (use output_dir at the top "
                          "level, evaluation.metric_for_best_model, and --overwrite_output_dir on the command line).")
+    return dict(training)
+
+
+def recipe_from_dict(raw: dict[str, Any], source: str = "recipe") -> Recipe:
+    """Validate a parsed recipe; every error names the section, the key and what is allowed."""
+    training = check_recipe_shape(raw, Recipe, source)
     recipe = Recipe(
         output_dir=str(raw.get("output_dir", Recipe.output_dir)),
-        model=_build_section(ModelSection, raw.get("model"), f"{source}: model"),
-        data=_build_section(DataSection, raw.get("data"), f"{source}: data"),
-        training=dict(training),
-        evaluation=_build_section(EvaluationSection, raw.get("evaluation"), f"{source}: evaluation"),
+        model=build_section(ModelSection, raw.get("model"), f"{source}: model"),
+        data=build_section(DataSection, raw.get("data"), f"{source}: data"),
+        training=training,
+        evaluation=build_section(EvaluationSection, raw.get("evaluation"), f"{source}: evaluation"),
         seed=int(raw.get("seed", 0)),
         max_train_minutes=raw.get("max_train_minutes"),
     )

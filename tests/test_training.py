@@ -7,7 +7,6 @@ import subprocess
 import sys
 
 import pytest
-import torch
 
 from genrec_hf import GenRecForNextItemPrediction
 from genrec_hf.cli import build_parser, main
@@ -161,16 +160,9 @@ def test_bad_recipe_key_is_one_clear_line(tmp_path, capsys):
 
 
 def test_trained_model_beats_popularity_on_synthetic(trained):
-    """The embedded default is learnable: a few epochs of a tiny model already beat most-popular."""
-    from torch.utils.data import DataLoader
-
-    from genrec_hf.baselines import evaluate_static_scores, popularity_scores
-    from genrec_hf.data import NextItemCollator, leave_one_out
-
-    data = load_interactions(TINY_DATA)
-    splits = leave_one_out(data)
-    loader = DataLoader(splits["test"], batch_size=256, collate_fn=NextItemCollator(20, mode="eval"))
-    popularity = evaluate_static_scores(popularity_scores(splits["train"], len(data.vocab)), loader)
-    model_mrr = json.loads((trained / "metrics.json").read_text())["test"]["mrr"]
-    assert model_mrr > popularity["mrr"], (model_mrr, popularity["mrr"])
-    assert torch.isfinite(torch.tensor(model_mrr))
+    """The embedded default is learnable: a few epochs of a tiny model already beat most-popular, which every
+    training run reports next to its own metrics (same split, same protocol)."""
+    metrics = json.loads((trained / "metrics.json").read_text())
+    popularity = metrics["popularity_baseline"]["test"]
+    assert popularity["num_users"] == metrics["test"].get("num_users", popularity["num_users"])
+    assert 0 < popularity["mrr"] < metrics["test"]["mrr"], (popularity["mrr"], metrics["test"]["mrr"])

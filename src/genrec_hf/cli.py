@@ -61,6 +61,9 @@ def _print_metrics(metrics: dict[str, Any], output_dir: str) -> None:
     keys = [k for k in ("mrr", "hr@10", "ndcg@10", "hr@50") if k in test]
     print(f"\nTest ({metrics['protocol']}) on {metrics['dataset']}: "
           + ", ".join(f"{k} {test[k]:.4f}" for k in keys))
+    popularity = metrics.get("popularity_baseline", {}).get("test")
+    if popularity:
+        print("Most-popular baseline, same protocol: " + ", ".join(f"{k} {popularity[k]:.4f}" for k in keys))
     print(f"Model, item_vocab.json, metrics.json and README.md (model card) written to {output_dir}")
 
 

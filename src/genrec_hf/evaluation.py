@@ -22,6 +22,8 @@ def metrics_from_ranks(ranks: torch.Tensor, ks: Sequence[int] = DEFAULT_KS) -> d
     ranks = ranks.double().reshape(-1)
     if ranks.numel() == 0:
         raise ValueError("No ranks to average: the evaluation split has no users.")
+    if ranks.min() < 1:
+        raise ValueError(f"Ranks are 1-based; got {ranks.min().item():g}.")
     metrics = {"mrr": (1.0 / ranks).mean().item()}
     for k in ks:
         hit = ranks <= k
@@ -53,30 +55,44 @@ def ranking_metrics(
     targets: torch.Tensor,
     exclude: torch.Tensor | None = None,
     ks: Sequence[int] = DEFAULT_KS,
+    exclude_history: bool = True,
 ) -> dict[str, float]:
     """Metrics of dense (batch × catalog) scores, column 0 = padding; `exclude` is (batch × H) item indices.
 
-    The same rule as `scoring.chunked_target_ranks`, for callers that already hold dense scores.
+    The same rule as `scoring.chunked_target_ranks` (tested equal), for callers that already hold dense scores, e.g.
+    a baseline or `model(..., output_logits=True).logits` on a small catalog. `exclude_history=False` ignores
+    `exclude` (all items ranked).
     """
     if scores.dim() != 2 or targets.shape != (scores.shape[0],):
         raise ValueError(f"scores must be (batch, catalog) and targets (batch,); got {tuple(scores.shape)} and "
                          f"{tuple(targets.shape)}.")
-    ranks = dense_target_ranks(scores, targets, exclude)
+    _check_targets(targets, scores.shape[1])
+    ranks = dense_target_ranks(scores, targets, exclude if exclude_history else None)
     return metrics_from_ranks(ranks, ks)
 
 
 def dense_target_ranks(scores: torch.Tensor, targets: torch.Tensor,
                        exclude: torch.Tensor | None = None) -> torch.Tensor:
-    """1-based pessimistic ranks of `targets` under dense scores (padding column 0 and `exclude` not ranked)."""
-    scores = scores.float().clone()
-    scores[:, 0] = float("-inf")
-    target_scores = scores.gather(1, targets.long()[:, None])
+    """1-based pessimistic ranks of `targets` under dense scores (padding column 0 and `exclude` not ranked).
+
+    rank = 1 + #{j ∉ {0, target} ∪ exclude: score_j >= score_target}; NaN scores count against the target.
+    """
+    scores = scores.float()
+    targets = targets.long().to(scores.device)
+    target_scores = scores.gather(1, targets[:, None])
     masked = torch.zeros_like(scores, dtype=torch.bool)
     if exclude is not None and exclude.numel():
-        masked.scatter_(1, exclude.long(), True)
-    masked.scatter_(1, targets.long()[:, None], True)  # the target is added back as the leading 1
+        masked.scatter_(1, exclude.long().to(scores.device), True)
+    masked.scatter_(1, targets[:, None], True)  # the target is added back as the leading 1
     masked[:, 0] = True
-    return 1 + ((scores >= target_scores) & ~masked).sum(dim=1)
+    beats = (scores >= target_scores) | torch.isnan(scores) | torch.isnan(target_scores)
+    return 1 + (beats & ~masked).sum(dim=1)
+
+
+def _check_targets(targets: torch.Tensor, num_items: int) -> None:
+    if targets.numel() and (targets.min() < 1 or targets.max() >= num_items):
+        raise ValueError(f"target ids must be item indices in [1, {num_items - 1}] (0 is padding); got "
+                         f"[{int(targets.min())}, {int(targets.max())}].")
 
 
 @torch.no_grad()
@@ -85,28 +101,41 @@ def evaluate_model(
     batches: Iterable[dict[str, torch.Tensor]],
     *,
     ks: Sequence[int] = DEFAULT_KS,
+    chunk_size: int | None = None,
+    exclude_history: bool = True,
     gather: Callable[[torch.Tensor], torch.Tensor] | None = None,
     progress: bool = True,
 ) -> dict[str, float]:
-    """Full-catalog ranking metrics of a `GenRecForNextItemPrediction` over eval batches.
+    """Full-catalog ranking metrics of a `GenRecForNextItemPrediction` over eval batches, plus `num_users`.
 
-    Batches come from `NextItemCollator(mode="eval")`: `input_ids`, `attention_mask`, `timestamps`, `action_ids`,
-    `target_ids` (B,) and optionally `exclude_ids` (B, H). Items are scored `config.score_chunk_size` at a time, so
-    memory never holds a batch × catalog matrix. `gather` (e.g. `accelerator.gather_for_metrics`) collects ranks
-    from every process without the duplicates of an uneven last batch.
+    Batches are dicts as from `NextItemCollator(max_length, mode="eval")`: `input_ids`, `attention_mask`,
+    `timestamps`, `action_ids`, `target_ids` (B,) and optionally `exclude_ids` (B, H), ignored when
+    `exclude_history=False`. Items are scored `chunk_size` (default `config.score_chunk_size`) at a time against
+    `outputs.user_embeddings`, so memory never holds a batch × catalog matrix. `gather` (e.g.
+    `accelerator.gather_for_metrics`) collects ranks from every process without the duplicates of an uneven last
+    batch. The model's train/eval mode is restored afterwards.
     """
     was_training = model.training
     model.eval()
     config = model.config
+    item_vectors = model.item_vectors
+    device = item_vectors.device
     accumulator = RankingAccumulator(ks)
-    for batch in tqdm(batches, desc="ranking", disable=not progress, leave=False):
-        outputs = model(input_ids=batch["input_ids"], attention_mask=batch.get("attention_mask"),
-                        timestamps=batch.get("timestamps"), action_ids=batch.get("action_ids"))
-        ranks = chunked_target_ranks(
-            outputs.user_embeddings, model.item_vectors, batch["target_ids"], exclude=batch.get("exclude_ids"),
-            chunk_size=config.score_chunk_size, temperature=config.score_temperature,
-            l2_normalize=config.l2_normalize_scores,
-        )
-        accumulator.add(gather(ranks) if gather is not None else ranks)
-    model.train(was_training)
+    try:
+        for batch in tqdm(batches, desc="ranking", disable=not progress, leave=False):
+            inputs = {key: batch[key].to(device) if batch.get(key) is not None else None
+                      for key in ("input_ids", "attention_mask", "timestamps", "action_ids")}
+            targets = batch["target_ids"].to(device)
+            _check_targets(targets, item_vectors.shape[0])
+            exclude = batch.get("exclude_ids") if exclude_history else None
+            outputs = model(**inputs)
+            ranks = chunked_target_ranks(
+                outputs.user_embeddings, item_vectors, targets,
+                exclude=exclude.to(device) if exclude is not None else None,
+                chunk_size=chunk_size or config.score_chunk_size, temperature=config.score_temperature,
+                l2_normalize=config.l2_normalize_scores,
+            )
+            accumulator.add(gather(ranks) if gather is not None else ranks)
+    finally:
+        model.train(was_training)
     return accumulator.compute()

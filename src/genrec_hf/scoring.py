@@ -107,6 +107,8 @@ def chunked_target_ranks(
 
     rank = 1 + #{items j: not padding, not excluded, not the target, score_j >= score_target}, so a constant
     model ranks every target last. The target itself is always ranked, even if it appears in `exclude`.
+    NaN is pessimistic too: an item scoring NaN counts as beating the target, and a NaN target score is beaten by
+    every rankable item (a diverged model must not look perfect).
 
     Args:
         queries: (B, d); item_vectors: (V, d); targets: (B,) item indices in 1..V-1.
@@ -126,6 +128,8 @@ def chunked_target_ranks(
     for start in range(0, item_vectors.shape[0], chunk_size):
         scores = score_items(queries, item_vectors[start:start + chunk_size], temperature=temperature,
                              l2_normalize=l2_normalize).float()
-        scores = _mask_chunk(scores, start, masked, None)
-        ranks += (scores >= target_scores).sum(dim=1)
+        scores = _mask_chunk(scores, start, masked, None)  # masked items are -inf (never NaN) from here on
+        beats = (scores >= target_scores) | torch.isnan(scores)
+        beats |= torch.isnan(target_scores) & (scores != float("-inf"))
+        ranks += beats.sum(dim=1)
     return ranks

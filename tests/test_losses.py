@@ -11,6 +11,15 @@ import torch.nn.functional as F
 from genrec_hf.losses import full_softmax_loss, sample_uniform_negatives, sampled_softmax_loss
 
 
+@pytest.fixture(autouse=True)
+def _one_thread():
+    """One intra-op thread: on a shared, loaded 2-core machine OpenMP barriers make tiny ops 100x slower."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
 def _problem(seed=0, n=7, items=15, dim=4):
     g = torch.Generator().manual_seed(seed)
     return (torch.randn(n, dim, generator=g, requires_grad=True), torch.randn(items, dim, generator=g),
@@ -86,3 +95,76 @@ def test_gradients_flow_and_negatives_never_padding():
     sampled_softmax_loss(q, v, t, sample_uniform_negatives(15, (50,), device=q.device)).backward()
     assert q.grad is not None and torch.isfinite(q.grad).all() and v.grad.abs().sum() > 0
     assert (sample_uniform_negatives(3, (1000,), device=q.device) > 0).all()
+
+
+@pytest.mark.parametrize("shared", [True, False])
+def test_sampled_softmax_all_options_together(shared):
+    q, v, t = _problem(seed=5)
+    g = torch.Generator().manual_seed(2)
+    negatives = sample_uniform_negatives(15, (9,) if shared else (7, 9), device=q.device, generator=g)
+    negatives[..., 1] = t[-1]
+    log_q = torch.log(torch.rand(15, generator=g) + 0.1)
+    kwargs = dict(in_batch=True, log_q=log_q, temperature=0.3, l2=True)
+    got = sampled_softmax_loss(q, v, t, negatives, in_batch_negatives=True, item_log_q=log_q, temperature=0.3,
+                               l2_normalize=True)
+    assert got.item() == pytest.approx(_reference_sampled(q, v, t, negatives, **kwargs), rel=1e-5)
+
+
+def test_explicit_logits_cross_entropy_for_sampled_candidates():
+    # sampled softmax = cross-entropy over [positive, negatives] logits built by hand (no hits in this draw)
+    q, v, t = _problem(seed=6)
+    negatives = torch.tensor([i for i in range(1, 15) if i not in set(t.tolist())][:5])
+    logits = torch.cat([(q * v[t]).sum(-1, keepdim=True), q @ v[negatives].T], dim=1)
+    expected = F.cross_entropy(logits, torch.zeros(len(t), dtype=torch.long), reduction="sum")
+    torch.testing.assert_close(sampled_softmax_loss(q, v, t, negatives), expected)
+
+
+@pytest.mark.parametrize("options", [dict(), dict(temperature=0.2, l2_normalize=True)])
+def test_sampled_with_every_other_item_once_equals_full_in_value_and_gradient(options):
+    # negatives = every item of the catalog once (padding excluded), accidental hit (the positive) removed:
+    # the candidate set is exactly the catalog, so the sampled loss and its gradients are the full softmax's.
+    q, v, t = _problem(seed=7)
+    v = v.clone().requires_grad_(True)
+    sampled = sampled_softmax_loss(q, v, t, torch.arange(1, 15), **options)
+    grads_sampled = torch.autograd.grad(sampled, (q, v))
+    full = full_softmax_loss(q, v, t, **options)
+    grads_full = torch.autograd.grad(full, (q, v))
+    torch.testing.assert_close(sampled, full)
+    for a, b in zip(grads_sampled, grads_full):
+        torch.testing.assert_close(a, b)
+    # per-position negatives holding the same set (shuffled per row) give the same loss
+    per_position = torch.stack([torch.randperm(14) + 1 for _ in range(len(t))])
+    torch.testing.assert_close(sampled_softmax_loss(q, v, t, per_position, **options), full)
+
+
+def test_model_trains_with_sampled_softmax():
+    from genrec_hf import GenRecConfig, GenRecForNextItemPrediction
+
+    torch.manual_seed(0)
+    config = GenRecConfig(vocab_size=51, hidden_size=32, num_hidden_layers=1, num_attention_heads=2,
+                          intermediate_size=64, max_position_embeddings=16, hidden_dropout_prob=0.0,
+                          attention_dropout=0.0, loss_type="sampled", num_negatives=10,
+                          head_projection_ratio=4, tie_word_embeddings=False)
+    model = GenRecForNextItemPrediction(config)
+    # a learnable rule: the next item is (item + 7) mod 50, shifted into 1..50
+    starts = torch.randint(1, 51, (32, 1))
+    sequence = (starts - 1 + 7 * torch.arange(13)) % 50 + 1
+    input_ids, labels = sequence[:, :-1], sequence[:, 1:]
+    optimizer = torch.optim.Adam(model.parameters(), lr=1e-2)
+
+    def full_loss() -> float:
+        with torch.no_grad():
+            hidden = model.model(input_ids).last_hidden_state
+            return full_softmax_loss(model.head(hidden.reshape(-1, 32)), model.item_vectors,
+                                     labels.reshape(-1)).item() / labels.numel()
+
+    before = full_loss()
+    losses = []
+    for _ in range(40):
+        loss = model(input_ids, labels=labels).loss
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+        losses.append(loss.item())
+    assert sum(losses[-5:]) < 0.5 * sum(losses[:5])
+    assert full_loss() < 0.5 * before  # what the sampled loss learned holds under the full softmax

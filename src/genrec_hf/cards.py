@@ -129,7 +129,8 @@ def _split_prefixed(key: str) -> tuple[str, str] | None:
     return None
 
 
-def parse_metrics(metrics: Mapping[str, Any], *, task: str = "next-item", dataset: str = "unknown") -> list[MetricRecord]:
+def parse_metrics(metrics: Mapping[str, Any], *, task: str = "next-item",
+                  dataset: str = "unknown") -> list[MetricRecord]:
     """Every (task, dataset, split, metric, value) in a metrics dict of any accepted layout (see the module doc).
 
     `task` / `dataset` are used where the dict does not name them itself.
@@ -443,9 +444,10 @@ def _protocol_section(metrics: Mapping[str, Any]) -> str:
 {protocol}.
 
 Splits: leave-one-out (a user's last event is the test target, the second last the validation target, earlier events
-are training data) or a global time cut, as stated above. The target is ranked against the full catalog (no sampled candidates); items already in
-the user's history are excluded unless stated otherwise; ties count pessimistically (rank = 1 + items scoring higher
-+ items scoring equal), so a constant model ranks every target last. MRR, HR@K and NDCG@K are means over users.
+are training data) or a global time cut, as stated above. The target is ranked against the full catalog (no sampled
+candidates); items already in the user's history are excluded unless stated otherwise; ties count pessimistically
+(rank = 1 + items scoring higher + items scoring equal), so a constant model ranks every target last. MRR, HR@K and
+NDCG@K are means over users.
 
 """
 

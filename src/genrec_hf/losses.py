@@ -60,19 +60,26 @@ def sampled_softmax_loss(
         remove_accidental_hits: Mask candidates equal to the position's own positive (they are not negatives).
     """
     n = queries.shape[0]
-    positive = score_items(queries.unsqueeze(1), item_vectors[targets].unsqueeze(1), temperature=temperature,
-                           l2_normalize=l2_normalize).reshape(n, 1)
-    if negatives.dim() == 1:
+    shared = negatives.dim() == 1
+    # One gather for positives and negatives: each gather's backward materialises a dense (V, d) gradient, so
+    # separate gathers would double the item-table gradient memory and time of every step.
+    candidate_vectors = item_vectors[torch.cat([targets, negatives.reshape(-1)])]
+    if l2_normalize:
+        queries = F.normalize(queries, dim=-1)
+        candidate_vectors = F.normalize(candidate_vectors, dim=-1)
+    positive_vectors, negative_vectors = candidate_vectors[:n], candidate_vectors[n:]
+    positive = score_items(queries.unsqueeze(1), positive_vectors.unsqueeze(1), temperature=temperature).reshape(n, 1)
+    if shared:
         negative_ids = negatives.unsqueeze(0).expand(n, -1)
-        negative = score_items(queries, item_vectors[negatives], temperature=temperature, l2_normalize=l2_normalize)
+        negative = score_items(queries, negative_vectors, temperature=temperature)
     else:
         negative_ids = negatives
-        negative = score_items(queries.unsqueeze(1), item_vectors[negatives], temperature=temperature,
-                               l2_normalize=l2_normalize).squeeze(1)
+        per_position = negative_vectors.view(n, negatives.shape[1], candidate_vectors.shape[-1])
+        negative = score_items(queries.unsqueeze(1), per_position, temperature=temperature).squeeze(1)
     candidate_ids = [targets[:, None], negative_ids]
     logits = [positive, negative]
     if in_batch_negatives:
-        logits.append(score_items(queries, item_vectors[targets], temperature=temperature, l2_normalize=l2_normalize))
+        logits.append(score_items(queries, positive_vectors, temperature=temperature))
         candidate_ids.append(targets.unsqueeze(0).expand(n, -1))
     logits = torch.cat(logits, dim=1).float()
     candidate_ids = torch.cat(candidate_ids, dim=1)

@@ -130,7 +130,8 @@ def cmd_recommend(args: argparse.Namespace, extra: list[str]) -> int:
 def cmd_card(args: argparse.Namespace, extra: list[str]) -> int:
     from .cards import write_model_card
 
-    path = write_model_card(args.model_dir, repo_id=args.repo_id)
+    path = write_model_card(args.model_dir, repo_id=args.repo_id, base_model=args.base_model,
+                            dataset_name=args.dataset_name)
     print(f"model card written to {path}")
     if args.push_to_hub:
         from .cards import push_to_hub
@@ -191,6 +192,8 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("card", help="(re)generate the model card README.md of a model or adapter folder")
     p.add_argument("model_dir")
     p.add_argument("--repo_id", default=None, help="Hub repo id shown in the usage snippets")
+    p.add_argument("--base_model", default=None, help="for adapters: the base model's path or Hub id")
+    p.add_argument("--dataset_name", default=None, help="dataset shown in the card (default: from metrics.json)")
     p.add_argument("--push_to_hub", default=None, metavar="REPO_ID", help="upload folder + card (needs network)")
     p.set_defaults(func=cmd_card)
     return parser

@@ -219,7 +219,7 @@ def train(recipe: Recipe, *, overwrite_output_dir: bool = False,
         prepared.data.vocab.save(output_dir)
         (output_dir / "metrics.json").write_text(json.dumps(metrics, indent=2))
         (output_dir / "training_recipe.yaml").write_text(yaml.safe_dump(recipe.to_dict(), sort_keys=False))
-        write_model_card(output_dir, dataset_name=prepared.data.name)
+        write_model_card(output_dir, dataset_name=prepared.data.name, training_args=args)
     return TrainOutcome(metrics=metrics, data=prepared.data, model=trainer.model,
                         is_main_process=trainer.is_world_process_zero())
 

@@ -166,3 +166,12 @@ def test_trained_model_beats_popularity_on_synthetic(trained):
     popularity = metrics["popularity_baseline"]["test"]
     assert popularity["num_users"] == metrics["test"].get("num_users", popularity["num_users"])
     assert 0 < popularity["mrr"] < metrics["test"]["mrr"], (popularity["mrr"], metrics["test"]["mrr"])
+
+
+def test_bf16_autocast_on_cpu(tmp_path):
+    args = [a if a != "6" else "1" for a in TINY]  # one epoch
+    code = main(["train", str(REPO_ROOT / "recipes/pretrain/genrec-100k.yaml"), "--output_dir", str(tmp_path / "bf16"),
+                 "--training.bf16", "true", *args])
+    assert code == 0
+    metrics = json.loads((tmp_path / "bf16" / "metrics.json").read_text())
+    assert 0 < metrics["test"]["mrr"] <= 1

@@ -34,3 +34,12 @@ def require_shared_data(name: str) -> Path:
     if not path.exists():
         pytest.skip(f"real data {path} is absent (see shared/data/SOURCES.md)")
     return path
+
+
+@pytest.fixture
+def one_thread():
+    """One intra-op thread: on a shared, loaded 2-core machine OpenMP barriers make tiny ops 100x slower."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)

@@ -21,13 +21,7 @@ from genrec_hf.scoring import chunked_target_ranks
 KS = (1, 5, 10, 50, 200)
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    """One intra-op thread: on a shared, loaded 2-core machine OpenMP barriers make tiny ops 100x slower."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def reference_rank(scores: list[float], target: int, exclude: set[int]) -> int:

@@ -11,13 +11,7 @@ import torch.nn.functional as F
 from genrec_hf.losses import full_softmax_loss, sample_uniform_negatives, sampled_softmax_loss
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    """One intra-op thread: on a shared, loaded 2-core machine OpenMP barriers make tiny ops 100x slower."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def _problem(seed=0, n=7, items=15, dim=4):

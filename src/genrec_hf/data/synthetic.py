@@ -56,29 +56,17 @@ def generate_synthetic(
     num_items: int = 1000,
     num_clusters: int = 20,
     seed: int = 0,
-    *,
-    mean_sessions: float = 8.0,
-    mean_session_length: float = 4.0,
-    zipf_exponent: float = 1.0,
-    sequential_strength: float = 0.5,
-    exploration: float = 0.15,
-    new_item_rate: float = 0.05,
-    drift: float = 0.5,
-    new_item_fraction: float = 0.15,
-    days: int = 365,
-    max_events_per_user: int = 200,
+    **options: Any,
 ) -> InteractionData:
     """A seeded synthetic log (same arguments → identical data); see the module docstring for its structure.
 
     `sequential_strength` is the chance that the next event in a session follows the chain of the current item,
     `exploration` the chance of a global popularity jump (the rest switches to another cluster of the user's taste),
-    `new_item_rate` the chance of picking an item released in the last 30 days.
+    `new_item_rate` the chance of picking an item released in the last 30 days. `options` are the keyword-only
+    arguments of `synthetic_events` (mean_sessions, mean_session_length, zipf_exponent, sequential_strength,
+    exploration, new_item_rate, drift, new_item_fraction, days, max_events_per_user).
     """
-    loaded = synthetic_events(
-        num_users, num_items, num_clusters, seed, mean_sessions=mean_sessions,
-        mean_session_length=mean_session_length, zipf_exponent=zipf_exponent, sequential_strength=sequential_strength,
-        exploration=exploration, new_item_rate=new_item_rate, drift=drift, new_item_fraction=new_item_fraction,
-        days=days, max_events_per_user=max_events_per_user)
+    loaded = synthetic_events(num_users, num_items, num_clusters, seed, **options)
     return build_interactions(loaded.events, item_info=loaded.item_info, name=loaded.name,
                               has_timestamps=True)
 

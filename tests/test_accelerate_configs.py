@@ -36,12 +36,14 @@ acc = Accelerator()
 total = torch.tensor([float(acc.process_index + 1)])
 if dist.is_initialized() and acc.num_processes > 1:
     dist.all_reduce(total)  # real communication: 1 + 2 over two ranks
-print("PROBE " + json.dumps({
-    "pid": os.getpid(), "rank": acc.process_index, "num_processes": acc.num_processes,
-    "world_size": dist.get_world_size() if dist.is_initialized() else None,
-    "backend": dist.get_backend() if dist.is_initialized() else None,
-    "distributed_type": str(acc.distributed_type), "device": str(acc.device), "all_reduce": total.item(),
-}), flush=True)
+# One file per process: two ranks printing to one pipe can interleave within a line.
+with open(f"probe-{os.getpid()}.json", "w") as out:
+    json.dump({
+        "pid": os.getpid(), "rank": acc.process_index, "num_processes": acc.num_processes,
+        "world_size": dist.get_world_size() if dist.is_initialized() else None,
+        "backend": dist.get_backend() if dist.is_initialized() else None,
+        "distributed_type": str(acc.distributed_type), "device": str(acc.device), "all_reduce": total.item(),
+    }, out)
 acc.wait_for_everyone()  # neither rank tears the gloo group down while the other still uses it
 if dist.is_initialized():
     dist.destroy_process_group()
@@ -123,7 +125,7 @@ def _launch(tmp_path, *flags: str, use_cpu_env: bool = True) -> list[dict]:
                *flags, str(script)]
     result = subprocess.run(command, capture_output=True, text=True, env=env, timeout=180, cwd=tmp_path)
     assert result.returncode == 0, result.stderr[-4000:]
-    return [json.loads(line[len("PROBE "):]) for line in result.stdout.splitlines() if line.startswith("PROBE ")]
+    return [json.loads(path.read_text()) for path in sorted(tmp_path.glob("probe-*.json"))]
 
 
 def test_cpu_ddp_really_starts_two_gloo_processes(tmp_path):

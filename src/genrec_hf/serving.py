@@ -60,7 +60,7 @@ class Recommender:
             if index == 0:  # fewer rankable items than k
                 continue
             raw = self.vocab.decode(index)
-            info = self.vocab.item_info.get(raw, {}) if hasattr(self.vocab, "item_info") else {}
+            info = self.vocab.item_info.get(raw, {})
             out.append(Recommendation(item_id=raw, score=float(score), title=info.get("title")))
         return out
 

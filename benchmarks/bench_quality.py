@@ -18,9 +18,8 @@ from datetime import date
 from pathlib import Path
 
 import torch
-from torch.utils.data import DataLoader
 
-from genrec_hf.baselines import evaluate_static_scores, popularity_scores
+from genrec_hf.baselines import popularity_metrics
 from genrec_hf.data import NextItemCollator, leave_one_out, load_interactions
 from genrec_hf.recipes import load_recipe
 from genrec_hf.training import train
@@ -48,10 +47,7 @@ def machine() -> str:
 def run_popularity(source: Path) -> dict:
     start = time.perf_counter()
     data = load_interactions(str(source))
-    splits = leave_one_out(data)
-    scores = popularity_scores(splits["train"], len(data.vocab))
-    loader = DataLoader(splits["test"], batch_size=512, collate_fn=NextItemCollator(50, mode="eval"))
-    metrics = evaluate_static_scores(scores, loader)
+    metrics = popularity_metrics(leave_one_out(data), len(data.vocab), NextItemCollator(50, mode="eval"))
     return {"test": metrics, "seconds": time.perf_counter() - start}
 
 

@@ -6,10 +6,11 @@ of 1.0 reuses exactly the protocol the models use (padding never ranked, history
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 
 import torch
-from datasets import Dataset
+from datasets import Dataset, DatasetDict
+from torch.utils.data import DataLoader
 
 from .evaluation import RankingAccumulator
 from .scoring import chunked_target_ranks
@@ -34,3 +35,11 @@ def evaluate_static_scores(
         accumulator.add(chunked_target_ranks(queries, item_vectors, batch["target_ids"],
                                              exclude=batch.get("exclude_ids")))
     return accumulator.compute()
+
+
+def popularity_metrics(splits: DatasetDict, vocab_size: int, collator: Callable, split: str = "test",
+                       ks: tuple[int, ...] = (1, 5, 10, 50, 200)) -> dict[str, float]:
+    """Most-popular (train counts) on `splits[split]`, batched by an eval `collator`: the floor every model
+    must clear, under the same protocol as the models."""
+    loader = DataLoader(splits[split], batch_size=512, collate_fn=collator)
+    return evaluate_static_scores(popularity_scores(splits["train"], vocab_size), loader, ks=ks)

@@ -41,18 +41,15 @@ from datasets import Dataset, Features, Sequence, Value
 
 DAY = 24 * 3600
 
-TRAIN_FEATURES = Features({
+_CONTEXT_FEATURES = {
     "user_id": Value("string"),
     "item_ids": Sequence(Value("int64")),
     "timestamps": Sequence(Value("int64")),
     "action_ids": Sequence(Value("int64")),
-    "labels": Sequence(Value("int64")),
-})
+}
+TRAIN_FEATURES = Features({**_CONTEXT_FEATURES, "labels": Sequence(Value("int64"))})
 EVAL_FEATURES = Features({
-    "user_id": Value("string"),
-    "item_ids": Sequence(Value("int64")),
-    "timestamps": Sequence(Value("int64")),
-    "action_ids": Sequence(Value("int64")),
+    **_CONTEXT_FEATURES,
     "target_ids": Sequence(Value("int64")),
     "target_time": Value("int64"),
 })

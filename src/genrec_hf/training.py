@@ -32,8 +32,17 @@ from transformers import (
 )
 from transformers.trainer_utils import EvalLoopOutput
 
+from .baselines import popularity_metrics
 from .configuration_genrec import SIZE_PRESETS, GenRecConfig
-from .data import InteractionData, ItemVocab, NextItemCollator, leave_one_out, load_interactions, sliding_windows, time_split
+from .data import (
+    InteractionData,
+    ItemVocab,
+    NextItemCollator,
+    leave_one_out,
+    load_interactions,
+    sliding_windows,
+    time_split,
+)
 from .evaluation import evaluate_model
 from .modeling_genrec import GenRecForNextItemPrediction
 from .recipes import Recipe
@@ -212,7 +221,8 @@ def train(recipe: Recipe, *, overwrite_output_dir: bool = False,
                   "epochs": trainer.state.epoch, "best_checkpoint": trainer.state.best_model_checkpoint,
                   "world_size": args.world_size, "device": str(args.device)},
         "parameters": _parameter_counts(model),
-        "popularity_baseline": {"test": popularity_metrics(prepared, eval_collator, tuple(recipe.evaluation.ks))},
+        "popularity_baseline": {"test": popularity_metrics(prepared.splits, len(prepared.data.vocab), eval_collator,
+                                                           ks=tuple(recipe.evaluation.ks))},
     }
     if trainer.is_world_process_zero():
         trainer.save_model(str(output_dir))
@@ -222,15 +232,6 @@ def train(recipe: Recipe, *, overwrite_output_dir: bool = False,
         write_model_card(output_dir, dataset_name=prepared.data.name, training_args=args)
     return TrainOutcome(metrics=metrics, data=prepared.data, model=trainer.model,
                         is_main_process=trainer.is_world_process_zero())
-
-
-def popularity_metrics(prepared: PreparedData, collator: NextItemCollator, ks: tuple[int, ...]) -> dict[str, float]:
-    """Most-popular (train counts) under the same protocol: the floor every trained model must clear."""
-    from .baselines import evaluate_static_scores, popularity_scores
-
-    scores = popularity_scores(prepared.splits["train"], len(prepared.data.vocab))
-    loader = DataLoader(prepared.splits["test"], batch_size=512, collate_fn=collator)
-    return evaluate_static_scores(scores, loader, ks=ks)
 
 
 def _strip_prefix(metrics: dict[str, float], prefix: str) -> dict[str, float]:

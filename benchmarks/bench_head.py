@@ -1,7 +1,7 @@
 """Decoding head + loss, forward + backward: full softmax vs sampled (1 % uniform negatives) vs sampled + projected (r=8).
 
 What is measured is the package's own code: `GenRecDecodingHead` (identity or act → Linear(d, d/8)) and
-`losses.full_softmax_loss` / `losses.sampled_softmax_loss` with `losses.sample_uniform_negatives` (one negative set
+`losses.full_softmax_loss` / `losses.sampled_softmax_loss` with `losses.sample_negatives` (one negative set
 shared by the batch, as `GenRecForNextItemPrediction.loss_sum` does with `negative_sharing="batch"`), on N supervised
 positions of random hidden states. The item table (V × d_out) and its dense gradient are part of the cost, as in
 training; the optimizer step is not.
@@ -45,7 +45,7 @@ def run_case(head: str, items: int, dim: int, tokens: int, repeats: int, threads
 
     from genrec_hf import GenRecConfig
     from genrec_hf.flops import flops_per_token
-    from genrec_hf.losses import full_softmax_loss, sample_uniform_negatives, sampled_softmax_loss
+    from genrec_hf.losses import full_softmax_loss, sample_negatives, sampled_softmax_loss
     from genrec_hf.modeling_genrec import GenRecDecodingHead
 
     torch.set_num_threads(threads)
@@ -62,7 +62,7 @@ def run_case(head: str, items: int, dim: int, tokens: int, repeats: int, threads
         if config.loss_type == "full":
             loss = full_softmax_loss(queries, module.item_vectors, targets)
         else:
-            negatives = sample_uniform_negatives(config.vocab_size, (config.resolved_num_negatives,),
+            negatives = sample_negatives(config.vocab_size, (config.resolved_num_negatives,),
                                                  device=hidden.device)
             loss = sampled_softmax_loss(queries, module.item_vectors, targets, negatives,
                                         remove_accidental_hits=config.remove_accidental_hits)

@@ -210,3 +210,14 @@ def test_evaluate_module_loads_offline_by_path(monkeypatch):
     module.add_batch(ranks=ranks[:3])
     module.add_batch(ranks=ranks[3:])
     assert module.compute(ks=(1, 5)) == pytest.approx(reference_metrics(ranks, ks=(1, 5)))
+
+
+def test_popularity_scores_count_training_events_and_reject_foreign_ids():
+    from datasets import Dataset
+
+    from genrec_hf.baselines import popularity_scores
+
+    train = Dataset.from_dict({"item_ids": [[1, 2, 2], [3], [2, 4, 1]]})
+    assert popularity_scores(train, 6).tolist() == [0, 2, 3, 1, 1, 0]
+    with pytest.raises(ValueError, match="vocab_size=4"):
+        popularity_scores(train, 4)

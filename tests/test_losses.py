@@ -8,7 +8,12 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from genrec_hf.losses import full_softmax_loss, sample_uniform_negatives, sampled_softmax_loss
+from genrec_hf.losses import (
+    full_softmax_loss,
+    item_log_probabilities,
+    sample_negatives,
+    sampled_softmax_loss,
+)
 
 
 pytestmark = pytest.mark.usefixtures("one_thread")
@@ -58,7 +63,7 @@ def _reference_sampled(q, v, t, negatives, in_batch=False, log_q=None, remove_hi
 def test_sampled_softmax_matches_reference(shared, in_batch, remove_hits):
     q, v, t = _problem()
     g = torch.Generator().manual_seed(1)
-    negatives = sample_uniform_negatives(15, (6,) if shared else (7, 6), device=q.device, generator=g)
+    negatives = sample_negatives(15, (6,) if shared else (7, 6), device=q.device, generator=g)
     negatives[..., 0] = t[0]  # force an accidental hit
     got = sampled_softmax_loss(q, v, t, negatives, in_batch_negatives=in_batch, remove_accidental_hits=remove_hits)
     expected = _reference_sampled(q, v, t, negatives, in_batch=in_batch, remove_hits=remove_hits)
@@ -86,16 +91,16 @@ def test_all_other_items_as_negatives_equals_full_softmax():
 def test_gradients_flow_and_negatives_never_padding():
     q, v, t = _problem()
     v = v.clone().requires_grad_(True)
-    sampled_softmax_loss(q, v, t, sample_uniform_negatives(15, (50,), device=q.device)).backward()
+    sampled_softmax_loss(q, v, t, sample_negatives(15, (50,), device=q.device)).backward()
     assert q.grad is not None and torch.isfinite(q.grad).all() and v.grad.abs().sum() > 0
-    assert (sample_uniform_negatives(3, (1000,), device=q.device) > 0).all()
+    assert (sample_negatives(3, (1000,), device=q.device) > 0).all()
 
 
 @pytest.mark.parametrize("shared", [True, False])
 def test_sampled_softmax_all_options_together(shared):
     q, v, t = _problem(seed=5)
     g = torch.Generator().manual_seed(2)
-    negatives = sample_uniform_negatives(15, (9,) if shared else (7, 9), device=q.device, generator=g)
+    negatives = sample_negatives(15, (9,) if shared else (7, 9), device=q.device, generator=g)
     negatives[..., 1] = t[-1]
     log_q = torch.log(torch.rand(15, generator=g) + 0.1)
     kwargs = dict(in_batch=True, log_q=log_q, temperature=0.3, l2=True)
@@ -162,3 +167,41 @@ def test_model_trains_with_sampled_softmax():
         losses.append(loss.item())
     assert sum(losses[-5:]) < 0.5 * sum(losses[:5])
     assert full_loss() < 0.5 * before  # what the sampled loss learned holds under the full softmax
+
+
+def test_popularity_sampler_draws_from_q_and_never_padding():
+    counts = torch.tensor([50.0, 0.0, 1.0, 9.0, 99.0])  # the padding count is ignored
+    log_q = item_log_probabilities(counts)
+    expected = torch.tensor([0.0, 1.0, 2.0, 10.0, 100.0]) / 113.0
+    torch.testing.assert_close(log_q[1:].exp(), expected[1:])
+    assert log_q[0] == float("-inf")
+    g = torch.Generator().manual_seed(0)
+    draws = sample_negatives(5, (200_000,), item_log_q=log_q, generator=g)
+    frequencies = torch.bincount(draws, minlength=5).double() / draws.numel()
+    assert frequencies[0] == 0
+    torch.testing.assert_close(frequencies[1:], expected[1:].double(), atol=3e-3, rtol=0)
+    per_position = sample_negatives(5, (7, 3), item_log_q=log_q, generator=g)
+    assert per_position.shape == (7, 3) and per_position.min() >= 1 and per_position.max() <= 4
+    uniform = item_log_probabilities(counts, alpha=0.0)
+    torch.testing.assert_close(uniform[1:].exp(), torch.full((4,), 0.25))
+
+
+def test_logq_corrected_popularity_sampling_estimates_the_full_softmax_gradient():
+    # With the correction, the sampled softmax's gradient approaches the full softmax's as negatives grow (Bengio &
+    # Senecal); under a skewed sampler and without it, the estimate stays biased towards punishing popular items.
+    q, v, t = _problem(seed=7, items=12)
+    v = v.clone().requires_grad_(True)
+    counts = torch.tensor([0.0] + [2.0 ** i for i in range(11)])  # q from ~0.05% to ~50%
+    log_q = item_log_probabilities(counts)
+    negatives = sample_negatives(12, (400_000,), item_log_q=log_q, generator=torch.Generator().manual_seed(3))
+
+    def grads(loss_fn):
+        q.grad = v.grad = None
+        loss_fn().backward()
+        return torch.cat([q.grad.flatten(), v.grad.flatten()])
+
+    full = grads(lambda: full_softmax_loss(q, v, t))
+    corrected = grads(lambda: sampled_softmax_loss(q, v, t, negatives, item_log_q=log_q, remove_accidental_hits=False))
+    biased = grads(lambda: sampled_softmax_loss(q, v, t, negatives, remove_accidental_hits=False))
+    assert (corrected - full).norm() / full.norm() < 0.03
+    assert (biased - full).norm() / full.norm() > 0.3

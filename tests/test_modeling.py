@@ -197,3 +197,42 @@ def test_sampled_and_projected_heads_train():
         losses.append(loss.item())
     assert losses[-1] < 0.5 * losses[0]
     assert model(**batch).user_embeddings.shape == (3, 16)
+
+
+def test_popularity_sampler_uses_saved_frequencies_and_logq(tmp_path):
+    from genrec_hf.losses import item_log_probabilities, sample_negatives, sampled_softmax_loss
+
+    config = tiny_config(loss_type="sampled", num_negatives=16, negative_sampler="popularity", sampler_alpha=0.5)
+    assert config.uses_logq_correction and not tiny_config(loss_type="sampled").uses_logq_correction
+    model = GenRecForNextItemPrediction(config).eval()
+    counts = torch.arange(41, dtype=torch.float64) ** 2
+    model.set_item_frequencies(counts)
+    torch.testing.assert_close(model.head.item_log_q, item_log_probabilities(counts, 0.5))
+    model.save_pretrained(tmp_path)
+    loaded = GenRecForNextItemPrediction.from_pretrained(tmp_path).eval()
+    torch.testing.assert_close(loaded.head.item_log_q, model.head.item_log_q)
+
+    queries, targets = torch.randn(5, 32), torch.randint(1, 41, (5,))
+    torch.manual_seed(11)
+    got = loaded.loss_sum(queries, targets)
+    torch.manual_seed(11)
+    negatives = sample_negatives(41, (16,), item_log_q=model.head.item_log_q)
+    expected = sampled_softmax_loss(queries, model.item_vectors, targets, negatives, item_log_q=model.head.item_log_q)
+    torch.testing.assert_close(got, expected)
+    with pytest.raises(ValueError, match=r"expected \(41,\)"):
+        model.set_item_frequencies(torch.ones(40))
+
+
+def test_full_softmax_model_has_no_sampler_state():
+    model = GenRecForNextItemPrediction(tiny_config())
+    assert model.head.item_log_q is None
+    model.set_item_frequencies(torch.ones(41))  # nothing to do, no error
+    assert "head.item_log_q" not in model.state_dict()
+
+
+@pytest.mark.parametrize("field,value,message", [
+    ("negative_sampler", "zipf", "one of"), ("sampler_alpha", -1.0, r"\[0, 2\]"), ("logq_correction", "yes", "None"),
+])
+def test_sampler_config_errors(field, value, message):
+    with pytest.raises(ValueError, match=message):
+        tiny_config(loss_type="sampled", **{field: value})

@@ -175,3 +175,23 @@ def test_bf16_autocast_on_cpu(tmp_path):
     assert code == 0
     metrics = json.loads((tmp_path / "bf16" / "metrics.json").read_text())
     assert 0 < metrics["test"]["mrr"] <= 1
+
+
+def test_train_gives_the_popularity_sampler_the_training_counts(tmp_path):
+    import torch
+
+    from genrec_hf.baselines import popularity_scores
+    from genrec_hf.data import leave_one_out
+    from genrec_hf.losses import item_log_probabilities
+
+    args = [a if a != "6" else "1" for a in TINY]
+    args[args.index("--model.overrides") + 1] = ("{hidden_size: 16, intermediate_size: 32, num_attention_heads: 2, "
+                                                 "loss_type: sampled, num_negatives: 20, negative_sampler: popularity}")
+    code = main(["train", str(REPO_ROOT / "recipes/pretrain/genrec-100k.yaml"), "--output_dir", str(tmp_path / "m"),
+                 *args])
+    assert code == 0
+    model = GenRecForNextItemPrediction.from_pretrained(tmp_path / "m")
+    data = load_interactions(TINY_DATA)
+    counts = popularity_scores(leave_one_out(data)["train"], len(data.vocab))
+    torch.testing.assert_close(model.head.item_log_q, item_log_probabilities(counts))
+    assert json.loads((tmp_path / "m" / "metrics.json").read_text())["test"]["mrr"] > 0

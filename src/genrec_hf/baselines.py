@@ -8,20 +8,23 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterable
 
+import numpy as np
 import torch
 from datasets import Dataset, DatasetDict
 from torch.utils.data import DataLoader
 
+from .data.interactions import flat_column
 from .evaluation import RankingAccumulator
 from .scoring import chunked_target_ranks
 
 
 def popularity_scores(train: Dataset, vocab_size: int) -> torch.Tensor:
     """(V,) count of each item's events in the training rows; padding scores 0 (and is never ranked anyway)."""
-    counts = torch.zeros(vocab_size, dtype=torch.float64)
-    for items in train["item_ids"]:
-        counts += torch.bincount(torch.as_tensor(items, dtype=torch.long), minlength=vocab_size).double()
-    return counts
+    items, _ = flat_column(train, "item_ids")
+    if items.size and (items.min() < 0 or items.max() >= vocab_size):
+        raise ValueError(f"training item indices span [{items.min()}, {items.max()}] but the catalog has "
+                         f"vocab_size={vocab_size} indices (0 = padding).")
+    return torch.from_numpy(np.bincount(items, minlength=vocab_size).astype(np.float64))
 
 
 def evaluate_static_scores(

@@ -17,6 +17,7 @@ MLP_TYPES = ("gated", "mlp")
 HIDDEN_ACTS = ("silu", "gelu", "relu")
 LOSS_TYPES = ("full", "sampled")
 NEGATIVE_SHARING = ("batch", "position")
+NEGATIVE_SAMPLERS = ("uniform", "popularity")
 
 # Named size ladder. The number in each name is the count of *backbone* parameters (transformer blocks + final norm),
 # excluding the event embedding and the decoding head, as in the paper (PAPER.md §1). A test checks each is within
@@ -99,13 +100,20 @@ class GenRecConfig(PretrainedConfig):
             `act → Linear(d, d // r)` before the item dot product, and item output vectors have width `d // r`
             (the paper's projected decoding head uses r = 8).
         head_act: Activation before the head projection.
-        loss_type: `"full"` (softmax over the whole catalog) or `"sampled"` (sampled softmax with uniform negatives).
+        loss_type: `"full"` (softmax over the whole catalog) or `"sampled"` (sampled softmax).
         num_negatives: Number of sampled negatives; if `None`, `negatives_fraction` of the catalog is used.
         negatives_fraction: Fraction of the catalog sampled as negatives when `num_negatives` is `None` (paper: 1%).
         min_negatives, max_negatives: Clamp on the number of negatives derived from `negatives_fraction`.
+        negative_sampler: `"uniform"` (every item equally likely, the paper's setting) or `"popularity"`
+            (q(item) ∝ (training count + 1) ** `sampler_alpha`: negatives concentrate on the popular items that
+            full-catalog ranking must push down). Counts come from `set_item_frequencies`, which
+            `genrec-hf train` calls with the training split; until then the popularity sampler is uniform.
+        sampler_alpha: Exponent on the counts of the popularity sampler (1 = proportional, 0 = uniform).
         negative_sharing: `"batch"` (one negative set for every position of the batch) or `"position"` (per position).
         in_batch_negatives: Also use the other positives of the batch as negatives.
-        logq_correction: Subtract log q(item) from sampled logits (only meaningful for non-uniform samplers).
+        logq_correction: Subtract log q(item) from every candidate's logit (Yi et al. 2019), which keeps the
+            sampled softmax an estimate of the full one under a non-uniform sampler. `None` = on exactly when
+            `negative_sampler="popularity"`.
         remove_accidental_hits: Mask a sampled negative that equals the position's positive.
         score_temperature: Scores (logits) are divided by this temperature (HSTU uses 0.05 with L2-normalised
             scores). Named so to stay clear of `temperature`, which transformers reserves for generation.
@@ -143,9 +151,11 @@ class GenRecConfig(PretrainedConfig):
         negatives_fraction: float = 0.01,
         min_negatives: int = 128,
         max_negatives: int = 65536,
+        negative_sampler: str = "uniform",
+        sampler_alpha: float = 1.0,
         negative_sharing: str = "batch",
         in_batch_negatives: bool = False,
-        logq_correction: bool = False,
+        logq_correction: bool | None = None,
         remove_accidental_hits: bool = True,
         score_temperature: float = 1.0,
         l2_normalize_scores: bool = False,
@@ -178,6 +188,8 @@ class GenRecConfig(PretrainedConfig):
         self.negatives_fraction = negatives_fraction
         self.min_negatives = min_negatives
         self.max_negatives = max_negatives
+        self.negative_sampler = negative_sampler
+        self.sampler_alpha = sampler_alpha
         self.negative_sharing = negative_sharing
         self.in_batch_negatives = in_batch_negatives
         self.logq_correction = logq_correction
@@ -234,6 +246,12 @@ class GenRecConfig(PretrainedConfig):
         _check(self.loss_type in LOSS_TYPES, "loss_type", self.loss_type, f"one of {LOSS_TYPES}")
         _check(self.negative_sharing in NEGATIVE_SHARING, "negative_sharing", self.negative_sharing,
                f"one of {NEGATIVE_SHARING}")
+        _check(self.negative_sampler in NEGATIVE_SAMPLERS, "negative_sampler", self.negative_sampler,
+               f"one of {NEGATIVE_SAMPLERS}")
+        _check(isinstance(self.sampler_alpha, (int, float)) and 0.0 <= self.sampler_alpha <= 2.0, "sampler_alpha",
+               self.sampler_alpha, "a float in [0, 2]")
+        _check(self.logq_correction in (None, True, False), "logq_correction", self.logq_correction,
+               "None (automatic), true or false")
         if self.head_projection_ratio is not None:
             r = self.head_projection_ratio
             _check(isinstance(r, int) and r >= 1 and self.hidden_size % r == 0, "head_projection_ratio", r,
@@ -250,6 +268,13 @@ class GenRecConfig(PretrainedConfig):
                f"at most max_negatives={self.max_negatives}")
         _check(self.score_temperature > 0, "score_temperature", self.score_temperature, "a positive float")
         _check(math.isfinite(self.rope_theta) and self.rope_theta > 0, "rope_theta", self.rope_theta, "a positive float")
+
+    @property
+    def uses_logq_correction(self) -> bool:
+        """Whether sampled logits are corrected by log q: as set, or automatically for the popularity sampler."""
+        if self.logq_correction is None:
+            return self.negative_sampler == "popularity"
+        return bool(self.logq_correction)
 
     @property
     def resolved_num_negatives(self) -> int:

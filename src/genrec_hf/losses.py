@@ -30,11 +30,34 @@ def full_softmax_loss(
     return F.cross_entropy(logits, targets, reduction="sum")
 
 
-def sample_uniform_negatives(
-    num_items: int, shape: tuple[int, ...], *, device: torch.device, generator: torch.Generator | None = None
+def sample_negatives(
+    num_items: int,
+    shape: tuple[int, ...],
+    *,
+    item_log_q: torch.Tensor | None = None,
+    device: torch.device | None = None,
+    generator: torch.Generator | None = None,
 ) -> torch.Tensor:
-    """Item indices drawn uniformly from 1..num_items-1 (never padding), with replacement."""
-    return torch.randint(1, num_items, shape, device=device, generator=generator)
+    """Item indices from 1..num_items-1 (never padding), drawn with replacement.
+
+    Uniformly when `item_log_q` is None; otherwise with probability ∝ exp(item_log_q[i]) (entry 0 is ignored), by
+    inverse-CDF lookup so that catalogs beyond `torch.multinomial`'s 2**24 categories work too.
+    """
+    if item_log_q is None:
+        return torch.randint(1, num_items, shape, device=device, generator=generator)
+    log_q = item_log_q[1:num_items].double()
+    cdf = torch.cumsum(torch.exp(log_q - log_q.max()), dim=0)
+    draws = torch.rand(shape, device=cdf.device, dtype=torch.float64, generator=generator) * cdf[-1]
+    indices = torch.searchsorted(cdf, draws, right=True).clamp_(max=num_items - 2) + 1
+    return indices.to(device) if device is not None else indices
+
+
+def item_log_probabilities(counts: torch.Tensor, alpha: float = 1.0) -> torch.Tensor:
+    """(V,) log q of the popularity sampler: q(i) ∝ (counts[i] + 1) ** alpha over items 1..V-1; entry 0 (padding)
+    is -inf. The +1 keeps every item reachable, so items unseen in training are still pushed down sometimes."""
+    weights = (counts.double().clamp(min=0) + 1.0) ** alpha
+    weights[0] = 0.0
+    return torch.log(weights / weights.sum()).float()
 
 
 def sampled_softmax_loss(

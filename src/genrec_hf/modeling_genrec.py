@@ -27,7 +27,7 @@ from transformers.modeling_outputs import BaseModelOutput
 from transformers.utils import ModelOutput
 
 from .configuration_genrec import GenRecConfig
-from .losses import full_softmax_loss, sample_uniform_negatives, sampled_softmax_loss
+from .losses import full_softmax_loss, item_log_probabilities, sample_negatives, sampled_softmax_loss
 from .scoring import chunked_topk, score_items
 
 ACT2FN = {"silu": nn.SiLU, "gelu": nn.GELU, "relu": nn.ReLU}
@@ -229,8 +229,9 @@ class GenRecDecodingHead(nn.Module):
             self.act = ACT2FN[config.head_act]()
             self.projection = nn.Linear(config.hidden_size, config.head_output_size, bias=False)
         self.item_embeddings = nn.Embedding(config.vocab_size, config.head_output_size, padding_idx=0)
-        if config.logq_correction:
-            self.register_buffer("item_log_q", torch.zeros(config.vocab_size))
+        if config.loss_type == "sampled":
+            # log q(item) of the negative sampler, saved with the model; uniform until `set_item_frequencies`.
+            self.register_buffer("item_log_q", item_log_probabilities(torch.zeros(config.vocab_size)))
         else:
             self.item_log_q = None
 
@@ -429,12 +430,24 @@ class GenRecForNextItemPrediction(GenRecPreTrainedModel):
             return full_softmax_loss(queries, self.item_vectors, targets, **common)
         k = config.resolved_num_negatives
         shape = (k,) if config.negative_sharing == "batch" else (queries.shape[0], k)
-        negatives = sample_uniform_negatives(config.vocab_size, shape, device=queries.device)
+        log_q = self.head.item_log_q
+        negatives = sample_negatives(config.vocab_size, shape, device=queries.device,
+                                     item_log_q=log_q if config.negative_sampler == "popularity" else None)
         return sampled_softmax_loss(
             queries, self.item_vectors, targets, negatives, in_batch_negatives=config.in_batch_negatives,
-            item_log_q=self.head.item_log_q if config.logq_correction else None,
+            item_log_q=log_q if config.uses_logq_correction else None,
             remove_accidental_hits=config.remove_accidental_hits, **common,
         )
+
+    def set_item_frequencies(self, counts: torch.Tensor) -> None:
+        """Give the sampled softmax the (V,) training count of each item: the popularity sampler draws from it and
+        the logQ correction subtracts its log. A no-op for the full softmax, which needs no sampler."""
+        if self.head.item_log_q is None:
+            return
+        if counts.shape != (self.config.vocab_size,):
+            raise ValueError(f"item counts have shape {tuple(counts.shape)}; expected ({self.config.vocab_size},), "
+                             "one count per item index of this model (index 0 = padding).")
+        self.head.item_log_q.copy_(item_log_probabilities(counts, self.config.sampler_alpha))
 
     def score(self, user_embeddings: torch.Tensor) -> torch.Tensor:
         """(B, V) scores of every item for each user embedding; padding scores -inf. Use `topk` for big catalogs."""

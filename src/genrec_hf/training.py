@@ -32,7 +32,7 @@ from transformers import (
 )
 from transformers.trainer_utils import EvalLoopOutput
 
-from .baselines import popularity_metrics
+from .baselines import popularity_metrics, popularity_scores
 from .configuration_genrec import SIZE_PRESETS, GenRecConfig
 from .data import (
     InteractionData,
@@ -194,6 +194,8 @@ def train(recipe: Recipe, *, overwrite_output_dir: bool = False,
     set_seed(recipe.seed)
     prepared = prepare_data(recipe)
     model = build_model(recipe, prepared.data)
+    if model.config.vocab_size == len(prepared.data.vocab):  # the sampled softmax's popularity sampler / logQ
+        model.set_item_frequencies(popularity_scores(prepared.splits["train"], model.config.vocab_size))
     args = training_arguments(recipe, output_dir)
     collator = NextItemCollator(recipe.data.max_length, mode="train")
     eval_collator = NextItemCollator(recipe.data.max_length, mode="eval",

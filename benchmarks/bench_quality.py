@@ -2,9 +2,12 @@
 
 Leave-one-out, full-catalog ranking, history items excluded, pessimistic ties (DESIGN.md §5). Every neural model
 trains through `genrec_hf.training.train` from its shipped recipe with the same wall-clock budget, so the table
-compares quality at equal CPU time.
+compares quality at equal CPU time. `--heads` adds the decoding head / loss as a third axis (issue: efficient
+decoding): each named head below is a set of `GenRecConfig` overrides on top of the model's recipe.
 
     python benchmarks/bench_quality.py --minutes 6 --out benchmarks/out/quality
+    python benchmarks/bench_quality.py --datasets ml-100k --models genrec-100k --heads full uniform-1% uniform-128 \
+        popularity-128 popularity-128-proj4
 """
 
 from __future__ import annotations
@@ -35,6 +38,25 @@ REFERENCE = {  # published / issue reference numbers under the same protocol, sh
     "toys": "TIGER (published): HR@10 .0712, NDCG@10 .0432",
 }
 METRICS = ("mrr", "hr@10", "ndcg@10")
+SAMPLED = {"model.overrides.loss_type": "sampled"}
+HEADS: dict[str, dict[str, str]] = {  # name: recipe overrides (the model's shipped recipe is the "full" head)
+    "full": {},
+    "uniform-1%": {**SAMPLED, "model.overrides.negatives_fraction": "0.01", "model.overrides.min_negatives": "1"},
+    "uniform-128": {**SAMPLED, "model.overrides.num_negatives": "128"},
+    "popularity-128": {**SAMPLED, "model.overrides.num_negatives": "128",
+                       "model.overrides.negative_sampler": "popularity"},
+    "popularity-1%": {**SAMPLED, "model.overrides.negatives_fraction": "0.01", "model.overrides.min_negatives": "1",
+                      "model.overrides.negative_sampler": "popularity"},
+    # the paper's projected head: act -> Linear(d, d/r), untied d/r-wide item vectors
+    **{f"popularity-128-proj{r}": {**SAMPLED, "model.overrides.num_negatives": "128",
+                                   "model.overrides.negative_sampler": "popularity",
+                                   "model.overrides.head_projection_ratio": str(r),
+                                   "model.overrides.tie_word_embeddings": "false"} for r in (2, 4, 8)},
+    "uniform-128-proj8": {**SAMPLED, "model.overrides.num_negatives": "128",
+                          "model.overrides.head_projection_ratio": "8", "model.overrides.tie_word_embeddings": "false"},
+    "hstu-128": {**SAMPLED, "model.overrides.num_negatives": "128", "model.overrides.l2_normalize_scores": "true",
+                 "model.overrides.score_temperature": "0.05"},
+}
 
 
 def machine() -> str:
@@ -52,9 +74,10 @@ def run_popularity(source: Path) -> dict:
 
 
 def run_model(preset: str, dataset: str, source: Path, max_length: int, minutes: float, out: Path,
-              overrides: dict[str, str]) -> dict:
+              overrides: dict[str, str], name: str | None = None) -> dict:
     recipe = load_recipe(ROOT / "recipes" / "pretrain" / f"{preset}.yaml", {
-        "data.source": str(source), "data.max_length": str(max_length), "output_dir": str(out / dataset / preset),
+        "data.source": str(source), "data.max_length": str(max_length),
+        "output_dir": str(out / dataset / (name or preset)),
         "max_train_minutes": str(minutes), "training.num_train_epochs": "1000", "evaluation.num_examples": "0",
         **overrides,
     })
@@ -69,6 +92,8 @@ def main() -> None:
     parser.add_argument("--models", nargs="+", default=["popularity", "sasrec", "genrec-2m", "genrec-8m"])
     parser.add_argument("--minutes", type=float, default=6.0, help="training wall-clock budget per model")
     parser.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "out" / "quality")
+    parser.add_argument("--heads", nargs="+", default=["full"], choices=list(HEADS),
+                        help="decoding heads / losses to train each neural model with (default: its recipe's)")
     parser.add_argument("--override", nargs="*", default=[], metavar="KEY=VALUE",
                         help="recipe overrides applied to every neural model, e.g. training.learning_rate=1e-3")
     args = parser.parse_args()
@@ -78,23 +103,28 @@ def main() -> None:
     for dataset in args.datasets:
         source, max_length = DATASETS[dataset]
         for model in args.models:
-            print(f"=== {dataset} / {model}", flush=True)
-            if model == "popularity":
-                result = run_popularity(source)
-            else:
-                result = run_model(model, dataset, source, max_length, args.minutes, args.out, overrides)
-            results.setdefault(dataset, {})[model] = result
-            (args.out / "results.json").write_text(json.dumps(results, indent=2, default=str))
+            for head in ["full"] if model == "popularity" else args.heads:
+                name = model if head == "full" else f"{model}/{head}"
+                print(f"=== {dataset} / {name}", flush=True)
+                if model == "popularity":
+                    result = run_popularity(source)
+                else:
+                    result = run_model(model, dataset, source, max_length, args.minutes, args.out,
+                                       {**HEADS[head], **overrides}, name=name)
+                results.setdefault(dataset, {})[name] = result
+                (args.out / "results.json").write_text(json.dumps(results, indent=2, default=str))
 
     lines = [f"Date {date.today()}; machine: {machine()}; budget {args.minutes} min training per model.",
-             "", "| dataset | model | MRR | HR@10 | NDCG@10 | train+eval time (s) |", "|---|---|---|---|---|---|"]
+             "", "| dataset | model | MRR | HR@10 | NDCG@10 | epochs | train+eval time (s) |",
+             "|---|---|---|---|---|---|---|"]
     for dataset, by_model in results.items():
         for model, result in by_model.items():
             m = result["test"]
+            epochs = result.get("train", {}).get("epochs")
             lines.append(f"| {dataset} | {model} | " + " | ".join(f"{m[k]:.4f}" for k in METRICS)
-                         + f" | {result['seconds']:.0f} |")
+                         + f" | {'–' if epochs is None else f'{epochs:.1f}'} | {result['seconds']:.0f} |")
         if dataset in REFERENCE:
-            lines.append(f"| {dataset} | reference | {REFERENCE[dataset]} | | | |")
+            lines.append(f"| {dataset} | reference | {REFERENCE[dataset]} | | | | |")
     table = "\n".join(lines)
     (args.out / "results.md").write_text(table + "\n")
     print(table)

@@ -28,7 +28,7 @@ def test_backbone_count_excludes_embeddings_and_head():
 
 def test_sasrec_preset_is_classic_shape():
     config = GenRecConfig.from_preset("sasrec", vocab_size=10)
-    assert (config.hidden_size, config.num_hidden_layers, config.num_attention_heads) == (50, 2, 1)
+    assert (config.hidden_size, config.num_hidden_layers, config.num_attention_heads) == (64, 2, 1)
     assert config.position_encoding == "learned"
     assert "sasrec" in SIZE_PRESETS
 

@@ -221,3 +221,30 @@ def test_popularity_scores_count_training_events_and_reject_foreign_ids():
     assert popularity_scores(train, 6).tolist() == [0, 2, 3, 1, 1, 0]
     with pytest.raises(ValueError, match="vocab_size=4"):
         popularity_scores(train, 4)
+
+
+def test_paired_bootstrap_interval_brackets_the_difference_only_when_real():
+    from genrec_hf.evaluation import paired_bootstrap
+
+    g = torch.Generator().manual_seed(0)
+    ranks = torch.randint(1, 200, (900,), generator=g)
+    same = paired_bootstrap(ranks, ranks.clone())
+    assert same["relative"] == same["relative_low"] == same["relative_high"] == 0
+    better = paired_bootstrap(ranks, (ranks // 2).clamp(min=1))  # every rank halved: a real improvement
+    assert better["b"] > better["a"] and 0 < better["relative_low"] < better["relative"] < better["relative_high"]
+    shuffled = paired_bootstrap(ranks, ranks[torch.randperm(900, generator=g)])  # same distribution, unpaired
+    assert shuffled["relative_low"] < 0 < shuffled["relative_high"]
+    assert same["a_stderr"] == pytest.approx((1.0 / ranks.double()).std().item() / 30.0)
+    with pytest.raises(ValueError, match="same users"):
+        paired_bootstrap(ranks, ranks[:10])
+
+
+def test_target_ranks_feed_evaluate_model(tiny_model):
+    from genrec_hf.evaluation import target_ranks
+
+    batches = [dict(input_ids=torch.tensor([[1, 2, 3], [4, 5, 0]]), attention_mask=torch.tensor([[1, 1, 1], [1, 1, 0]]),
+                    target_ids=torch.tensor([7, 9]), exclude_ids=torch.tensor([[1, 2, 3], [4, 5, 0]]))]
+    ranks = target_ranks(tiny_model, batches, progress=False)
+    assert ranks.shape == (2,) and (ranks >= 1).all()
+    metrics = evaluate_model(tiny_model, batches, progress=False)
+    assert metrics["mrr"] == pytest.approx((1.0 / ranks.double()).mean().item())

@@ -96,17 +96,16 @@ def _check_targets(targets: torch.Tensor, num_items: int) -> None:
 
 
 @torch.no_grad()
-def evaluate_model(
+def target_ranks(
     model: torch.nn.Module,
     batches: Iterable[dict[str, torch.Tensor]],
     *,
-    ks: Sequence[int] = DEFAULT_KS,
     chunk_size: int | None = None,
     exclude_history: bool = True,
     gather: Callable[[torch.Tensor], torch.Tensor] | None = None,
     progress: bool = True,
-) -> dict[str, float]:
-    """Full-catalog ranking metrics of a `GenRecForNextItemPrediction` over eval batches, plus `num_users`.
+) -> torch.Tensor:
+    """(num_users,) 1-based full-catalog rank of each batch row's `target_ids` under a `GenRecForNextItemPrediction`.
 
     Batches are dicts as from `NextItemCollator(max_length, mode="eval")`: `input_ids`, `attention_mask`,
     `timestamps`, `action_ids`, `target_ids` (B,) and optionally `exclude_ids` (B, H), ignored when
@@ -120,7 +119,7 @@ def evaluate_model(
     config = model.config
     item_vectors = model.item_vectors
     device = item_vectors.device
-    accumulator = RankingAccumulator(ks)
+    ranks: list[torch.Tensor] = []
     try:
         for batch in tqdm(batches, desc="ranking", disable=not progress, leave=False):
             inputs = {key: batch[key].to(device) if batch.get(key) is not None else None
@@ -129,13 +128,61 @@ def evaluate_model(
             _check_targets(targets, item_vectors.shape[0])
             exclude = batch.get("exclude_ids") if exclude_history else None
             outputs = model(**inputs)
-            ranks = chunked_target_ranks(
+            batch_ranks = chunked_target_ranks(
                 outputs.user_embeddings, item_vectors, targets,
                 exclude=exclude.to(device) if exclude is not None else None,
                 chunk_size=chunk_size or config.score_chunk_size, temperature=config.score_temperature,
                 l2_normalize=config.l2_normalize_scores,
             )
-            accumulator.add(gather(ranks) if gather is not None else ranks)
+            ranks.append((gather(batch_ranks) if gather is not None else batch_ranks).detach().reshape(-1).cpu())
     finally:
         model.train(was_training)
-    return accumulator.compute()
+    return torch.cat(ranks) if ranks else torch.zeros(0, dtype=torch.long)
+
+
+def evaluate_model(
+    model: torch.nn.Module,
+    batches: Iterable[dict[str, torch.Tensor]],
+    *,
+    ks: Sequence[int] = DEFAULT_KS,
+    chunk_size: int | None = None,
+    exclude_history: bool = True,
+    gather: Callable[[torch.Tensor], torch.Tensor] | None = None,
+    progress: bool = True,
+) -> dict[str, float]:
+    """Full-catalog ranking metrics (MRR, HR@K, NDCG@K) of a model over eval batches, plus `num_users`; the
+    arguments are those of `target_ranks`."""
+    ranks = target_ranks(model, batches, chunk_size=chunk_size, exclude_history=exclude_history, gather=gather,
+                         progress=progress)
+    return {**metrics_from_ranks(ranks, ks), "num_users": float(ranks.numel())}
+
+
+def paired_bootstrap(
+    ranks_a: torch.Tensor,
+    ranks_b: torch.Tensor,
+    *,
+    metric: Callable[[torch.Tensor], torch.Tensor] = lambda ranks: 1.0 / ranks,
+    num_samples: int = 2000,
+    confidence: float = 0.95,
+    seed: int = 0,
+) -> dict[str, float]:
+    """Relative difference (b − a) / a of a per-user metric (default reciprocal rank → MRR) of two models ranked on
+    the **same users in the same order**, with a paired percentile-bootstrap confidence interval over users.
+
+    On ML-100K's 943 test users one model's MRR has a standard error of about ±0.006 (±7%), so a single-run
+    difference of a few percent is noise; the interval says whether it is.
+    """
+    if ranks_a.shape != ranks_b.shape or ranks_a.dim() != 1 or ranks_a.numel() == 0:
+        raise ValueError(f"paired ranks must be two non-empty 1-d tensors of the same users; got shapes "
+                         f"{tuple(ranks_a.shape)} and {tuple(ranks_b.shape)}.")
+    a, b = metric(ranks_a.double()), metric(ranks_b.double())
+    generator = torch.Generator().manual_seed(seed)
+    users = torch.randint(0, a.numel(), (num_samples, a.numel()), generator=generator)
+    sample_a, sample_b = a[users].mean(dim=1), b[users].mean(dim=1)
+    relative = (sample_b - sample_a) / sample_a
+    tail = (1.0 - confidence) / 2
+    low, high = torch.quantile(relative, torch.tensor([tail, 1.0 - tail], dtype=torch.float64)).tolist()
+    n = a.numel()
+    return {"a": a.mean().item(), "b": b.mean().item(), "a_stderr": (a.std() / n ** 0.5).item(),
+            "b_stderr": (b.std() / n ** 0.5).item(), "relative": ((b.mean() - a.mean()) / a.mean()).item(),
+            "relative_low": low, "relative_high": high}

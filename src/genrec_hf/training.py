@@ -43,7 +43,7 @@ from .data import (
     sliding_windows,
     time_split,
 )
-from .evaluation import evaluate_model
+from .evaluation import evaluate_model, metrics_from_ranks, target_ranks
 from .modeling_genrec import GenRecForNextItemPrediction
 from .recipes import Recipe
 
@@ -272,10 +272,10 @@ def remap_to_vocab(data: InteractionData, vocab: ItemVocab) -> InteractionData:
     return dataclasses.replace(data, sequences=sequences, vocab=vocab)
 
 
-def evaluate_saved_model(model_dir: str | Path, source: str, *, format: str | None = None, split: str = "test",
-                         max_length: int | None = None, batch_size: int = 256, exclude_history: bool = True,
-                         ks: tuple[int, ...] = (1, 5, 10, 50, 200)) -> dict[str, Any]:
-    """Leave-one-out metrics of a saved model on `source` (mapped into the model's vocabulary)."""
+def saved_model_ranks(model_dir: str | Path, source: str, *, format: str | None = None, split: str = "test",
+                      max_length: int | None = None, batch_size: int = 256,
+                      exclude_history: bool = True) -> tuple[str, torch.Tensor]:
+    """(dataset name, per-user leave-one-out ranks) of a saved model on `source`, mapped into its vocabulary."""
     model = GenRecForNextItemPrediction.from_pretrained(model_dir).eval()
     vocab = ItemVocab.load(model_dir)
     data = remap_to_vocab(load_interactions(source, format=format), vocab)
@@ -283,6 +283,14 @@ def evaluate_saved_model(model_dir: str | Path, source: str, *, format: str | No
     max_length = max_length or model.config.max_position_embeddings
     loader = DataLoader(rows, batch_size=batch_size,
                         collate_fn=NextItemCollator(max_length, mode="eval", exclude_history=exclude_history))
-    metrics = evaluate_model(model, loader, ks=ks)
-    return {"dataset": data.name, "split": split, "protocol": "leave_one_out, full-catalog ranking, history "
-            f"excluded={exclude_history}", **metrics}
+    return data.name, target_ranks(model, loader, exclude_history=exclude_history)
+
+
+def evaluate_saved_model(model_dir: str | Path, source: str, *, format: str | None = None, split: str = "test",
+                         max_length: int | None = None, batch_size: int = 256, exclude_history: bool = True,
+                         ks: tuple[int, ...] = (1, 5, 10, 50, 200)) -> dict[str, Any]:
+    """Leave-one-out metrics of a saved model on `source` (mapped into the model's vocabulary)."""
+    name, ranks = saved_model_ranks(model_dir, source, format=format, split=split, max_length=max_length,
+                                    batch_size=batch_size, exclude_history=exclude_history)
+    return {"dataset": name, "split": split, "protocol": "leave_one_out, full-catalog ranking, history "
+            f"excluded={exclude_history}", **metrics_from_ranks(ranks, ks), "num_users": float(ranks.numel())}

@@ -110,7 +110,10 @@ class GenRecConfig(PretrainedConfig):
             full-catalog ranking must push down). Counts come from `set_item_frequencies`, which
             `genrec-hf train` calls with the training split; until then the popularity sampler is uniform.
         sampler_alpha: Exponent on the counts of the popularity sampler (1 = proportional, 0 = uniform).
-        negative_sharing: `"batch"` (one negative set for every position of the batch) or `"position"` (per position).
+        negative_sharing: `"batch"` (one negative set for every position of the batch: memory O(K·d), the setting
+            for huge catalogs) or `"position"` (each position draws its own: memory O(N·K·d) for N positions, but
+            N times the negative draws per step, which is what sampled-softmax quality depends on when an epoch is
+            only a few steps; measured in benchmarks/RESULTS.md §3).
         in_batch_negatives: Also use the other positives of the batch as negatives.
         logq_correction: Subtract log q(item) from every candidate's logit (Yi et al. 2019), which keeps the
             sampled softmax an estimate of the full one under a non-uniform sampler. `None` = on exactly when

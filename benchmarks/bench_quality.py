@@ -49,6 +49,10 @@ HEADS: dict[str, dict[str, str]] = {  # name: recipe overrides (the model's ship
                             "model.overrides.negative_sampler": "popularity", "model.overrides.sampler_alpha": "0.5"},
     # fewer negatives per position but drawn per position: ~3,000x the negative draws per step of 128 shared ones
     "position-16": {**SAMPLED, "model.overrides.num_negatives": "16", "model.overrides.negative_sharing": "position"},
+    **{f"position-16-proj{r}": {**SAMPLED, "model.overrides.num_negatives": "16",
+                                "model.overrides.negative_sharing": "position",
+                                "model.overrides.head_projection_ratio": str(r),
+                                "model.overrides.tie_word_embeddings": "false"} for r in (2, 4)},
     "popularity-1%": {**SAMPLED, "model.overrides.negatives_fraction": "0.01", "model.overrides.min_negatives": "1",
                       "model.overrides.negative_sampler": "popularity"},
     # the paper's projected head: act -> Linear(d, d/r), untied d/r-wide item vectors

@@ -48,7 +48,8 @@ HEADS: dict[str, dict[str, str]] = {  # name: recipe overrides (the model's ship
     "popularity-128-sqrt": {**SAMPLED, "model.overrides.num_negatives": "128",
                             "model.overrides.negative_sampler": "popularity", "model.overrides.sampler_alpha": "0.5"},
     # fewer negatives per position but drawn per position: ~3,000x the negative draws per step of 128 shared ones
-    "position-16": {**SAMPLED, "model.overrides.num_negatives": "16", "model.overrides.negative_sharing": "position"},
+    **{f"position-{k}": {**SAMPLED, "model.overrides.num_negatives": str(k),
+                         "model.overrides.negative_sharing": "position"} for k in (16, 128)},
     **{f"position-16-proj{r}": {**SAMPLED, "model.overrides.num_negatives": "16",
                                 "model.overrides.negative_sharing": "position",
                                 "model.overrides.head_projection_ratio": str(r),

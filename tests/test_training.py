@@ -195,3 +195,30 @@ def test_train_gives_the_popularity_sampler_the_training_counts(tmp_path):
     counts = popularity_scores(leave_one_out(data)["train"], len(data.vocab))
     torch.testing.assert_close(model.head.item_log_q, item_log_probabilities(counts))
     assert json.loads((tmp_path / "m" / "metrics.json").read_text())["test"]["mrr"] > 0
+
+
+def test_best_checkpoint_reload_of_a_tied_model_does_not_warn(tmp_path, caplog):
+    """Trainer reloads the best checkpoint with strict=False; the tied head table is not in it by design."""
+    import logging
+
+    import torch
+    from transformers import Trainer, TrainingArguments
+
+    from .conftest import tiny_config
+
+    model = GenRecForNextItemPrediction(tiny_config())
+    model.save_pretrained(tmp_path)
+    from safetensors.torch import load_file
+
+    state = load_file(str(tmp_path / "model.safetensors"))
+    assert "head.item_embeddings.weight" not in state
+    trainer = Trainer(model=model, args=TrainingArguments(output_dir=str(tmp_path / "t"), use_cpu=True, report_to=[]))
+    with caplog.at_level(logging.WARNING):
+        trainer._issue_warnings_after_load(model.load_state_dict(state, strict=False))
+    assert "missing keys" not in caplog.text
+    assert model.head.item_embeddings.weight is model.model.embeddings.item_embeddings.weight
+    untied = GenRecForNextItemPrediction(tiny_config(head_projection_ratio=2, tie_word_embeddings=False))
+    untied.save_pretrained(tmp_path / "untied")
+    assert "head.item_embeddings.weight" in load_file(str(tmp_path / "untied" / "model.safetensors"))
+    assert torch.equal(GenRecForNextItemPrediction.from_pretrained(tmp_path / "untied").head.item_embeddings.weight,
+                       untied.head.item_embeddings.weight)

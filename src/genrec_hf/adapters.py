@@ -298,8 +298,11 @@ def merge_adapter(model: PeftModel, adapter_name: str | None = None) -> GenRecFo
     table = clone.get_base_model().head.item_embeddings
     untie = isinstance(table, ModulesToSaveWrapper) and name in table.modules_to_save
     merged = clone.merge_and_unload()
-    if untie and merged.config.tie_word_embeddings:
+    if untie:  # (PEFT may already have cleared the config flag while unwrapping the tied table)
         merged.config.tie_word_embeddings = False
-        merged.head.item_embeddings.weight = torch.nn.Parameter(merged.head.item_embeddings.weight.detach().clone())
+        head = merged.head.item_embeddings
+        if head.weight is merged.model.embeddings.item_embeddings.weight:
+            head.weight = torch.nn.Parameter(head.weight.detach().clone())
+        merged._keys_to_ignore_on_save = set(merged._keys_to_ignore_on_save or ()) - {"head.item_embeddings.weight"}
     merged.requires_grad_(True)
     return merged.eval()

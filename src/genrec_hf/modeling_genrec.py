@@ -376,6 +376,10 @@ class GenRecForNextItemPrediction(GenRecPreTrainedModel):
         super().__init__(config)
         self.model = GenRecModel(config)
         self.head = GenRecDecodingHead(config)
+        if config.tie_word_embeddings:
+            # The tied head table is never saved; declaring it lets Trainer's best-checkpoint reload re-tie it
+            # instead of warning about a "missing key" on every run.
+            self._keys_to_ignore_on_save = ["head.item_embeddings.weight"]
         self.post_init()
 
     def get_output_embeddings(self) -> nn.Embedding:

@@ -44,6 +44,7 @@ def test_shipped_pretrain_recipe_is_valid(path: Path):
         ({"model": {"overrides": {"hidden_size": 30}}}, r"GenRecConfig.hidden_size=30"),
         ({"training": {"learning_rat": 1}}, r"unknown TrainingArguments field\(s\) \['learning_rat'\]"),
         ({"training": {"output_dir": "x"}}, r"set by the recipe runner"),
+        ({"training": {"seed": 1}}, r"\['seed'\] are set by the recipe runner \(use output_dir and seed at the top"),
         ({"data": {"split": "random"}}, r"data.split='random'"),
         ({"evaluation": {"metric_for_best_model": "hr@3"}}, r"metric_for_best_model='hr@3'"),
     ],

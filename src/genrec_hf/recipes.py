@@ -25,7 +25,7 @@ from .configuration_genrec import SIZE_PRESETS, GenRecConfig
 TRAINING_ARGUMENT_FIELDS = {f.name for f in dataclasses.fields(TrainingArguments) if f.init}
 # Set by the recipe runner itself (from other sections), so a recipe must not set them under `training:`.
 RESERVED_TRAINING_KEYS = {"output_dir", "overwrite_output_dir", "remove_unused_columns", "metric_for_best_model",
-                          "greater_is_better", "label_names"}
+                          "greater_is_better", "label_names", "seed"}
 
 
 @dataclass
@@ -101,8 +101,9 @@ def check_recipe_shape(raw: Any, recipe_cls: type, source: str) -> dict[str, Any
         raise ValueError(f"{source}: training: unknown TrainingArguments field(s) {bad}.")
     reserved = sorted(set(training) & RESERVED_TRAINING_KEYS)
     if reserved:
-        raise ValueError(f"{source}: training: {reserved} are set by the recipe runner (use output_dir at the top "
-                         "level, evaluation.metric_for_best_model, and --overwrite_output_dir on the command line).")
+        raise ValueError(f"{source}: training: {reserved} are set by the recipe runner (use output_dir and seed at "
+                         "the top level, evaluation.metric_for_best_model, and --overwrite_output_dir on the command "
+                         "line).")
     return dict(training)
 
 

@@ -6,7 +6,7 @@ compares quality at equal CPU time. `--heads` adds the decoding head / loss as a
 decoding): each named head below is a set of `GenRecConfig` overrides on top of the model's recipe.
 
     python benchmarks/bench_quality.py --minutes 6 --out benchmarks/out/quality
-    python benchmarks/bench_quality.py --datasets ml-100k --models genrec-100k --heads full uniform-1% uniform-128 \
+    python benchmarks/bench_quality.py --datasets ml-100k --models genrec-100k --heads full uniform-1% uniform-128 \\
         popularity-128 popularity-128-proj4
 """
 
@@ -49,7 +49,10 @@ HEADS: dict[str, dict[str, str]] = {  # name: recipe overrides (the model's ship
                             "model.overrides.negative_sampler": "popularity", "model.overrides.sampler_alpha": "0.5"},
     # fewer negatives per position but drawn per position: ~3,000x the negative draws per step of 128 shared ones
     **{f"position-{k}": {**SAMPLED, "model.overrides.num_negatives": str(k),
-                         "model.overrides.negative_sharing": "position"} for k in (16, 128)},
+                         "model.overrides.negative_sharing": "position"} for k in (16, 128, 512)},
+    # the other positives of the batch as extra negatives (popularity-distributed, SASRec/two-tower style)
+    "uniform-128-inbatch": {**SAMPLED, "model.overrides.num_negatives": "128",
+                            "model.overrides.in_batch_negatives": "true"},
     **{f"position-16-proj{r}": {**SAMPLED, "model.overrides.num_negatives": "16",
                                 "model.overrides.negative_sharing": "position",
                                 "model.overrides.head_projection_ratio": str(r),

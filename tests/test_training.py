@@ -222,3 +222,21 @@ def test_best_checkpoint_reload_of_a_tied_model_does_not_warn(tmp_path, caplog):
     assert "head.item_embeddings.weight" in load_file(str(tmp_path / "untied" / "model.safetensors"))
     assert torch.equal(GenRecForNextItemPrediction.from_pretrained(tmp_path / "untied").head.item_embeddings.weight,
                        untied.head.item_embeddings.weight)
+
+
+def test_a_seed_reproduces_a_run_exactly(tmp_path):
+    """Same recipe and seed → bit-identical weights (dropout, shuffling and sampled negatives are all seeded)."""
+    import torch
+    from safetensors.torch import load_file
+
+    args = [a if a != "6" else "2" for a in TINY]
+    args[args.index("--model.overrides") + 1] = ("{hidden_size: 16, intermediate_size: 32, num_attention_heads: 2, "
+                                                 "loss_type: sampled, num_negatives: 20, hidden_dropout_prob: 0.2}")
+    weights = {}
+    for name, seed in (("a", "3"), ("b", "3"), ("c", "4")):
+        code = main(["train", str(REPO_ROOT / "recipes/pretrain/genrec-100k.yaml"), "--output_dir",
+                     str(tmp_path / name), "--seed", seed, *args])
+        assert code == 0
+        weights[name] = load_file(str(tmp_path / name / "model.safetensors"))
+    assert all(torch.equal(weights["a"][k], weights["b"][k]) for k in weights["a"])
+    assert not all(torch.equal(weights["a"][k], weights["c"][k]) for k in weights["a"])

@@ -25,6 +25,15 @@ TINY = [
 ]
 
 
+def tiny_args(epochs: int, extra_overrides: str = "") -> list[str]:
+    """TINY with another epoch count and, optionally, more `model.overrides` entries (YAML mapping body)."""
+    args = [str(epochs) if a == "6" else a for a in TINY]
+    if extra_overrides:
+        args[args.index("--model.overrides") + 1] = ("{hidden_size: 16, intermediate_size: 32, num_attention_heads: 2, "
+                                                     f"{extra_overrides}}}")
+    return args
+
+
 @pytest.fixture(scope="module")
 def trained(tmp_path_factory):
     out = tmp_path_factory.mktemp("run") / "model"
@@ -169,7 +178,7 @@ def test_trained_model_beats_popularity_on_synthetic(trained):
 
 
 def test_bf16_autocast_on_cpu(tmp_path):
-    args = [a if a != "6" else "1" for a in TINY]  # one epoch
+    args = tiny_args(1)
     code = main(["train", str(REPO_ROOT / "recipes/pretrain/genrec-100k.yaml"), "--output_dir", str(tmp_path / "bf16"),
                  "--training.bf16", "true", *args])
     assert code == 0
@@ -184,9 +193,7 @@ def test_train_gives_the_popularity_sampler_the_training_counts(tmp_path):
     from genrec_hf.data import leave_one_out
     from genrec_hf.losses import item_log_probabilities
 
-    args = [a if a != "6" else "1" for a in TINY]
-    args[args.index("--model.overrides") + 1] = ("{hidden_size: 16, intermediate_size: 32, num_attention_heads: 2, "
-                                                 "loss_type: sampled, num_negatives: 20, negative_sampler: popularity}")
+    args = tiny_args(1, "loss_type: sampled, num_negatives: 20, negative_sampler: popularity")
     code = main(["train", str(REPO_ROOT / "recipes/pretrain/genrec-100k.yaml"), "--output_dir", str(tmp_path / "m"),
                  *args])
     assert code == 0
@@ -229,9 +236,7 @@ def test_a_seed_reproduces_a_run_exactly(tmp_path):
     import torch
     from safetensors.torch import load_file
 
-    args = [a if a != "6" else "2" for a in TINY]
-    args[args.index("--model.overrides") + 1] = ("{hidden_size: 16, intermediate_size: 32, num_attention_heads: 2, "
-                                                 "loss_type: sampled, num_negatives: 20, hidden_dropout_prob: 0.2}")
+    args = tiny_args(2, "loss_type: sampled, num_negatives: 20, hidden_dropout_prob: 0.2")
     weights = {}
     for name, seed in (("a", "3"), ("b", "3"), ("c", "4")):
         code = main(["train", str(REPO_ROOT / "recipes/pretrain/genrec-100k.yaml"), "--output_dir",

@@ -35,9 +35,9 @@ def pretrain_base(source: str, out: Path, preset: str, epochs: int, max_length: 
 
     from genrec_hf import GenRecConfig, GenRecForNextItemPrediction
     from genrec_hf.data import load_interactions
-    from genrec_hf.finetune import TaskTrainer
+    from genrec_hf.training.finetune import TaskTrainer
     from genrec_hf.training import TimeBudgetCallback
-    from genrec_hf.tasks import EvalSpec, TaskCollator, build_task, single_target_task, windows
+    from genrec_hf.data.tasks import EvalSpec, TaskCollator, build_task, single_target_task, windows
 
     if (out / "model.safetensors").is_file():
         return out
@@ -86,7 +86,7 @@ def run_one(base: Path, task: str, mode: str, rank: int | None, out: Path, sourc
     out.mkdir(parents=True, exist_ok=True)
     path = out.parent / f"{out.name}.yaml"
     path.write_text(yaml.safe_dump(recipe))
-    code = ("import json,sys; from genrec_hf.finetune import run_finetune; "
+    code = ("import json,sys; from genrec_hf.training.finetune import run_finetune; "
             f"run_finetune({str(base)!r}, {str(path)!r}, overwrite_output_dir=True)")
     start = time.monotonic()
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
@@ -117,7 +117,7 @@ def main() -> None:
              f"Command: `python benchmarks/bench_adapters.py {' '.join(sys.argv[1:])}`", "",
              f"Base: `{args.preset}` pre-trained {args.pretrain_epochs} epochs (cap 3 min) on events before every "
              f"task's validation anchor; fine-tune: ≤{args.epochs} epochs, early stopping 2, ≤{args.minutes} min, "
-             "best validation MRR kept. Test metrics under each task's protocol (`genrec_hf.tasks`).", ""]
+             "best validation MRR kept. Test metrics under each task's protocol (`genrec_hf.data.tasks`).", ""]
     for source in args.datasets:
         name = Path(source).name
         workdir = Path(args.workdir) / name

@@ -12,7 +12,7 @@ Method:
   * memory: every case runs in its own fresh subprocess; peak RSS (`ru_maxrss`) of that process minus its RSS after
     importing torch + genrec_hf and before building anything = the case's peak (parameters, gradients, activations).
     torch's CPU allocator returns large blocks to the OS, so this is the high-water mark of the step itself.
-  * FLOPs: `genrec_hf.flops.flops_per_token(..., backbone_flops=0)` (head + loss only), in the strict matmul
+  * FLOPs: `genrec_hf.scaling.flops.flops_per_token(..., backbone_flops=0)` (head + loss only), in the strict matmul
     convention (`head_factor=6`, = what the kernels execute) and, for the ratio, the paper's (`head_factor=12`).
 
     python benchmarks/bench_head.py --tokens 256 --threads 1
@@ -44,9 +44,9 @@ def run_case(head: str, items: int, dim: int, tokens: int, repeats: int, threads
     import torch
 
     from genrec_hf import GenRecConfig
-    from genrec_hf.flops import flops_per_token
-    from genrec_hf.losses import full_softmax_loss, sample_negatives, sampled_softmax_loss
-    from genrec_hf.modeling_genrec import GenRecDecodingHead
+    from genrec_hf.scaling.flops import flops_per_token
+    from genrec_hf.models.genrec.losses import full_softmax_loss, sample_negatives, sampled_softmax_loss
+    from genrec_hf.models.genrec.modeling_genrec import GenRecDecodingHead
 
     torch.set_num_threads(threads)
     rss_base = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
@@ -165,7 +165,7 @@ def write_report(results: list[dict], args: argparse.Namespace, info: dict) -> N
         "projected: SiLU → Linear(d, d/8), item table d/8 wide.",
         "- Peak memory: ru_maxrss of the case's process minus its RSS after imports (item table + its gradient + "
         "activations and their gradients).",
-        "- FLOPs/token: `genrec_hf.flops` head + loss only, strict matmul convention (6·d_out·V_eff); the "
+        "- FLOPs/token: `genrec_hf.scaling.flops` head + loss only, strict matmul convention (6·d_out·V_eff); the "
         "\"paper FLOPs ÷\" column uses the paper's 12·d_out·V_eff (same ratio up to the projection/loss terms).", "",
         "| d | V | head | negatives | FLOPs/token | FLOPs ÷ | paper FLOPs ÷ | time (s) | speed-up | GFLOP/s | "
         "peak (MiB) | memory ÷ |",

@@ -22,9 +22,9 @@ from pathlib import Path
 
 import torch
 
-from genrec_hf.baselines import popularity_metrics
+from genrec_hf.evaluation.baselines import popularity_metrics
 from genrec_hf.data import NextItemCollator, leave_one_out, load_interactions
-from genrec_hf.recipes import load_recipe
+from genrec_hf.training.recipes import load_recipe
 from genrec_hf.training import train
 
 ROOT = Path(__file__).resolve().parents[1]

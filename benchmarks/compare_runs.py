@@ -16,7 +16,7 @@ import json
 from pathlib import Path
 
 from genrec_hf.evaluation import paired_bootstrap
-from genrec_hf.training import saved_model_ranks
+from genrec_hf.evaluation.saved_models import saved_model_ranks
 
 
 def main() -> None:

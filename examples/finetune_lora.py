@@ -12,9 +12,9 @@ import argparse
 from pathlib import Path
 
 from genrec_hf.adapters import load_adapters, score_mixed_batch, trainable_parameters
-from genrec_hf.finetune import run_finetune
-from genrec_hf.recipes import load_recipe
-from genrec_hf.tasks import TaskCollator
+from genrec_hf.training.finetune import run_finetune
+from genrec_hf.training.recipes import load_recipe
+from genrec_hf.data.tasks import TaskCollator
 from genrec_hf.training import train
 
 TASKS = ("short_horizon", "high_engagement")
@@ -49,7 +49,7 @@ def main() -> None:
     trainable, total = trainable_parameters(model)
     print(f"base + {len(adapters)} adapters loaded ({total:,} parameters)")
     from genrec_hf.data import load_interactions
-    from genrec_hf.tasks import build_task
+    from genrec_hf.data.tasks import build_task
 
     data = load_interactions(args.data)
     rows = [build_task("short_horizon", data).test[i] for i in range(3)]

@@ -10,7 +10,7 @@ from __future__ import annotations
 import argparse
 
 from genrec_hf import GenRecForNextItemPrediction
-from genrec_hf.recipes import load_recipe
+from genrec_hf.training.recipes import load_recipe
 from genrec_hf.serving import Recommender
 from genrec_hf.training import train
 

@@ -1,7 +1,6 @@
 from __future__ import annotations
 
 import os
-from pathlib import Path
 
 import pytest
 import torch
@@ -9,16 +8,7 @@ import torch
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
-REPO_ROOT = Path(__file__).resolve().parents[1]
-SHARED_DATA = REPO_ROOT.parent / "shared" / "data"
-
-
-def tiny_config(**overrides):
-    from genrec_hf import GenRecConfig
-
-    base = dict(vocab_size=41, hidden_size=32, num_hidden_layers=2, num_attention_heads=2, intermediate_size=64,
-                max_position_embeddings=16, hidden_dropout_prob=0.0, attention_dropout=0.0, num_action_types=3)
-    return GenRecConfig(**{**base, **overrides})
+from tests.helpers import tiny_config  # noqa: E402
 
 
 @pytest.fixture
@@ -27,13 +17,6 @@ def tiny_model():
 
     torch.manual_seed(0)
     return GenRecForNextItemPrediction(tiny_config()).eval()
-
-
-def require_shared_data(name: str) -> Path:
-    path = SHARED_DATA / name
-    if not path.exists():
-        pytest.skip(f"real data {path} is absent (see shared/data/SOURCES.md)")
-    return path
 
 
 @pytest.fixture

@@ -17,7 +17,7 @@ from genrec_hf.adapters import (
     trainable_parameters,
 )
 
-from .conftest import tiny_config
+from tests.helpers import tiny_config
 
 
 def _batch(seed: int = 0, batch: int = 4, length: int = 6) -> dict[str, torch.Tensor]:

@@ -11,9 +11,9 @@ import sys
 
 import pytest
 
-from genrec_hf.recipes import load_recipe
+from genrec_hf.training.recipes import load_recipe
 
-from .conftest import REPO_ROOT
+from tests.helpers import REPO_ROOT
 
 SCRIPTS = sorted((REPO_ROOT / "benchmarks").glob("bench_*.py"))
 

@@ -27,7 +27,7 @@ from genrec_hf.cards import (
 from genrec_hf.cli import main
 from genrec_hf.data.vocab import ItemVocab
 
-from .conftest import REPO_ROOT
+from tests.helpers import REPO_ROOT
 
 METRICS = {"dataset": "ml-100k", "task": "next-item", "protocol": "leave_one_out, full-catalog ranking",
            "validation": {"mrr": 0.1, "hr@10": 0.2}, "test": {"mrr": 0.0912, "hr@10": 0.2031, "ndcg@10": 0.1044,

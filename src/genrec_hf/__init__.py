@@ -1,19 +1,23 @@
 """genrec_hf: large generative recommenders (decoder-only next-event transformers) on the Hugging Face stack.
 
 Importing the package registers `GenRecConfig` / `GenRecModel` / `GenRecForNextItemPrediction` with the Auto classes.
+The layout (see docs/architecture.md): `models/genrec/` (config + modeling, shipped with checkpoints), `data/`,
+`evaluation/`, `training/`, `adapters`, `serving/`, `scaling/`, `cards`, `cli`.
 """
 
 from __future__ import annotations
 
-import torch
 from transformers import AutoConfig, AutoModel
 
-from .configuration_genrec import PRESET_NOMINAL_SIZES, SIZE_PRESETS, GenRecConfig
-from .modeling_genrec import (
+from .models.genrec import (
+    PRESET_NOMINAL_SIZES,
+    SIZE_PRESETS,
+    GenRecConfig,
     GenRecForNextItemPrediction,
     GenRecModel,
     GenRecNextItemOutput,
     GenRecPreTrainedModel,
+    count_backbone_parameters,
 )
 
 __version__ = "0.1.0"
@@ -26,22 +30,6 @@ AutoModel.register(GenRecConfig, GenRecModel, exist_ok=True)
 GenRecConfig.register_for_auto_class()
 GenRecModel.register_for_auto_class("AutoModel")
 GenRecForNextItemPrediction.register_for_auto_class("AutoModel")
-
-
-def count_backbone_parameters(model_or_config: torch.nn.Module | GenRecConfig) -> int:
-    """Parameters of the transformer blocks and final norm: the paper's model size (no embeddings, no head).
-
-    A config is instantiated on the meta device, so even `genrec-1b` costs no memory.
-    """
-    if isinstance(model_or_config, GenRecConfig):
-        with torch.device("meta"):
-            model_or_config = GenRecModel(model_or_config)
-    backbone = getattr(model_or_config, "model", model_or_config)
-    if not isinstance(backbone, GenRecModel):
-        raise TypeError(f"Expected a GenRecConfig or a GenRec model, got {type(model_or_config).__name__}.")
-    blocks = sum(p.numel() for p in backbone.layers.parameters())
-    return blocks + sum(p.numel() for p in backbone.norm.parameters())
-
 
 __all__ = [
     "GenRecConfig",

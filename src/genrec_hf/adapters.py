@@ -1,4 +1,4 @@
-"""PEFT LoRA adapters on a frozen GenRec backbone: one small adapter per downstream task (DESIGN.md §4.7).
+"""PEFT LoRA adapters on a frozen GenRec backbone: one small adapter per downstream task.
 
 What is trained per task:
   * LoRA on the backbone's named projections (`q_proj k_proj v_proj o_proj gate_proj up_proj down_proj`);
@@ -34,9 +34,8 @@ import torch
 from peft import LoraConfig, PeftModel, get_peft_model
 from peft.utils.other import ModulesToSaveWrapper
 
-from .configuration_genrec import GenRecConfig
-from .modeling_genrec import GenRecForNextItemPrediction
-from .scoring import chunked_topk
+from .models.genrec import GenRecConfig, GenRecForNextItemPrediction
+from .models.genrec.scoring import chunked_topk
 
 DEFAULT_TARGET_MODULES = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
 HEAD_PARTS = {"projection": "head.projection", "item_vectors": "head.item_embeddings"}
@@ -67,7 +66,7 @@ def lora_config(
     r: int = 8,
     alpha: int = 16,
     dropout: float = 0.0,
-    target_modules: Sequence[str] = DEFAULT_TARGET_MODULES,
+    target_modules: Sequence[str] | None = None,
     layers: Sequence[int] | None = None,
     train_head: bool | str | Sequence[str] = True,
 ) -> LoraConfig:
@@ -75,11 +74,12 @@ def lora_config(
 
     Args:
         r, alpha, dropout: LoRA rank, scaling numerator (`alpha / r`) and dropout on the LoRA input.
-        target_modules: Projection names to adapt (any of `DEFAULT_TARGET_MODULES`).
+        target_modules: Projection names to adapt (any of `DEFAULT_TARGET_MODULES`; None = all of them).
         layers: Decoder layer indices to adapt (None = all).
         train_head: Head parts trained in full per adapter (`modules_to_save`): True = `"projection"` (a no-op on
             heads without a projection), `"item_vectors"`, `"all"`, a list of those, or False for LoRA only.
     """
+    target_modules = DEFAULT_TARGET_MODULES if target_modules is None else target_modules
     bad = sorted(set(target_modules) - set(DEFAULT_TARGET_MODULES))
     if bad:
         raise ValueError(f"target_modules: {bad} are not GenRec projection layers; expected names from "

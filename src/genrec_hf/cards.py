@@ -201,7 +201,7 @@ def _catalog_size(model_dir: Path, config: Mapping[str, Any] | None) -> int | No
 
 def _preset_name(config: Mapping[str, Any]) -> str | None:
     """The `SIZE_PRESETS` entry whose shape the config has, if any."""
-    from .configuration_genrec import SIZE_PRESETS
+    from .models.genrec import SIZE_PRESETS
 
     shape = ("hidden_size", "num_hidden_layers", "num_attention_heads", "intermediate_size")
     for name, preset in SIZE_PRESETS.items():
@@ -216,9 +216,7 @@ def model_sizes(config: Mapping[str, Any]) -> dict[str, int]:
     The backbone (transformer blocks + final norm) is the paper's model size; embeddings are the event-token tables;
     the head is what the decoding head owns beyond the input embeddings (nothing when tied).
     """
-    from . import count_backbone_parameters
-    from .configuration_genrec import GenRecConfig
-    from .modeling_genrec import GenRecForNextItemPrediction
+    from .models.genrec import GenRecConfig, GenRecForNextItemPrediction, count_backbone_parameters
 
     genrec_config = GenRecConfig.from_dict(dict(config))
     with torch.device("meta"):

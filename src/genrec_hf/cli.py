@@ -38,8 +38,7 @@ def _parse_overrides(extra: list[str]) -> dict[str, str]:
 
 
 def cmd_train(args: argparse.Namespace, extra: list[str]) -> int:
-    from .recipes import load_recipe
-    from .training import train
+    from .training import load_recipe, train
 
     overrides = _parse_overrides(extra)
     if args.output_dir:
@@ -85,7 +84,7 @@ def _label(item_id: str, title: str | None) -> str:
 
 
 def cmd_finetune(args: argparse.Namespace, extra: list[str]) -> int:
-    from .finetune import run_finetune
+    from .training import run_finetune
 
     overrides = _parse_overrides(extra)
     if args.output_dir:
@@ -98,7 +97,7 @@ def cmd_finetune(args: argparse.Namespace, extra: list[str]) -> int:
 
 
 def cmd_evaluate(args: argparse.Namespace, extra: list[str]) -> int:
-    from .training import evaluate_saved_model
+    from .evaluation.saved_models import evaluate_saved_model
 
     output = Path(args.output) if args.output else Path(args.model_dir) / f"eval_results_{args.split}.json"
     if output.exists() and not args.overwrite:

@@ -1,6 +1,6 @@
 """Data pipeline: event logs → `InteractionData` (per-user sequences + `ItemVocab`) → splits → model batches.
 
-    data = load_interactions("../shared/data/ml-100k")          # or a MovieLens zip, csv/parquet, "synthetic"
+    data = load_interactions("path/to/ml-100k")               # or a MovieLens zip, csv/parquet, "synthetic"
     splits = leave_one_out(data)                                 # or time_split(data, quantile=0.9)
     train_rows = sliding_windows(splits["train"], max_length=50)
     batch = NextItemCollator(50, mode="train")([train_rows[0], train_rows[1]])
@@ -8,7 +8,7 @@
 
 from .collators import IGNORE_INDEX, NextItemCollator, sliding_windows
 from .events import LoadedEvents
-from .interactions import SEQUENCE_FEATURES, InteractionData, build_interactions
+from .interactions import SEQUENCE_FEATURES, InteractionData, build_interactions, remap_to_vocab
 from .load import FORMATS, detect_format, load_interactions, read_events
 from .movielens import load_movielens
 from .recbole import load_recbole
@@ -37,6 +37,7 @@ __all__ = [
     "load_sequence_text",
     "load_table",
     "read_events",
+    "remap_to_vocab",
     "sliding_windows",
     "time_split",
 ]

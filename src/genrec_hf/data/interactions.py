@@ -7,6 +7,7 @@ k-core and short-user filters, the item vocabulary and the per-user sequences.
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 from dataclasses import dataclass, field
 from typing import Any
@@ -222,3 +223,27 @@ def flat_column(sequences: Dataset, name: str) -> tuple[np.ndarray, np.ndarray]:
     offsets = column.offsets.to_numpy()
     values = column.values.to_numpy(zero_copy_only=False)[offsets[0]:offsets[-1]]
     return values, np.repeat(np.arange(len(column)), np.diff(offsets))
+
+
+def remap_to_vocab(data: InteractionData, vocab: ItemVocab) -> InteractionData:
+    """Re-index `data` into a model's vocabulary; events of items the model does not know are dropped (and counted)."""
+    if data.vocab == vocab:
+        return data
+    lookup = np.array([0] + [vocab.encode(raw) if raw in vocab else 0 for raw in data.vocab.raw_ids], dtype=np.int64)
+    unknown = int((lookup[1:] == 0).sum())
+    if unknown == data.vocab.num_items:
+        raise ValueError(f"None of the {unknown} items of {data.name} is in the model's item_vocab.json: "
+                         "the data and the model use different item ids.")
+
+    def remap(row: dict[str, Any]) -> dict[str, Any]:
+        items = lookup[np.asarray(row["item_ids"], dtype=np.int64)]
+        keep = items > 0
+        return {"item_ids": items[keep], **{c: np.asarray(row[c])[keep] for c in ("timestamps", "action_ids",
+                                                                                   "ratings")}}
+
+    sequences = data.sequences.map(remap, features=data.sequences.features, desc="mapping items to the model vocab")
+    sequences = sequences.filter(lambda row: len(row["item_ids"]) >= 2)
+    if unknown:
+        logger.warning("%d of %d items of %s are unknown to the model: their events are dropped (%d users kept)",
+                       unknown, data.vocab.num_items, data.name, len(sequences))
+    return dataclasses.replace(data, sequences=sequences, vocab=vocab)

@@ -1,0 +1,48 @@
+"""Non-neural baselines scored by the same ranking code as the models.
+
+A baseline is a fixed (V,) item score vector; ranking it with `scoring.chunked_target_ranks` through a 1-d "query"
+of 1.0 reuses exactly the protocol the models use (padding never ranked, history excluded, ties pessimistic).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable
+
+import numpy as np
+import torch
+from datasets import Dataset, DatasetDict
+from torch.utils.data import DataLoader
+
+from ..data.interactions import flat_column
+from ..models.genrec.scoring import chunked_target_ranks
+from .metrics import DEFAULT_KS, RankingAccumulator
+
+
+def popularity_scores(train: Dataset, vocab_size: int) -> torch.Tensor:
+    """(V,) count of each item's events in the training rows; padding scores 0 (and is never ranked anyway)."""
+    items, _ = flat_column(train, "item_ids")
+    if items.size and (items.min() < 0 or items.max() >= vocab_size):
+        raise ValueError(f"training item indices span [{items.min()}, {items.max()}] but the catalog has "
+                         f"vocab_size={vocab_size} indices (0 = padding).")
+    return torch.from_numpy(np.bincount(items, minlength=vocab_size).astype(np.float64))
+
+
+def evaluate_static_scores(
+    item_scores: torch.Tensor, batches: Iterable[dict[str, torch.Tensor]], ks: tuple[int, ...] = DEFAULT_KS
+) -> dict[str, float]:
+    """Rank each batch's `target_ids` under one score vector shared by every user."""
+    accumulator = RankingAccumulator(ks=ks)
+    item_vectors = item_scores.float().unsqueeze(1)  # (V, 1)
+    for batch in batches:
+        queries = torch.ones(batch["target_ids"].shape[0], 1)
+        accumulator.add(chunked_target_ranks(queries, item_vectors, batch["target_ids"],
+                                             exclude=batch.get("exclude_ids")))
+    return accumulator.compute()
+
+
+def popularity_metrics(splits: DatasetDict, vocab_size: int, collator: Callable, split: str = "test",
+                       ks: tuple[int, ...] = DEFAULT_KS) -> dict[str, float]:
+    """Most-popular (train counts) on `splits[split]`, batched by an eval `collator`: the floor every model
+    must clear, under the same protocol as the models."""
+    loader = DataLoader(splits[split], batch_size=512, collate_fn=collator)
+    return evaluate_static_scores(popularity_scores(splits["train"], vocab_size), loader, ks=ks)

@@ -1,0 +1,25 @@
+"""The GenRec model family: config, modeling, losses and scoring.
+
+Every file in this folder imports only torch, transformers and its siblings: `save_pretrained` copies them next to
+each checkpoint, so `AutoModel.from_pretrained(dir, trust_remote_code=True)` works where genrec_hf is not installed.
+"""
+
+from .configuration_genrec import PRESET_NOMINAL_SIZES, SIZE_PRESETS, GenRecConfig
+from .modeling_genrec import (
+    GenRecForNextItemPrediction,
+    GenRecModel,
+    GenRecNextItemOutput,
+    GenRecPreTrainedModel,
+    count_backbone_parameters,
+)
+
+__all__ = [
+    "GenRecConfig",
+    "GenRecForNextItemPrediction",
+    "GenRecModel",
+    "GenRecNextItemOutput",
+    "GenRecPreTrainedModel",
+    "PRESET_NOMINAL_SIZES",
+    "SIZE_PRESETS",
+    "count_backbone_parameters",
+]

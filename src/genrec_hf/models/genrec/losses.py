@@ -1,0 +1,115 @@
+"""Next-item losses as small pure functions: full softmax and sampled softmax.
+
+Every function takes query vectors (N × d, one per supervised position), the item vector table (V × d, row 0 =
+padding) and targets (N,), and returns the **sum** of the per-position losses; the caller divides by the number of
+supervised positions of the whole (accumulated, multi-process) batch, which is what makes the loss exact under
+gradient accumulation and data parallelism.
+
+Torch only (no genrec_hf imports): copied next to saved checkpoints for `trust_remote_code` loading.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+
+from .scoring import score_items
+
+
+def full_softmax_loss(
+    queries: torch.Tensor,
+    item_vectors: torch.Tensor,
+    targets: torch.Tensor,
+    *,
+    temperature: float = 1.0,
+    l2_normalize: bool = False,
+) -> torch.Tensor:
+    """Summed cross-entropy of the targets under a softmax over the whole catalog (padding excluded)."""
+    logits = score_items(queries, item_vectors, temperature=temperature, l2_normalize=l2_normalize).float()
+    logits[:, 0] = float("-inf")
+    return F.cross_entropy(logits, targets, reduction="sum")
+
+
+def sample_negatives(
+    num_items: int,
+    shape: tuple[int, ...],
+    *,
+    item_log_q: torch.Tensor | None = None,
+    device: torch.device | None = None,
+    generator: torch.Generator | None = None,
+) -> torch.Tensor:
+    """Item indices from 1..num_items-1 (never padding), drawn with replacement.
+
+    Uniformly when `item_log_q` is None; otherwise with probability ∝ exp(item_log_q[i]) (entry 0 is ignored), by
+    inverse-CDF lookup so that catalogs beyond `torch.multinomial`'s 2**24 categories work too.
+    """
+    if item_log_q is None:
+        return torch.randint(1, num_items, shape, device=device, generator=generator)
+    log_q = item_log_q[1:num_items].double()
+    cdf = torch.cumsum(torch.exp(log_q - log_q.max()), dim=0)
+    draws = torch.rand(shape, device=cdf.device, dtype=torch.float64, generator=generator) * cdf[-1]
+    indices = torch.searchsorted(cdf, draws, right=True).clamp_(max=num_items - 2) + 1
+    return indices.to(device) if device is not None else indices
+
+
+def item_log_probabilities(counts: torch.Tensor, alpha: float = 1.0) -> torch.Tensor:
+    """(V,) log q of the popularity sampler: q(i) ∝ (counts[i] + 1) ** alpha over items 1..V-1; entry 0 (padding)
+    is -inf. The +1 keeps every item reachable, so items unseen in training are still pushed down sometimes."""
+    weights = (counts.double().clamp(min=0) + 1.0) ** alpha
+    weights[0] = 0.0
+    return torch.log(weights / weights.sum()).float()
+
+
+def sampled_softmax_loss(
+    queries: torch.Tensor,
+    item_vectors: torch.Tensor,
+    targets: torch.Tensor,
+    negatives: torch.Tensor,
+    *,
+    in_batch_negatives: bool = False,
+    item_log_q: torch.Tensor | None = None,
+    remove_accidental_hits: bool = True,
+    temperature: float = 1.0,
+    l2_normalize: bool = False,
+) -> torch.Tensor:
+    """Summed cross-entropy of each target against its positive + sampled negatives (+ other positives).
+
+    Args:
+        queries: (N, d) query vectors; targets: (N,) positive item indices.
+        negatives: (K,) negatives shared by every position, or (N, K) per-position negatives.
+        in_batch_negatives: Also score every query against the other positions' positives.
+        item_log_q: Optional (V,) log sampling probability of each item; subtracted from every candidate's logit
+            (logQ correction, Yi et al. 2019). With a uniform sampler it is a constant and changes nothing.
+        remove_accidental_hits: Mask candidates equal to the position's own positive (they are not negatives).
+    """
+    n = queries.shape[0]
+    shared = negatives.dim() == 1
+    # One gather for positives and negatives: each gather's backward materialises a dense (V, d) gradient, so
+    # separate gathers would double the item-table gradient memory and time of every step.
+    candidate_vectors = item_vectors[torch.cat([targets, negatives.reshape(-1)])]
+    if l2_normalize:
+        queries = F.normalize(queries, dim=-1)
+        candidate_vectors = F.normalize(candidate_vectors, dim=-1)
+    positive_vectors, negative_vectors = candidate_vectors[:n], candidate_vectors[n:]
+    positive = score_items(queries.unsqueeze(1), positive_vectors.unsqueeze(1), temperature=temperature).reshape(n, 1)
+    if shared:
+        negative_ids = negatives.unsqueeze(0).expand(n, -1)
+        negative = score_items(queries, negative_vectors, temperature=temperature)
+    else:
+        negative_ids = negatives
+        per_position = negative_vectors.view(n, negatives.shape[1], candidate_vectors.shape[-1])
+        negative = score_items(queries.unsqueeze(1), per_position, temperature=temperature).squeeze(1)
+    candidate_ids = [targets[:, None], negative_ids]
+    logits = [positive, negative]
+    if in_batch_negatives:
+        logits.append(score_items(queries, positive_vectors, temperature=temperature))
+        candidate_ids.append(targets.unsqueeze(0).expand(n, -1))
+    logits = torch.cat(logits, dim=1).float()
+    candidate_ids = torch.cat(candidate_ids, dim=1)
+    if item_log_q is not None:
+        logits = logits - item_log_q[candidate_ids].float()
+    if remove_accidental_hits:
+        hits = candidate_ids == targets[:, None]
+        hits[:, 0] = False
+        logits = logits.masked_fill(hits, float("-inf"))
+    return -F.log_softmax(logits, dim=1)[:, 0].sum()

@@ -1,0 +1,533 @@
+"""GenRec: a decoder-only next-event transformer over user event histories.
+
+Leaf modules first, then the pre-trained base class, the backbone (`GenRecModel`) and the task head
+(`GenRecForNextItemPrediction`). Only `torch`, `transformers` and this package's torch-only modules are imported, so the
+file is copied next to saved checkpoints and loads with `trust_remote_code=True` where `genrec_hf` is not installed.
+
+Input conventions (one token per event, all tensors batch × time):
+    input_ids       item indices, 0 = padding (left or right padding both work)
+    attention_mask  1 for real events, 0 for padding (derived from `input_ids != 0` when omitted)
+    timestamps      event times in seconds (int64); used for the time-gap bucket feature
+    action_ids      action type per event (0 = unknown), when `config.num_action_types > 0`
+    labels          already aligned targets: `labels[:, t]` is the item to predict from events ≤ t; -100 = ignore
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+from transformers import PreTrainedModel
+from transformers.modeling_layers import GradientCheckpointingLayer
+from transformers.modeling_outputs import BaseModelOutput
+from transformers.utils import ModelOutput
+
+from .configuration_genrec import GenRecConfig
+from .losses import full_softmax_loss, item_log_probabilities, sample_negatives, sampled_softmax_loss
+from .scoring import chunked_topk, score_items
+
+ACT2FN = {"silu": nn.SiLU, "gelu": nn.GELU, "relu": nn.ReLU}
+
+
+def _make_norm(config: GenRecConfig) -> nn.Module:
+    if config.norm_type == "rmsnorm":
+        return GenRecRMSNorm(config.hidden_size, eps=config.norm_eps)
+    return nn.LayerNorm(config.hidden_size, eps=config.norm_eps)
+
+
+class GenRecRMSNorm(nn.Module):
+    def __init__(self, hidden_size: int, eps: float = 1e-6) -> None:
+        super().__init__()
+        self.weight = nn.Parameter(torch.ones(hidden_size))
+        self.eps = eps
+
+    def forward(self, hidden_states: torch.Tensor) -> torch.Tensor:
+        dtype = hidden_states.dtype
+        normed = F.rms_norm(hidden_states.float(), (hidden_states.shape[-1],), eps=self.eps)
+        return self.weight * normed.to(dtype)
+
+
+def time_gap_buckets(
+    timestamps: torch.Tensor, attention_mask: torch.Tensor, num_buckets: int, max_seconds: float
+) -> torch.Tensor:
+    """Log-spaced bucket of the seconds since the user's previous event; 0 where there is no previous event.
+
+    Buckets 1..num_buckets-1 split [0, max_seconds] at num_buckets-2 log-spaced edges from 1 s to `max_seconds`;
+    longer gaps share the last bucket, negative gaps (out-of-order logs) count as 0 s.
+    """
+    gaps = torch.zeros_like(timestamps)
+    gaps[:, 1:] = (timestamps[:, 1:] - timestamps[:, :-1]).clamp(min=0)
+    has_previous = torch.zeros_like(attention_mask, dtype=torch.bool)
+    has_previous[:, 1:] = attention_mask[:, 1:].bool() & attention_mask[:, :-1].bool()
+    edges = torch.logspace(0.0, math.log10(max_seconds), num_buckets - 2, device=timestamps.device,
+                           dtype=torch.float64)
+    buckets = 1 + torch.bucketize(gaps.double(), edges)
+    return torch.where(has_previous, buckets, torch.zeros_like(buckets))
+
+
+def positions_from_mask(attention_mask: torch.Tensor) -> torch.Tensor:
+    """0-based position of each event within its own history, whatever the padding side."""
+    return (attention_mask.long().cumsum(dim=-1) - 1).clamp(min=0)
+
+
+class GenRecEventEmbedding(nn.Module):
+    """Fuses the fields of one event into one token: item + action type + time-gap bucket (+ learned position)."""
+
+    def __init__(self, config: GenRecConfig) -> None:
+        super().__init__()
+        self.config = config
+        self.item_embeddings = nn.Embedding(config.vocab_size, config.hidden_size, padding_idx=0)
+        self.action_embeddings = (
+            nn.Embedding(config.num_action_types, config.hidden_size) if config.num_action_types else None
+        )
+        self.time_gap_embeddings = (
+            nn.Embedding(config.num_time_buckets, config.hidden_size) if config.num_time_buckets else None
+        )
+        self.position_embeddings = (
+            nn.Embedding(config.max_position_embeddings, config.hidden_size)
+            if config.position_encoding == "learned" else None
+        )
+        self.dropout = nn.Dropout(config.hidden_dropout_prob)
+
+    def forward(
+        self,
+        input_ids: torch.Tensor,
+        attention_mask: torch.Tensor,
+        positions: torch.Tensor,
+        timestamps: torch.Tensor | None = None,
+        action_ids: torch.Tensor | None = None,
+    ) -> torch.Tensor:
+        hidden = self.item_embeddings(input_ids)
+        if self.action_embeddings is not None and action_ids is not None:
+            hidden = hidden + self.action_embeddings(action_ids)
+        if self.time_gap_embeddings is not None and timestamps is not None:
+            buckets = time_gap_buckets(timestamps, attention_mask, self.config.num_time_buckets,
+                                       self.config.time_gap_max_seconds)
+            hidden = hidden + self.time_gap_embeddings(buckets)
+        if self.position_embeddings is not None:
+            hidden = hidden + self.position_embeddings(positions)
+        hidden = hidden * attention_mask.unsqueeze(-1).to(hidden.dtype)
+        return self.dropout(hidden)
+
+
+class GenRecRotaryEmbedding(nn.Module):
+    """Rotary position encoding computed from per-event positions (no persistent buffers to load)."""
+
+    def __init__(self, config: GenRecConfig) -> None:
+        super().__init__()
+        self.head_dim = config.head_dim
+        self.theta = config.rope_theta
+
+    def forward(self, positions: torch.Tensor, dtype: torch.dtype) -> tuple[torch.Tensor, torch.Tensor]:
+        inv_freq = 1.0 / (self.theta ** (torch.arange(0, self.head_dim, 2, device=positions.device).float()
+                                         / self.head_dim))
+        freqs = positions.float().unsqueeze(-1) * inv_freq  # (B, T, head_dim/2)
+        angles = torch.cat([freqs, freqs], dim=-1).unsqueeze(1)  # (B, 1, T, head_dim)
+        return angles.cos().to(dtype), angles.sin().to(dtype)
+
+
+def _rotate_half(x: torch.Tensor) -> torch.Tensor:
+    x1, x2 = x.chunk(2, dim=-1)
+    return torch.cat([-x2, x1], dim=-1)
+
+
+class GenRecAttention(nn.Module):
+    """Multi-head causal self-attention through `F.scaled_dot_product_attention`."""
+
+    def __init__(self, config: GenRecConfig) -> None:
+        super().__init__()
+        self.num_heads = config.num_attention_heads
+        self.head_dim = config.head_dim
+        self.dropout = config.attention_dropout
+        d = config.hidden_size
+        self.q_proj = nn.Linear(d, d, bias=False)
+        self.k_proj = nn.Linear(d, d, bias=False)
+        self.v_proj = nn.Linear(d, d, bias=False)
+        self.o_proj = nn.Linear(d, d, bias=False)
+
+    def forward(
+        self,
+        hidden_states: torch.Tensor,
+        attention_mask: torch.Tensor,
+        rotary: tuple[torch.Tensor, torch.Tensor] | None = None,
+    ) -> torch.Tensor:
+        batch, length, _ = hidden_states.shape
+        shape = (batch, length, self.num_heads, self.head_dim)
+        q = self.q_proj(hidden_states).view(shape).transpose(1, 2)
+        k = self.k_proj(hidden_states).view(shape).transpose(1, 2)
+        v = self.v_proj(hidden_states).view(shape).transpose(1, 2)
+        if rotary is not None:
+            cos, sin = rotary
+            q = q * cos + _rotate_half(q) * sin
+            k = k * cos + _rotate_half(k) * sin
+        out = F.scaled_dot_product_attention(
+            q, k, v, attn_mask=attention_mask, dropout_p=self.dropout if self.training else 0.0
+        )
+        return self.o_proj(out.transpose(1, 2).reshape(batch, length, -1))
+
+
+class GenRecMLP(nn.Module):
+    """Feed-forward block: gated (`down(act(gate(x)) * up(x))`) or classic (`down(act(up(x)))`)."""
+
+    def __init__(self, config: GenRecConfig) -> None:
+        super().__init__()
+        d, i = config.hidden_size, config.intermediate_size
+        gated = config.mlp_type == "gated"
+        self.gate_proj = nn.Linear(d, i, bias=False) if gated else None
+        self.up_proj = nn.Linear(d, i, bias=not gated)
+        self.down_proj = nn.Linear(i, d, bias=not gated)
+        self.act_fn = ACT2FN[config.hidden_act]()
+
+    def forward(self, hidden_states: torch.Tensor) -> torch.Tensor:
+        if self.gate_proj is not None:
+            return self.down_proj(self.act_fn(self.gate_proj(hidden_states)) * self.up_proj(hidden_states))
+        return self.down_proj(self.act_fn(self.up_proj(hidden_states)))
+
+
+class GenRecDecoderLayer(GradientCheckpointingLayer):
+    """Pre-norm block: x + attn(norm(x)), then x + mlp(norm(x))."""
+
+    def __init__(self, config: GenRecConfig) -> None:
+        super().__init__()
+        self.input_layernorm = _make_norm(config)
+        self.self_attn = GenRecAttention(config)
+        self.post_attention_layernorm = _make_norm(config)
+        self.mlp = GenRecMLP(config)
+        self.dropout = nn.Dropout(config.hidden_dropout_prob)
+
+    def forward(
+        self,
+        hidden_states: torch.Tensor,
+        attention_mask: torch.Tensor,
+        rotary: tuple[torch.Tensor, torch.Tensor] | None = None,
+    ) -> torch.Tensor:
+        hidden_states = hidden_states + self.dropout(
+            self.self_attn(self.input_layernorm(hidden_states), attention_mask, rotary)
+        )
+        return hidden_states + self.dropout(self.mlp(self.post_attention_layernorm(hidden_states)))
+
+
+class GenRecDecodingHead(nn.Module):
+    """Maps hidden states to query vectors and holds the item output vectors they are scored against.
+
+    With `head_projection_ratio=r`, queries are `Linear(act(h))` of width d // r (the paper's projected head) and the
+    item output vectors are an untied (V, d // r) table. Without it, queries are the hidden states themselves and the
+    output vectors are either this head's own (V, d) table or, when `tie_word_embeddings`, the input item embeddings.
+    """
+
+    def __init__(self, config: GenRecConfig) -> None:
+        super().__init__()
+        self.config = config
+        if config.head_projection_ratio is None:
+            self.act = None
+            self.projection = None
+        else:
+            self.act = ACT2FN[config.head_act]()
+            self.projection = nn.Linear(config.hidden_size, config.head_output_size, bias=False)
+        self.item_embeddings = nn.Embedding(config.vocab_size, config.head_output_size, padding_idx=0)
+        if config.loss_type == "sampled":
+            # log q(item) of the negative sampler, saved with the model; uniform until `set_item_frequencies`.
+            self.register_buffer("item_log_q", item_log_probabilities(torch.zeros(config.vocab_size)))
+        else:
+            self.item_log_q = None
+
+    def forward(self, hidden_states: torch.Tensor) -> torch.Tensor:
+        if self.projection is None:
+            return hidden_states
+        return self.projection(self.act(hidden_states))
+
+    @property
+    def item_vectors(self) -> torch.Tensor:
+        """(V, d_out) item output vectors; row 0 is padding."""
+        return self.item_embeddings.weight
+
+
+@dataclass
+class GenRecNextItemOutput(ModelOutput):
+    """Output of `GenRecForNextItemPrediction`.
+
+    Attributes:
+        loss: Next-item loss averaged over supervised positions (of the whole accumulated batch under Trainer).
+        logits: (B, V) scores of every item for the next event after each history; only when `output_logits=True`.
+        user_embeddings: (B, d_out) query vector of the last real event of each history, in the item output space:
+            `user_embeddings @ model.item_vectors.T` are the next-item scores.
+        last_hidden_state: (B, T, d) backbone output.
+        hidden_states: Per-layer hidden states, when `output_hidden_states=True`.
+    """
+
+    loss: torch.Tensor | None = None
+    logits: torch.Tensor | None = None
+    user_embeddings: torch.Tensor | None = None
+    last_hidden_state: torch.Tensor | None = None
+    hidden_states: tuple[torch.Tensor, ...] | None = None
+
+
+class GenRecPreTrainedModel(PreTrainedModel):
+    config_class = GenRecConfig
+    config: GenRecConfig
+    base_model_prefix = "model"
+    main_input_name = "input_ids"
+    supports_gradient_checkpointing = True
+    _no_split_modules = ["GenRecDecoderLayer"]
+    _supports_sdpa = True
+
+    def _check_inputs(self, input_ids: torch.Tensor, **others: torch.Tensor | None) -> None:
+        """Raise a clear `ValueError` for out-of-range ids and mismatched shapes (not an index error in torch)."""
+        if input_ids.dim() != 2:
+            raise ValueError(f"input_ids must be 2-D (batch, time), got shape {tuple(input_ids.shape)}.")
+        for name, tensor in others.items():
+            if tensor is not None and tuple(tensor.shape) != tuple(input_ids.shape):
+                raise ValueError(
+                    f"{name} has shape {tuple(tensor.shape)} but input_ids has shape {tuple(input_ids.shape)}; "
+                    "every per-event input must be (batch, time)."
+                )
+        length = input_ids.shape[1]
+        if length > self.config.max_position_embeddings:
+            raise ValueError(
+                f"History length {length} exceeds max_position_embeddings={self.config.max_position_embeddings}; "
+                "keep the most recent events (the genrec_hf collators truncate this way)."
+            )
+        _check_range("input_ids", input_ids, 0, self.config.vocab_size)
+        if others.get("action_ids") is not None and self.config.num_action_types:
+            _check_range("action_ids", others["action_ids"], 0, self.config.num_action_types)
+
+
+def _check_range(name: str, tensor: torch.Tensor, low: int, high: int, ignore: int | None = None) -> None:
+    values = tensor if ignore is None else tensor[tensor != ignore]
+    if values.numel() and (values.min() < low or values.max() >= high):
+        bad = values[(values < low) | (values >= high)][0].item()
+        raise ValueError(f"{name} contains {bad}, outside the valid range [{low}, {high - 1}] for this model's config.")
+
+
+class GenRecModel(GenRecPreTrainedModel):
+    """The shared backbone: event embedding → causal decoder blocks → final norm."""
+
+    _input_embed_layer = "item_embeddings"
+
+    def __init__(self, config: GenRecConfig) -> None:
+        super().__init__(config)
+        self.embeddings = GenRecEventEmbedding(config)
+        self.rotary = GenRecRotaryEmbedding(config) if config.position_encoding == "rope" else None
+        self.layers = nn.ModuleList([GenRecDecoderLayer(config) for _ in range(config.num_hidden_layers)])
+        self.norm = _make_norm(config)
+        self.gradient_checkpointing = False
+        self.post_init()
+
+    def get_input_embeddings(self) -> nn.Embedding:
+        return self.embeddings.item_embeddings
+
+    def set_input_embeddings(self, value: nn.Embedding) -> None:
+        self.embeddings.item_embeddings = value
+
+    def forward(
+        self,
+        input_ids: torch.Tensor,
+        attention_mask: torch.Tensor | None = None,
+        timestamps: torch.Tensor | None = None,
+        action_ids: torch.Tensor | None = None,
+        output_hidden_states: bool = False,
+        return_dict: bool | None = None,
+        **kwargs: Any,
+    ) -> BaseModelOutput | tuple:
+        self._check_inputs(input_ids, attention_mask=attention_mask, timestamps=timestamps, action_ids=action_ids)
+        if attention_mask is None:
+            attention_mask = (input_ids != 0).long()
+        positions = positions_from_mask(attention_mask)
+        hidden = self.embeddings(input_ids, attention_mask, positions, timestamps, action_ids)
+        rotary = self.rotary(positions, hidden.dtype) if self.rotary is not None else None
+
+        length = input_ids.shape[1]
+        causal = torch.ones(length, length, dtype=torch.bool, device=input_ids.device).tril()
+        # Queries may attend to earlier real events; a padding query attends to itself only so no row is empty.
+        mask = causal & attention_mask.bool()[:, None, None, :]
+        mask = mask | torch.eye(length, dtype=torch.bool, device=input_ids.device)
+
+        all_hidden = (hidden,) if output_hidden_states else None
+        for layer in self.layers:
+            hidden = layer(hidden, mask, rotary)
+            if output_hidden_states:
+                all_hidden += (hidden,)
+        hidden = self.norm(hidden)
+        if not (return_dict if return_dict is not None else self.config.return_dict):
+            return (hidden, all_hidden)
+        return BaseModelOutput(last_hidden_state=hidden, hidden_states=all_hidden)
+
+
+def last_event_index(attention_mask: torch.Tensor) -> torch.Tensor:
+    """Index of the last real event of each row (works for left and right padding)."""
+    length = attention_mask.shape[1]
+    steps = torch.arange(length, device=attention_mask.device).expand_as(attention_mask)
+    return torch.where(attention_mask.bool(), steps, torch.full_like(steps, -1)).max(dim=1).values.clamp(min=0)
+
+
+class GenRecForNextItemPrediction(GenRecPreTrainedModel):
+    """Backbone + decoding head + next-item loss (full or sampled softmax, chosen by `config.loss_type`)."""
+
+    _tied_weights_keys = {"head.item_embeddings.weight": "model.embeddings.item_embeddings.weight"}
+    # Trainer passes `num_items_in_batch` (supervised positions of the whole accumulated, gathered batch); the loss
+    # is divided by it, which is exact under gradient accumulation and DDP.
+    accepts_loss_kwargs = True
+
+    def __init__(self, config: GenRecConfig) -> None:
+        super().__init__(config)
+        self.model = GenRecModel(config)
+        self.head = GenRecDecodingHead(config)
+        if config.tie_word_embeddings:
+            # The tied head table is never saved; declaring it lets Trainer's best-checkpoint reload re-tie it
+            # instead of warning about a "missing key" on every run.
+            self._keys_to_ignore_on_save = ["head.item_embeddings.weight"]
+        self.post_init()
+
+    def get_output_embeddings(self) -> nn.Embedding:
+        return self.head.item_embeddings
+
+    @property
+    def item_vectors(self) -> torch.Tensor:
+        """(V, d_out) item output vectors that `user_embeddings` are scored against; row 0 is padding."""
+        return self.head.item_vectors
+
+    def forward(
+        self,
+        input_ids: torch.Tensor,
+        attention_mask: torch.Tensor | None = None,
+        timestamps: torch.Tensor | None = None,
+        action_ids: torch.Tensor | None = None,
+        labels: torch.Tensor | None = None,
+        output_logits: bool = False,
+        output_hidden_states: bool = False,
+        return_dict: bool | None = None,
+        num_items_in_batch: int | torch.Tensor | None = None,
+        **kwargs: Any,
+    ) -> GenRecNextItemOutput | tuple:
+        if attention_mask is None:
+            attention_mask = (input_ids != 0).long()
+        if labels is not None:
+            self._check_inputs(input_ids, labels=labels)
+            _check_range("labels", labels, 1, self.config.vocab_size, ignore=-100)
+        outputs = self.model(input_ids, attention_mask=attention_mask, timestamps=timestamps, action_ids=action_ids,
+                             output_hidden_states=output_hidden_states, return_dict=True)
+        hidden = outputs.last_hidden_state
+        last = hidden[torch.arange(hidden.shape[0], device=hidden.device), last_event_index(attention_mask)]
+        user_embeddings = self.head(last)
+
+        loss = None
+        if labels is not None:
+            supervised = labels != -100
+            loss_sum = self.loss_sum(self.head(hidden[supervised]), labels[supervised])
+            denominator = num_items_in_batch if num_items_in_batch is not None else supervised.sum().clamp(min=1)
+            loss = loss_sum / denominator
+        logits = self.score(user_embeddings) if output_logits else None
+        if not (return_dict if return_dict is not None else self.config.return_dict):
+            return tuple(v for v in (loss, logits, user_embeddings, hidden, outputs.hidden_states) if v is not None)
+        return GenRecNextItemOutput(loss=loss, logits=logits, user_embeddings=user_embeddings,
+                                    last_hidden_state=hidden, hidden_states=outputs.hidden_states)
+
+    def loss_sum(self, queries: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+        """Summed next-item loss of (N, d_out) queries against (N,) targets, as configured."""
+        config = self.config
+        common = dict(temperature=config.score_temperature, l2_normalize=config.l2_normalize_scores)
+        if config.loss_type == "full":
+            return full_softmax_loss(queries, self.item_vectors, targets, **common)
+        k = config.resolved_num_negatives
+        shape = (k,) if config.negative_sharing == "batch" else (queries.shape[0], k)
+        log_q = self.head.item_log_q
+        negatives = sample_negatives(config.vocab_size, shape, device=queries.device,
+                                     item_log_q=log_q if config.negative_sampler == "popularity" else None)
+        return sampled_softmax_loss(
+            queries, self.item_vectors, targets, negatives, in_batch_negatives=config.in_batch_negatives,
+            item_log_q=log_q if config.uses_logq_correction else None,
+            remove_accidental_hits=config.remove_accidental_hits, **common,
+        )
+
+    def set_item_frequencies(self, counts: torch.Tensor) -> None:
+        """Give the sampled softmax the (V,) training count of each item: the popularity sampler draws from it and
+        the logQ correction subtracts its log. A no-op for the full softmax, which needs no sampler."""
+        if self.head.item_log_q is None:
+            return
+        if counts.shape != (self.config.vocab_size,):
+            raise ValueError(f"item counts have shape {tuple(counts.shape)}; expected ({self.config.vocab_size},), "
+                             "one count per item index of this model (index 0 = padding).")
+        self.head.item_log_q.copy_(item_log_probabilities(counts, self.config.sampler_alpha))
+
+    def score(self, user_embeddings: torch.Tensor) -> torch.Tensor:
+        """(B, V) scores of every item for each user embedding; padding scores -inf. Use `topk` for big catalogs."""
+        scores = score_items(user_embeddings, self.item_vectors, temperature=self.config.score_temperature,
+                             l2_normalize=self.config.l2_normalize_scores).float()
+        scores[:, 0] = float("-inf")
+        return scores
+
+    @torch.no_grad()
+    def topk(
+        self,
+        user_embeddings: torch.Tensor,
+        k: int = 10,
+        exclude: torch.Tensor | None = None,
+        allowed: torch.Tensor | None = None,
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Exact top-k item indices (and scores) per user, scored in catalog chunks of `config.score_chunk_size`."""
+        return chunked_topk(user_embeddings, self.item_vectors, k, exclude=exclude, allowed=allowed,
+                            chunk_size=self.config.score_chunk_size, temperature=self.config.score_temperature,
+                            l2_normalize=self.config.l2_normalize_scores)
+
+    @torch.no_grad()
+    def recommend(
+        self,
+        histories: list[list[int]],
+        k: int = 10,
+        *,
+        timestamps: list[list[int]] | None = None,
+        action_ids: list[list[int]] | None = None,
+        exclude_seen: bool = True,
+        allowed: torch.Tensor | None = None,
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Top-k next items for each history of item indices (most recent last).
+
+        Histories longer than `config.max_position_embeddings` keep their most recent events; items of the whole
+        history are excluded unless `exclude_seen=False`. Returns (item indices, scores), each (B, k), best first.
+        """
+        if not histories or any(len(h) == 0 for h in histories):
+            raise ValueError("Every history needs at least one event to recommend from (got an empty history).")
+        length = min(max(len(h) for h in histories), self.config.max_position_embeddings)
+        device = self.item_vectors.device
+
+        def left_pad(rows: list[list[int]] | None) -> torch.Tensor | None:
+            if rows is None:
+                return None
+            if len(rows) != len(histories) or any(len(r) != len(h) for r, h in zip(rows, histories)):
+                raise ValueError("timestamps/action_ids must have one value per event of each history.")
+            out = torch.zeros(len(rows), length, dtype=torch.long, device=device)
+            for i, row in enumerate(rows):
+                row = row[-length:]
+                out[i, length - len(row):] = torch.as_tensor(row, dtype=torch.long)
+            return out
+
+        input_ids = left_pad(histories)
+        outputs = self.eval()(input_ids, attention_mask=(input_ids != 0).long(), timestamps=left_pad(timestamps),
+                              action_ids=left_pad(action_ids))
+        exclude = None
+        if exclude_seen:
+            width = max(len(h) for h in histories)
+            exclude = torch.zeros(len(histories), width, dtype=torch.long, device=device)
+            for i, history in enumerate(histories):
+                exclude[i, :len(history)] = torch.as_tensor(history, dtype=torch.long)
+        scores, indices = self.topk(outputs.user_embeddings, k, exclude=exclude, allowed=allowed)
+        return indices, scores
+
+
+def count_backbone_parameters(model_or_config: nn.Module | GenRecConfig) -> int:
+    """Parameters of the transformer blocks and final norm: the paper's model size (no embeddings, no head).
+
+    A config is instantiated on the meta device, so even `genrec-1b` costs no memory.
+    """
+    if isinstance(model_or_config, GenRecConfig):
+        with torch.device("meta"):
+            model_or_config = GenRecModel(model_or_config)
+    backbone = getattr(model_or_config, "model", model_or_config)
+    if not isinstance(backbone, GenRecModel):
+        raise TypeError(f"Expected a GenRecConfig or a GenRec model, got {type(model_or_config).__name__}.")
+    blocks = sum(p.numel() for p in backbone.layers.parameters())
+    return blocks + sum(p.numel() for p in backbone.norm.parameters())

@@ -1,0 +1,223 @@
+"""Fine-tune a pre-trained GenRec base on a downstream task: LoRA adapter, full fine-tune, or from scratch.
+
+    genrec-hf finetune BASE_DIR recipes/finetune/short_horizon_lora.yaml [--mode lora|full|from_scratch]
+        [--output_dir DIR] [--overwrite_output_dir] [--section.key value ...]
+
+A finetune recipe (YAML, unknown keys are errors):
+
+    output_dir:          where the adapter (lora) or the model (full, from_scratch) + metrics.json + card go
+    mode:                lora | full | from_scratch
+    seed:                seeds adapter/model init, data order and negative sampling
+    max_train_minutes:   optional wall-time budget (stops after the current step, best checkpoint kept)
+    keep_checkpoints:    keep Trainer's checkpoint-* folders (default false: the output holds only the result)
+    task:       {name: a genrec_hf.tasks.TASKS name, params: {task keyword arguments}}
+    data:       {source, format, column_map, min_user_events, k_core, max_length}
+    lora:       {r, alpha, dropout, target_modules, layers, train_head}   (used by mode: lora)
+    training:   any transformers.TrainingArguments field (on top of DEFAULT_FINETUNE_ARGUMENTS)
+    evaluation: {ks, metric_for_best_model, early_stopping_patience, zero_shot}
+
+Every mode trains through `TaskTrainer` (a `transformers.Trainer` whose evaluation is the task's ranking protocol),
+so the three modes differ only in which parameters are trained and what is saved.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import logging
+import math
+import resource
+import shutil
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+import yaml
+from datasets import Dataset
+from torch.utils.data import DataLoader
+from transformers import EarlyStoppingCallback, Trainer, TrainingArguments, set_seed
+from transformers.trainer_utils import EvalLoopOutput
+
+from ..adapters import attach_adapter, lora_config, save_adapter, trainable_parameters
+from ..data import ItemVocab, load_interactions, remap_to_vocab
+from ..data.tasks import EvalSpec, TaskCollator, TaskData, build_task, evaluate_task, windows
+from ..evaluation import DEFAULT_KS
+from ..models.genrec import GenRecForNextItemPrediction
+from .recipes import FINETUNE_MODES, FinetuneRecipe, load_recipe
+from .trainer import TimeBudgetCallback, check_output_dir, strip_prefix
+
+logger = logging.getLogger(__name__)
+
+# ---------------------------------------------------------------------------------------------------------------------
+
+
+class TaskTrainer(Trainer):
+    """`Trainer` whose evaluation ranks each row's task targets under the task's `EvalSpec` (chunked, no logits)."""
+
+    def __init__(self, *args: Any, task_spec: EvalSpec, max_length: int, ks: tuple[int, ...] = DEFAULT_KS,
+                 **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.task_spec = task_spec
+        self.max_length = max_length
+        self.ks = tuple(ks)
+
+    def get_eval_dataloader(self, eval_dataset: str | Dataset | None = None) -> DataLoader:
+        dataset = eval_dataset if eval_dataset is not None else self.eval_dataset
+        collator = TaskCollator(self.max_length, mode="eval", exclude_history=self.task_spec.exclude_history)
+        loader = DataLoader(dataset, batch_size=self.args.eval_batch_size, collate_fn=collator, shuffle=False)
+        return self.accelerator.prepare(loader)
+
+    def evaluation_loop(self, dataloader: DataLoader, description: str, prediction_loss_only: bool | None = None,
+                        ignore_keys: list[str] | None = None, metric_key_prefix: str = "eval") -> EvalLoopOutput:
+        model = self.accelerator.unwrap_model(self.model)
+        gather = None
+        if self.accelerator.num_processes > 1:
+            def gather(ranks: torch.Tensor) -> torch.Tensor:
+                return self.accelerator.gather_for_metrics(self.accelerator.pad_across_processes(ranks, dim=1))
+        metrics = evaluate_task(model, None, self.task_spec, max_length=self.max_length, ks=self.ks, gather=gather,
+                                batches=dataloader)
+        num_users = int(metrics.pop("num_users"))
+        metrics = {f"{metric_key_prefix}_{k}": v for k, v in metrics.items()}
+        return EvalLoopOutput(predictions=None, label_ids=None, metrics=metrics, num_samples=num_users)
+
+
+def _dir_bytes(path: Path, names: tuple[str, ...]) -> int:
+    return sum(p.stat().st_size for p in path.iterdir() if p.is_file() and p.name in names)
+
+
+@dataclass
+class FinetuneOutcome:
+    metrics: dict[str, Any]  # also written to output_dir/metrics.json
+    model: torch.nn.Module  # PeftModel (lora) or GenRecForNextItemPrediction
+    task: TaskData
+
+
+def finetune(recipe: FinetuneRecipe, base_dir: str | Path, *, overwrite_output_dir: bool = False) -> FinetuneOutcome:
+    """Train a task on top of the base in `base_dir` as the recipe's `mode` says; save the result and metrics."""
+    base_dir = Path(base_dir)
+    output_dir = Path(recipe.output_dir)
+    check_output_dir(output_dir, overwrite_output_dir, resuming=False)
+    if not (base_dir / "config.json").is_file():
+        raise FileNotFoundError(f"Base model folder {base_dir} has no config.json (train one with `genrec-hf train`).")
+    set_seed(recipe.seed)
+    base = GenRecForNextItemPrediction.from_pretrained(str(base_dir))
+    if recipe.data.max_length > base.config.max_position_embeddings:
+        raise ValueError(f"data.max_length={recipe.data.max_length} exceeds the base's max_position_embeddings="
+                         f"{base.config.max_position_embeddings}.")
+    data = load_interactions(recipe.data.source, format=recipe.data.format, column_map=recipe.data.column_map,
+                             min_user_events=recipe.data.min_user_events, k_core=recipe.data.k_core)
+    vocab_file = base_dir / "item_vocab.json"
+    if vocab_file.is_file():
+        data = remap_to_vocab(data, ItemVocab.load(base_dir))
+    elif len(data.vocab) != base.config.vocab_size:
+        raise ValueError(f"The data has {len(data.vocab)} item indices but the base {base_dir} has vocab_size="
+                         f"{base.config.vocab_size}, and the base has no item_vocab.json to map ids with.")
+    task = build_task(recipe.task.name, data, **recipe.task.params)
+    train_rows = windows(task.train, recipe.data.max_length)
+    ks = tuple(recipe.evaluation.ks)
+    logger.info("task %s on %s: %d training windows, %d validation and %d test users", task.name, data.name,
+                len(train_rows), len(task.validation), len(task.test))
+
+    zero_shot = None
+    if recipe.evaluation.zero_shot:
+        zero_shot = evaluate_task(base, task.test, task.spec, max_length=recipe.data.max_length, ks=ks)
+        zero_shot.pop("num_users", None)
+
+    if recipe.mode == "lora":
+        section = recipe.lora
+        model: torch.nn.Module = attach_adapter(base, lora_config(
+            r=section.r, alpha=section.alpha, dropout=section.dropout, target_modules=section.target_modules,
+            layers=section.layers, train_head=section.train_head))
+    elif recipe.mode == "full":
+        model = base
+    else:
+        torch.manual_seed(recipe.seed)
+        model = GenRecForNextItemPrediction(base.config)
+    trainable, total = trainable_parameters(model)
+
+    args = recipe.training_arguments(label_names=["labels"])
+    callbacks = []
+    if recipe.evaluation.early_stopping_patience and args.eval_strategy != "no":
+        callbacks.append(EarlyStoppingCallback(early_stopping_patience=recipe.evaluation.early_stopping_patience))
+    if recipe.max_train_minutes:
+        callbacks.append(TimeBudgetCallback(recipe.max_train_minutes))
+    trainer = TaskTrainer(model=model, args=args, train_dataset=train_rows, eval_dataset=task.validation,
+                          data_collator=TaskCollator(recipe.data.max_length, mode="train"), task_spec=task.spec,
+                          max_length=recipe.data.max_length, ks=ks, callbacks=callbacks)
+    start = time.monotonic()
+    train_result = trainer.train()
+    train_seconds = time.monotonic() - start
+    trainer.remove_callback(EarlyStoppingCallback)  # the final evaluations are reports, not stopping signals
+    validation = trainer.evaluate(metric_key_prefix="validation")
+    test = trainer.evaluate(task.test, metric_key_prefix="test")
+    model = trainer.model
+
+    metrics: dict[str, Any] = {
+        "dataset": data.name,
+        "task": task.name,
+        "task_description": task.spec.description,
+        "task_params": task.params,
+        "task_stats": task.stats,
+        "mode": recipe.mode,
+        "base_model": str(base_dir),
+        "protocol": "per-user last qualifying target = test, previous = validation; full-catalog ranking"
+                    + (" within the availability window" if task.spec.available_since is not None else "")
+                    + f"; history excluded={task.spec.exclude_history}; set-valued={task.spec.set_valued}",
+        "validation": strip_prefix(validation, "validation_"),
+        "test": strip_prefix(test, "test_"),
+        "zero_shot_test": zero_shot,
+        "train": {"runtime_s": train_seconds, "loss": train_result.training_loss, "epochs": trainer.state.epoch,
+                  "steps": trainer.state.global_step, "windows": len(train_rows)},
+        "parameters": {"trainable": trainable, "total": total, "trainable_fraction": trainable / total},
+    }
+    if trainer.is_world_process_zero():
+        if not recipe.keep_checkpoints:
+            for checkpoint in output_dir.glob("checkpoint-*"):
+                shutil.rmtree(checkpoint, ignore_errors=True)
+        if recipe.mode == "lora":
+            save_adapter(model, output_dir, base_dir=base_dir)
+            size = _dir_bytes(output_dir, ("adapter_model.safetensors",))
+        else:
+            trainer.save_model(str(output_dir))
+            if vocab_file.is_file():
+                shutil.copy(vocab_file, output_dir / "item_vocab.json")
+            size = _dir_bytes(output_dir, ("model.safetensors",))
+        metrics["checkpoint_bytes"] = size
+        metrics["peak_rss_mb"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+        (output_dir / "metrics.json").write_text(json.dumps(metrics, indent=2, default=str))
+        (output_dir / "finetune_recipe.yaml").write_text(yaml.safe_dump(recipe.to_dict(), sort_keys=False))
+        _write_card(output_dir, data.name)
+    return FinetuneOutcome(metrics=metrics, model=model, task=task)
+
+
+def _write_card(output_dir: Path, dataset_name: str) -> None:
+    try:
+        from ..cards import write_model_card
+    except ImportError:
+        return
+    try:
+        write_model_card(output_dir, dataset_name=dataset_name)
+    except Exception as error:  # a card must never lose a finished training run
+        logger.warning("model card not written: %s", error)
+
+
+def run_finetune(base_dir: str, recipe_path: str, *, mode: str | None = None, overrides: dict[str, str] | None = None,
+                 overwrite_output_dir: bool = False) -> dict:
+    """CLI entry (`genrec-hf finetune`): load + override the recipe, fine-tune, return the metrics dict.
+
+    `mode` overrides the recipe's mode; unless `output_dir` is overridden too, a trailing `-lora` / `-full` /
+    `-from_scratch` of the recipe's output folder becomes `-<mode>`, so comparison runs never overwrite each other.
+    """
+    overrides = dict(overrides or {})
+    if mode is not None:
+        overrides["mode"] = mode
+    recipe = load_recipe(recipe_path, overrides, kind=FinetuneRecipe)
+    if mode is not None and "output_dir" not in overrides:
+        stem = recipe.output_dir
+        for suffix in FINETUNE_MODES:
+            if stem.endswith(f"-{suffix}"):
+                stem = stem[: -len(suffix) - 1]
+        recipe.output_dir = f"{stem}-{mode}"
+    return finetune(recipe, base_dir, overwrite_output_dir=overwrite_output_dir).metrics

@@ -1,0 +1,131 @@
+"""Pre-training: recipe → data → `GenRecTrainer` → saved model, vocab, metrics and card."""
+
+from __future__ import annotations
+
+import json
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+import yaml
+from datasets import Dataset, DatasetDict
+from transformers import EarlyStoppingCallback, TrainingArguments, set_seed
+
+from ..data import InteractionData, NextItemCollator, leave_one_out, load_interactions, sliding_windows, time_split
+from ..evaluation.baselines import popularity_metrics, popularity_scores
+from ..models.genrec import SIZE_PRESETS, GenRecConfig, GenRecForNextItemPrediction, count_backbone_parameters
+from .recipes import Recipe
+from .trainer import GenRecTrainer, TimeBudgetCallback, check_output_dir, strip_prefix
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass
+class PreparedData:
+    """Everything `train` needs from the data section: the interactions, their splits and the training windows."""
+
+    data: InteractionData
+    splits: DatasetDict
+    train_windows: Dataset
+
+
+def prepare_data(recipe: Recipe) -> PreparedData:
+    """Load the events, split them and cut the training histories into windows, as the recipe says."""
+    section = recipe.data
+    data = load_interactions(section.source, format=section.format, column_map=section.column_map,
+                             min_user_events=section.min_user_events, k_core=section.k_core)
+    if section.split == "leave_one_out":
+        splits = leave_one_out(data)
+    else:
+        cut = section.time_split_cut
+        splits = time_split(data, cut=cut, quantile=None if cut is not None else section.time_split_quantile)
+    windows = sliding_windows(splits["train"], section.max_length, stride=section.window_stride)
+    logger.info("data %s: %d users, %d items; %d training windows, %d validation and %d test users",
+                data.name, len(data.sequences), len(data.vocab) - 1, len(windows), len(splits["validation"]),
+                len(splits["test"]))
+    return PreparedData(data=data, splits=splits, train_windows=windows)
+
+
+def build_model(recipe: Recipe, data: InteractionData) -> GenRecForNextItemPrediction:
+    """A fresh model of the recipe's preset sized to the catalog, or the `init_from` checkpoint."""
+    if recipe.model.init_from:
+        return GenRecForNextItemPrediction.from_pretrained(recipe.model.init_from)
+    overrides = dict(recipe.model.overrides)
+    overrides.setdefault("vocab_size", len(data.vocab))
+    if overrides["vocab_size"] != len(data.vocab):
+        raise ValueError(f"model.overrides.vocab_size={overrides['vocab_size']} but the data has "
+                         f"{len(data.vocab)} item indices (catalog + padding); leave vocab_size out of the recipe.")
+    if "num_action_types" not in SIZE_PRESETS[recipe.model.preset]:  # presets that fix it (sasrec) keep theirs
+        overrides.setdefault("num_action_types", data.num_action_types)
+    overrides.setdefault("max_position_embeddings", recipe.data.max_length)
+    return GenRecForNextItemPrediction(GenRecConfig.from_preset(recipe.model.preset, **overrides))
+
+
+@dataclass
+class TrainOutcome:
+    metrics: dict[str, Any]  # also written to output_dir/metrics.json
+    data: InteractionData
+    model: GenRecForNextItemPrediction  # the best checkpoint, as saved in output_dir
+    is_main_process: bool = True  # False on the other ranks of a distributed run
+
+
+def train(recipe: Recipe, *, overwrite_output_dir: bool = False,
+          resume_from_checkpoint: str | bool | None = None) -> TrainOutcome:
+    """Run a recipe end to end: data, Trainer with best-checkpoint selection, final evaluation, save, card."""
+    from ..cards import ModelCardCallback, write_model_card
+
+    output_dir = Path(recipe.output_dir)
+    check_output_dir(output_dir, overwrite_output_dir, bool(resume_from_checkpoint))
+    set_seed(recipe.seed)
+    prepared = prepare_data(recipe)
+    model = build_model(recipe, prepared.data)
+    if model.config.vocab_size == len(prepared.data.vocab):  # the sampled softmax's popularity sampler / logQ
+        model.set_item_frequencies(popularity_scores(prepared.splits["train"], model.config.vocab_size))
+    args = recipe.training_arguments()
+    collator = NextItemCollator(recipe.data.max_length, mode="train")
+    eval_collator = NextItemCollator(recipe.data.max_length, mode="eval",
+                                     exclude_history=recipe.evaluation.exclude_history)
+    callbacks = [ModelCardCallback(dataset_name=prepared.data.name)]
+    if recipe.evaluation.early_stopping_patience and args.eval_strategy != "no":
+        callbacks.append(EarlyStoppingCallback(early_stopping_patience=recipe.evaluation.early_stopping_patience))
+    if recipe.max_train_minutes:
+        callbacks.append(TimeBudgetCallback(recipe.max_train_minutes))
+    trainer = GenRecTrainer(
+        model=model, args=args, train_dataset=prepared.train_windows, eval_dataset=prepared.splits["validation"],
+        data_collator=collator, eval_collator=eval_collator, ks=tuple(recipe.evaluation.ks), callbacks=callbacks,
+    )
+    train_result = trainer.train(resume_from_checkpoint=resume_from_checkpoint)
+    trainer.remove_callback(EarlyStoppingCallback)  # the final evaluations below are reports, not stopping signals
+    validation = trainer.evaluate(metric_key_prefix="validation")
+    test = trainer.evaluate(prepared.splits["test"], metric_key_prefix="test")
+    metrics = {
+        "dataset": prepared.data.name,
+        "task": "next-item",
+        "protocol": f"{recipe.data.split}, full-catalog ranking, history excluded={recipe.evaluation.exclude_history}",
+        "validation": strip_prefix(validation, "validation_"),
+        "test": strip_prefix(test, "test_"),
+        "train": {"runtime_s": train_result.metrics.get("train_runtime"), "loss": train_result.training_loss,
+                  "epochs": trainer.state.epoch, "best_checkpoint": trainer.state.best_model_checkpoint,
+                  "world_size": args.world_size, "device": str(args.device)},
+        "parameters": _parameter_counts(model),
+        "popularity_baseline": {"test": popularity_metrics(prepared.splits, len(prepared.data.vocab), eval_collator,
+                                                           ks=tuple(recipe.evaluation.ks))},
+    }
+    if trainer.is_world_process_zero():
+        trainer.save_model(str(output_dir))
+        prepared.data.vocab.save(output_dir)
+        (output_dir / "metrics.json").write_text(json.dumps(metrics, indent=2))
+        (output_dir / "training_recipe.yaml").write_text(yaml.safe_dump(recipe.to_dict(), sort_keys=False))
+        write_model_card(output_dir, dataset_name=prepared.data.name, training_args=args)
+    return TrainOutcome(metrics=metrics, data=prepared.data, model=trainer.model,
+                        is_main_process=trainer.is_world_process_zero())
+
+
+def _parameter_counts(model: GenRecForNextItemPrediction) -> dict[str, int]:
+    total = sum(p.numel() for p in model.parameters())
+    return {"backbone": count_backbone_parameters(model), "total": total}
+
+
+

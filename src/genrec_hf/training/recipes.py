@@ -1,0 +1,379 @@
+"""Recipes: YAML hyperparameters → validated dataclasses, one schema for pre-training and fine-tuning.
+
+Every recipe kind shares the top-level keys `output_dir`, `seed`, `max_train_minutes`, a `training:` section (any
+`transformers.TrainingArguments` field) and the section bases `DataSection` / `EvaluationSection`; a kind adds its
+own sections:
+
+    pretrain (`Recipe`):          model, data (+ split, windows), training, evaluation (+ exclude_history, examples)
+    finetune (`FinetuneRecipe`):  mode, keep_checkpoints, task, data, lora, training, evaluation (+ zero_shot)
+
+Unknown keys are errors listing the allowed ones, and every value is type-checked (bools, ints, floats, strings,
+lists) before any work starts. Command-line overrides use dotted keys: `--training.learning_rate 3e-4`.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, ClassVar, TypeVar
+
+import torch
+import yaml
+from transformers import TrainingArguments
+
+from ..evaluation import DEFAULT_KS
+from ..models.genrec import SIZE_PRESETS, GenRecConfig
+
+TRAINING_ARGUMENT_FIELDS = {f.name for f in dataclasses.fields(TrainingArguments) if f.init}
+# Set by the recipe runner itself (from other sections), so a recipe must not set them under `training:`.
+RESERVED_TRAINING_KEYS = {"output_dir", "overwrite_output_dir", "remove_unused_columns", "metric_for_best_model",
+                          "greater_is_better", "label_names", "seed"}
+
+# Defaults for a recipe's `training:` section; the recipe overrides any of them.
+DEFAULT_TRAINING_ARGUMENTS: dict[str, Any] = dict(
+    num_train_epochs=20,
+    per_device_train_batch_size=128,
+    per_device_eval_batch_size=256,
+    learning_rate=1e-3,
+    weight_decay=0.0,
+    warmup_steps=0,
+    lr_scheduler_type="constant",
+    eval_strategy="epoch",
+    save_strategy="epoch",
+    save_total_limit=2,
+    load_best_model_at_end=True,
+    logging_strategy="epoch",
+    report_to=[],
+    dataloader_num_workers=0,
+    disable_tqdm=False,
+)
+# Fine-tuning runs are shorter than pre-training: fewer epochs, one checkpoint kept, quiet progress.
+DEFAULT_FINETUNE_ARGUMENTS: dict[str, Any] = {
+    **DEFAULT_TRAINING_ARGUMENTS, "num_train_epochs": 10, "save_total_limit": 1, "disable_tqdm": True,
+}
+FINETUNE_MODES = ("lora", "full", "from_scratch")
+
+
+# --- sections shared by every recipe kind ---------------------------------------------------------------------------
+
+
+@dataclass
+class DataSection:
+    source: str = "synthetic"  # a path (file, folder or zip) or "synthetic[:key=value,...]"
+    format: str | None = None  # loader name; None = detect from the file names
+    column_map: dict[str, str] | None = None  # for generic csv/parquet: canonical name -> column name
+    min_user_events: int = 2  # users with fewer events are dropped (and counted in the log)
+    k_core: int | None = None  # iterative k-core filter on users and items
+    max_length: int = 50  # most recent events the model reads per history
+
+
+@dataclass
+class EvaluationSection:
+    ks: list[int] = field(default_factory=lambda: list(DEFAULT_KS))  # cut-offs of hr@K / ndcg@K (/ recall@K)
+    metric_for_best_model: str = "mrr"  # validation metric that picks the best checkpoint
+    early_stopping_patience: int | None = 3  # evaluations without improvement before stopping; None = never
+
+
+@dataclass
+class RecipeBase:
+    """Top-level keys of every recipe kind. Subclasses add sections (dataclass-typed fields)."""
+
+    output_dir: str = "runs/genrec"
+    seed: int = 0  # seeds model init, data order, dropout and negative sampling
+    max_train_minutes: float | None = None  # stop training after this wall time (equal-CPU-time comparisons)
+    training: dict[str, Any] = field(default_factory=dict)  # any TrainingArguments field
+
+    default_training_arguments: ClassVar[dict[str, Any]] = DEFAULT_TRAINING_ARGUMENTS
+    metric_prefixes: ClassVar[tuple[str, ...]] = ("hr", "ndcg")
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    def training_arguments(self, **fixed: Any) -> TrainingArguments:
+        """`TrainingArguments` from the `training:` section on top of this kind's defaults; the runner's own
+        settings (`fixed`, e.g. `label_names`) cannot be set by the recipe."""
+        values = {**self.default_training_arguments, **self.training}
+        if not torch.cuda.is_available():
+            values.setdefault("use_cpu", True)
+        evaluation: EvaluationSection = getattr(self, "evaluation")
+        return TrainingArguments(
+            output_dir=self.output_dir, remove_unused_columns=False, seed=self.seed, greater_is_better=True,
+            metric_for_best_model=f"eval_{evaluation.metric_for_best_model}", **fixed, **values,
+        )
+
+    def validate(self, source: str) -> None:
+        """Checks every kind shares; subclasses extend it with their own."""
+        if self.data.max_length < 1:  # type: ignore[attr-defined]
+            raise ValueError(f"{source}: data.max_length={self.data.max_length}; "  # type: ignore[attr-defined]
+                             "expected a positive integer.")
+        evaluation: EvaluationSection = getattr(self, "evaluation")
+        if not evaluation.ks or not all(k > 0 for k in evaluation.ks):
+            raise ValueError(f"{source}: evaluation.ks={evaluation.ks}; expected positive integers.")
+        allowed = {"mrr"} | {f"{m}@{k}" for m in self.metric_prefixes for k in evaluation.ks}
+        if evaluation.metric_for_best_model not in allowed:
+            raise ValueError(f"{source}: evaluation.metric_for_best_model={evaluation.metric_for_best_model!r}; "
+                             f"expected one of {sorted(allowed)}.")
+        if self.max_train_minutes is not None and self.max_train_minutes <= 0:
+            raise ValueError(f"{source}: max_train_minutes={self.max_train_minutes}; expected a positive number "
+                             "of minutes (or leave it out).")
+
+
+# --- pre-training ---------------------------------------------------------------------------------------------------
+
+
+@dataclass
+class ModelSection:
+    preset: str = "genrec-2m"  # a name of genrec_hf.SIZE_PRESETS
+    overrides: dict[str, Any] = field(default_factory=dict)  # GenRecConfig fields on top of the preset
+    init_from: str | None = None  # start from a saved model folder instead of random weights
+
+
+@dataclass
+class PretrainDataSection(DataSection):
+    split: str = "leave_one_out"  # "leave_one_out" or "time"
+    time_split_quantile: float = 0.9  # for split: time, when no time_split_cut is given
+    time_split_cut: int | None = None  # for split: time, a unix timestamp
+    window_stride: int | None = None  # sliding-window stride for long training histories (None = max_length)
+
+
+@dataclass
+class PretrainEvaluationSection(EvaluationSection):
+    exclude_history: bool = True  # never rank items the user already has in the history (HSTU protocol)
+    num_examples: int = 3  # users whose recommendations are printed at the end
+
+
+@dataclass
+class Recipe(RecipeBase):
+    """A pre-training recipe (`genrec-hf train`)."""
+
+    model: ModelSection = field(default_factory=ModelSection)
+    data: PretrainDataSection = field(default_factory=PretrainDataSection)
+    evaluation: PretrainEvaluationSection = field(default_factory=PretrainEvaluationSection)
+
+    def validate(self, source: str) -> None:
+        super().validate(source)
+        if self.model.preset not in SIZE_PRESETS:
+            raise ValueError(f"{source}: model.preset={self.model.preset!r} is unknown; expected one of "
+                             f"{sorted(SIZE_PRESETS)}.")
+        config_fields = set(GenRecConfig().to_dict())
+        bad = sorted(set(self.model.overrides) - config_fields)
+        if bad:
+            raise ValueError(f"{source}: model.overrides: unknown GenRecConfig field(s) {bad}.")
+        try:
+            GenRecConfig.from_preset(self.model.preset, **self.model.overrides)
+        except (ValueError, TypeError) as error:
+            raise ValueError(f"{source}: model: {error}") from None
+        if self.data.split not in ("leave_one_out", "time"):
+            raise ValueError(f"{source}: data.split={self.data.split!r}; expected 'leave_one_out' or 'time'.")
+
+
+# --- fine-tuning ----------------------------------------------------------------------------------------------------
+
+
+@dataclass
+class TaskSection:
+    name: str = "short_horizon"  # a genrec_hf.data.tasks.TASKS name
+    params: dict[str, Any] = field(default_factory=dict)  # keyword arguments of the task builder
+
+
+@dataclass
+class LoraSection:
+    r: int = 8  # LoRA rank
+    alpha: int = 16  # LoRA scaling numerator (scale = alpha / r)
+    dropout: float = 0.0  # dropout on the LoRA input
+    target_modules: list[str] | None = None  # projection names to adapt (None = all of adapters.DEFAULT_TARGET_MODULES)
+    layers: list[int] | None = None  # decoder layers to adapt (None = all)
+    train_head: Any = True  # True | False | "projection" | "item_vectors" | "all" | list
+
+
+@dataclass
+class FinetuneEvaluationSection(EvaluationSection):
+    zero_shot: bool = True  # also evaluate the untouched base on the task's test rows
+
+
+@dataclass
+class FinetuneRecipe(RecipeBase):
+    """A fine-tuning recipe (`genrec-hf finetune`): one downstream task on a pre-trained base."""
+
+    output_dir: str = "runs/finetune"
+    mode: str = "lora"  # lora | full | from_scratch
+    keep_checkpoints: bool = False  # keep Trainer's checkpoint-* folders (default: the output holds the result only)
+    task: TaskSection = field(default_factory=TaskSection)
+    data: DataSection = field(default_factory=DataSection)
+    lora: LoraSection = field(default_factory=LoraSection)
+    evaluation: FinetuneEvaluationSection = field(default_factory=FinetuneEvaluationSection)
+
+    default_training_arguments: ClassVar[dict[str, Any]] = DEFAULT_FINETUNE_ARGUMENTS
+    metric_prefixes: ClassVar[tuple[str, ...]] = ("hr", "ndcg", "recall")
+
+    def validate(self, source: str) -> None:
+        from ..adapters import lora_config
+        from ..data.tasks import TASKS
+
+        super().validate(source)
+        if self.mode not in FINETUNE_MODES:
+            raise ValueError(f"{source}: mode={self.mode!r}; expected one of {FINETUNE_MODES}.")
+        if self.task.name not in TASKS:
+            raise ValueError(f"{source}: task.name={self.task.name!r}; registered tasks are {sorted(TASKS)}.")
+        lora = self.lora
+        try:
+            lora_config(r=lora.r, alpha=lora.alpha, dropout=lora.dropout, target_modules=lora.target_modules,
+                        layers=lora.layers, train_head=lora.train_head)
+        except (ValueError, TypeError) as error:
+            raise ValueError(f"{source}: lora: {error}") from None
+
+
+# --- parsing --------------------------------------------------------------------------------------------------------
+
+RecipeT = TypeVar("RecipeT", bound=RecipeBase)
+
+
+def _type_name(hint: Any) -> str:
+    if hint is type(None):
+        return "null"
+    origin = typing.get_origin(hint)
+    if origin in (typing.Union, types.UnionType):
+        return " or ".join(_type_name(a) for a in typing.get_args(hint))
+    if origin is not None:
+        return f"a {origin.__name__} of {', '.join(_type_name(a) for a in typing.get_args(hint))}"
+    return getattr(hint, "__name__", str(hint))
+
+
+def _matches(value: Any, hint: Any) -> bool:
+    """Whether a parsed YAML value fits a (simple) type hint; `Any` and unknown hints always match."""
+    if hint is Any:
+        return True
+    if hint is type(None):
+        return value is None
+    origin = typing.get_origin(hint)
+    if origin in (typing.Union, types.UnionType):
+        return any(_matches(value, a) for a in typing.get_args(hint))
+    if origin is list:
+        (item,) = typing.get_args(hint) or (Any,)
+        return isinstance(value, list) and all(_matches(v, item) for v in value)
+    if origin is dict:
+        key, item = typing.get_args(hint) or (Any, Any)
+        return isinstance(value, dict) and all(_matches(k, key) and _matches(v, item) for k, v in value.items())
+    if hint is bool:
+        return isinstance(value, bool)
+    if hint is int:
+        return isinstance(value, int) and not isinstance(value, bool)
+    if hint is float:
+        return isinstance(value, (int, float)) and not isinstance(value, bool)
+    if isinstance(hint, type):
+        return isinstance(value, hint)
+    return True
+
+
+def build_section(cls: type, values: Any, where: str) -> Any:
+    """A section dataclass from a mapping: unknown keys and wrongly typed values are errors naming them."""
+    if values is None:
+        return cls()
+    if not isinstance(values, dict):
+        raise ValueError(f"{where}: expected a mapping, got {type(values).__name__} ({values!r}).")
+    hints = typing.get_type_hints(cls)
+    known = {f.name for f in dataclasses.fields(cls)}
+    unknown = sorted(set(values) - known)
+    if unknown:
+        raise ValueError(f"{where}: unknown key(s) {unknown}; allowed keys are {sorted(known)}.")
+    for key, value in values.items():
+        if not _matches(value, hints[key]):
+            raise ValueError(f"{where}.{key}={value!r} has the wrong type: expected {_type_name(hints[key])}.")
+    return cls(**values)
+
+
+def _check_training(training: Any, source: str) -> dict[str, Any]:
+    if not isinstance(training, dict):
+        raise ValueError(f"{source}: training: expected a mapping of TrainingArguments fields, got "
+                         f"{type(training).__name__}.")
+    bad = sorted(set(training) - TRAINING_ARGUMENT_FIELDS)
+    if bad:
+        raise ValueError(f"{source}: training: unknown TrainingArguments field(s) {bad}.")
+    reserved = sorted(set(training) & RESERVED_TRAINING_KEYS)
+    if reserved:
+        raise ValueError(f"{source}: training: {reserved} are set by the recipe runner (use output_dir and seed at "
+                         "the top level, evaluation.metric_for_best_model, and --overwrite_output_dir on the command "
+                         "line).")
+    hints = typing.get_type_hints(TrainingArguments)
+    for key, value in training.items():
+        hint = hints.get(key, Any)
+        if typing.get_origin(hint) in (typing.Union, types.UnionType) or hint in (bool, int, float):
+            # Only simple scalar fields are checked; TrainingArguments accepts strings for its enum fields.
+            simple = [a for a in typing.get_args(hint) or (hint,) if a in (bool, int, float, type(None))]
+            if simple and len(simple) == len(typing.get_args(hint) or (hint,)) and not _matches(value, hint):
+                raise ValueError(f"{source}: training.{key}={value!r} has the wrong type: expected "
+                                 f"{_type_name(hint)}.")
+    return dict(training)
+
+
+def recipe_from_dict(raw: Any, source: str = "recipe", kind: type[RecipeT] = Recipe) -> RecipeT:  # type: ignore[assignment]
+    """Validate a parsed recipe of `kind`; every error names the section, the key and what is allowed."""
+    if not isinstance(raw, dict):
+        raise ValueError(f"{source}: a recipe must be a YAML mapping, got {type(raw).__name__}.")
+    hints = typing.get_type_hints(kind)
+    fields = {f.name: f for f in dataclasses.fields(kind)}
+    unknown = sorted(set(raw) - set(fields))
+    if unknown:
+        raise ValueError(f"{source}: unknown top-level key(s) {unknown}; allowed keys are {sorted(fields)}.")
+    values: dict[str, Any] = {}
+    for name, value in raw.items():
+        hint = hints[name]
+        if name == "training":
+            values[name] = _check_training(value or {}, source)
+        elif dataclasses.is_dataclass(hint):
+            values[name] = build_section(hint, value, f"{source}: {name}")
+        elif not _matches(value, hint):
+            raise ValueError(f"{source}: {name}={value!r} has the wrong type: expected {_type_name(hint)}.")
+        else:
+            values[name] = value
+    recipe = kind(**values)
+    recipe.validate(source)
+    return recipe
+
+
+def _coerce_numbers(value: Any) -> Any:
+    """YAML 1.1 reads `1e-3` (no dot) as a string; turn such strings into floats, recursively."""
+    if isinstance(value, dict):
+        return {k: _coerce_numbers(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_coerce_numbers(v) for v in value]
+    if isinstance(value, str):
+        try:
+            return float(value) if any(c in value.lower() for c in ".e") and value.strip() else value
+        except ValueError:
+            return value
+    return value
+
+
+def apply_overrides(raw: dict[str, Any], overrides: dict[str, str]) -> dict[str, Any]:
+    """Apply `section.key=value` overrides (values parsed as YAML scalars) to a raw recipe dict."""
+    raw = yaml.safe_load(yaml.safe_dump(raw)) or {}
+    for dotted, text in overrides.items():
+        value = yaml.safe_load(text) if isinstance(text, str) else text
+        node = raw
+        *parents, leaf = dotted.split(".")
+        for part in parents:
+            node = node.setdefault(part, {})
+            if not isinstance(node, dict):
+                raise ValueError(f"Override --{dotted}: {part!r} is not a section.")
+        node[leaf] = value
+    return _coerce_numbers(raw)
+
+
+def load_recipe(path: str | Path, overrides: dict[str, str] | None = None,
+                kind: type[RecipeT] = Recipe) -> RecipeT:  # type: ignore[assignment]
+    """Read a YAML recipe of `kind` (`Recipe` or `FinetuneRecipe`), apply command-line overrides, validate it."""
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"Recipe {path} does not exist (expected a YAML file, e.g. recipes/pretrain/"
+                                "genrec-2m.yaml or recipes/finetune/short_horizon_lora.yaml).")
+    try:
+        raw = yaml.safe_load(path.read_text()) or {}
+    except (yaml.YAMLError, UnicodeDecodeError) as error:
+        raise ValueError(f"{path}: not a valid YAML recipe: {error}") from None
+    if not isinstance(raw, dict):
+        raise ValueError(f"{path}: a recipe must be a YAML mapping of sections, got {type(raw).__name__}.")
+    return recipe_from_dict(apply_overrides(raw, overrides or {}), source=str(path), kind=kind)

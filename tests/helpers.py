@@ -1,0 +1,26 @@
+"""Helpers shared by the test modules (fixtures live in conftest.py)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+SHARED_DATA = REPO_ROOT.parent / "shared" / "data"
+
+
+def tiny_config(**overrides):
+    from genrec_hf import GenRecConfig
+
+    base = dict(vocab_size=41, hidden_size=32, num_hidden_layers=2, num_attention_heads=2, intermediate_size=64,
+                max_position_embeddings=16, hidden_dropout_prob=0.0, attention_dropout=0.0, num_action_types=3)
+    return GenRecConfig(**{**base, **overrides})
+
+
+def require_shared_data(name: str) -> Path:
+    """The real data set `name` (MovieLens / Amazon files kept beside the project), or skip with the reason."""
+    path = SHARED_DATA / name
+    if not path.exists():
+        pytest.skip(f"real data {path} is absent (tests on real data need the MovieLens / Amazon files there)")
+    return path

@@ -1,0 +1,238 @@
+from __future__ import annotations
+
+import subprocess
+import sys
+import textwrap
+
+import pytest
+import torch
+from transformers import AutoConfig, AutoModel
+
+from genrec_hf import GenRecConfig, GenRecForNextItemPrediction, GenRecModel
+from genrec_hf.models.genrec.modeling_genrec import time_gap_buckets
+
+from tests.helpers import tiny_config
+
+
+def _batch(seed: int = 0, batch: int = 3, length: int = 10, vocab: int = 41):
+    g = torch.Generator().manual_seed(seed)
+    input_ids = torch.randint(1, vocab, (batch, length), generator=g)
+    timestamps = torch.cumsum(torch.randint(0, 100_000, (batch, length), generator=g), dim=1)
+    action_ids = torch.randint(0, 3, (batch, length), generator=g)
+    return dict(input_ids=input_ids, timestamps=timestamps, action_ids=action_ids)
+
+
+@pytest.mark.parametrize("overrides", [{}, dict(position_encoding="learned"), dict(head_projection_ratio=4,
+                                                                                  tie_word_embeddings=False)])
+def test_save_load_bit_exact(tmp_path, overrides):
+    torch.manual_seed(0)
+    model = GenRecForNextItemPrediction(tiny_config(**overrides)).eval()
+    batch = _batch()
+    expected = model(**batch, output_logits=True)
+    model.save_pretrained(tmp_path)
+    assert (tmp_path / "model.safetensors").exists() and (tmp_path / "config.json").exists()
+    for loader in (GenRecForNextItemPrediction,):
+        loaded = loader.from_pretrained(tmp_path).eval()
+        got = loaded(**batch, output_logits=True)
+        assert torch.equal(got.logits, expected.logits)
+        assert torch.equal(got.user_embeddings, expected.user_embeddings)
+    backbone = AutoModel.from_pretrained(tmp_path).eval()
+    assert isinstance(backbone, GenRecModel)
+    assert torch.equal(backbone(**batch).last_hidden_state, expected.last_hidden_state)
+
+
+def test_tied_weights_share_storage(tmp_path):
+    model = GenRecForNextItemPrediction(tiny_config(tie_word_embeddings=True))
+    assert model.head.item_embeddings.weight is model.model.embeddings.item_embeddings.weight
+    model.save_pretrained(tmp_path)
+    loaded = GenRecForNextItemPrediction.from_pretrained(tmp_path)
+    assert loaded.head.item_embeddings.weight is loaded.model.embeddings.item_embeddings.weight
+    untied = GenRecForNextItemPrediction(tiny_config(tie_word_embeddings=False))
+    assert untied.head.item_embeddings.weight is not untied.model.embeddings.item_embeddings.weight
+
+
+def test_auto_classes():
+    config = AutoConfig.for_model("genrec", vocab_size=20, hidden_size=16, num_attention_heads=2,
+                                  intermediate_size=32, num_hidden_layers=1)
+    assert isinstance(config, GenRecConfig)
+    assert isinstance(AutoModel.from_config(config), GenRecModel)
+
+
+def test_trust_remote_code_without_genrec_hf(tmp_path):
+    """A saved folder loads with AutoModel + trust_remote_code where genrec_hf cannot be imported (Hub users)."""
+    torch.manual_seed(0)
+    model = GenRecForNextItemPrediction(tiny_config()).eval()
+    model.save_pretrained(tmp_path)
+    for name in ("configuration_genrec.py", "modeling_genrec.py", "losses.py", "scoring.py"):
+        assert (tmp_path / name).exists(), name
+    batch = _batch()
+    torch.save(batch, tmp_path / "batch.pt")
+    expected = model(**batch).user_embeddings
+    torch.save(expected, tmp_path / "expected.pt")
+    script = textwrap.dedent(f"""
+        import sys, torch
+        sys.modules["genrec_hf"] = None  # any import of genrec_hf now fails
+        from transformers import AutoModel
+        model = AutoModel.from_pretrained({str(tmp_path)!r}, trust_remote_code=True).eval()
+        assert type(model).__name__ == "GenRecForNextItemPrediction", type(model)
+        assert "genrec_hf" not in type(model).__module__, type(model).__module__
+        batch = torch.load({str(tmp_path / 'batch.pt')!r})
+        out = model(**batch).user_embeddings
+        assert torch.equal(out, torch.load({str(tmp_path / 'expected.pt')!r}))
+        print("ok")
+    """)
+    result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, cwd=tmp_path,
+                            env={"HF_HUB_OFFLINE": "1", "PATH": "", "HF_HOME": str(tmp_path / "hf_home")})
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert "ok" in result.stdout
+
+
+@pytest.mark.parametrize("position_encoding", ["rope", "learned", "none"])
+def test_causality(tiny_model, position_encoding):
+    torch.manual_seed(0)
+    model = GenRecForNextItemPrediction(tiny_config(position_encoding=position_encoding)).eval()
+    batch = _batch()
+    changed = {k: v.clone() for k, v in batch.items()}
+    changed["input_ids"][:, 6:] = (changed["input_ids"][:, 6:] % 40) + 1
+    changed["timestamps"][:, 7:] += 999_999
+    changed["action_ids"][:, 6:] = (changed["action_ids"][:, 6:] + 1) % 3
+    a = model(**batch).last_hidden_state
+    b = model(**changed).last_hidden_state
+    torch.testing.assert_close(a[:, :6], b[:, :6], rtol=0, atol=0)
+    assert not torch.allclose(a[:, 6:], b[:, 6:])
+
+
+@pytest.mark.parametrize("position_encoding", ["rope", "learned"])
+def test_padding_invariance(position_encoding):
+    torch.manual_seed(0)
+    model = GenRecForNextItemPrediction(tiny_config(position_encoding=position_encoding)).eval()
+    history = _batch(batch=1, length=6)
+    reference = model(**history).user_embeddings
+
+    def pad(x, left, right):
+        return torch.cat([torch.zeros(1, left, dtype=x.dtype), x, torch.zeros(1, right, dtype=x.dtype)], dim=1)
+
+    for left, right in [(3, 0), (0, 4), (2, 5)]:
+        padded = {k: pad(v, left, right) for k, v in history.items()}
+        mask = pad(torch.ones(1, 6, dtype=torch.long), left, right)
+        got = model(**padded, attention_mask=mask).user_embeddings
+        torch.testing.assert_close(got, reference, rtol=1e-5, atol=1e-5)
+        assert torch.isfinite(model(**padded, attention_mask=mask).last_hidden_state).all()
+
+
+def test_gradient_checkpointing_same_gradients():
+    torch.manual_seed(0)
+    model = GenRecForNextItemPrediction(tiny_config())
+    batch = _batch()
+    labels = torch.roll(batch["input_ids"], -1, dims=1)
+
+    def grads():
+        model.zero_grad()
+        model(**batch, labels=labels).loss.backward()
+        return {n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None}
+
+    model.train()
+    plain = grads()
+    model.activation_checkpointing_enable()
+    assert model.is_activation_checkpointing
+    checkpointed = grads()
+    assert plain.keys() == checkpointed.keys()
+    for name in plain:
+        torch.testing.assert_close(plain[name], checkpointed[name], msg=name)
+
+
+def test_logits_only_when_asked(tiny_model):
+    batch = _batch()
+    out = tiny_model(**batch)
+    assert out.logits is None
+    out = tiny_model(**batch, output_logits=True)
+    assert out.logits.shape == (3, 41)
+    assert torch.isinf(out.logits[:, 0]).all()
+    torch.testing.assert_close(out.logits[:, 1:], out.user_embeddings @ tiny_model.item_vectors[1:].T)
+
+
+def test_time_gap_buckets():
+    ts = torch.tensor([[0, 0, 10, 0, 5, 100_000_000_000]])
+    mask = torch.tensor([[0, 1, 1, 1, 1, 1]])
+    buckets = time_gap_buckets(ts, mask, num_buckets=32, max_seconds=365 * 24 * 3600)
+    assert buckets[0, 0] == 0 and buckets[0, 1] == 0  # padding, then first event: no previous event
+    assert buckets[0, 3] == 1  # negative gap counts as 0 s
+    assert buckets[0, 2] > buckets[0, 4] > 1  # 10 s is a longer gap than 5 s
+    assert buckets[0, 5] == 31  # beyond the largest edge: last bucket
+
+
+@pytest.mark.parametrize(
+    ("change", "message"),
+    [
+        (dict(input_ids=torch.tensor([[1, 2, 41]])), r"input_ids contains 41, outside the valid range \[0, 40\]"),
+        (dict(input_ids=torch.tensor([[1, -2, 4]])), r"input_ids contains -2"),
+        (dict(labels=torch.tensor([[1, 2, 99]])), r"labels contains 99, outside the valid range \[1, 40\]"),
+        (dict(labels=torch.tensor([[1, 2]])), r"labels has shape \(1, 2\) but input_ids has shape \(1, 3\)"),
+        (dict(timestamps=torch.tensor([[1, 2]])), r"timestamps has shape"),
+        (dict(action_ids=torch.tensor([[0, 1, 7]])), r"action_ids contains 7"),
+        (dict(input_ids=torch.ones(1, 17, dtype=torch.long)), r"History length 17 exceeds max_position_embeddings"),
+        (dict(input_ids=torch.ones(3, dtype=torch.long)), r"input_ids must be 2-D"),
+    ],
+)
+def test_bad_inputs_raise_clear_errors(tiny_model, change, message):
+    inputs = dict(input_ids=torch.tensor([[1, 2, 3]]))
+    inputs.update(change)
+    with pytest.raises(ValueError, match=message):
+        tiny_model(**inputs)
+
+
+def test_sampled_and_projected_heads_train():
+    torch.manual_seed(0)
+    config = tiny_config(loss_type="sampled", num_negatives=8, head_projection_ratio=2, tie_word_embeddings=False)
+    model = GenRecForNextItemPrediction(config).train()
+    batch = _batch()
+    labels = torch.roll(batch["input_ids"], -1, dims=1)
+    optimizer = torch.optim.Adam(model.parameters(), lr=1e-2)
+    losses = []
+    for _ in range(30):
+        loss = model(**batch, labels=labels).loss
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+        losses.append(loss.item())
+    assert losses[-1] < 0.5 * losses[0]
+    assert model(**batch).user_embeddings.shape == (3, 16)
+
+
+def test_popularity_sampler_uses_saved_frequencies_and_logq(tmp_path):
+    from genrec_hf.models.genrec.losses import item_log_probabilities, sample_negatives, sampled_softmax_loss
+
+    config = tiny_config(loss_type="sampled", num_negatives=16, negative_sampler="popularity", sampler_alpha=0.5)
+    assert config.uses_logq_correction and not tiny_config(loss_type="sampled").uses_logq_correction
+    model = GenRecForNextItemPrediction(config).eval()
+    counts = torch.arange(41, dtype=torch.float64) ** 2
+    model.set_item_frequencies(counts)
+    torch.testing.assert_close(model.head.item_log_q, item_log_probabilities(counts, 0.5))
+    model.save_pretrained(tmp_path)
+    loaded = GenRecForNextItemPrediction.from_pretrained(tmp_path).eval()
+    torch.testing.assert_close(loaded.head.item_log_q, model.head.item_log_q)
+
+    queries, targets = torch.randn(5, 32), torch.randint(1, 41, (5,))
+    torch.manual_seed(11)
+    got = loaded.loss_sum(queries, targets)
+    torch.manual_seed(11)
+    negatives = sample_negatives(41, (16,), item_log_q=model.head.item_log_q)
+    expected = sampled_softmax_loss(queries, model.item_vectors, targets, negatives, item_log_q=model.head.item_log_q)
+    torch.testing.assert_close(got, expected)
+    with pytest.raises(ValueError, match=r"expected \(41,\)"):
+        model.set_item_frequencies(torch.ones(40))
+
+
+def test_full_softmax_model_has_no_sampler_state():
+    model = GenRecForNextItemPrediction(tiny_config())
+    assert model.head.item_log_q is None
+    model.set_item_frequencies(torch.ones(41))  # nothing to do, no error
+    assert "head.item_log_q" not in model.state_dict()
+
+
+@pytest.mark.parametrize("field,value,message", [
+    ("negative_sampler", "zipf", "one of"), ("sampler_alpha", -1.0, r"\[0, 2\]"), ("logq_correction", "yes", "None"),
+])
+def test_sampler_config_errors(field, value, message):
+    with pytest.raises(ValueError, match=message):
+        tiny_config(loss_type="sampled", **{field: value})

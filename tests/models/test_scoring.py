@@ -1,0 +1,130 @@
+"""Chunked top-k and target ranks against brute force (full score matrix + sort / plain Python loops)."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from genrec_hf.models.genrec.scoring import chunked_target_ranks, chunked_topk, score_items
+
+
+def _integer_problem(seed=0, batch=6, items=23, dim=3):
+    """Small integer vectors, so exact score ties between items exist."""
+    g = torch.Generator().manual_seed(seed)
+    queries = torch.randint(-2, 3, (batch, dim), generator=g).float()
+    vectors = torch.randint(-2, 3, (items, dim), generator=g).float()
+    targets = torch.randint(1, items, (batch,), generator=g)
+    exclude = torch.randint(0, items, (batch, 5), generator=g)
+    exclude[:, 0] = targets  # the target in the history must still be ranked
+    exclude[:, 1] = exclude[:, 2]  # duplicates
+    exclude[0, 3:] = 0  # padding inside the history
+    return queries, vectors, targets, exclude
+
+
+def reference_ranks(queries, vectors, targets, exclude=None):
+    """1 + #{j not padding, not excluded, not the target: s_j >= s_target}, one user at a time in Python."""
+    ranks = []
+    for row, (q, t) in enumerate(zip(queries, targets.tolist())):
+        scores = (vectors @ q).tolist()
+        skip = {0, t} | (set(exclude[row].tolist()) if exclude is not None else set())
+        ranks.append(1 + sum(1 for j, s in enumerate(scores) if j not in skip and s >= scores[t]))
+    return torch.tensor(ranks)
+
+
+def test_problem_has_ties():
+    queries, vectors, targets, _ = _integer_problem()
+    scores = queries @ vectors.T
+    assert any(len(set(row.tolist())) < row.numel() for row in scores)
+
+
+@pytest.mark.parametrize("chunk_size", [1, 4, 7, 23, 100])
+@pytest.mark.parametrize("with_exclude", [True, False])
+def test_target_ranks_match_reference(chunk_size, with_exclude):
+    queries, vectors, targets, exclude = _integer_problem()
+    exclude = exclude if with_exclude else None
+    expected = reference_ranks(queries, vectors, targets, exclude)
+    got = chunked_target_ranks(queries, vectors, targets, exclude=exclude, chunk_size=chunk_size)
+    assert torch.equal(got, expected)
+
+
+def test_target_ranks_temperature_and_l2_match_dense_scores():
+    g = torch.Generator().manual_seed(7)
+    queries, vectors = torch.randn(4, 5, generator=g), torch.randn(31, 5, generator=g)
+    targets = torch.tensor([1, 7, 30, 12])
+    got = chunked_target_ranks(queries, vectors, targets, chunk_size=6, temperature=0.05, l2_normalize=True)
+    dense = score_items(queries, vectors, temperature=0.05, l2_normalize=True)
+    expected = [1 + int(((dense[i] >= dense[i, t]) & (torch.arange(31) != t) & (torch.arange(31) != 0)).sum())
+                for i, t in enumerate(targets.tolist())]
+    assert got.tolist() == expected
+
+
+def test_constant_model_ranks_last():
+    vectors = torch.ones(11, 4)
+    queries = torch.ones(3, 4)
+    ranks = chunked_target_ranks(queries, vectors, torch.tensor([1, 5, 10]), chunk_size=3)
+    assert ranks.tolist() == [10, 10, 10]  # 10 rankable items, ties pessimistic
+    # excluding 3 other items leaves 7 rankable items
+    ranks = chunked_target_ranks(queries, vectors, torch.tensor([1, 5, 10]), exclude=torch.tensor([[2, 3, 4]] * 3))
+    assert ranks.tolist() == [7, 7, 7]
+
+
+def test_nan_scores_are_pessimistic():
+    vectors = torch.randn(9, 3)
+    queries = torch.randn(2, 3)
+    queries[0] = float("nan")  # a diverged user embedding: the target must rank last, not first
+    vectors[4] = float("nan")  # one broken item beats every target it is compared with
+    ranks = chunked_target_ranks(queries, vectors, torch.tensor([2, 4]), chunk_size=4)
+    assert ranks[0] == 8
+    assert ranks[1] == 8  # the target itself is NaN
+    clean = chunked_target_ranks(queries[1:], vectors, torch.tensor([2]), chunk_size=4)
+    assert clean[0] >= 2  # item 4 (NaN) counts against it
+
+
+def _brute_topk(queries, vectors, k, exclude=None, allowed=None):
+    full = queries @ vectors.T
+    full[:, 0] = float("-inf")
+    if exclude is not None:
+        full.scatter_(1, exclude, float("-inf"))
+    if allowed is not None:
+        full[:, ~allowed] = float("-inf")
+    return full.sort(dim=1, descending=True)  # full sort, then cut
+
+
+@pytest.mark.parametrize("chunk_size", [2, 3, 5, 50])  # 2 and 3 are smaller than k=4 / 9
+@pytest.mark.parametrize("k", [1, 4, 9])
+@pytest.mark.parametrize("filters", ["none", "exclude", "allowed", "both"])
+def test_topk_matches_brute_force(chunk_size, k, filters):
+    g = torch.Generator().manual_seed(1)
+    queries, vectors = torch.randn(5, 8, generator=g), torch.randn(30, 8, generator=g)
+    exclude = torch.randint(0, 30, (5, 6), generator=g) if filters in ("exclude", "both") else None
+    allowed = (torch.rand(30, generator=g) > 0.3) if filters in ("allowed", "both") else None
+    scores, index = chunked_topk(queries, vectors, k, exclude=exclude, allowed=allowed, chunk_size=chunk_size)
+    sorted_scores, sorted_index = _brute_topk(queries, vectors, k, exclude, allowed)
+    torch.testing.assert_close(scores, sorted_scores[:, :k])
+    finite = torch.isfinite(sorted_scores[:, :k])
+    assert torch.equal(index[finite], sorted_index[:, :k][finite])  # random scores: no ties, order is unique
+    assert (index[finite] != 0).all()
+    if exclude is not None:
+        for row in range(5):
+            assert not set(index[row][finite[row]].tolist()) & set(exclude[row].tolist())
+    if allowed is not None:
+        assert allowed[index[finite]].all()
+
+
+def test_topk_with_tied_scores_returns_a_valid_top_set():
+    queries, vectors, _, exclude = _integer_problem(seed=2)
+    scores, index = chunked_topk(queries, vectors, 5, exclude=exclude, chunk_size=3)
+    full = queries @ vectors.T
+    full[:, 0] = float("-inf")
+    full.scatter_(1, exclude, float("-inf"))
+    expected = full.topk(5, dim=1).values
+    assert torch.equal(scores, expected)  # the score multiset is unique even with ties
+    assert torch.equal(full.gather(1, index), scores)  # and each returned index really has that score
+
+
+def test_topk_never_returns_padding_and_caps_k():
+    scores, index = chunked_topk(torch.ones(2, 2), torch.ones(4, 2), k=10, chunk_size=2)
+    assert index.shape == (2, 3) and (index > 0).all()
+    # everything excluded: -inf slots hold index 0 (never a real item)
+    scores, index = chunked_topk(torch.ones(1, 2), torch.ones(4, 2), k=2, exclude=torch.tensor([[1, 2, 3]]))
+    assert torch.isinf(scores).all() and (index == 0).all()

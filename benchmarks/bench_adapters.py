@@ -112,8 +112,9 @@ def main() -> None:
     parser.add_argument("--out", default=str(REPO / "benchmarks" / "results_adapters.md"))
     args = parser.parse_args()
 
+    load = ", ".join(f"{x:.1f}" for x in os.getloadavg())
     lines = [f"# Adapters vs full fine-tune vs scratch ({date.today()}, {platform.machine()}, "
-             f"{os.cpu_count()} CPUs shared, torch {torch.__version__})", "",
+             f"{os.cpu_count()} CPUs, load average {load} at start, torch {torch.__version__})", "",
              f"Command: `python benchmarks/bench_adapters.py {' '.join(sys.argv[1:])}`", "",
              f"Base: `{args.preset}` pre-trained {args.pretrain_epochs} epochs (cap 3 min) on events before every "
              f"task's validation anchor; fine-tune: ≤{args.epochs} epochs, early stopping 2, ≤{args.minutes} min, "

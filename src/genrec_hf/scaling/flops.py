@@ -38,23 +38,22 @@ PAPER_HEAD_FACTOR = 12.0
 
 
 def backbone_parameters(config_or_dims: GenRecConfig | Mapping[str, Any]) -> int:
-    """Weights of the transformer blocks + final norm (no embeddings, no head).
+    """Weights of the transformer blocks + final norm (no embeddings, no head): `count_backbone_parameters`.
 
-    A `GenRecConfig` is counted exactly by instantiating it on the meta device; a mapping of dims
-    (`num_hidden_layers`, `hidden_size`, `intermediate_size`, optional `mlp_type` = "gated" | "mlp" and
-    `norm_type` = "rmsnorm" | "layernorm") is counted with the same layer formulas analytically.
+    A mapping of dims (`num_hidden_layers`, `hidden_size`, optional `intermediate_size` (default 4·d), `mlp_type`
+    = "gated" | "mlp" and `norm_type` = "rmsnorm" | "layernorm") is turned into a `GenRecConfig` and counted the
+    same way, on the meta device, so there is one way of counting a backbone.
     """
     if isinstance(config_or_dims, GenRecConfig):
         return count_backbone_parameters(config_or_dims)
     dims = dict(config_or_dims)
-    layers, d, inner = dims["num_hidden_layers"], dims["hidden_size"], dims.get("intermediate_size", 4 * dims["hidden_size"])
-    attention = 4 * d * d  # q, k, v, o projections, no bias
-    if dims.get("mlp_type", "gated") == "gated":
-        mlp = 3 * d * inner  # gate, up, down, no bias
-    else:
-        mlp = 2 * d * inner + inner + d  # up, down with biases
-    norm = (2 if dims.get("norm_type", "rmsnorm") == "layernorm" else 1) * d
-    return layers * (attention + mlp + 2 * norm) + norm
+    d = _get(dims, "hidden_size")
+    config = GenRecConfig(
+        vocab_size=2, hidden_size=d, num_hidden_layers=_get(dims, "num_hidden_layers"), num_attention_heads=1,
+        intermediate_size=dims.get("intermediate_size", 4 * d), mlp_type=dims.get("mlp_type", "gated"),
+        norm_type=dims.get("norm_type", "rmsnorm"), position_encoding="none",
+    )
+    return count_backbone_parameters(config)
 
 
 def backbone_flops_per_token(config_or_dims: GenRecConfig | Mapping[str, Any], seq_len: int) -> float:

@@ -64,3 +64,65 @@ def test_overrides_and_missing_file(tmp_path):
     assert recipe.output_dir == "elsewhere"
     with pytest.raises(FileNotFoundError, match="does not exist"):
         load_recipe(tmp_path / "nope.yaml")
+
+
+@pytest.mark.parametrize(
+    ("raw", "message"),
+    [
+        ({"evaluation": {"exclude_history": "maybe"}}, r"evaluation.exclude_history='maybe' has the wrong type: "
+                                                        r"expected bool"),
+        ({"data": {"max_length": "fifty"}}, r"data.max_length='fifty' has the wrong type: expected int"),
+        ({"data": {"max_length": 0}}, r"data.max_length=0; expected a positive integer"),
+        ({"evaluation": {"early_stopping_patience": "3"}}, r"early_stopping_patience='3' has the wrong type"),
+        ({"evaluation": {"ks": [10, "x"]}}, r"evaluation.ks=\[10, 'x'\] has the wrong type: expected a list of int"),
+        ({"seed": "zero"}, r"seed='zero' has the wrong type: expected int"),
+        ({"seed": True}, r"seed=True has the wrong type: expected int"),
+        ({"max_train_minutes": "soon"}, r"max_train_minutes='soon' has the wrong type: expected float or null"),
+        ({"max_train_minutes": -1}, r"max_train_minutes=-1; expected a positive number"),
+        ({"training": {"num_train_epochs": "three"}}, r"training.num_train_epochs='three' has the wrong type"),
+        ({"training": {"learning_rate": "fast"}}, r"training.learning_rate='fast' has the wrong type"),
+        ({"training": {"per_device_train_batch_size": 1.5}}, r"per_device_train_batch_size=1.5 has the wrong type"),
+        ({"model": {"overrides": {"hidden_size": "big"}}}, r"model.overrides.hidden_size='big' has the wrong type: "
+                                                         r"expected int"),
+        ({"training": ["a"]}, r"training: expected a mapping"),
+    ],
+)
+def test_recipe_values_are_type_checked_before_any_work(raw, message):
+    """Catches recipe values of the wrong type reaching training: `exclude_history: maybe` used to train and record
+    'history excluded=maybe', and a string epoch count failed with a TypeError deep inside TrainingArguments."""
+    with pytest.raises(ValueError, match=message):
+        recipe_from_dict(raw)
+
+
+def test_numeric_values_of_the_right_kind_pass():
+    """Catches over-strict checking: YAML ints where floats are expected (lr 1, minutes 2) are valid."""
+    recipe = recipe_from_dict({"max_train_minutes": 2, "training": {"learning_rate": 1, "num_train_epochs": 3},
+                               "evaluation": {"early_stopping_patience": None}})
+    assert recipe.max_train_minutes == 2 and recipe.training["learning_rate"] == 1
+
+
+def test_pretrain_and_finetune_share_one_schema():
+    """Catches the two recipe kinds drifting apart again: shared keys are declared once, in the bases."""
+    import dataclasses
+
+    from genrec_hf.training.recipes import (DataSection, EvaluationSection, FinetuneRecipe, Recipe, RecipeBase)
+
+    base = {f.name for f in dataclasses.fields(RecipeBase)}
+    for kind in (Recipe, FinetuneRecipe):
+        fields = {f.name: f for f in dataclasses.fields(kind)}
+        assert base <= set(fields)
+        hints = __import__("typing").get_type_hints(kind)
+        assert issubclass(hints["data"], DataSection) and issubclass(hints["evaluation"], EvaluationSection)
+    with pytest.raises(ValueError, match=r"unknown top-level key\(s\) \['mode'\]"):
+        recipe_from_dict({"mode": "lora"})  # a finetune key is not a pretrain key
+    finetune = recipe_from_dict({"mode": "full", "data": {"max_length": 20}}, kind=FinetuneRecipe)
+    assert finetune.mode == "full" and finetune.training_arguments().num_train_epochs == 10
+
+
+@pytest.mark.parametrize("content", [b"- a\n- b\n", b"\x00\x01\xff\xfe binary"], ids=["yaml-list", "binary"])
+def test_a_recipe_that_is_not_a_mapping_is_a_clear_error(tmp_path, content):
+    """Catches a YAML list or a binary file as recipe ending in an AttributeError / UnicodeDecodeError traceback."""
+    path = tmp_path / "r.yaml"
+    path.write_bytes(content)
+    with pytest.raises(ValueError, match=r"r.yaml: (a recipe must be a YAML mapping|not a valid YAML recipe)"):
+        load_recipe(path)

@@ -22,6 +22,7 @@ from typing import Any, ClassVar, TypeVar
 
 import torch
 import yaml
+from huggingface_hub.errors import StrictDataclassClassValidationError
 from transformers import TrainingArguments
 
 from ..evaluation import DEFAULT_KS
@@ -162,9 +163,14 @@ class Recipe(RecipeBase):
         bad = sorted(set(self.model.overrides) - config_fields)
         if bad:
             raise ValueError(f"{source}: model.overrides: unknown GenRecConfig field(s) {bad}.")
+        hints = typing.get_type_hints(GenRecConfig.__init__)
+        for key, value in self.model.overrides.items():
+            if key in hints and not _matches(value, hints[key]):
+                raise ValueError(f"{source}: model.overrides.{key}={value!r} has the wrong type: expected "
+                                 f"{_type_name(hints[key])}.")
         try:
             GenRecConfig.from_preset(self.model.preset, **self.model.overrides)
-        except (ValueError, TypeError) as error:
+        except (ValueError, TypeError, StrictDataclassClassValidationError) as error:
             raise ValueError(f"{source}: model: {error}") from None
         if self.data.split not in ("leave_one_out", "time"):
             raise ValueError(f"{source}: data.split={self.data.split!r}; expected 'leave_one_out' or 'time'.")

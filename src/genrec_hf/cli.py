@@ -1,7 +1,7 @@
 """`genrec-hf` command line: train, finetune, evaluate, recommend, card.
 
-Every command has `--help`. Errors a user can fix (missing file, bad column, unknown item) are printed as one clear
-line and exit with status 2, not as a traceback.
+Every command has `--help`. Errors a user can fix (missing file, bad column, unknown item, unwritable folder,
+unreadable weights) are printed as one clear line and exit with status 2; `--debug` shows the traceback instead.
 """
 
 from __future__ import annotations
@@ -12,6 +12,8 @@ import logging
 import sys
 from pathlib import Path
 from typing import Any, Callable
+
+from safetensors import SafetensorError
 
 logger = logging.getLogger("genrec_hf")
 
@@ -99,9 +101,17 @@ def cmd_finetune(args: argparse.Namespace, extra: list[str]) -> int:
 def cmd_evaluate(args: argparse.Namespace, extra: list[str]) -> int:
     from .evaluation.saved_models import evaluate_saved_model
 
-    output = Path(args.output) if args.output else Path(args.model_dir) / f"eval_results_{args.split}.json"
+    model_dir = Path(args.model_dir)
+    if not model_dir.is_dir():
+        raise FileNotFoundError(f"model folder {model_dir} does not exist or is not a folder; expected a folder "
+                                "written by `genrec-hf train`.")
+    output = Path(args.output) if args.output else model_dir / f"eval_results_{args.split}.json"
+    if output.is_dir():
+        raise IsADirectoryError(f"--output {output} is a folder; expected a JSON file path.")
     if output.exists() and not args.overwrite:
         raise FileExistsError(f"{output} exists; pass --overwrite to replace it or --output to write elsewhere.")
+    if not output.parent.is_dir():
+        raise FileNotFoundError(f"--output {output}: folder {output.parent} does not exist; create it first.")
     metrics = evaluate_saved_model(args.model_dir, args.data, format=args.format, split=args.split,
                                    max_length=args.max_length, batch_size=args.batch_size,
                                    exclude_history=not args.include_history)
@@ -139,9 +149,36 @@ def cmd_card(args: argparse.Namespace, extra: list[str]) -> int:
     return 0
 
 
+def _positive_int(text: str) -> int:
+    """argparse type: an integer >= 1 (argparse names the flag in its error)."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}")
+    return value
+
+
+def _int_list(text: str) -> str:
+    """argparse type: comma-separated integers such as '1700000000,1700000100'; returned unchanged once checked."""
+    for part in text.split(",") if text.strip() else []:
+        try:
+            int(part)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected comma-separated integers (unix seconds), got {part.strip()!r} "
+                                             f"in {text!r}") from None
+    return text
+
+
+_GLOBAL_FLAGS = {"--debug": "debug", "-v": "verbose", "--verbose": "verbose"}
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="genrec-hf", description="Generative recommenders on the HF stack.")
     parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+    parser.add_argument("--debug", action="store_true",
+                        help="show the full traceback of an error instead of the one-line message")
     sub = parser.add_subparsers(dest="command", required=True)
 
     p = sub.add_parser("train", help="train a model from a YAML recipe",
@@ -172,8 +209,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--data", required=True, help="events: a path or 'synthetic' (same as a recipe's data.source)")
     p.add_argument("--format", default=None, help="loader name when it cannot be detected from the path")
     p.add_argument("--split", default="test", choices=["validation", "test"])
-    p.add_argument("--max_length", type=int, default=None, help="history length (default: the model's maximum)")
-    p.add_argument("--batch_size", type=int, default=256)
+    p.add_argument("--max_length", type=_positive_int, default=None,
+                   help="history length (default: the model's maximum)")
+    p.add_argument("--batch_size", type=_positive_int, default=256)
     p.add_argument("--include_history", action="store_true", help="also rank items already in the history")
     p.add_argument("--output", default=None, help="JSON file (default MODEL_DIR/eval_results_SPLIT.json)")
     p.add_argument("--overwrite", action="store_true", help="replace an existing output file")
@@ -182,8 +220,9 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("recommend", help="top-k items after a history of raw item ids")
     p.add_argument("model_dir")
     p.add_argument("--history", required=True, help="comma-separated raw item ids, oldest first")
-    p.add_argument("--timestamps", default=None, help="comma-separated unix seconds, one per history item")
-    p.add_argument("--k", type=int, default=10)
+    p.add_argument("--timestamps", type=_int_list, default=None,
+                   help="comma-separated unix seconds, one per history item")
+    p.add_argument("--k", type=_positive_int, default=10)
     p.add_argument("--include_seen", action="store_true", help="allow items already in the history")
     p.add_argument("--json", action="store_true", help="print JSON instead of a table")
     p.set_defaults(func=cmd_recommend)
@@ -198,12 +237,33 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-USER_ERRORS = (ValueError, FileNotFoundError, FileExistsError, KeyError, RuntimeError)
+USER_ERRORS: tuple[type[BaseException], ...] = (ValueError, KeyError, RuntimeError, OSError, SafetensorError)
+
+
+def _one_line(error: BaseException, args: argparse.Namespace) -> str:
+    """A user error as one line: OSErrors as 'path: reason', unreadable weights with the model folder."""
+    if isinstance(error, KeyError) and error.args:
+        message = str(error.args[0])
+    elif isinstance(error, OSError) and error.filename is not None and error.strerror:
+        message = f"{error.filename}: {error.strerror}"
+        if error.filename2 is not None:
+            message += f" ({error.filename2})"
+    elif isinstance(error, SafetensorError):
+        folder = getattr(args, "model_dir", None) or getattr(args, "base_dir", None)
+        message = (f"cannot read the model weights{f' in {folder}' if folder else ''}: a .safetensors file is "
+                   f"truncated or not in safetensors format ({error}); save or download the model again.")
+    else:
+        message = str(error) or type(error).__name__
+    return " ".join(message.split())
 
 
 def main(argv: list[str] | None = None) -> int:
+    """Run one command; user errors print `genrec-hf <command>: error: ...` and return 2 (`--debug`: traceback)."""
     parser = build_parser()
     args, extra = parser.parse_known_args(argv)
+    for flag in [token for token in extra if token in _GLOBAL_FLAGS]:  # also accepted after the command
+        setattr(args, _GLOBAL_FLAGS[flag], True)
+        extra.remove(flag)
     if extra and not getattr(args, "allow_extra", False):
         parser.error(f"unrecognized arguments: {' '.join(extra)}")
     logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO,
@@ -212,10 +272,9 @@ def main(argv: list[str] | None = None) -> int:
     try:
         return func(args, extra)
     except USER_ERRORS as error:
-        if args.verbose:
+        if args.debug:
             raise
-        message = error.args[0] if isinstance(error, KeyError) and error.args else error
-        print(f"genrec-hf {args.command}: error: {message}", file=sys.stderr)
+        print(f"genrec-hf {args.command}: error: {_one_line(error, args)}", file=sys.stderr)
         return 2
 
 

@@ -5,10 +5,11 @@ from __future__ import annotations
 import logging
 import re
 
+import pandas as pd
 import pytest
 
-from genrec_hf.data import (ItemVocab, NextItemCollator, generate_synthetic, load_interactions, sliding_windows,
-                            time_split)
+from genrec_hf.data import (ItemVocab, NextItemCollator, build_interactions, generate_synthetic, leave_one_out,
+                            load_interactions, sliding_windows, time_split)
 
 
 def write(path, text: str):
@@ -154,3 +155,144 @@ def test_split_and_collator_misuse(tmp_path):
         NextItemCollator(4, mode="eval")([{"user_id": "x", "item_ids": [3]}])
     with pytest.raises(ValueError, match="mode='test'"):
         NextItemCollator(4, mode="test")
+
+
+@pytest.mark.parametrize("value", ["inf", "-inf", "1e30", "253402300800"])
+def test_infinite_or_huge_timestamp_in_csv_is_refused(tmp_path, value):
+    """Bug: `inf` / `1e30` timestamps became INT64_MIN (numpy cast warning only); now an error names line and value."""
+    path = write(tmp_path / "log.csv", f"user_id,item_id,timestamp\n1,10,100\n1,11,{value}\n1,12,300\n")
+    with pytest.raises(ValueError, match=rf"log.csv, line 3: column 'timestamp' has '{re.escape(value)}'; expected "
+                                         r"unix seconds of a date between years 1 and 9999"):
+        load_interactions(path)
+
+
+def test_millisecond_timestamps_get_a_hint(tmp_path):
+    """Bug: millisecond times (year ~55000 as seconds) passed silently; the error now suggests converting them."""
+    path = write(tmp_path / "log.csv", "user_id,item_id,timestamp\n1,10,1700000000000\n1,11,1700000001000\n")
+    with pytest.raises(ValueError, match=r"line 2: .*'1700000000000'.*milliseconds or microseconds\?"):
+        load_interactions(path)
+
+
+def test_infinite_or_huge_timestamp_in_parquet_is_refused(tmp_path):
+    """Bug: float Parquet timestamps inf / 1e30 became INT64_MIN; now the row and the value are named."""
+    path = tmp_path / "log.parquet"
+    frame = pd.DataFrame({"user_id": [1, 1, 1], "item_id": [10, 11, 12], "timestamp": [1.0, 2.0, float("inf")]})
+    frame.to_parquet(path)
+    with pytest.raises(ValueError, match=r"log.parquet, row 2: column 'timestamp' has 'inf'; expected unix seconds"):
+        load_interactions(path)
+    pd.DataFrame({"user_id": [1, 1], "item_id": [10, 11], "timestamp": [1e30, 2.0]}).to_parquet(path)
+    with pytest.raises(ValueError, match=r"log.parquet, row 0: column 'timestamp' has '1e\+30'; expected unix"):
+        load_interactions(path)
+
+
+def test_infinite_or_huge_timestamp_in_recbole_and_movielens_is_refused(tmp_path):
+    """Bug: RecBole `timestamp:float` 1e30 and u.data 1e30 overflowed to INT64_MIN; now errors name the line."""
+    inter = write(tmp_path / "x.inter", "user_id:token\titem_id:token\ttimestamp:float\n1\t2\t5\n1\t3\t1e30\n")
+    with pytest.raises(ValueError, match=r"x.inter, line 3: column 'timestamp' has '1e30'; expected unix seconds"):
+        load_interactions(inter)
+    write(inter, "user_id:token\titem_id:token\ttimestamp:float\n1\t2\t5\n1\t3\tinf\n")
+    with pytest.raises(ValueError, match=r"x.inter, line 3: column 'timestamp' has 'inf'; expected a number"):
+        load_interactions(inter)
+    folder = tmp_path / "ml-100k"
+    folder.mkdir()
+    write(folder / "u.data", "1\t10\t5\t100\n1\t20\t3\t9000000000000\n")
+    with pytest.raises(ValueError, match=r"u.data, line 2: column 'timestamp' has '9000000000000'; expected unix"):
+        load_interactions(folder)
+    write(folder / "u.data", "1\t10\t5\t100\n1\t20\t3\t1e30\n")
+    with pytest.raises(ValueError, match=r"u.data, line 2: column 'timestamp' has '1e\+30'; expected an integer"):
+        load_interactions(folder)
+
+
+def test_timestamp_error_names_the_bad_line_not_line_2(tmp_path):
+    """Bug: a bad timestamp on line 10 was reported as line 2 with that line's valid value ('100')."""
+    rows = "".join(f"1,{i},{100 + i}\n" for i in range(8))  # lines 2..9
+    path = write(tmp_path / "log.csv", f"user_id,item_id,timestamp\n{rows}1,9,abc\n")
+    with pytest.raises(ValueError, match=r"log.csv, line 10: column 'timestamp' has 'abc'; expected unix seconds "
+                                         r"\(a number, as on line 2: '100'\)"):
+        load_interactions(path)
+    dates = write(tmp_path / "dates.csv", "user_id,item_id,timestamp\n1,1,2024-01-01\n1,2,2024-01-02\n1,3,1700000000\n")
+    with pytest.raises(ValueError, match=r"dates.csv, line 4: column 'timestamp' has '1700000000'; expected a "
+                                         r"date/time as on line 2 \('2024-01-01'\), not unix seconds"):
+        load_interactions(dates)
+    empty = write(tmp_path / "empty.csv", "user_id,item_id,timestamp\n1,1,100\n1,2,\n")
+    with pytest.raises(ValueError, match=r"empty.csv, line 3: column 'timestamp' is empty; expected a timestamp"):
+        load_interactions(empty)
+
+
+def test_float_ids_are_never_truncated_or_merged(tmp_path):
+    """Bug: float ids could be truncated or merged ('12.7' → 12, '12.0' = '12'). CSV ids stay exactly as written;
+    MovieLens ids (integers by definition) and float Parquet columns refuse non-integers."""
+    csv = write(tmp_path / "log.csv", "user_id,item_id,timestamp\n1,12.7,100\n1,12,101\n1,12.0,102\n")
+    assert sorted(load_interactions(csv).vocab.raw_ids) == ["12", "12.0", "12.7"]
+    folder = tmp_path / "ml-100k"
+    folder.mkdir()
+    write(folder / "u.data", "1\t12\t5\t100\n1\t12.7\t3\t200\n")
+    with pytest.raises(ValueError, match=r"u.data, line 2: column 'item id' has '12.7'; expected an integer id"):
+        load_interactions(folder)
+    write(folder / "u.data", "1\t12\t5\t100\n1\t13\t3\t200\n2\t12.0\t3\t300\n")
+    with pytest.raises(ValueError, match=r"u.data, line 3: column 'item id' has '12.0'; expected an integer id"):
+        load_interactions(folder)
+    parquet = tmp_path / "log.parquet"
+    pd.DataFrame({"user_id": [1, 1, 1], "item_id": [12.0, 13.0, 12.7], "timestamp": [1, 2, 3]}).to_parquet(parquet)
+    with pytest.raises(ValueError, match=r"log.parquet, row 2: column 'item_id' has '12.7' in a float column; "
+                                         r"expected integer or string ids"):
+        load_interactions(parquet)
+    frame = pd.DataFrame({"user_id": [1.0, 1.0, 1.0], "item_id": [12.0, 13.0, 14.0], "timestamp": [1, 2, 3]})
+    frame.to_parquet(parquet)
+    data = load_interactions(parquet)  # integral floats (a nullable int column saved by pandas) print as integers
+    assert data.vocab.raw_ids == ["12", "13", "14"] and data.sequences["user_id"] == ["1"]
+
+
+def test_leave_one_out_with_short_users_says_what_it_needs():
+    """Bug: users with only 2–3 events gave an empty train split and `num_samples=0` deep in training."""
+    events = pd.DataFrame([(u, str(i), i) for u, n in (("a", 2), ("b", 3), ("c", 3)) for i in range(n)],
+                          columns=["user_id", "item_id", "timestamp"])
+    data = build_interactions(events, name="short")
+    with pytest.raises(ValueError, match=r"leave-one-out of short: the train split is empty\. Leave-one-out needs "
+                                         r"users with >= 4 events for train .* no user has >= 4: of 3 users, 1 user "
+                                         r"has 2 events, 2 users have 3 events"):
+        leave_one_out(data)
+
+
+def test_time_split_with_an_empty_side_names_the_cut():
+    """Bug: a time split with no test (or train) users was only found after training; now it fails up front."""
+    events = pd.DataFrame([("a", "1", 10), ("a", "2", 20), ("a", "3", 30), ("b", "1", 10), ("b", "2", 20)],
+                          columns=["user_id", "item_id", "timestamp"])
+    data = build_interactions(events, name="toy")
+    with pytest.raises(ValueError, match=r"time split of toy at cut 100 \(given cut; event times span 10\.\.30\): "
+                                         r"the test split is empty\..* of 2 users, 2 have >= 2 events before the cut "
+                                         r"and 0 have events on both sides \(5 events before, 0 at/after\)"):
+        time_split(data, cut=100)
+    with pytest.raises(ValueError, match=r"at cut 10 \(given cut.*the train and validation splits are empty"):
+        time_split(data, cut=10)
+    with pytest.raises(ValueError, match=r"\(quantile 0\.1 of event times;"):
+        time_split(data, quantile=0.1)
+
+
+def test_leave_one_out_required_splits():
+    """Evaluating only the test split of short histories still works when the caller asks for it alone."""
+    events = pd.DataFrame([(u, str(i), i) for u in ("a", "b") for i in range(2)],
+                          columns=["user_id", "item_id", "timestamp"])
+    data = build_interactions(events, name="pairs")
+    with pytest.raises(ValueError, match=r"the train split is empty.* of 2 users, 2 users have 2 events"):
+        leave_one_out(data)
+    splits = leave_one_out(data, required=("test",))
+    assert splits["test"]["user_id"] == ["a", "b"] and len(splits["train"]) == 0
+    with pytest.raises(ValueError, match=r"unknown split\(s\) \['tset'\]"):
+        leave_one_out(data, required=("tset",))
+
+
+def test_build_interactions_refuses_infinite_times_and_float_ids():
+    """Bug: `build_interactions` cast inf timestamps to INT64_MIN and kept float ids as '12.0' / '12.7'."""
+    events = pd.DataFrame({"user_id": ["a", "a"], "item_id": ["1", "2"], "timestamp": [1.0, float("inf")]})
+    with pytest.raises(ValueError, match=r"toy events, row 1: column 'timestamp' has 'inf'; expected a number"):
+        build_interactions(events, name="toy")
+    events["timestamp"] = [1, 10 ** 15]
+    with pytest.raises(ValueError, match=r"toy events, row 1: column 'timestamp' has '1000000000000000'; expected "
+                                         r"unix seconds"):
+        build_interactions(events, name="toy")
+    events = pd.DataFrame({"user_id": ["a", "a"], "item_id": [12.0, 12.7], "timestamp": [1, 2]})
+    with pytest.raises(ValueError, match=r"toy events, row 1: column 'item_id' has '12.7' in a float column"):
+        build_interactions(events, name="toy")
+    events["item_id"] = [12.0, 13.0]
+    assert build_interactions(events, name="toy").vocab.raw_ids == ["12", "13"]

@@ -18,6 +18,7 @@ import pyarrow as pa
 from datasets import Dataset, DatasetInfo, Features, Sequence, Value
 from datasets.table import InMemoryTable
 
+from ._parsing import MAX_UNIX_SECONDS, MIN_UNIX_SECONDS, exact_ids, parse_numbers, unix_seconds
 from .vocab import ItemVocab, sort_raw_ids
 
 logger = logging.getLogger(__name__)
@@ -84,8 +85,9 @@ def build_interactions(
     """Events → `InteractionData`: dedup, k-core, short-user filter, vocabulary, per-user time-ordered rows.
 
     Args:
-        events: columns `user_id`, `item_id` (str), `timestamp` (int64), `rating` (float, NaN = absent) and
-            optionally `action` (int >= 0). Rows in file order; ties in time keep that order.
+        events: columns `user_id`, `item_id` (str; a float column must hold integers, 12.0 → "12"), `timestamp`
+            (unix seconds within years 1..9999), `rating` (float, NaN = absent) and optionally `action` (int >= 0).
+            Rows in file order; ties in time keep that order.
         dedup: drop repeated (user, item, timestamp) events, keeping the first.
         k_core: iteratively keep only users and items with at least `k_core` events each.
         min_user_events: users with fewer events (after dedup and k-core) are dropped and counted in the log.
@@ -100,10 +102,19 @@ def build_interactions(
     if len(events) == 0:
         raise ValueError(f"{name}: no events to build sequences from.")
 
+    where: dict[str, Any] = {"label": f"{name} events", "first_line": 0, "unit": "row"}
+    ids = {column: (exact_ids(events[column], column=column, **where) if events[column].dtype.kind == "f"
+                    else events[column].astype(str)).to_numpy(dtype=object) for column in ("user_id", "item_id")}
+    times = events["timestamp"]
+    in_range = times.dtype.kind == "i" and not times.isna().any() and bool(
+        MIN_UNIX_SECONDS <= times.min() and times.max() <= MAX_UNIX_SECONDS)
+    if not in_range:  # floats, text or out-of-range seconds: the first bad value is reported with its row
+        numbers = parse_numbers(times, column="timestamp", integer=False, **where)
+        times = pd.Series(unix_seconds(numbers, times, column="timestamp", **where))
     frame = pd.DataFrame({
-        "user_id": events["user_id"].astype(str).to_numpy(dtype=object),
-        "item_id": events["item_id"].astype(str).to_numpy(dtype=object),
-        "timestamp": events["timestamp"].to_numpy(dtype=np.int64),
+        "user_id": ids["user_id"],
+        "item_id": ids["item_id"],
+        "timestamp": times.to_numpy(dtype=np.int64),
         "rating": (events["rating"].to_numpy(dtype=np.float64) if "rating" in events.columns
                    else np.zeros(len(events))),
         "action": (events["action"].to_numpy(dtype=np.int64) if "action" in events.columns

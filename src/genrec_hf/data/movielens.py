@@ -19,7 +19,8 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from ._parsing import check_columns, parse_numbers, read_table, require_path, star_actions
+from ._parsing import (check_columns, parse_integer_ids, parse_numbers, read_table, require_path,
+                       star_actions, unix_seconds)
 from .events import LoadedEvents
 
 RATING_FILES = ("u.data", "ratings.dat", "ratings.csv")
@@ -84,25 +85,38 @@ def load_movielens(source: str | Path) -> LoadedEvents:
     kind = PurePosixPath(ratings_name).name
     label = files.label(ratings_name)
     raw = files.read(ratings_name)
+    renamed: dict[str, str] = {}
     if kind == "u.data":
-        table = read_table(raw, label=label, sep="\t", names=["user", "item", "rating", "ts"], as_strings=False)
+        read_args: dict[str, Any] = {"sep": "\t", "names": ["user", "item", "rating", "ts"]}
         first_line = 1
     elif kind == "ratings.dat":
-        table = read_table(raw, label=label, sep="::", names=["user", "item", "rating", "ts"], encoding="latin-1",
-                           quoting=False, as_strings=False)
+        read_args = {"sep": "::", "names": ["user", "item", "rating", "ts"], "encoding": "latin-1", "quoting": False}
         first_line = 1
     else:
-        table, first_line = read_table(raw, label=label, sep=",", as_strings=False), 2
+        read_args, first_line = {"sep": ","}, 2
+        renamed = {"userId": "user", "movieId": "item", "timestamp": "ts"}
+    table = read_table(raw, label=label, as_strings=False, **read_args)
+    if renamed:
         check_columns(table.columns, ["userId", "movieId", "rating", "timestamp"], label=label)
-        table = table.rename(columns={"userId": "user", "movieId": "item", "timestamp": "ts"})
+        table = table.rename(columns=renamed)
 
-    def number(column: str, name: str, integer: bool) -> np.ndarray:
-        return parse_numbers(table[column], label=label, column=name, first_line=first_line, integer=integer)
+    text_table: pd.DataFrame | None = None
 
-    users, items = number("user", "user id", True), number("item", "item id", True)
-    ratings, timestamps = number("rating", "rating", False), number("ts", "timestamp", True)
-    events = pd.DataFrame({"user_id": users.astype(str), "item_id": items.astype(str), "timestamp": timestamps,
-                           "rating": ratings})
+    def ids(column: str, name: str) -> np.ndarray:
+        nonlocal text_table
+        values = table[column]
+        if values.dtype.kind != "i":  # a float or text column: judge the ids as they are written
+            if text_table is None:
+                text_table = read_table(raw, label=label, **read_args).rename(columns=renamed)
+            values = text_table[column]
+        return parse_integer_ids(values, label=label, column=name, first_line=first_line)
+
+    users, items = ids("user", "user id"), ids("item", "item id")
+    ratings = parse_numbers(table["rating"], label=label, column="rating", first_line=first_line, integer=False)
+    times = parse_numbers(table["ts"], label=label, column="timestamp", first_line=first_line, integer=True)
+    timestamps = unix_seconds(times.astype(np.float64), table["ts"], label=label, column="timestamp",
+                              first_line=first_line)
+    events = pd.DataFrame({"user_id": users, "item_id": items, "timestamp": timestamps, "rating": ratings})
     actions = star_actions(ratings)
     if actions is not None:
         events["action"] = actions

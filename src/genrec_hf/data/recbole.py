@@ -13,7 +13,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from ._parsing import check_columns, parse_numbers, read_table, require_path, star_actions
+from ._parsing import check_columns, parse_numbers, read_table, require_path, star_actions, unix_seconds
 from .events import LoadedEvents
 
 _TITLE_FIELDS = ("movie_title", "title", "name", "item_name")
@@ -65,8 +65,8 @@ def load_recbole(source: str | Path) -> LoadedEvents:
                              f"expected a {name}.")
     has_timestamps = "timestamp" in table.columns
     if has_timestamps:
-        events["timestamp"] = parse_numbers(table["timestamp"], label=label, column="timestamp", first_line=2,
-                                            integer=False).astype(np.int64)
+        seconds = parse_numbers(table["timestamp"], label=label, column="timestamp", first_line=2, integer=False)
+        events["timestamp"] = unix_seconds(seconds, table["timestamp"], label=label, column="timestamp", first_line=2)
     else:  # event order in the file stands in for time
         events["timestamp"] = events.groupby("user_id").cumcount().to_numpy(np.int64)
     if "rating" in table.columns:

@@ -5,6 +5,7 @@ the LAST event is the target and everything before it is the history (what `Next
 from __future__ import annotations
 
 import logging
+from collections.abc import Iterable
 
 import numpy as np
 from datasets import Dataset, DatasetDict
@@ -21,18 +22,39 @@ def _slice_rows(sequences: Dataset, bounds: list[int | None]) -> Dataset:
     return take_event_ranges(sequences, rows, np.zeros_like(rows), stops)
 
 
-def leave_one_out(data: InteractionData) -> DatasetDict:
+def leave_one_out(data: InteractionData,
+                  required: Iterable[str] = ("train", "validation", "test")) -> DatasetDict:
     """Per user: train = events up to n−2, validation = up to n−1, test = all n (HSTU / SASRec protocol).
 
-    A split only holds users for which it has a (history, target) pair: train needs n−2 ≥ 2 events, validation
-    n−1 ≥ 2, test n ≥ 2.
+    A split only holds users for which it has a (history, target) pair: train needs n−2 ≥ 2 events (n ≥ 4),
+    validation n−1 ≥ 2 (n ≥ 3), test n ≥ 2. A `required` split that is empty is a ValueError that counts users by
+    event count (evaluating only the test split can pass `required=("test",)`).
     """
-    lengths = row_lengths(data.sequences).tolist()
+    unknown = sorted(set(required) - {"train", "validation", "test"})
+    if unknown:
+        raise ValueError(f"required={list(required)}: unknown split(s) {unknown}; expected train, validation, test.")
+    lengths = row_lengths(data.sequences)
     splits = {}
     for name, drop in (("train", 2), ("validation", 1), ("test", 0)):
-        splits[name] = _slice_rows(data.sequences, [n - drop if n - drop >= 2 else None for n in lengths])
+        need = drop + 2
+        if name in required and not (lengths >= need).any():
+            raise ValueError(f"leave-one-out of {data.name}: the {name} split is empty. Leave-one-out needs users "
+                             "with >= 4 events for train (2 to train on + the validation and test targets), >= 3 for "
+                             f"validation, >= 2 for test; no user has >= {need}: {_length_counts(lengths)}. Use a log "
+                             "with longer histories (or min_user_events=4 to drop the short users).")
+        splits[name] = _slice_rows(data.sequences, [n - drop if n - drop >= 2 else None for n in lengths.tolist()])
     _log_sizes("leave-one-out", data, splits)
     return DatasetDict(splits)
+
+
+def _length_counts(lengths: np.ndarray) -> str:
+    """'12 users have 2 events, 3 users have 3 events' (of N users) — the shortest few event counts."""
+    values, counts = np.unique(lengths, return_counts=True)
+    parts = [f"{count} user{'s' if count != 1 else ''} {'have' if count != 1 else 'has'} {value} event"
+             f"{'s' if value != 1 else ''}" for value, count in zip(values[:4].tolist(), counts[:4].tolist())]
+    if len(values) > 4:
+        parts.append(f"{int(counts[4:].sum())} more have {int(values[4])}..{int(values[-1])} events")
+    return f"of {len(lengths)} users, " + ", ".join(parts)
 
 
 def time_split(data: InteractionData, cut: int | None = None, quantile: float | None = None) -> DatasetDict:
@@ -57,16 +79,29 @@ def time_split(data: InteractionData, cut: int | None = None, quantile: float | 
     lengths = row_lengths(data.sequences)
     # rows are time-ordered, so the count of pre-cut events is the position of the first event at/after the cut
     before = np.bincount(row_of_event, weights=times < cut, minlength=len(lengths)).astype(np.int64)
-    train_bounds = [int(b) if b >= 2 else None for b in before]
-    test_bounds = [int(b) + 1 if 1 <= b < n else None for b, n in zip(before, lengths)]
+    in_train = before >= 2
+    in_test = (before >= 1) & (before < lengths)
+    train_bounds = [int(b) if ok else None for b, ok in zip(before, in_train)]
+    test_bounds = [int(b) + 1 if ok else None for b, ok in zip(before, in_test)]
+    how = f"quantile {quantile} of event times" if quantile is not None else "given cut"
+    if not in_train.any() or not in_test.any():
+        empty = "train and validation splits are" if not in_train.any() else "test split is"
+        raise ValueError(
+            f"time split of {data.name} at cut {cut} ({how}; event times span {int(times.min())}.."
+            f"{int(times.max())}): the {empty} empty. Train/validation need users with >= 2 events before the cut, "
+            f"test users with >= 1 event before it and >= 1 at/after it; of {len(lengths)} users, "
+            f"{int(in_train.sum())} have >= 2 events before the cut and {int(in_test.sum())} have events on both "
+            f"sides ({int(before.sum())} events before, {int((lengths - before).sum())} at/after). Pick another "
+            "cut or quantile.")
     splits = {"train": _slice_rows(data.sequences, train_bounds)}
     splits["validation"] = splits["train"]
     splits["test"] = _slice_rows(data.sequences, test_bounds)
-    logger.info("time split at %d (%s)", cut, f"quantile {quantile}" if quantile is not None else "given")
+    logger.info("time split at %d (%s)", cut, how)
     _log_sizes("time split", data, splits)
     return DatasetDict(splits)
 
 
 def _log_sizes(kind: str, data: InteractionData, splits: dict[str, Dataset]) -> None:
-    logger.info("%s of %s (%d users): %s", kind, data.name, len(data.sequences),
-                ", ".join(f"{name} {len(rows)} users" for name, rows in splits.items()))
+    total = len(data.sequences)
+    logger.info("%s of %s (%d users): %s", kind, data.name, total,
+                ", ".join(f"{name} {len(rows)} users ({total - len(rows)} left out)" for name, rows in splits.items()))

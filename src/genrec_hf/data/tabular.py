@@ -3,7 +3,9 @@
 `column_map` maps canonical names to the file's columns, e.g. `{"user_id": "customer", "item_id": "sku",
 "timestamp": "ts", "rating": "stars", "action": "event_type"}`. Without a mapping, common spellings are tried
 (`user_id`/`userId`/`user`, `item_id`/`itemId`/`movieId`/`item`, `timestamp`/`time`/`ts`, `rating`/`score`).
-Timestamps may be unix seconds or parseable date/times; without a timestamp column, row order per user is the time.
+Ids are kept exactly as written ('12' and '12.0' are two ids); a float id column (Parquet) must hold integers.
+Timestamps may be unix seconds (years 1..9999) or parseable date/times, one kind per column; without a timestamp
+column, row order per user is the time.
 Actions may be integers >= 0 or strings (mapped to 1..K in sorted order; 0 stays "unknown").
 """
 
@@ -15,7 +17,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from ._parsing import parse_numbers, parse_timestamps, read_table, require_path
+from ._parsing import exact_ids, parse_numbers, parse_timestamps, read_table, require_path
 from .events import LoadedEvents
 
 logger = logging.getLogger(__name__)
@@ -51,13 +53,8 @@ def load_table(source: str | Path, column_map: dict[str, str] | None = None) -> 
         table = read_table(path, label=label, sep="\t" if path.suffix == ".tsv" else ",")
         first_line, unit = 2, "line"
     mapping = _resolve_columns(list(table.columns), column_map, label)
-    user = table[mapping["user_id"]].astype(str).str.strip()
-    item = table[mapping["item_id"]].astype(str).str.strip()
-    for values, column in ((user, mapping["user_id"]), (item, mapping["item_id"])):
-        empty = (values == "") | table[column].isna().to_numpy()
-        if empty.any():
-            position = int(np.flatnonzero(empty.to_numpy())[0])
-            raise ValueError(f"{label}, {unit} {first_line + position}: column {column!r} is empty; expected an id.")
+    user, item = (exact_ids(table[mapping[key]], label=label, column=mapping[key], first_line=first_line, unit=unit)
+                  for key in ("user_id", "item_id"))
     events = pd.DataFrame({"user_id": user.to_numpy(), "item_id": item.to_numpy()})
     has_timestamps = "timestamp" in mapping
     if has_timestamps:

@@ -1,12 +1,17 @@
-"""Model cards: front matter round-trips through huggingface_hub, sizes and usage in the body, metrics layouts,
-user READMEs kept, adapter cards, the training callback, and a push that fails fast offline."""
+"""Model cards: one Jinja template (package data) rendered by `ModelCard.from_template` for models and adapters;
+front matter round-trips through huggingface_hub, sizes, features and usage in the body match the saved config,
+metrics layouts, user READMEs kept, the training callback, and a push that fails fast offline."""
 
 from __future__ import annotations
 
+import fnmatch
+import importlib.resources
 import json
 import logging
 import re
 import time
+import tomllib
+from pathlib import Path
 
 import pytest
 import torch
@@ -17,6 +22,7 @@ from transformers import TrainerControl, TrainerState, TrainingArguments
 from genrec_hf import GenRecConfig, GenRecForNextItemPrediction, count_backbone_parameters
 from genrec_hf.cards import (
     GENERATED_MARK,
+    TEMPLATE_PATH,
     ModelCardCallback,
     build_model_card,
     model_sizes,
@@ -57,6 +63,7 @@ def _results(card: ModelCard) -> dict[tuple[str, str, str, str], float]:
 
 
 def test_card_metadata_round_trip(model_dir):
+    """Catches front matter the Hub cannot read back: wrong tags/datasets, or model-index entries lost or invented."""
     path = write_model_card(model_dir, repo_id="me/genrec-100k-ml")
     assert path == model_dir / "README.md"
     card = ModelCard.load(path)
@@ -78,6 +85,8 @@ def test_card_metadata_round_trip(model_dir):
 
 
 def test_card_body_sizes_usage_and_sections(model_dir):
+    """Catches parameter counts that disagree with count_backbone_parameters, broken usage snippets, missing sections
+    or a results table whose cells slide under the wrong column."""
     text = build_model_card(model_dir, repo_id="me/genrec-100k-ml").text
     model = GenRecForNextItemPrediction(_config())
     backbone = count_backbone_parameters(_config())
@@ -100,6 +109,7 @@ def test_card_body_sizes_usage_and_sections(model_dir):
 
 
 def test_model_sizes_untied_projected_head():
+    """Catches a head count that misses the projection or the untied item vectors, or parts not summing to the total."""
     config = _config().to_dict() | {"tie_word_embeddings": False, "head_projection_ratio": 4}
     sizes = model_sizes(config)
     d, v = 64, NUM_ITEMS + 1
@@ -108,6 +118,7 @@ def test_model_sizes_untied_projected_head():
 
 
 def test_write_is_idempotent_and_reads_recipe_and_args(model_dir, tmp_path):
+    """Catches a card that changes between identical writes (noisy Hub diffs), or one without recipe / arguments."""
     (model_dir / "training_recipe.yaml").write_text("preset: genrec-100k\ndata:\n  source: movielens:ml-100k\n")
     args = TrainingArguments(output_dir=str(tmp_path / "out"), learning_rate=3e-3, seed=7, report_to=[])
     first = write_model_card(model_dir, training_args=args).read_bytes()
@@ -119,6 +130,7 @@ def test_write_is_idempotent_and_reads_recipe_and_args(model_dir, tmp_path):
 
 
 def test_metrics_layouts():
+    """Catches a metrics layout (flat, Trainer-prefixed, explicit, by split) misread, or non-metric keys kept."""
     flat = parse_metrics({"mrr": 0.5, "HR@10": 0.7, "num_users": 3, "loss": 1.0, "ndcg@10": float("nan")})
     assert {(r.split, r.metric): r.value for r in flat} == {("test", "mrr"): 0.5, ("test", "hr@10"): 0.7}
     prefixed = parse_metrics({"eval_mrr": 0.2, "test_ndcg@10": 0.3, "test_loss": 2.0}, dataset="d")
@@ -133,6 +145,7 @@ def test_metrics_layouts():
 
 
 def test_eval_results_json_wins_and_no_metrics(model_dir):
+    """Catches eval_results.json not overriding metrics.json, and an empty model-index when nothing was measured."""
     (model_dir / "eval_results.json").write_text(json.dumps({"test": {"mrr": 0.5}, "task": "next-item"}))
     results = _results(build_model_card(model_dir))
     assert results[("next-item", "ml-100k", "test", "mrr")] == pytest.approx(0.5)
@@ -144,7 +157,22 @@ def test_eval_results_json_wins_and_no_metrics(model_dir):
     assert "No evaluation results were saved" in card.text
 
 
+def test_genrec_hf_evaluate_outputs_reach_the_card(model_dir):
+    """Catches `genrec-hf evaluate`'s eval_results_<split>.json being ignored by the card, filed under `test` whatever
+    its split, or two such files overwriting each other's flat metric keys."""
+    for split, mrr in (("test", 0.31), ("validation", 0.29)):
+        (model_dir / f"eval_results_{split}.json").write_text(json.dumps(
+            {"dataset": "ml-100k", "split": split, "protocol": "leave_one_out, full-catalog ranking", "mrr": mrr,
+             "hr@10": 0.5, "num_users": 943}))
+    results = _results(build_model_card(model_dir))
+    assert results[("next-item", "ml-100k", "test", "mrr")] == pytest.approx(0.31)
+    assert results[("next-item", "ml-100k", "validation", "mrr")] == pytest.approx(0.29)
+    assert results[("next-item", "ml-100k", "test", "ndcg@10")] == pytest.approx(0.1044)  # kept from metrics.json
+    assert {r.split for r in parse_metrics({"split": "validation", "mrr": 0.2})} == {"validation"}
+
+
 def test_user_readme_is_never_overwritten(model_dir, caplog):
+    """Catches write_model_card clobbering a README.md the user wrote (on the first or any later run)."""
     (model_dir / "README.md").write_text("# my notes\n")
     with caplog.at_level(logging.WARNING, logger="genrec_hf.cards"):
         path = write_model_card(model_dir)
@@ -156,6 +184,7 @@ def test_user_readme_is_never_overwritten(model_dir, caplog):
 
 
 def test_adapter_card(tmp_path):
+    """Catches an adapter card without its base model, PEFT tags, LoRA settings, loading snippet or parameter count."""
     base = GenRecForNextItemPrediction(_config())
     base.save_pretrained(tmp_path / "base")
     peft_model = get_peft_model(base, LoraConfig(r=4, lora_alpha=8, target_modules=["q_proj", "v_proj"],
@@ -178,22 +207,126 @@ def test_adapter_card(tmp_path):
     assert f"| adapter parameters | {trainable:,} |" in card.text
 
 
-def test_template_mirrors_the_generated_sections(model_dir, tmp_path):
-    template = (REPO_ROOT / "model_cards" / "genrec_template.md").read_text()
-    headings = set(re.findall(r"^## .+$", template, flags=re.M))
+def _adapter_dir(tmp_path):
     base = GenRecForNextItemPrediction(_config())
     peft_model = get_peft_model(base, LoraConfig(r=2, target_modules=["q_proj"], task_type=None))
     peft_model.save_pretrained(tmp_path / "adapter")
+    (tmp_path / "adapter" / "metrics.json").write_text(json.dumps(
+        {"dataset": "ml-100k", "task": "short-horizon", "test": {"mrr": 0.12, "recall@10": 0.3}}))
+    return tmp_path / "adapter"
+
+
+def test_one_template_for_models_and_adapters(model_dir, tmp_path):
+    """Catches a section of the shipped template that no card renders (a dead Jinja branch), a card section that is
+    not in the template (layout written outside it), and the hand-written copy of the template coming back."""
+    template = TEMPLATE_PATH.read_text()
+    headings = set(re.findall(r"^## .+$", template, flags=re.M))
     generated = set()
-    for folder in (model_dir, tmp_path / "adapter"):
+    for folder in (model_dir, _adapter_dir(tmp_path)):
         found = set(re.findall(r"^## .+$", build_model_card(folder).text, flags=re.M))
         assert found <= headings, found - headings
         generated |= found
     assert generated == headings
     assert GENERATED_MARK in template
+    assert not (REPO_ROOT / "model_cards" / "genrec_template.md").exists()
+
+
+def test_template_is_package_data():
+    """Catches the template left out of the wheel: an installed genrec_hf could then write no card at all."""
+    packaged = importlib.resources.files("genrec_hf") / "templates" / TEMPLATE_PATH.name
+    assert packaged.is_file() and Path(str(packaged)).resolve() == TEMPLATE_PATH
+    patterns = tomllib.loads((REPO_ROOT / "pyproject.toml").read_text())["tool"]["setuptools"]["package-data"]
+    relative = TEMPLATE_PATH.relative_to(REPO_ROOT / "src" / "genrec_hf").as_posix()
+    assert any(fnmatch.fnmatch(relative, pattern) for pattern in patterns["genrec_hf"]), patterns
+
+
+def test_rendered_cards_round_trip_through_model_card_load(model_dir, tmp_path):
+    """Catches Jinja syntax leaking into the card ({{ / {% / {#), front matter ModelCard.load cannot parse, and a
+    model-index that differs from the metrics file, for a base model and an adapter alike."""
+    for folder, expected in ((model_dir, METRICS), (_adapter_dir(tmp_path), None)):
+        path = write_model_card(folder, repo_id=f"me/{folder.name}")
+        text = path.read_text()
+        for token in ("{{", "}}", "{%", "%}", "{#", "#}"):
+            assert token not in text, token
+        card = ModelCard.load(path)
+        metrics = expected or json.loads((folder / "metrics.json").read_text())
+        want = {(r.task, r.dataset, r.split, r.metric): pytest.approx(r.value) for r in parse_metrics(metrics)}
+        assert _results(card) == want
+        assert card.data.to_dict()["model-index"][0]["name"] == f"me/{folder.name}"
+        assert card.data.eval_results and all(r.task_type == "recommendation" for r in card.data.eval_results)
+        assert card.text.lstrip().startswith(GENERATED_MARK)
+
+
+def test_sasrec_card_describes_its_own_config(tmp_path):
+    """Catches the SASRec card telling users to train `genrec-2m.yaml` and describing time-gap / action tokens the
+    `sasrec` preset does not have."""
+    config = GenRecConfig.from_preset("sasrec", vocab_size=NUM_ITEMS + 1)
+    GenRecForNextItemPrediction(config).save_pretrained(tmp_path / "sasrec")
+    (tmp_path / "sasrec" / "training_recipe.yaml").write_text("model:\n  preset: sasrec\n")
+    text = build_model_card(tmp_path / "sasrec").text
+    assert "recipes/pretrain/sasrec.yaml" in text and "genrec-2m" not in text
+    assert "one token per event (item + learned position)" in text
+    assert "| event token | item + learned position |" in text
+    assert "| time-gap buckets | off (0) |" in text and "| action types | off (0) |" in text
+    assert "| positions | learned embeddings, max 200 events |" in text and "| preset | sasrec |" in text
+
+
+def test_card_features_and_preset_come_from_config_and_recipe(tmp_path):
+    """Catches a card that lists event features the config turned off (or hides ones it turned on), and a training
+    command that would build another shape than the saved model's."""
+    config = GenRecConfig.from_preset("genrec-100k", vocab_size=NUM_ITEMS + 1, num_action_types=6,
+                                      num_time_buckets=16, hidden_size=96, intermediate_size=256)
+    GenRecForNextItemPrediction(config).save_pretrained(tmp_path / "m")
+    (tmp_path / "m" / "training_recipe.yaml").write_text("model:\n  preset: genrec-100k\n")
+    text = build_model_card(tmp_path / "m").text
+    assert "| preset | genrec-100k |" in text and "the `genrec-100k` preset with shape overrides" in text
+    assert ("train recipes/pretrain/genrec-100k.yaml --model.overrides.hidden_size 96 "
+            "--model.overrides.intermediate_size 256") in text
+    assert "| event token | item + action type + time-gap bucket, rotary positions |" in text
+    assert "| positions | rotary (RoPE) inside attention, max 200 events |" in text
+    assert "| time-gap buckets | 16 |" in text and "| action types | 6 |" in text
+    assert f"| backbone | {count_backbone_parameters(config):,} |" in text
+    custom = GenRecConfig(vocab_size=NUM_ITEMS + 1, hidden_size=48, num_hidden_layers=1, num_attention_heads=2,
+                          intermediate_size=96, position_encoding="none", num_time_buckets=0)
+    GenRecForNextItemPrediction(custom).save_pretrained(tmp_path / "custom")
+    text = build_model_card(tmp_path / "custom").text
+    assert "| preset | custom |" in text and "recipes/pretrain/" not in text
+    assert "| positions | none |" in text and "one token per event (item, no position encoding)" in text
+
+
+EXAMPLE_CARDS = sorted(p for p in (REPO_ROOT / "model_cards").glob("*.md") if p.name != "README.md")
+
+
+@pytest.mark.parametrize("path", EXAMPLE_CARDS, ids=[p.stem for p in EXAMPLE_CARDS])
+def test_example_cards_are_current_and_documented(path):
+    """Catches an example card that cites a run benchmarks/RESULTS.md does not document, one rendered by an older
+    template (stale layout, wrong training recipe), or one that points at this machine's private data paths."""
+    card = ModelCard.load(path)
+    text = path.read_text()
+    assert text.endswith("\n") and "{{" not in text and "{%" not in text
+    assert not re.search(r"\.\./shared|/work/", text)  # placeholders (/path/to/...) instead of private paths
+    expected = set(re.findall(r"^## .+$", TEMPLATE_PATH.read_text(), flags=re.M)) - {"## Adapter"}
+    assert set(re.findall(r"^## .+$", card.text, flags=re.M)) == expected
+    preset = re.search(r"^\| preset \| (\S+) \|$", text, flags=re.M).group(1)
+    assert f"train recipes/pretrain/{preset}.yaml" in text
+    assert (REPO_ROOT / "recipes" / "pretrain" / f"{preset}.yaml").is_file()
+    test_mrr = _results(card)[("next-item", card.data.datasets[0], "test", "mrr")]
+    assert f"{test_mrr:.4f}" in (REPO_ROOT / "benchmarks" / "RESULTS.md").read_text(), test_mrr
+
+
+def test_template_variable_nobody_fills_is_an_error(model_dir, tmp_path):
+    """Catches a typo in a template variable rendering silently as an empty string (Jinja's default)."""
+    custom = tmp_path / "template.md"
+    custom.write_text("---\n{{ card_data }}\n---\n# {{ name }} {{ no_such_variable }}\n")
+    with pytest.raises(ValueError, match="no_such_variable"):
+        build_model_card(model_dir, template_path=custom)
+    custom.write_text("---\n{{ card_data }}\n---\n" + GENERATED_MARK + "\n# {{ name }}: {{ sizes.backbone }}\n")
+    card = build_model_card(model_dir, template_path=custom, repo_id="me/x")
+    assert card.text.strip().endswith(f"# me/x: {count_backbone_parameters(_config()):,}")
 
 
 def test_callback_writes_on_main_process_only(model_dir, tmp_path):
+    """Catches every DDP rank writing the card, or the callback crashing when no model was saved yet."""
     args = TrainingArguments(output_dir=str(model_dir), report_to=[], learning_rate=1e-3)
     callback = ModelCardCallback(dataset_name="ml-100k")
     callback.on_train_end(args, TrainerState(is_world_process_zero=False), TrainerControl())
@@ -207,6 +340,7 @@ def test_callback_writes_on_main_process_only(model_dir, tmp_path):
 
 
 def test_card_cli_and_errors(model_dir, tmp_path):
+    """Catches `genrec-hf card` failing, and cards silently built for folders that hold no GenRec model."""
     assert main(["card", str(model_dir)]) == 0
     assert (model_dir / "README.md").is_file()
     with pytest.raises(FileNotFoundError, match="neither config.json nor adapter_config.json"):
@@ -217,6 +351,7 @@ def test_card_cli_and_errors(model_dir, tmp_path):
 
 
 def test_push_to_hub_fails_fast_offline(model_dir, monkeypatch):
+    """Catches push_to_hub hanging on the network offline or without a token, or writing files before failing."""
     import huggingface_hub
 
     def no_network(*args, **kwargs):

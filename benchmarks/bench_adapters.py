@@ -6,7 +6,7 @@ process (for a clean peak RSS): frozen base zero-shot, LoRA r ∈ `--ranks`, ful
 a markdown table (MRR, HR@10, trainable params, wall time, peak RSS, checkpoint size) and the serving cost of N
 tasks (N adapters + 1 base vs N full models).
 
-    python benchmarks/bench_adapters.py --datasets synthetic ../shared/data/ml-100k --out benchmarks/results_adapters.md
+    python benchmarks/bench_adapters.py --datasets synthetic path/to/ml-100k --out benchmarks/results_adapters.md
 """
 
 from __future__ import annotations
@@ -35,9 +35,9 @@ def pretrain_base(source: str, out: Path, preset: str, epochs: int, max_length: 
 
     from genrec_hf import GenRecConfig, GenRecForNextItemPrediction
     from genrec_hf.data import load_interactions
-    from genrec_hf.training.finetune import TaskTrainer
-    from genrec_hf.training import TimeBudgetCallback
-    from genrec_hf.data.tasks import EvalSpec, TaskCollator, build_task, single_target_task, windows
+    from genrec_hf.data.collators import TaskCollator, label_windows
+    from genrec_hf.data.tasks import build_task, single_target_task
+    from genrec_hf.training import GenRecTrainer, TimeBudgetCallback
 
     if (out / "model.safetensors").is_file():
         return out
@@ -49,7 +49,7 @@ def pretrain_base(source: str, out: Path, preset: str, epochs: int, max_length: 
     truncated = data.sequences.filter(lambda r: r["user_id"] in cut).map(
         lambda r: {k: r[k][:cut[r["user_id"]]] for k in ("item_ids", "timestamps", "action_ids", "ratings")})
     pre = dataclasses.replace(data, sequences=truncated.filter(lambda r: len(r["item_ids"]) >= 3))
-    task = single_target_task(pre, lambda row, i: True, name="pretrain", spec=EvalSpec())
+    task = single_target_task(pre, lambda row, i: True, name="pretrain")
     config = GenRecConfig.from_preset(preset, vocab_size=len(data.vocab), num_action_types=data.num_action_types,
                                       max_position_embeddings=max_length)
     torch.manual_seed(0)
@@ -58,9 +58,9 @@ def pretrain_base(source: str, out: Path, preset: str, epochs: int, max_length: 
                              learning_rate=2e-3, eval_strategy="no", save_strategy="no", report_to=[], use_cpu=True,
                              remove_unused_columns=False, label_names=["labels"], disable_tqdm=True,
                              logging_strategy="epoch")
-    trainer = TaskTrainer(model=model, args=args, train_dataset=windows(task.train, max_length),
-                          data_collator=TaskCollator(max_length), task_spec=task.spec, max_length=max_length,
-                          callbacks=[TimeBudgetCallback(minutes)])
+    trainer = GenRecTrainer(model=model, args=args, train_dataset=label_windows(task.train, max_length),
+                            data_collator=TaskCollator(max_length), eval_collator=TaskCollator(max_length, mode="eval"),
+                            protocol=task.protocol, callbacks=[TimeBudgetCallback(minutes)])
     start = time.monotonic()
     trainer.train()
     out.mkdir(parents=True, exist_ok=True)

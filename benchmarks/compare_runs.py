@@ -5,7 +5,7 @@ history excluded), then reports each model's MRR ± standard error and the relat
 first model with a 95% paired-bootstrap interval. A single run on ML-100K (943 users) has an MRR standard error of
 about ±7%, so "+5%" from one run means nothing until its interval excludes 0.
 
-    python benchmarks/compare_runs.py --data ../shared/data/ml-100k \\
+    python benchmarks/compare_runs.py --data path/to/ml-100k \\
         benchmarks/out/quality/ml-100k/sasrec benchmarks/out/quality/ml-100k/genrec-100k
 """
 

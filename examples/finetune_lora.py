@@ -14,7 +14,7 @@ from pathlib import Path
 from genrec_hf.adapters import load_adapters, score_mixed_batch, trainable_parameters
 from genrec_hf.training.finetune import run_finetune
 from genrec_hf.training.recipes import load_recipe
-from genrec_hf.data.tasks import TaskCollator
+from genrec_hf.data.collators import TaskCollator
 from genrec_hf.training import train
 
 TASKS = ("short_horizon", "high_engagement")

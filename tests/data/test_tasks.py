@@ -1,4 +1,4 @@
-"""Downstream tasks: builders on synthetic and real data, set-valued metrics vs brute force, custom tasks."""
+"""Downstream tasks: builders on synthetic and real data, task protocols ranked vs brute force, custom tasks."""
 
 from __future__ import annotations
 
@@ -7,18 +7,11 @@ import math
 import pytest
 import torch
 
-from genrec_hf.data.tasks import (
-    TASKS,
-    EvalSpec,
-    TaskCollator,
-    build_task,
-    evaluate_task,
-    multi_target_ranks,
-    register_task,
-    set_metrics_from_ranks,
-    single_target_task,
-    task_ranks,
-)
+from torch.utils.data import DataLoader
+
+from genrec_hf.data.collators import TaskCollator
+from genrec_hf.data.tasks import TASKS, build_task, register_task, single_target_task
+from genrec_hf.evaluation import RankingProtocol, evaluate_model, metrics_from_ranks, rank_batches
 
 from tests.helpers import require_shared_data, tiny_config
 
@@ -33,7 +26,7 @@ def synthetic():
 
 
 def _brute_positions(scores, targets, exclude, allowed):
-    """Position of each target in the fully sorted list of rankable items (ties: target last)."""
+    """Position of each target in the fully sorted list of rankable items (ties and NaN: target last)."""
     out = torch.zeros_like(targets)
     for b in range(scores.shape[0]):
         for t in range(targets.shape[1]):
@@ -43,46 +36,66 @@ def _brute_positions(scores, targets, exclude, allowed):
             tset = set(targets[b].tolist()) - {0}
             rankable = [j for j in range(1, scores.shape[1])
                         if j in tset or (j not in set(exclude[b].tolist()) and bool(allowed[b, j]))]
-            out[b, t] = 1 + sum(1 for j in rankable if j != y and scores[b, j] >= scores[b, y])
+            s_y = float(scores[b, y])
+            out[b, t] = 1 + sum(1 for j in rankable if j != y and (float(scores[b, j]) >= s_y
+                                                                  or math.isnan(float(scores[b, j]))
+                                                                  or math.isnan(s_y)))
     return out
 
 
-@pytest.mark.parametrize("chunk", [3, 7, 100])
-def test_multi_target_ranks_match_brute_force(chunk):
-    g = torch.Generator().manual_seed(0)
-    scores = torch.randint(0, 5, (6, 20), generator=g).float()  # many ties
-    targets = torch.tensor([[3, 0, 0], [5, 6, 7], [1, 2, 0], [19, 4, 0], [8, 0, 0], [2, 9, 11]])
-    exclude = torch.tensor([[3, 4, 0], [1, 6, 0], [0, 0, 0], [5, 6, 7], [9, 10, 11], [2, 0, 0]])
-    allowed = torch.rand(6, 20, generator=g) > 0.3
-    ranks = multi_target_ranks(lambda a, b: scores[:, a:b], 20, targets, exclude_ids=exclude,
-                               allowed_fn=lambda a, b: allowed[:, a:b], chunk_size=chunk)
-    assert torch.equal(ranks, _brute_positions(scores, targets, exclude, allowed))
+def _model(synthetic):
+    from genrec_hf import GenRecForNextItemPrediction
+
+    torch.manual_seed(0)
+    return GenRecForNextItemPrediction(tiny_config(vocab_size=len(synthetic.vocab), num_action_types=6)).eval()
 
 
-def test_set_metrics_definitions():
-    ranks = torch.tensor([[3, 1, 12], [4, 0, 0], [20, 30, 0]])
-    m = set_metrics_from_ranks(ranks, ks=(1, 10))
-    assert m["num_users"] == 3
-    assert math.isclose(m["mrr"], (1 / 1 + 1 / 4 + 1 / 20) / 3)
-    assert math.isclose(m["hr@1"], 1 / 3) and math.isclose(m["hr@10"], 2 / 3)
-    assert math.isclose(m["recall@10"], (2 / 3 + 1 + 0) / 3)
-    ndcg_u0 = (1 / math.log2(4) + 1 / math.log2(2)) / (1 / math.log2(2) + 1 / math.log2(3) + 1 / math.log2(4))
-    assert math.isclose(m["ndcg@10"], (ndcg_u0 + 1 / math.log2(5) + 0) / 3)
+def _task_brute_force(model, task, rows, max_length=16):
+    """Ranks of `rows` from the model's dense logits, the protocol applied in Python (history, availability)."""
+    batch = TaskCollator(max_length, mode="eval", exclude_history=task.protocol.exclude_history)(rows)
+    with torch.no_grad():
+        logits = model(batch["input_ids"], attention_mask=batch["attention_mask"], timestamps=batch["timestamps"],
+                       action_ids=batch["action_ids"], output_logits=True).logits
+    vocab = logits.shape[1]
+    exclude = batch.get("exclude_ids", torch.zeros(len(rows), 1, dtype=torch.long))
+    allowed = torch.ones(len(rows), vocab, dtype=torch.bool)
+    if task.protocol.available_since is not None:
+        since, window = task.protocol.available_since, task.protocol.availability_window
+        for b, row in enumerate(rows):
+            t = row["target_time"]
+            allowed[b] = torch.tensor([t - window < int(since[j]) <= t for j in range(vocab)])
+    return _brute_positions(logits, batch["target_ids"], exclude, allowed)
 
 
-def test_single_target_metrics_are_the_standard_ones():
-    ranks = torch.tensor([1, 3, 11, 2, 50])
-    m = set_metrics_from_ranks(ranks[:, None], ks=(10,))
-    assert math.isclose(m["mrr"], float((1.0 / ranks.double()).mean()))
-    assert math.isclose(m["hr@10"], 0.6) and math.isclose(m["recall@10"], 0.6)
-    assert math.isclose(m["ndcg@10"], float((1 / torch.log2(ranks[ranks <= 10].double() + 1)).sum() / 5))
-    try:
-        from genrec_hf.evaluation import metrics_from_ranks
-    except ImportError:
-        return
-    ref = metrics_from_ranks(ranks, ks=(10,))
-    for key in ("mrr", "hr@10", "ndcg@10"):
-        assert math.isclose(m[key], float(ref[key]), rel_tol=1e-6), key
+@pytest.mark.parametrize("name", ["long_horizon", "availability"])
+def test_task_protocol_ranks_equal_brute_force(synthetic, name):
+    """Catches the task path (set-valued targets, availability window, history) drifting from the protocol's
+    rule: the numbers fine-tuning reports must be the brute-force ones for the same model and rows."""
+    model = _model(synthetic)
+    task = build_task(name, synthetic)
+    rows = [task.test[i] for i in range(min(24, len(task.test)))]
+    expected = _task_brute_force(model, task, rows)
+    loader = DataLoader(rows, batch_size=7, collate_fn=TaskCollator(16, mode="eval"))
+    got = rank_batches(model, loader, task.protocol, chunk_size=9)
+    assert torch.equal(got, torch.nn.functional.pad(expected, (0, got.shape[1] - expected.shape[1])))
+    if name == "long_horizon":
+        assert (expected > 0).sum(dim=1).max() > 1  # really several targets per row
+    assert evaluate_model(model, loader, task.protocol, ks=(1, 10)) == metrics_from_ranks(expected, ks=(1, 10))
+
+
+def test_nan_target_is_ranked_last_not_dropped(synthetic):
+    """Catches the old `tasks.multi_target_ranks` bug: a NaN target score gave rank 0, so the user silently left
+    the task metrics and NaN items never counted against a target (a diverged model looked better)."""
+    model = _model(synthetic)
+    task = build_task("long_horizon", synthetic)
+    rows = [task.test[i] for i in range(8)]
+    broken = rows[0]["target_ids"][0]
+    with torch.no_grad():
+        model.item_vectors[broken] = float("nan")
+    ranks = rank_batches(model, [TaskCollator(16, mode="eval")(rows)], task.protocol)
+    assert (ranks[:, 0] > 0).all()  # every user keeps a rank
+    assert torch.equal(ranks, _task_brute_force(model, task, rows))
+    assert metrics_from_ranks(ranks)["num_users"] == 8
 
 
 def _check_task(task, data):
@@ -104,11 +117,13 @@ def _check_task(task, data):
 
 @pytest.mark.parametrize("name", BUILTIN)
 def test_task_builds_on_synthetic(synthetic, name):
+    """Catches a builder leaking future events into contexts or training rows, a wrong protocol
+    (set-valued / availability window), or targets outside the task's definition."""
     task = build_task(name, synthetic)
     _check_task(task, synthetic)
-    assert task.spec.set_valued == (name == "long_horizon")
+    assert task.protocol.set_valued == (name == "long_horizon")
     if name == "availability":
-        since, window = task.spec.available_since, task.spec.availability_window
+        since, window = task.protocol.available_since, task.protocol.availability_window
         for row in task.test.select(range(10)):
             t = row["target_time"]
             assert all(t - window < int(since[y]) <= t for y in row["target_ids"])
@@ -121,6 +136,7 @@ def test_task_builds_on_synthetic(synthetic, name):
 
 @pytest.mark.parametrize("name", BUILTIN)
 def test_task_builds_on_ml100k(name):
+    """Catches builders that only work on synthetic data (real ratings, timestamps, release dates)."""
     from genrec_hf.data import load_interactions
 
     data = load_interactions(require_shared_data("ml-100k"))
@@ -128,6 +144,7 @@ def test_task_builds_on_ml100k(name):
 
 
 def test_custom_task_registration(synthetic):
+    """Catches `register_task` / `build_task` / `single_target_task` (the public extension API) breaking."""
     @register_task("every_third_test")
     def every_third(data, offset: int = 0):
         return single_target_task(data, lambda row, i: (i + offset) % 3 == 0, name="every_third_test",
@@ -144,23 +161,38 @@ def test_custom_task_registration(synthetic):
         build_task("every_third_test", synthetic)
 
 
-def test_evaluate_task_end_to_end(synthetic):
-    from genrec_hf import GenRecForNextItemPrediction
+def test_documented_custom_task_example_runs(synthetic):
+    """Catches the module docstring's "register your own task" example going stale against the API."""
+    import genrec_hf.data.tasks as tasks_module
 
-    torch.manual_seed(0)
-    model = GenRecForNextItemPrediction(tiny_config(vocab_size=len(synthetic.vocab), num_action_types=6)).eval()
+    doc = tasks_module.__doc__
+    code = doc[doc.index("Registering your own task::") + len("Registering your own task::"):]
+    code = "\n".join(line[4:] for line in code.splitlines())
+    namespace = {"data": synthetic}
+    try:
+        exec(compile(code, "tasks-docstring", "exec"), namespace)
+        task = namespace["task"]
+        assert task.name == "weekend" and len(task.test) > 0 and isinstance(task.protocol, RankingProtocol)
+    finally:
+        TASKS.pop("weekend", None)
+
+
+def test_task_evaluation_end_to_end(synthetic):
+    """Catches the availability window not restricting the ranked set, or a task protocol losing users."""
+    model = _model(synthetic)
     for name in ("long_horizon", "availability"):
         task = build_task(name, synthetic)
-        metrics = evaluate_task(model, task.test, task.spec, max_length=16, batch_size=64, ks=(10,))
+        loader = DataLoader(task.test, batch_size=64, collate_fn=TaskCollator(16, mode="eval"))
+        metrics = evaluate_model(model, loader, task.protocol, ks=(10,))
         assert metrics["num_users"] == len(task.test) and 0 < metrics["mrr"] <= 1
     # Availability restricts the ranked set: ranks never exceed the number of items new at the target time.
     task = build_task("availability", synthetic)
     batch = TaskCollator(16, mode="eval")([task.test[i] for i in range(8)])
-    ranks = task_ranks(model, batch, task.spec)
-    since = task.spec.available_since
+    ranks = rank_batches(model, [batch], task.protocol)
+    since = task.protocol.available_since
     for b in range(8):
         t = int(batch["target_time"][b])
-        new = int(((since > t - task.spec.availability_window) & (since <= t)).sum())
+        new = int(((since > t - task.protocol.availability_window) & (since <= t)).sum())
         assert 1 <= int(ranks[b, 0]) <= new
-    unrestricted = task_ranks(model, batch, EvalSpec())
+    unrestricted = rank_batches(model, [batch], RankingProtocol())
     assert (unrestricted[:, 0] >= ranks[:, 0]).all()

@@ -1,4 +1,4 @@
-"""The evaluation protocol (DESIGN.md §5) against brute-force references written out plainly."""
+"""Protocols and the model-level ranking loop against brute-force references written out plainly."""
 
 from __future__ import annotations
 
@@ -10,15 +10,15 @@ import torch
 
 from genrec_hf import GenRecConfig, GenRecForNextItemPrediction
 from genrec_hf.evaluation import (
-    RankingAccumulator,
+    DEFAULT_KS,
+    RankingProtocol,
     dense_target_ranks,
     evaluate_model,
     metrics_from_ranks,
-    ranking_metrics,
+    rank_batches,
 )
-from genrec_hf.models.genrec.scoring import chunked_target_ranks
 
-KS = (1, 5, 10, 50, 200)
+KS = DEFAULT_KS
 
 
 pytestmark = pytest.mark.usefixtures("one_thread")
@@ -35,7 +35,8 @@ def reference_metrics(ranks: list[int], ks=KS) -> dict[str, float]:
     for k in ks:
         out[f"hr@{k}"] = sum(r <= k for r in ranks) / len(ranks)
         out[f"ndcg@{k}"] = sum(1 / math.log2(r + 1) for r in ranks if r <= k) / len(ranks)
-    return out
+        out[f"recall@{k}"] = out[f"hr@{k}"]  # one target per user
+    return {**out, "num_users": len(ranks), "num_users_without_target": 0}
 
 
 def _tied_scores(seed=0, batch=40, items=60, history=8):
@@ -47,70 +48,26 @@ def _tied_scores(seed=0, batch=40, items=60, history=8):
     return scores, targets, exclude
 
 
-def test_metrics_from_ranks_match_plain_formulas():
-    ranks = torch.tensor([1, 2, 3, 10, 11, 50, 51, 200, 201, 7])
-    got = metrics_from_ranks(ranks)
-    assert set(got) == {"mrr"} | {f"{m}@{k}" for m in ("hr", "ndcg") for k in KS}
-    assert got == pytest.approx(reference_metrics(ranks.tolist()))
-    assert metrics_from_ranks(torch.tensor([1]))["ndcg@1"] == 1.0
-    assert metrics_from_ranks(torch.tensor([3]), ks=(5,))["ndcg@5"] == pytest.approx(0.5)  # 1/log2(4)
-    with pytest.raises(ValueError, match="no users"):
-        metrics_from_ranks(torch.tensor([]))
-    with pytest.raises(ValueError, match="1-based"):
-        metrics_from_ranks(torch.tensor([0, 1]))
-
-
-def test_accumulator_over_batches_equals_all_at_once():
-    ranks = torch.randint(1, 500, (97,), generator=torch.Generator().manual_seed(0))
-    accumulator = RankingAccumulator(ks=(1, 10, 100))
-    for part in ranks.split(10):  # uneven last batch
-        accumulator.add(part)
-    metrics = accumulator.compute()
-    assert metrics.pop("num_users") == 97
-    assert metrics == pytest.approx(metrics_from_ranks(ranks, ks=(1, 10, 100)))
-
-
 @pytest.mark.parametrize("exclude_history", [True, False])
-def test_ranking_metrics_match_brute_force_with_ties_and_exclusions(exclude_history):
+def test_dense_ranks_and_metrics_match_brute_force_with_ties_and_exclusions(exclude_history):
+    """Catches the dense reference or the metrics drifting from the protocol on tied scores and histories."""
     scores, targets, exclude = _tied_scores()
     ranks = [reference_rank(row.tolist(), int(t), set(ex.tolist()) if exclude_history else set())
              for row, t, ex in zip(scores, targets, exclude)]
-    got = ranking_metrics(scores, targets, exclude, exclude_history=exclude_history)
-    assert got == pytest.approx(reference_metrics(ranks))
-    assert dense_target_ranks(scores, targets, exclude if exclude_history else None).tolist() == ranks
-
-
-def test_dense_and_chunked_ranks_agree():
-    g = torch.Generator().manual_seed(3)
-    queries = torch.randint(-2, 3, (12, 3), generator=g).float()
-    vectors = torch.randint(-2, 3, (41, 3), generator=g).float()
-    targets = torch.randint(1, 41, (12,), generator=g)
-    exclude = torch.randint(0, 41, (12, 6), generator=g)
-    exclude[:, 0] = targets
-    dense = dense_target_ranks(queries @ vectors.T, targets, exclude)
-    for chunk_size in (1, 5, 41):
-        assert torch.equal(chunked_target_ranks(queries, vectors, targets, exclude=exclude, chunk_size=chunk_size),
-                           dense)
+    got = dense_target_ranks(scores, targets, exclude if exclude_history else None)
+    assert got.tolist() == ranks
+    assert metrics_from_ranks(got) == pytest.approx(reference_metrics(ranks))
 
 
 def test_constant_scores_rank_last_not_first():
+    """Catches optimistic ties / NaN: a constant or all-NaN model must rank every target last."""
     catalog = 50  # items 1..49 plus padding 0
-    scores = torch.zeros(4, catalog)
     targets = torch.tensor([1, 2, 30, 49])
-    metrics = ranking_metrics(scores, targets, exclude_history=False)
+    metrics = metrics_from_ranks(dense_target_ranks(torch.zeros(4, catalog), targets))
     assert metrics["mrr"] == pytest.approx(1 / (catalog - 1))
     assert metrics["hr@10"] == 0.0
-    nan_metrics = ranking_metrics(torch.full((4, catalog), float("nan")), targets, exclude_history=False)
+    nan_metrics = metrics_from_ranks(dense_target_ranks(torch.full((4, catalog), float("nan")), targets))
     assert nan_metrics["mrr"] == pytest.approx(1 / (catalog - 1))
-
-
-def test_ranking_metrics_rejects_bad_inputs():
-    with pytest.raises(ValueError, match="scores must be"):
-        ranking_metrics(torch.zeros(5), torch.tensor([1]))
-    with pytest.raises(ValueError, match="padding"):
-        ranking_metrics(torch.zeros(2, 5), torch.tensor([0, 1]))
-    with pytest.raises(ValueError, match="padding"):
-        ranking_metrics(torch.zeros(2, 5), torch.tensor([5, 1]))
 
 
 # ----------------------------------------------------------------------------------------------- evaluate_model
@@ -133,7 +90,7 @@ def _batches(num_batches=3, batch=5, length=7, vocab=37, seed=0):
             "input_ids": input_ids, "attention_mask": mask,
             "timestamps": torch.cumsum(torch.randint(1, 5000, (batch, length), generator=g), dim=1) * mask,
             "action_ids": torch.randint(0, 3, (batch, length), generator=g) * mask,
-            "target_ids": torch.randint(1, vocab, (batch,), generator=g),
+            "target_ids": torch.randint(1, vocab, (batch, 1), generator=g),
             "exclude_ids": torch.cat([input_ids[:, 2:], torch.zeros(batch, 2, dtype=torch.long)], dim=1),
         })
     return out
@@ -147,34 +104,39 @@ def _brute_force(model, batches, exclude_history=True):
         for batch in batches:
             logits = model(batch["input_ids"], attention_mask=batch["attention_mask"],
                            timestamps=batch["timestamps"], action_ids=batch["action_ids"], output_logits=True).logits
-            for row, target, exclude in zip(logits, batch["target_ids"], batch["exclude_ids"]):
+            for row, target, exclude in zip(logits, batch["target_ids"].reshape(-1), batch["exclude_ids"]):
                 ranks.append(reference_rank(row.tolist(), int(target),
                                             set(exclude.tolist()) if exclude_history else set()))
-    return {**reference_metrics(ranks), "num_users": float(len(ranks))}
+    return reference_metrics(ranks)
 
 
 @pytest.mark.parametrize("overrides", [dict(), dict(head_projection_ratio=4, tie_word_embeddings=False,
                                                     score_temperature=0.05, l2_normalize_scores=True)])
 @pytest.mark.parametrize("exclude_history", [True, False])
 def test_evaluate_model_equals_brute_force_over_logits(overrides, exclude_history):
+    """Catches the model-level loop ranking other scores than the model's dense logits (head projection,
+    temperature, cosine), ignoring the protocol's exclude_history, or leaving the model in eval mode."""
     model = _tiny_model(**overrides)
     batches = _batches()
     model.train()
-    got = evaluate_model(model, batches, exclude_history=exclude_history, progress=False)
+    protocol = RankingProtocol(exclude_history=exclude_history)
+    got = evaluate_model(model, batches, protocol)
     assert model.training  # mode restored
     assert got == pytest.approx(_brute_force(model, batches, exclude_history))
-    assert evaluate_model(model, batches, chunk_size=1000, exclude_history=exclude_history, progress=False) == got
+    assert evaluate_model(model, batches, protocol, chunk_size=1000, progress=True) == got
 
 
 def test_evaluate_model_constant_model_ranks_last():
+    """Catches optimistic ties at the model level."""
     model = _tiny_model()
     with torch.no_grad():
         model.item_vectors.zero_()  # every item scores 0: ties everywhere
-    got = evaluate_model(model, _batches(num_batches=1), exclude_history=False, progress=False)
+    got = evaluate_model(model, _batches(num_batches=1), RankingProtocol(exclude_history=False))
     assert got["mrr"] == pytest.approx(1 / 36)  # 36 real items: every target ranks last
 
 
 def test_evaluate_model_on_collator_batches():
+    """Catches the eval collator and the ranking loop disagreeing on the (B, 1) target / exclusion layout."""
     from torch.utils.data import DataLoader
 
     from genrec_hf.data.collators import NextItemCollator
@@ -184,13 +146,14 @@ def test_evaluate_model_on_collator_batches():
             for u, n in enumerate(torch.randint(2, 15, (11,), generator=g))]
     model = _tiny_model()
     loader = DataLoader(rows, batch_size=4, collate_fn=NextItemCollator(8, mode="eval"))
-    got = evaluate_model(model, loader, progress=False)
+    got = evaluate_model(model, loader)
     assert got["num_users"] == 11
     assert got == pytest.approx(_brute_force(model, list(loader)))
 
 
 # ----------------------------------------------------------------------------------------------- evaluate module
 def test_evaluate_module_loads_offline_by_path(monkeypatch):
+    """Catches the shipped `evaluate` module drifting from `metrics_from_ranks` / the dense reference."""
     import evaluate
 
     from genrec_hf.evaluation import RANKING_METRIC_PATH
@@ -210,9 +173,13 @@ def test_evaluate_module_loads_offline_by_path(monkeypatch):
     module.add_batch(ranks=ranks[:3])
     module.add_batch(ranks=ranks[3:])
     assert module.compute(ks=(1, 5)) == pytest.approx(reference_metrics(ranks, ks=(1, 5)))
+    sets = [[3, 1, 12], [4], [20, 30]]  # several targets per user, ragged
+    got = evaluate.load(RANKING_METRIC_PATH, "set_ranks").compute(ranks=sets, ks=(1, 10))
+    assert got == metrics_from_ranks(torch.tensor([[3, 1, 12], [4, 0, 0], [20, 30, 0]]), ks=(1, 10))
 
 
 def test_popularity_scores_count_training_events_and_reject_foreign_ids():
+    """Catches the popularity baseline counting other events than the training rows'."""
     from datasets import Dataset
 
     from genrec_hf.evaluation.baselines import popularity_scores
@@ -224,6 +191,7 @@ def test_popularity_scores_count_training_events_and_reject_foreign_ids():
 
 
 def test_paired_bootstrap_interval_brackets_the_difference_only_when_real():
+    """Catches an unpaired or mis-centred bootstrap interval."""
     from genrec_hf.evaluation import paired_bootstrap
 
     g = torch.Generator().manual_seed(0)
@@ -239,12 +207,56 @@ def test_paired_bootstrap_interval_brackets_the_difference_only_when_real():
         paired_bootstrap(ranks, ranks[:10])
 
 
-def test_target_ranks_feed_evaluate_model(tiny_model):
-    from genrec_hf.evaluation import target_ranks
-
+def test_rank_batches_feed_evaluate_model(tiny_model):
+    """Catches `evaluate_model` averaging something else than the per-user ranks of `rank_batches`, and (B,)
+    targets of hand-made batches being refused."""
     batches = [dict(input_ids=torch.tensor([[1, 2, 3], [4, 5, 0]]), attention_mask=torch.tensor([[1, 1, 1], [1, 1, 0]]),
                     target_ids=torch.tensor([7, 9]), exclude_ids=torch.tensor([[1, 2, 3], [4, 5, 0]]))]
-    ranks = target_ranks(tiny_model, batches, progress=False)
-    assert ranks.shape == (2,) and (ranks >= 1).all()
-    metrics = evaluate_model(tiny_model, batches, progress=False)
+    ranks = rank_batches(tiny_model, batches)
+    assert ranks.shape == (2, 1) and (ranks >= 1).all()
+    metrics = evaluate_model(tiny_model, batches)
     assert metrics["mrr"] == pytest.approx((1.0 / ranks.double()).mean().item())
+
+
+def test_peft_model_ranks_with_its_active_adapter():
+    """Catches the loop scoring a PeftModel with the frozen base instead of its active adapter (or failing on it)."""
+    from genrec_hf.adapters import attach_adapter, lora_config
+
+    model = _tiny_model()
+    batches = _batches(num_batches=2)
+    base_metrics = evaluate_model(model, batches)
+    peft = attach_adapter(model, lora_config(r=2))
+    with torch.no_grad():
+        for name, parameter in peft.named_parameters():
+            if "lora_B" in name:
+                parameter.normal_(0, 0.5)  # a trained-looking adapter: scores differ from the base
+    peft.train()
+    got = evaluate_model(peft, batches)
+    assert peft.training
+    assert got == pytest.approx(_brute_force(peft, batches))
+    assert got["mrr"] != pytest.approx(base_metrics["mrr"])
+
+
+def test_gather_receives_each_batch_and_its_output_is_used():
+    """Catches `gather` (the cross-process collector) being skipped or its result ignored."""
+    model = _tiny_model()
+    batches = _batches(num_batches=2)
+    seen = []
+
+    def gather(ranks):
+        seen.append(ranks.shape)
+        return torch.cat([ranks, ranks])  # as if a second process held the same users
+
+    ranks = rank_batches(model, batches, gather=gather)
+    assert seen == [(5, 1), (5, 1)] and ranks.shape == (20, 1)
+
+
+def test_protocol_availability_needs_target_time_and_both_fields():
+    """Catches an availability protocol silently ranking the whole catalog when rows lack `target_time`."""
+    protocol = RankingProtocol(available_since=torch.tensor([0, 5, 10]), availability_window=6)
+    with pytest.raises(ValueError, match="target_time"):
+        protocol.allowed({"target_ids": torch.tensor([[1]])})
+    allowed = protocol.allowed({"target_time": torch.tensor([10, 5])})
+    assert allowed(0, 3).tolist() == [[False, True, True], [True, True, False]]
+    with pytest.raises(ValueError, match="together"):
+        RankingProtocol(available_since=torch.tensor([0, 1]))

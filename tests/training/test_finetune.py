@@ -18,6 +18,7 @@ SOURCE = "synthetic:num_users=120,num_items=60,num_clusters=4,seed=2"
 
 
 def test_every_task_has_lora_and_full_recipes():
+    """Catches a registered task shipping without its lora / full recipes."""
     from genrec_hf.data.tasks import TASKS
 
     names = {p.stem for p in RECIPES}
@@ -27,6 +28,7 @@ def test_every_task_has_lora_and_full_recipes():
 
 @pytest.mark.parametrize("path", RECIPES, ids=lambda p: p.stem)
 def test_shipped_recipe_validates_and_is_commented(path):
+    """Catches a shipped recipe that no longer validates or has an undocumented key."""
     recipe = load_recipe(path, kind=FinetuneRecipe)
     assert path.stem.endswith(recipe.mode) and path.stem.startswith(recipe.task.name)
     text = path.read_text()
@@ -37,6 +39,7 @@ def test_shipped_recipe_validates_and_is_commented(path):
 
 
 def test_unknown_keys_are_errors():
+    """Catches recipe typos being silently ignored."""
     with pytest.raises(ValueError, match="unknown top-level"):
         recipe_from_dict(kind=FinetuneRecipe, raw={"epochs": 3})
     with pytest.raises(ValueError, match="lora: unknown key"):
@@ -76,6 +79,8 @@ def _recipe(tmp_path: Path, task: str = "short_horizon") -> Path:
 
 
 def test_lora_end_to_end_saves_adapter_only(tmp_path, base_dir):
+    """Catches LoRA fine-tuning (through GenRecTrainer and the task protocol) saving the base, touching it
+    on disk, or reporting no test / zero-shot metrics."""
     from safetensors.torch import load_file
 
     before = load_file(base_dir / "model.safetensors")
@@ -100,6 +105,7 @@ def test_lora_end_to_end_saves_adapter_only(tmp_path, base_dir):
 
 @pytest.mark.parametrize("mode", ["full", "from_scratch"])
 def test_full_and_scratch_modes(tmp_path, base_dir, mode):
+    """Catches the full and from-scratch modes not saving a loadable model with its vocabulary."""
     metrics = run_finetune(str(base_dir), str(_recipe(tmp_path, "high_engagement")), mode=mode,
                            overrides={"training.num_train_epochs": "1", "evaluation.zero_shot": "false"})
     out = tmp_path / f"out-{mode}"

@@ -1,7 +1,16 @@
-"""Training windows and the batch collator that turns canonical rows into model inputs.
+"""Training windows and the one collator family that turns rows into model inputs.
 
-Histories longer than `max_length` are truncated to their most recent events (the collator never reads further
-back); `sliding_windows` cuts long training rows beforehand so every event is still supervised once.
+Two row formats, one padding code:
+
+* event rows (`item_ids`, `timestamps`, `action_ids`; pre-training and leave-one-out splits) → `NextItemCollator`:
+  the labels of a training row are its next events, the target of an eval row its last event;
+* task rows (`genrec_hf.data.tasks`: training rows carry `labels` with -100, eval rows `target_ids` + `target_time`)
+  → `TaskCollator`, the same class reading the targets from the row.
+
+Eval batches of both carry `target_ids` (B, T) 0-padded (T = 1 for leave-one-out), `target_time` (B,) and, with
+`exclude_history`, `exclude_ids` (B, H): what `genrec_hf.evaluation.rank_batches` ranks. Histories longer than
+`max_length` keep their most recent events (the collator never reads further back); `sliding_windows` /
+`label_windows` cut long training rows beforehand so every target is still supervised.
 """
 
 from __future__ import annotations
@@ -13,7 +22,7 @@ import numpy as np
 import torch
 from datasets import Dataset
 
-from .interactions import row_lengths, take_event_ranges
+from .interactions import flat_column, row_lengths, take_event_ranges
 
 IGNORE_INDEX = -100
 
@@ -44,15 +53,40 @@ def sliding_windows(dataset: Dataset, max_length: int, stride: int | None = None
     return take_event_ranges(dataset, np.array(rows), np.array(starts), np.array(stops))
 
 
+def label_windows(dataset: Dataset, max_length: int) -> Dataset:
+    """Cut labelled rows (`labels[t]` = the target after event t, -100 = none) into windows of `max_length` events.
+
+    Windows are consecutive and end at the row's end (events `[n - L, n)`, `[n - 2L, n - L)`, ..., in that order),
+    so every label is supervised exactly once and each window keeps the context right before its labels; windows
+    without a label are dropped. Rows of at most `max_length` events pass unchanged. Vectorised in Arrow like
+    `sliding_windows` (whose windows of `max_length + 1` events serve rows labelled by their own next events).
+    """
+    if max_length < 1:
+        raise ValueError(f"max_length={max_length}; expected a positive integer.")
+    lengths = row_lengths(dataset)
+    counts = np.maximum(1, -(-lengths // max_length))  # ceil(n / L) windows per row (one for an empty row)
+    rows = np.repeat(np.arange(len(lengths)), counts)
+    back = np.arange(counts.sum()) - np.repeat(np.cumsum(counts) - counts, counts)  # 0 = the row's last window
+    stops = lengths[rows] - back * max_length
+    starts = np.maximum(0, stops - max_length)
+    labels, _ = flat_column(dataset, "labels")
+    supervised = np.zeros(len(labels) + 1, dtype=np.int64)
+    np.cumsum(labels != IGNORE_INDEX, out=supervised[1:])
+    row_offsets = np.concatenate([[0], np.cumsum(lengths)])[rows]
+    keep = supervised[row_offsets + stops] > supervised[row_offsets + starts]
+    return take_event_ranges(dataset, rows[keep], starts[keep], stops[keep])
+
+
 class NextItemCollator:
-    """Rows with the canonical columns (`item_ids`, `timestamps`, `action_ids`) → padded int64 model inputs.
+    """Event rows (`item_ids`, `timestamps`, `action_ids`) → padded int64 model inputs.
 
     mode="train": the most recent `max_length + 1` events; `input_ids` = events[:-1], `labels` = events[1:]
         (aligned: `labels[:, t]` is the item after input event t; -100 at padding).
-    mode="eval": history = events[:-1] truncated to its most recent `max_length`, target = events[-1];
-        `labels` is -100 except the last real position (= target, so a Trainer eval loss works), `target_ids` (B,),
-        and with `exclude_history` an `exclude_ids` (B, H) of the distinct items of the FULL history (not only the
-        truncated window), 0-padded on the right (it is a set), for ranking with seen items removed.
+    mode="eval": history = events[:-1] truncated to its most recent `max_length`, target = events[-1]:
+        `target_ids` (B, 1), `target_time` (B,) (the target's timestamp, 0 without timestamps), `labels` -100 except
+        the last real position (= the first target, so a Trainer eval loss works), and with `exclude_history` an
+        `exclude_ids` (B, H) of the distinct items of the FULL history (not only the truncated window), 0-padded on
+        the right (it is a set), for ranking with seen items removed.
     Both return `input_ids`, `attention_mask`, `timestamps`, `action_ids` of the input events, padded on
     `padding_side` ("left" by default, so the last real event sits at position -1).
     """
@@ -71,59 +105,93 @@ class NextItemCollator:
         self.exclude_history = exclude_history
 
     def __repr__(self) -> str:
-        return (f"NextItemCollator(max_length={self.max_length}, mode={self.mode!r}, "
+        return (f"{type(self).__name__}(max_length={self.max_length}, mode={self.mode!r}, "
                 f"padding_side={self.padding_side!r}, exclude_history={self.exclude_history})")
 
     def __call__(self, rows: Sequence[dict[str, Any]]) -> dict[str, torch.Tensor]:
         if not rows:
-            raise ValueError("NextItemCollator got an empty batch.")
-        return self._train(rows) if self.mode == "train" else self._eval(rows)
+            raise ValueError(f"{type(self).__name__} got an empty batch.")
+        if self.mode == "train":
+            return self._collate_train([self._train_example(row) for row in rows])
+        return self._collate_eval([self._eval_example(index, row) for index, row in enumerate(rows)])
 
-    def _train(self, rows: Sequence[dict[str, Any]]) -> dict[str, torch.Tensor]:
+    # One example = (items, timestamps, actions) of the input events, plus labels (train) or
+    # (targets, target_time, history items) (eval); subclasses change only how a row becomes an example.
+    def _train_example(self, row: dict[str, Any]) -> tuple[list[int], list[int], list[int], list[int]]:
         keep = self.max_length + 1
-        inputs, labels = [], []
-        for row in rows:
-            items = list(row["item_ids"])[-keep:]
-            fields = [_field(row, name, len(row["item_ids"]))[-keep:][:-1] for name in ("timestamps", "action_ids")]
-            inputs.append((items[:-1], *fields))
-            labels.append(items[1:])
-        batch = self._pad_inputs(inputs)
-        batch["labels"] = self._pad(labels, IGNORE_INDEX, batch["input_ids"].shape[1])
+        items = list(row["item_ids"])
+        times, actions = (_field(row, name, len(items))[-keep:][:-1] for name in ("timestamps", "action_ids"))
+        return items[-keep:][:-1], times, actions, items[-keep:][1:]
+
+    def _eval_example(self, index: int, row: dict[str, Any]) -> tuple[list[int], list[int], list[int], list[int],
+                                                                       int, list[int]]:
+        items = list(row["item_ids"])
+        if len(items) < 2:
+            raise ValueError(f"Eval row {index} (user {row.get('user_id')!r}) has {len(items)} event(s); "
+                             "expected a history of at least one event plus the target.")
+        times, actions = (_field(row, name, len(items)) for name in ("timestamps", "action_ids"))
+        history = items[:-1]
+        return (history[-self.max_length:], times[:-1][-self.max_length:], actions[:-1][-self.max_length:],
+                [items[-1]], int(times[-1]), history)
+
+    def _collate_train(self, examples: list[tuple]) -> dict[str, torch.Tensor]:
+        batch = self._pad_inputs(examples)
+        batch["labels"] = self._pad([labels for *_, labels in examples], IGNORE_INDEX, batch["input_ids"].shape[1])
         return batch
 
-    def _eval(self, rows: Sequence[dict[str, Any]]) -> dict[str, torch.Tensor]:
-        inputs, targets, histories = [], [], []
-        for index, row in enumerate(rows):
-            items = list(row["item_ids"])
-            if len(items) < 2:
-                raise ValueError(f"Eval row {index} (user {row.get('user_id')!r}) has {len(items)} event(s); "
-                                 "expected a history of at least one event plus the target.")
-            fields = [_field(row, name, len(items))[:-1][-self.max_length:] for name in ("timestamps", "action_ids")]
-            inputs.append((items[:-1][-self.max_length:], *fields))
-            targets.append(items[-1])
-            histories.append(list(dict.fromkeys(items[:-1])))
-        batch = self._pad_inputs(inputs)
-        target_ids = torch.tensor(targets, dtype=torch.long)
+    def _collate_eval(self, examples: list[tuple]) -> dict[str, torch.Tensor]:
+        batch = self._pad_inputs(examples)
+        targets = [example[3] for example in examples]
+        target_ids = _pad(targets, 0, max(1, max(len(t) for t in targets)), "right")
         labels = torch.full_like(batch["input_ids"], IGNORE_INDEX)
-        last = _last_real_position(batch["attention_mask"])
-        labels[torch.arange(len(rows)), last] = target_ids
+        labels[torch.arange(len(examples)), _last_real_position(batch["attention_mask"])] = target_ids[:, 0]
         batch["labels"] = labels
         batch["target_ids"] = target_ids
+        batch["target_time"] = torch.tensor([example[4] for example in examples], dtype=torch.long)
         if self.exclude_history:
+            histories = [list(dict.fromkeys(example[5])) for example in examples]
             batch["exclude_ids"] = _pad(histories, 0, max(1, max(len(h) for h in histories)), "right")
         return batch
 
-    def _pad_inputs(self, inputs: list[tuple[list[int], list[int], list[int]]]) -> dict[str, torch.Tensor]:
-        width = max(1, max(len(items) for items, _, _ in inputs))  # a row of only padding keeps a valid shape
+    def _pad_inputs(self, examples: list[tuple]) -> dict[str, torch.Tensor]:
+        width = max(1, max(len(example[0]) for example in examples))  # a row of only padding keeps a valid shape
         return {
-            "input_ids": self._pad([items for items, _, _ in inputs], 0, width),
-            "attention_mask": self._pad([[1] * len(items) for items, _, _ in inputs], 0, width),
-            "timestamps": self._pad([times for _, times, _ in inputs], 0, width),
-            "action_ids": self._pad([actions for _, _, actions in inputs], 0, width),
+            "input_ids": self._pad([example[0] for example in examples], 0, width),
+            "attention_mask": self._pad([[1] * len(example[0]) for example in examples], 0, width),
+            "timestamps": self._pad([example[1] for example in examples], 0, width),
+            "action_ids": self._pad([example[2] for example in examples], 0, width),
         }
 
     def _pad(self, sequences: list[list[int]], value: int, width: int) -> torch.Tensor:
         return _pad(sequences, value, width, self.padding_side)
+
+
+class TaskCollator(NextItemCollator):
+    """Task rows (`genrec_hf.data.tasks`) → the same batches as `NextItemCollator`, targets read from the row.
+
+    mode="train": rows carry `labels` aligned with their events (`labels[t]` = target after event t, -100 = none);
+        the most recent `max_length` events and their labels are kept (cut longer rows with `label_windows`).
+    mode="eval": the context is the row's events (most recent `max_length` as input, all of them excluded with
+        `exclude_history`), `target_ids` the row's targets (B, T) 0-padded and `target_time` its `target_time`.
+    """
+
+    def _train_example(self, row: dict[str, Any]) -> tuple[list[int], list[int], list[int], list[int]]:
+        items, labels = list(row["item_ids"]), list(row["labels"])
+        if len(labels) != len(items):
+            raise ValueError(f"Row of user {row.get('user_id')!r}: labels has {len(labels)} values for "
+                             f"{len(items)} items.")
+        times, actions = (_field(row, name, len(items))[-self.max_length:] for name in ("timestamps", "action_ids"))
+        return items[-self.max_length:], times, actions, labels[-self.max_length:]
+
+    def _eval_example(self, index: int, row: dict[str, Any]) -> tuple[list[int], list[int], list[int], list[int],
+                                                                       int, list[int]]:
+        items = list(row["item_ids"])
+        targets = list(row["target_ids"])
+        if not items or not targets:
+            raise ValueError(f"Task eval row {index} (user {row.get('user_id')!r}) has {len(items)} context "
+                             f"event(s) and {len(targets)} target(s); expected at least one of each.")
+        times, actions = (_field(row, name, len(items))[-self.max_length:] for name in ("timestamps", "action_ids"))
+        return items[-self.max_length:], times, actions, targets, int(row.get("target_time") or 0), items
 
 
 def _pad(sequences: list[list[int]], value: int, width: int, side: str) -> torch.Tensor:

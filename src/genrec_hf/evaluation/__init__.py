@@ -1,10 +1,11 @@
-"""Evaluation: one ranking path (full-catalog, pessimistic ties, history excluded), metrics, protocols,
-baselines and statistics."""
+"""Evaluation: one ranking rule (full-catalog, chunked, ties and NaN pessimistic, history excluded), one metrics
+function, protocols as data, baselines and statistics."""
 
 from pathlib import Path
 
-from .metrics import DEFAULT_KS, RankingAccumulator, metrics_from_ranks
-from .protocols import dense_target_ranks, evaluate_model, ranking_metrics, target_ranks
+from .metrics import DEFAULT_KS, metrics_from_ranks, pad_ranks
+from .protocols import LEAVE_ONE_OUT, RankingProtocol, evaluate_model, rank_batches
+from .ranking import AllowedItems, dense_target_ranks, rank_targets
 from .statistics import paired_bootstrap
 
 # The `evaluate` module shipped inside the package, loadable by path and offline.
@@ -12,12 +13,15 @@ RANKING_METRIC_PATH = str(Path(__file__).parent / "genrec_ranking" / "genrec_ran
 
 __all__ = [
     "DEFAULT_KS",
+    "LEAVE_ONE_OUT",
     "RANKING_METRIC_PATH",
-    "RankingAccumulator",
+    "AllowedItems",
+    "RankingProtocol",
     "dense_target_ranks",
     "evaluate_model",
     "metrics_from_ranks",
+    "pad_ranks",
     "paired_bootstrap",
-    "ranking_metrics",
-    "target_ranks",
+    "rank_batches",
+    "rank_targets",
 ]

@@ -1,7 +1,8 @@
 """Non-neural baselines scored by the same ranking code as the models.
 
-A baseline is a fixed (V,) item score vector; ranking it with `scoring.chunked_target_ranks` through a 1-d "query"
-of 1.0 reuses exactly the protocol the models use (padding never ranked, history excluded, ties pessimistic).
+A baseline is a fixed (V,) item score vector; ranking it with `evaluation.ranking.rank_targets` through a 1-d
+"query" of 1.0 reuses exactly the rule and protocols the models use (padding never ranked, history excluded, ties
+and NaN pessimistic, availability windows).
 """
 
 from __future__ import annotations
@@ -14,8 +15,9 @@ from datasets import Dataset, DatasetDict
 from torch.utils.data import DataLoader
 
 from ..data.interactions import flat_column
-from ..models.genrec.scoring import chunked_target_ranks
-from .metrics import DEFAULT_KS, RankingAccumulator
+from .metrics import DEFAULT_KS, metrics_from_ranks, pad_ranks
+from .protocols import LEAVE_ONE_OUT, RankingProtocol
+from .ranking import rank_targets
 
 
 def popularity_scores(train: Dataset, vocab_size: int) -> torch.Tensor:
@@ -28,21 +30,23 @@ def popularity_scores(train: Dataset, vocab_size: int) -> torch.Tensor:
 
 
 def evaluate_static_scores(
-    item_scores: torch.Tensor, batches: Iterable[dict[str, torch.Tensor]], ks: tuple[int, ...] = DEFAULT_KS
+    item_scores: torch.Tensor, batches: Iterable[dict[str, torch.Tensor]],
+    protocol: RankingProtocol = LEAVE_ONE_OUT, ks: tuple[int, ...] = DEFAULT_KS,
 ) -> dict[str, float]:
-    """Rank each batch's `target_ids` under one score vector shared by every user."""
-    accumulator = RankingAccumulator(ks=ks)
+    """Metrics of each batch's `target_ids` ranked under one score vector shared by every user."""
     item_vectors = item_scores.float().unsqueeze(1)  # (V, 1)
+    ranks = []
     for batch in batches:
-        queries = torch.ones(batch["target_ids"].shape[0], 1)
-        accumulator.add(chunked_target_ranks(queries, item_vectors, batch["target_ids"],
-                                             exclude=batch.get("exclude_ids")))
-    return accumulator.compute()
+        exclude = batch.get("exclude_ids") if protocol.exclude_history else None
+        ranks.append(rank_targets(torch.ones(batch["target_ids"].shape[0], 1), item_vectors, batch["target_ids"],
+                                  exclude_ids=exclude, allowed=protocol.allowed(batch)))
+    return metrics_from_ranks(pad_ranks(ranks), ks)
 
 
 def popularity_metrics(splits: DatasetDict, vocab_size: int, collator: Callable, split: str = "test",
-                       ks: tuple[int, ...] = DEFAULT_KS) -> dict[str, float]:
+                       ks: tuple[int, ...] = DEFAULT_KS, protocol: RankingProtocol = LEAVE_ONE_OUT,
+                       ) -> dict[str, float]:
     """Most-popular (train counts) on `splits[split]`, batched by an eval `collator`: the floor every model
     must clear, under the same protocol as the models."""
     loader = DataLoader(splits[split], batch_size=512, collate_fn=collator)
-    return evaluate_static_scores(popularity_scores(splits["train"], vocab_size), loader, ks=ks)
+    return evaluate_static_scores(popularity_scores(splits["train"], vocab_size), loader, protocol, ks=ks)

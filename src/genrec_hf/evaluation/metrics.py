@@ -1,4 +1,4 @@
-"""Ranking metrics from 1-based ranks: MRR, HR@K, NDCG@K."""
+"""Ranking metrics from per-user target ranks: MRR, HR@K, NDCG@K, recall@K (one definition for one or many targets)."""
 
 from __future__ import annotations
 
@@ -10,33 +10,48 @@ DEFAULT_KS = (1, 5, 10, 50, 200)
 
 
 def metrics_from_ranks(ranks: torch.Tensor, ks: Sequence[int] = DEFAULT_KS) -> dict[str, float]:
-    """MRR, HR@K and NDCG@K (means over users) from 1-based ranks."""
-    ranks = ranks.double().reshape(-1)
-    if ranks.numel() == 0:
-        raise ValueError("No ranks to average: the evaluation split has no users.")
-    if ranks.min() < 1:
-        raise ValueError(f"Ranks are 1-based; got {ranks.min().item():g}.")
-    metrics = {"mrr": (1.0 / ranks).mean().item()}
+    """Means over users of MRR, HR@K, NDCG@K and recall@K from (U,) or (U, T) 1-based ranks (0 = padding).
+
+    Per user with targets Y (the non-zero ranks of its row):
+        mrr = 1 / best rank; hr@K = 1 if any target ranks <= K; recall@K = share of Y ranked <= K;
+        ndcg@K = Σ_{y ranked <= K} 1/log2(1 + rank_y) / Σ_{i <= min(K, |Y|)} 1/log2(1 + i).
+    With one target per user these are the standard single-target MRR / HR@K / NDCG@K, and recall@K = hr@K.
+    Users whose row holds no target are not averaged; they are counted in `num_users_without_target`
+    (`num_users` counts the averaged ones), so a split that lost users says so.
+    """
+    ranks = torch.as_tensor(ranks).long()
+    if ranks.dim() == 1:
+        ranks = ranks[:, None]
+    if ranks.dim() != 2:
+        raise ValueError(f"ranks must be (users,) or (users, T); got shape {tuple(ranks.shape)}.")
+    if ranks.numel() and ranks.min() < 0:
+        raise ValueError(f"Ranks are 1-based (0 = padding); got {int(ranks.min())}.")
+    valid = ranks > 0
+    scored = valid.any(dim=1)
+    ranks, valid = ranks[scored], valid[scored]
+    if ranks.shape[0] == 0:
+        raise ValueError("No ranks to average: the evaluation split has no users with a target.")
+    rank = ranks.double()
+    best = torch.where(valid, rank, torch.full_like(rank, float("inf"))).min(dim=1).values
+    count = valid.sum(dim=1).double()
+    discount = torch.where(valid, 1.0 / torch.log2(rank + 1.0), torch.zeros_like(rank))
+    metrics = {"mrr": (1.0 / best).mean().item()}
     for k in ks:
-        hit = ranks <= k
-        metrics[f"hr@{k}"] = hit.double().mean().item()
-        metrics[f"ndcg@{k}"] = torch.where(hit, 1.0 / torch.log2(ranks + 1.0), torch.zeros_like(ranks)).mean().item()
+        hit = valid & (ranks <= k)
+        ideal = torch.cumsum(1.0 / torch.log2(torch.arange(2, k + 2, dtype=torch.double)), 0)
+        idcg = ideal[count.clamp(max=k).long() - 1]
+        metrics[f"hr@{k}"] = hit.any(dim=1).double().mean().item()
+        metrics[f"ndcg@{k}"] = (torch.where(hit, discount, torch.zeros_like(discount)).sum(dim=1) / idcg).mean().item()
+        metrics[f"recall@{k}"] = (hit.sum(dim=1) / count).mean().item()
+    metrics["num_users"] = int(ranks.shape[0])
+    metrics["num_users_without_target"] = int((~scored).sum())
     return metrics
 
 
-class RankingAccumulator:
-    """Collects ranks batch by batch; `compute()` equals `metrics_from_ranks` over all of them at once."""
-
-    def __init__(self, ks: Sequence[int] = DEFAULT_KS) -> None:
-        self.ks = tuple(ks)
-        self._ranks: list[torch.Tensor] = []
-
-    def add(self, ranks: torch.Tensor) -> None:
-        self._ranks.append(ranks.detach().reshape(-1).cpu())
-
-    @property
-    def ranks(self) -> torch.Tensor:
-        return torch.cat(self._ranks) if self._ranks else torch.zeros(0, dtype=torch.long)
-
-    def compute(self) -> dict[str, float]:
-        return {**metrics_from_ranks(self.ranks, self.ks), "num_users": float(self.ranks.numel())}
+def pad_ranks(parts: Sequence[torch.Tensor]) -> torch.Tensor:
+    """One (U, T_max) rank matrix from per-batch (B, T_b) (or (B,)) ranks, right-padded with 0."""
+    parts = [part[:, None] if part.dim() == 1 else part for part in parts]
+    if not parts:
+        return torch.zeros(0, 1, dtype=torch.long)
+    width = max(part.shape[1] for part in parts)
+    return torch.cat([torch.nn.functional.pad(part.long().cpu(), (0, width - part.shape[1])) for part in parts])

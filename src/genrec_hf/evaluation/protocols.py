@@ -1,122 +1,143 @@
-"""The one evaluation protocol: full-catalog ranking, pessimistic ties, history excluded.
+"""Evaluation protocols as data, and the one model-level ranking loop that applies them.
 
-For each user the held-out item is ranked against every item of the catalog (index 0 = padding never ranked):
-rank = 1 + #{items not excluded, not the target, scoring >= the target}. Items of the user's history are excluded
-by default (HSTU protocol). From ranks: MRR, HR@K and NDCG@K (one relevant item: 1 / log2(rank + 1) if rank <= K).
+A protocol says what a row's ranked catalog is; the rows (and their collator) say what the targets are. Leave-one-out
+next item (`LEAVE_ONE_OUT`, the default) ranks each user's held-out event against the whole catalog with the history
+excluded; a downstream task (`genrec_hf.data.tasks`) hands its own `RankingProtocol` (set-valued targets, an
+availability window). Every protocol goes through `rank_batches` → `evaluation.ranking.rank_targets` →
+`metrics_from_ranks`; there is no second loop.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass
 
 import torch
 from tqdm.auto import tqdm
 
-from ..models.genrec.scoring import chunked_target_ranks
-from .metrics import DEFAULT_KS, metrics_from_ranks
+from .metrics import DEFAULT_KS, metrics_from_ranks, pad_ranks
+from .ranking import AllowedItems, rank_targets
 
-def ranking_metrics(
-    scores: torch.Tensor,
-    targets: torch.Tensor,
-    exclude: torch.Tensor | None = None,
-    ks: Sequence[int] = DEFAULT_KS,
-    exclude_history: bool = True,
-) -> dict[str, float]:
-    """Metrics of dense (batch × catalog) scores, column 0 = padding; `exclude` is (batch × H) item indices.
+MODEL_INPUTS = ("input_ids", "attention_mask", "timestamps", "action_ids")
 
-    The same rule as `scoring.chunked_target_ranks` (tested equal), for callers that already hold dense scores, e.g.
-    a baseline or `model(..., output_logits=True).logits` on a small catalog. `exclude_history=False` ignores
-    `exclude` (all items ranked).
+
+@dataclass(frozen=True, eq=False)
+class RankingProtocol:
+    """How eval batches (`target_ids` (B, T), `exclude_ids`, `target_time`) are ranked.
+
+    Attributes:
+        exclude_history: Do not rank the row's `exclude_ids` (its history); targets are always ranked.
+        set_valued: Targets are a set (reported; the metrics are the same set definitions either way).
+        available_since: Optional (V,) int64 tensor: when each item became available (unix s or event index).
+            With `availability_window` a row ranks only items with
+            `target_time - window < available_since <= target_time` (targets are always ranked).
+        availability_window: Width of that window, in the unit of `available_since`.
+        description: One line saying what is ranked (goes into metrics.json and the card).
+
+    More protocols are more data of this kind, not more loops: a staleness replay (context cut Δ before the
+    target) is rows built with the cut plus this protocol; a cold/warm item slice is an allowed mask (rank only
+    the slice: another `allowed` term) and/or a target mask (targets outside the slice set to 0 in `target_ids`,
+    so users left without a target are counted in `num_users_without_target`, never scored).
     """
-    if scores.dim() != 2 or targets.shape != (scores.shape[0],):
-        raise ValueError(f"scores must be (batch, catalog) and targets (batch,); got {tuple(scores.shape)} and "
-                         f"{tuple(targets.shape)}.")
-    _check_targets(targets, scores.shape[1])
-    ranks = dense_target_ranks(scores, targets, exclude if exclude_history else None)
-    return metrics_from_ranks(ranks, ks)
+
+    exclude_history: bool = True
+    set_valued: bool = False
+    available_since: torch.Tensor | None = None
+    availability_window: float | None = None
+    description: str = "next item after the history (leave-one-out), full catalog"
+
+    def __post_init__(self) -> None:
+        if (self.available_since is None) != (self.availability_window is None):
+            raise ValueError("available_since and availability_window go together (give both or neither).")
+
+    def allowed(self, batch: dict[str, torch.Tensor]) -> AllowedItems | None:
+        """The batch's per-chunk allowed-items mask (availability window at each row's `target_time`), or None."""
+        if self.available_since is None:
+            return None
+        if batch.get("target_time") is None:
+            raise ValueError("An availability protocol needs `target_time` in the eval batch (use the task collator).")
+        since = self.available_since
+        times = batch["target_time"].reshape(-1, 1).double()
+        window = float(self.availability_window)
+
+        def allowed(start: int, stop: int) -> torch.Tensor:
+            chunk = since[start:stop].to(times.device).reshape(1, -1).double()
+            return (chunk > times - window) & (chunk <= times)
+
+        return allowed
+
+    def summary(self) -> str:
+        """One line for metrics.json: the ranking rule this protocol applied."""
+        return ("full-catalog ranking" + (" within the availability window" if self.available_since is not None else "")
+                + f"; history excluded={self.exclude_history}; set-valued={self.set_valued}")
 
 
-def dense_target_ranks(scores: torch.Tensor, targets: torch.Tensor,
-                       exclude: torch.Tensor | None = None) -> torch.Tensor:
-    """1-based pessimistic ranks of `targets` under dense scores (padding column 0 and `exclude` not ranked).
-
-    rank = 1 + #{j ∉ {0, target} ∪ exclude: score_j >= score_target}; NaN scores count against the target.
-    """
-    scores = scores.float()
-    targets = targets.long().to(scores.device)
-    target_scores = scores.gather(1, targets[:, None])
-    masked = torch.zeros_like(scores, dtype=torch.bool)
-    if exclude is not None and exclude.numel():
-        masked.scatter_(1, exclude.long().to(scores.device), True)
-    masked.scatter_(1, targets[:, None], True)  # the target is added back as the leading 1
-    masked[:, 0] = True
-    beats = (scores >= target_scores) | torch.isnan(scores) | torch.isnan(target_scores)
-    return 1 + (beats & ~masked).sum(dim=1)
+LEAVE_ONE_OUT = RankingProtocol()
 
 
-def _check_targets(targets: torch.Tensor, num_items: int) -> None:
-    if targets.numel() and (targets.min() < 1 or targets.max() >= num_items):
-        raise ValueError(f"target ids must be item indices in [1, {num_items - 1}] (0 is padding); got "
-                         f"[{int(targets.min())}, {int(targets.max())}].")
+def _base(model: torch.nn.Module) -> torch.nn.Module:
+    """The GenRec model under a PeftModel (its active adapter still applies in `model(...)`)."""
+    return model.get_base_model() if hasattr(model, "get_base_model") else model
 
 
 @torch.no_grad()
-def target_ranks(
+def rank_batches(
     model: torch.nn.Module,
     batches: Iterable[dict[str, torch.Tensor]],
+    protocol: RankingProtocol = LEAVE_ONE_OUT,
     *,
     chunk_size: int | None = None,
-    exclude_history: bool = True,
     gather: Callable[[torch.Tensor], torch.Tensor] | None = None,
-    progress: bool = True,
+    progress: bool = False,
 ) -> torch.Tensor:
-    """(num_users,) 1-based full-catalog rank of each batch row's `target_ids` under a `GenRecForNextItemPrediction`.
+    """(num_users, T) 1-based ranks (0 = padding) of every eval row's targets under `model` and `protocol`.
 
-    Batches are dicts as from `NextItemCollator(max_length, mode="eval")`: `input_ids`, `attention_mask`,
-    `timestamps`, `action_ids`, `target_ids` (B,) and optionally `exclude_ids` (B, H), ignored when
-    `exclude_history=False`. Items are scored `chunk_size` (default `config.score_chunk_size`) at a time against
-    `outputs.user_embeddings`, so memory never holds a batch × catalog matrix. `gather` (e.g.
-    `accelerator.gather_for_metrics`) collects ranks from every process without the duplicates of an uneven last
-    batch. The model's train/eval mode is restored afterwards.
+    `model` is a `GenRecForNextItemPrediction` or a PeftModel around one (its active adapter scores). Batches are
+    dicts as from the eval collators: `input_ids`, `attention_mask`, `timestamps`, `action_ids`, `target_ids` (B, T)
+    (or (B,)), optionally `exclude_ids` (B, H) and `target_time` (B,). Items are scored `chunk_size` (default
+    `config.score_chunk_size`) at a time. `gather` (e.g. `accelerator.gather_for_metrics`, after padding T across
+    processes) collects each batch's ranks from every process. The model's train/eval mode is restored.
     """
     was_training = model.training
     model.eval()
-    config = model.config
-    item_vectors = model.item_vectors
-    device = item_vectors.device
+    base = _base(model)
+    config = base.config
     ranks: list[torch.Tensor] = []
+    # A bar fed by hand: wrapping `batches` in tqdm.auto would open a second, throwaway DataLoader iterator
+    # (a global RNG draw, and worker start-up when dataloader_num_workers > 0).
+    bar = tqdm(total=len(batches) if hasattr(batches, "__len__") else None, desc="ranking", disable=not progress,
+               leave=False)
     try:
-        for batch in tqdm(batches, desc="ranking", disable=not progress, leave=False):
-            inputs = {key: batch[key].to(device) if batch.get(key) is not None else None
-                      for key in ("input_ids", "attention_mask", "timestamps", "action_ids")}
-            targets = batch["target_ids"].to(device)
-            _check_targets(targets, item_vectors.shape[0])
-            exclude = batch.get("exclude_ids") if exclude_history else None
-            outputs = model(**inputs)
-            batch_ranks = chunked_target_ranks(
-                outputs.user_embeddings, item_vectors, targets,
-                exclude=exclude.to(device) if exclude is not None else None,
+        for batch in batches:
+            bar.update()
+            device = base.item_vectors.device
+            inputs = {key: batch[key].to(device) for key in MODEL_INPUTS if batch.get(key) is not None}
+            queries = model(**inputs).user_embeddings
+            exclude = batch.get("exclude_ids") if protocol.exclude_history else None
+            batch_ranks = rank_targets(
+                queries, base.item_vectors, batch["target_ids"].to(device),
+                exclude_ids=None if exclude is None else exclude.to(device), allowed=protocol.allowed(batch),
                 chunk_size=chunk_size or config.score_chunk_size, temperature=config.score_temperature,
-                l2_normalize=config.l2_normalize_scores,
-            )
-            ranks.append((gather(batch_ranks) if gather is not None else batch_ranks).detach().reshape(-1).cpu())
+                l2_normalize=config.l2_normalize_scores)
+            if batch_ranks.dim() == 1:
+                batch_ranks = batch_ranks[:, None]
+            ranks.append((gather(batch_ranks) if gather is not None else batch_ranks).detach().cpu())
     finally:
+        bar.close()
         model.train(was_training)
-    return torch.cat(ranks) if ranks else torch.zeros(0, dtype=torch.long)
+    return pad_ranks(ranks)
 
 
 def evaluate_model(
     model: torch.nn.Module,
     batches: Iterable[dict[str, torch.Tensor]],
+    protocol: RankingProtocol = LEAVE_ONE_OUT,
     *,
     ks: Sequence[int] = DEFAULT_KS,
     chunk_size: int | None = None,
-    exclude_history: bool = True,
     gather: Callable[[torch.Tensor], torch.Tensor] | None = None,
-    progress: bool = True,
+    progress: bool = False,
 ) -> dict[str, float]:
-    """Full-catalog ranking metrics (MRR, HR@K, NDCG@K) of a model over eval batches, plus `num_users`; the
-    arguments are those of `target_ranks`."""
-    ranks = target_ranks(model, batches, chunk_size=chunk_size, exclude_history=exclude_history, gather=gather,
-                         progress=progress)
-    return {**metrics_from_ranks(ranks, ks), "num_users": float(ranks.numel())}
+    """`metrics_from_ranks` of `rank_batches` (same arguments): MRR, HR@K, NDCG@K, recall@K and user counts."""
+    ranks = rank_batches(model, batches, protocol, chunk_size=chunk_size, gather=gather, progress=progress)
+    return metrics_from_ranks(ranks, ks)

@@ -11,13 +11,13 @@ from torch.utils.data import DataLoader
 from ..data import ItemVocab, NextItemCollator, leave_one_out, load_interactions, remap_to_vocab
 from ..models.genrec import GenRecForNextItemPrediction
 from .metrics import DEFAULT_KS, metrics_from_ranks
-from .protocols import target_ranks
+from .protocols import RankingProtocol, rank_batches
 
 
 def saved_model_ranks(model_dir: str | Path, source: str, *, format: str | None = None, split: str = "test",
                       max_length: int | None = None, batch_size: int = 256,
                       exclude_history: bool = True) -> tuple[str, torch.Tensor]:
-    """(dataset name, per-user leave-one-out ranks) of a saved model on `source`, mapped into its vocabulary."""
+    """(dataset name, (users,) leave-one-out ranks) of a saved model on `source`, mapped into its vocabulary."""
     model = GenRecForNextItemPrediction.from_pretrained(model_dir).eval()
     vocab = ItemVocab.load(model_dir)
     data = remap_to_vocab(load_interactions(source, format=format), vocab)
@@ -25,7 +25,8 @@ def saved_model_ranks(model_dir: str | Path, source: str, *, format: str | None 
     max_length = max_length or model.config.max_position_embeddings
     loader = DataLoader(rows, batch_size=batch_size,
                         collate_fn=NextItemCollator(max_length, mode="eval", exclude_history=exclude_history))
-    return data.name, target_ranks(model, loader, exclude_history=exclude_history)
+    ranks = rank_batches(model, loader, RankingProtocol(exclude_history=exclude_history))
+    return data.name, ranks[:, 0]
 
 
 def evaluate_saved_model(model_dir: str | Path, source: str, *, format: str | None = None, split: str = "test",
@@ -35,4 +36,4 @@ def evaluate_saved_model(model_dir: str | Path, source: str, *, format: str | No
     name, ranks = saved_model_ranks(model_dir, source, format=format, split=split, max_length=max_length,
                                     batch_size=batch_size, exclude_history=exclude_history)
     return {"dataset": name, "split": split, "protocol": "leave_one_out, full-catalog ranking, history "
-            f"excluded={exclude_history}", **metrics_from_ranks(ranks, ks), "num_users": float(ranks.numel())}
+            f"excluded={exclude_history}", **metrics_from_ranks(ranks, ks)}

@@ -16,72 +16,37 @@ A finetune recipe (YAML, unknown keys are errors):
     training:   any transformers.TrainingArguments field (on top of DEFAULT_FINETUNE_ARGUMENTS)
     evaluation: {ks, metric_for_best_model, early_stopping_patience, zero_shot}
 
-Every mode trains through `TaskTrainer` (a `transformers.Trainer` whose evaluation is the task's ranking protocol),
-so the three modes differ only in which parameters are trained and what is saved.
+Every mode trains through `GenRecTrainer` (the package's one `transformers.Trainer`, pre-training uses it too) with the
+task's collator and `RankingProtocol`, so the three modes differ only in which parameters are trained and what is
+saved.
 """
 
 from __future__ import annotations
 
-import dataclasses
 import json
 import logging
-import math
 import resource
 import shutil
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import torch
 import yaml
-from datasets import Dataset
 from torch.utils.data import DataLoader
-from transformers import EarlyStoppingCallback, Trainer, TrainingArguments, set_seed
-from transformers.trainer_utils import EvalLoopOutput
+from transformers import EarlyStoppingCallback, set_seed
 
 from ..adapters import attach_adapter, lora_config, save_adapter, trainable_parameters
 from ..data import ItemVocab, load_interactions, remap_to_vocab
-from ..data.tasks import EvalSpec, TaskCollator, TaskData, build_task, evaluate_task, windows
-from ..evaluation import DEFAULT_KS
+from ..data.collators import TaskCollator, label_windows
+from ..data.tasks import TaskData, build_task
+from ..evaluation import evaluate_model
 from ..models.genrec import GenRecForNextItemPrediction
 from .recipes import FINETUNE_MODES, FinetuneRecipe, load_recipe
-from .trainer import TimeBudgetCallback, check_output_dir, strip_prefix
+from .trainer import GenRecTrainer, TimeBudgetCallback, check_output_dir, strip_prefix
 
 logger = logging.getLogger(__name__)
-
-# ---------------------------------------------------------------------------------------------------------------------
-
-
-class TaskTrainer(Trainer):
-    """`Trainer` whose evaluation ranks each row's task targets under the task's `EvalSpec` (chunked, no logits)."""
-
-    def __init__(self, *args: Any, task_spec: EvalSpec, max_length: int, ks: tuple[int, ...] = DEFAULT_KS,
-                 **kwargs: Any) -> None:
-        super().__init__(*args, **kwargs)
-        self.task_spec = task_spec
-        self.max_length = max_length
-        self.ks = tuple(ks)
-
-    def get_eval_dataloader(self, eval_dataset: str | Dataset | None = None) -> DataLoader:
-        dataset = eval_dataset if eval_dataset is not None else self.eval_dataset
-        collator = TaskCollator(self.max_length, mode="eval", exclude_history=self.task_spec.exclude_history)
-        loader = DataLoader(dataset, batch_size=self.args.eval_batch_size, collate_fn=collator, shuffle=False)
-        return self.accelerator.prepare(loader)
-
-    def evaluation_loop(self, dataloader: DataLoader, description: str, prediction_loss_only: bool | None = None,
-                        ignore_keys: list[str] | None = None, metric_key_prefix: str = "eval") -> EvalLoopOutput:
-        model = self.accelerator.unwrap_model(self.model)
-        gather = None
-        if self.accelerator.num_processes > 1:
-            def gather(ranks: torch.Tensor) -> torch.Tensor:
-                return self.accelerator.gather_for_metrics(self.accelerator.pad_across_processes(ranks, dim=1))
-        metrics = evaluate_task(model, None, self.task_spec, max_length=self.max_length, ks=self.ks, gather=gather,
-                                batches=dataloader)
-        num_users = int(metrics.pop("num_users"))
-        metrics = {f"{metric_key_prefix}_{k}": v for k, v in metrics.items()}
-        return EvalLoopOutput(predictions=None, label_ids=None, metrics=metrics, num_samples=num_users)
-
 
 def _dir_bytes(path: Path, names: tuple[str, ...]) -> int:
     return sum(p.stat().st_size for p in path.iterdir() if p.is_file() and p.name in names)
@@ -115,15 +80,16 @@ def finetune(recipe: FinetuneRecipe, base_dir: str | Path, *, overwrite_output_d
         raise ValueError(f"The data has {len(data.vocab)} item indices but the base {base_dir} has vocab_size="
                          f"{base.config.vocab_size}, and the base has no item_vocab.json to map ids with.")
     task = build_task(recipe.task.name, data, **recipe.task.params)
-    train_rows = windows(task.train, recipe.data.max_length)
+    train_rows = label_windows(task.train, recipe.data.max_length)
     ks = tuple(recipe.evaluation.ks)
     logger.info("task %s on %s: %d training windows, %d validation and %d test users", task.name, data.name,
                 len(train_rows), len(task.validation), len(task.test))
 
+    eval_collator = TaskCollator(recipe.data.max_length, mode="eval", exclude_history=task.protocol.exclude_history)
     zero_shot = None
     if recipe.evaluation.zero_shot:
-        zero_shot = evaluate_task(base, task.test, task.spec, max_length=recipe.data.max_length, ks=ks)
-        zero_shot.pop("num_users", None)
+        loader = DataLoader(task.test, batch_size=256, collate_fn=eval_collator)
+        zero_shot = evaluate_model(base, loader, task.protocol, ks=ks)
 
     if recipe.mode == "lora":
         section = recipe.lora
@@ -143,9 +109,9 @@ def finetune(recipe: FinetuneRecipe, base_dir: str | Path, *, overwrite_output_d
         callbacks.append(EarlyStoppingCallback(early_stopping_patience=recipe.evaluation.early_stopping_patience))
     if recipe.max_train_minutes:
         callbacks.append(TimeBudgetCallback(recipe.max_train_minutes))
-    trainer = TaskTrainer(model=model, args=args, train_dataset=train_rows, eval_dataset=task.validation,
-                          data_collator=TaskCollator(recipe.data.max_length, mode="train"), task_spec=task.spec,
-                          max_length=recipe.data.max_length, ks=ks, callbacks=callbacks)
+    trainer = GenRecTrainer(model=model, args=args, train_dataset=train_rows, eval_dataset=task.validation,
+                            data_collator=TaskCollator(recipe.data.max_length, mode="train"),
+                            eval_collator=eval_collator, protocol=task.protocol, ks=ks, callbacks=callbacks)
     start = time.monotonic()
     train_result = trainer.train()
     train_seconds = time.monotonic() - start
@@ -157,14 +123,12 @@ def finetune(recipe: FinetuneRecipe, base_dir: str | Path, *, overwrite_output_d
     metrics: dict[str, Any] = {
         "dataset": data.name,
         "task": task.name,
-        "task_description": task.spec.description,
+        "task_description": task.protocol.description,
         "task_params": task.params,
         "task_stats": task.stats,
         "mode": recipe.mode,
         "base_model": str(base_dir),
-        "protocol": "per-user last qualifying target = test, previous = validation; full-catalog ranking"
-                    + (" within the availability window" if task.spec.available_since is not None else "")
-                    + f"; history excluded={task.spec.exclude_history}; set-valued={task.spec.set_valued}",
+        "protocol": "per-user last qualifying target = test, previous = validation; " + task.protocol.summary(),
         "validation": strip_prefix(validation, "validation_"),
         "test": strip_prefix(test, "test_"),
         "zero_shot_test": zero_shot,

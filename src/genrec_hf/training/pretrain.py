@@ -14,6 +14,7 @@ from datasets import Dataset, DatasetDict
 from transformers import EarlyStoppingCallback, TrainingArguments, set_seed
 
 from ..data import InteractionData, NextItemCollator, leave_one_out, load_interactions, sliding_windows, time_split
+from ..evaluation import RankingProtocol
 from ..evaluation.baselines import popularity_metrics, popularity_scores
 from ..models.genrec import SIZE_PRESETS, GenRecConfig, GenRecForNextItemPrediction, count_backbone_parameters
 from .recipes import Recipe
@@ -87,6 +88,7 @@ def train(recipe: Recipe, *, overwrite_output_dir: bool = False,
     collator = NextItemCollator(recipe.data.max_length, mode="train")
     eval_collator = NextItemCollator(recipe.data.max_length, mode="eval",
                                      exclude_history=recipe.evaluation.exclude_history)
+    protocol = RankingProtocol(exclude_history=recipe.evaluation.exclude_history)
     callbacks = [ModelCardCallback(dataset_name=prepared.data.name)]
     if recipe.evaluation.early_stopping_patience and args.eval_strategy != "no":
         callbacks.append(EarlyStoppingCallback(early_stopping_patience=recipe.evaluation.early_stopping_patience))
@@ -94,7 +96,8 @@ def train(recipe: Recipe, *, overwrite_output_dir: bool = False,
         callbacks.append(TimeBudgetCallback(recipe.max_train_minutes))
     trainer = GenRecTrainer(
         model=model, args=args, train_dataset=prepared.train_windows, eval_dataset=prepared.splits["validation"],
-        data_collator=collator, eval_collator=eval_collator, ks=tuple(recipe.evaluation.ks), callbacks=callbacks,
+        data_collator=collator, eval_collator=eval_collator, protocol=protocol, ks=tuple(recipe.evaluation.ks),
+        callbacks=callbacks,
     )
     train_result = trainer.train(resume_from_checkpoint=resume_from_checkpoint)
     trainer.remove_callback(EarlyStoppingCallback)  # the final evaluations below are reports, not stopping signals
@@ -111,7 +114,7 @@ def train(recipe: Recipe, *, overwrite_output_dir: bool = False,
                   "world_size": args.world_size, "device": str(args.device)},
         "parameters": _parameter_counts(model),
         "popularity_baseline": {"test": popularity_metrics(prepared.splits, len(prepared.data.vocab), eval_collator,
-                                                           ks=tuple(recipe.evaluation.ks))},
+                                                           ks=tuple(recipe.evaluation.ks), protocol=protocol)},
     }
     if trainer.is_world_process_zero():
         trainer.save_model(str(output_dir))

@@ -1,10 +1,10 @@
 """The one ranking-aware `Trainer` of the package, used by pre-training and fine-tuning alike.
 
-`GenRecTrainer` replaces Trainer's logits-gathering evaluation loop with the package's ranking protocol: per user,
-the rank of each held-out target among the whole catalog (chunked, never batch × catalog), gathered across
-processes without duplicates, turned into MRR / HR@K / NDCG@K. What is ranked (the next item, a task's target set,
-an availability window) is data handed to it as an evaluation protocol, not another loop. Checkpoint selection and
-early stopping use those metrics.
+`GenRecTrainer` replaces Trainer's logits-gathering evaluation loop with the package's ranking path: per user, the
+rank of each held-out target among the whole catalog (chunked, never batch × catalog), gathered across processes
+without duplicates, turned into MRR / HR@K / NDCG@K / recall@K. What is ranked (the next item, a task's target set,
+an availability window) is data handed to it as a `RankingProtocol` and an eval collator, not another loop.
+Checkpoint selection and early stopping use those metrics.
 """
 
 from __future__ import annotations
@@ -12,38 +12,19 @@ from __future__ import annotations
 import logging
 import math
 import time
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
+import torch
 from datasets import Dataset
 from torch.utils.data import DataLoader
 from transformers import Trainer, TrainerCallback, TrainerControl, TrainerState, TrainingArguments
 from transformers.trainer_utils import EvalLoopOutput
 
-from ..data import NextItemCollator
-from ..evaluation import DEFAULT_KS, evaluate_model
+from ..evaluation import DEFAULT_KS, LEAVE_ONE_OUT, RankingProtocol, evaluate_model
 
 logger = logging.getLogger(__name__)
-
-# Defaults for a recipe's `training:` section; the recipe overrides any of them.
-DEFAULT_TRAINING_ARGUMENTS: dict[str, Any] = dict(
-    num_train_epochs=20,
-    per_device_train_batch_size=128,
-    per_device_eval_batch_size=256,
-    learning_rate=1e-3,
-    weight_decay=0.0,
-    warmup_steps=0,
-    lr_scheduler_type="constant",
-    eval_strategy="epoch",
-    save_strategy="epoch",
-    save_total_limit=2,
-    load_best_model_at_end=True,
-    logging_strategy="epoch",
-    report_to=[],
-    dataloader_num_workers=0,
-    disable_tqdm=False,
-)
-
 
 class TimeBudgetCallback(TrainerCallback):
     """Stop training once `max_minutes` of wall time are spent (after an evaluation, so the best model is kept)."""
@@ -66,28 +47,47 @@ class TimeBudgetCallback(TrainerCallback):
 
 
 class GenRecTrainer(Trainer):
-    """`Trainer` whose evaluation ranks each held-out item against the full catalog."""
+    """`Trainer` whose evaluation ranks each eval row's targets against the full catalog under a protocol.
 
-    def __init__(self, *args: Any, eval_collator: NextItemCollator, ks: tuple[int, ...] = DEFAULT_KS,
-                 **kwargs: Any) -> None:
+    Args (besides Trainer's):
+        eval_collator: Turns eval rows into ranking batches (`NextItemCollator(mode="eval")` for leave-one-out,
+            `TaskCollator(mode="eval")` for a task).
+        protocol: The `RankingProtocol` (default leave-one-out next item, history excluded).
+        ks: Cut-offs of hr@K / ndcg@K / recall@K.
+
+    `evaluate(eval_dataset)` takes a Dataset, a split name of a dict `eval_dataset`, or None (the eval dataset).
+    Across processes each batch's (B, T) ranks are padded to a common T and gathered without the duplicates of an
+    uneven last batch; `num_samples` is the number of users scored.
+    """
+
+    def __init__(self, *args: Any, eval_collator: Callable[[list[dict[str, Any]]], dict[str, torch.Tensor]],
+                 protocol: RankingProtocol = LEAVE_ONE_OUT, ks: Sequence[int] = DEFAULT_KS, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         self.eval_collator = eval_collator
+        self.protocol = protocol
         self.ks = tuple(ks)
 
     def get_eval_dataloader(self, eval_dataset: str | Dataset | None = None) -> DataLoader:
         if isinstance(eval_dataset, str):
             eval_dataset = self.eval_dataset[eval_dataset]
         dataset = eval_dataset if eval_dataset is not None else self.eval_dataset
+        if dataset is None:
+            raise ValueError("GenRecTrainer: evaluation requires an eval_dataset.")
         loader = DataLoader(dataset, batch_size=self.args.eval_batch_size, collate_fn=self.eval_collator,
-                            shuffle=False, num_workers=self.args.dataloader_num_workers)
+                            shuffle=False, num_workers=self.args.dataloader_num_workers,
+                            pin_memory=self.args.dataloader_pin_memory)
         return self.accelerator.prepare(loader)
+
+    def _gather_ranks(self, ranks: torch.Tensor) -> torch.Tensor:
+        """Every process's (B, T) ranks, T padded with 0 to the widest process first (gather needs equal shapes)."""
+        return self.accelerator.gather_for_metrics(self.accelerator.pad_across_processes(ranks, dim=1))
 
     def evaluation_loop(self, dataloader: DataLoader, description: str, prediction_loss_only: bool | None = None,
                         ignore_keys: list[str] | None = None, metric_key_prefix: str = "eval") -> EvalLoopOutput:
         model = self.accelerator.unwrap_model(self.model)
-        metrics = evaluate_model(model, dataloader, ks=self.ks, gather=self.accelerator.gather_for_metrics,
+        metrics = evaluate_model(model, dataloader, self.protocol, ks=self.ks, gather=self._gather_ranks,
                                  progress=not self.args.disable_tqdm and self.is_world_process_zero())
-        num_users = int(metrics.pop("num_users"))
+        num_users = int(metrics["num_users"])
         metrics = {f"{metric_key_prefix}_{k}": v for k, v in metrics.items()}
         return EvalLoopOutput(predictions=None, label_ids=None, metrics=metrics, num_samples=num_users)
 

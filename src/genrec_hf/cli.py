@@ -1,4 +1,4 @@
-"""`genrec-hf` command line: train, finetune, evaluate, recommend, card.
+"""`genrec-hf` command line: train, finetune, evaluate, recommend, card, scaling fit.
 
 Every command has `--help`. Errors a user can fix (missing file, bad column, unknown item, unwritable folder,
 unreadable weights) are printed as one clear line and exit with status 2; `--debug` shows the traceback instead.
@@ -149,6 +149,51 @@ def cmd_card(args: argparse.Namespace, extra: list[str]) -> int:
     return 0
 
 
+def cmd_scaling_fit(args: argparse.Namespace, extra: list[str]) -> int:
+    from .scaling.fit import fit_csv, format_table
+
+    if args.plot:
+        from .scaling.plot import require_matplotlib
+
+        try:
+            require_matplotlib()
+        except ImportError as error:
+            raise RuntimeError(str(error)) from None
+        if not Path(args.plot).parent.is_dir():
+            raise FileNotFoundError(f"--plot {args.plot}: folder {Path(args.plot).parent} does not exist; create it "
+                                    "first.")
+    named = {}
+    for text in args.extrapolate or []:
+        name, _, size = text.rpartition("=")
+        try:
+            named[name or size] = float(size)
+        except ValueError:
+            raise ValueError(f"--extrapolate {text!r}: expected a size such as 1e9 or NAME=SIZE such as "
+                             "xl=1e9.") from None
+    fits = fit_csv(args.results, args.task, metric=args.metric, n_bootstrap=args.bootstrap, seed=args.seed,
+                   confidence=args.confidence, criterion=args.criterion, extrapolate_sizes=named)
+    if args.json:
+        print(json.dumps({task: fit.to_dict() for task, fit in fits.items()}, indent=2))
+    else:
+        print(format_table(fits))
+    if args.plot:
+        from .scaling.plot import plot_fits
+
+        print(f"plot written to {plot_fits(fits, args.plot)}", file=sys.stderr)
+    return 0
+
+
+def _non_negative_int(text: str) -> int:
+    """argparse type: an integer >= 0."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected an integer >= 0, got {text!r}") from None
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"expected an integer >= 0, got {text!r}")
+    return value
+
+
 def _positive_int(text: str) -> int:
     """argparse type: an integer >= 1 (argparse names the flag in its error)."""
     try:
@@ -234,6 +279,31 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--dataset_name", default=None, help="dataset shown in the card (default: from metrics.json)")
     p.add_argument("--push_to_hub", default=None, metavar="REPO_ID", help="upload folder + card (needs network)")
     p.set_defaults(func=cmd_card)
+
+    p = sub.add_parser("scaling", help="scaling laws: fit a metric against backbone size",
+                       description="Scaling-law tools over a ladder of backbone sizes.")
+    scaling = p.add_subparsers(dest="scaling_command", required=True)
+    p = scaling.add_parser("fit", help="offset power law vs log-linear fit per task, ceiling P0 and headroom",
+                           description="Fit P(N) = P0 - (N/N0)^(-a) and P = a*log N + b per task of a results CSV "
+                                       "(columns backbone_params, task, the metric; optional ranks_path to per-user "
+                                       "ranks for intervals over users), with bootstrap intervals, the preferred law "
+                                       "and headroom = P0 - best measured value.")
+    p.add_argument("results", help="results CSV, one row per (task, backbone size)")
+    p.add_argument("--task", nargs="+", action="extend", default=None,
+                   help="fit only these tasks, after the CSV or repeated (default: every task in the CSV)")
+    p.add_argument("--metric", default="mrr", help="metric column to fit (default mrr)")
+    p.add_argument("--json", action="store_true", help="print JSON instead of a table")
+    p.add_argument("--plot", default=None, metavar="PATH", help="also draw the fits to PATH, e.g. scaling.png "
+                   "(needs matplotlib: pip install \"genrec-hf[plot]\")")
+    p.add_argument("--bootstrap", type=_non_negative_int, default=1000,
+                   help="bootstrap resamples for the intervals (0: none; default 1000)")
+    p.add_argument("--confidence", type=float, default=0.95, help="interval level (default 0.95)")
+    p.add_argument("--criterion", choices=["aic", "bic", "aicc"], default="aic",
+                   help="information criterion that picks the preferred law (default aic)")
+    p.add_argument("--extrapolate", action="append", metavar="[NAME=]SIZE",
+                   help="also predict at this backbone size (repeatable); 10x and 100x the largest are always shown")
+    p.add_argument("--seed", type=int, default=0, help="bootstrap seed")
+    p.set_defaults(func=cmd_scaling_fit)
     return parser
 
 

@@ -1,8 +1,35 @@
-"""Scaling: FLOPs accounting per token (full / sampled / projected heads).
+"""Scaling: FLOPs accounting per token (full / sampled / projected heads); offset power-law fits of a metric against
+backbone size, with the ceiling P0, headroom and bootstrap intervals (`fit_scaling`, `fit_csv`).
 
-Offset power-law fits, headroom and the size-ladder runner join this room.
+The size-ladder runner joins this room.
 """
 
+from .fit import (
+    Extrapolation,
+    LogLinearFit,
+    OffsetPowerLawFit,
+    ScalingFit,
+    fit_csv,
+    fit_scaling,
+    format_table,
+    load_ranks,
+    per_user_metric,
+)
 from .flops import HEADS, backbone_flops_per_token, backbone_parameters, flops_per_token, flops_reduction
 
-__all__ = ["HEADS", "backbone_flops_per_token", "backbone_parameters", "flops_per_token", "flops_reduction"]
+__all__ = [
+    "HEADS",
+    "Extrapolation",
+    "LogLinearFit",
+    "OffsetPowerLawFit",
+    "ScalingFit",
+    "backbone_flops_per_token",
+    "backbone_parameters",
+    "fit_csv",
+    "fit_scaling",
+    "flops_per_token",
+    "flops_reduction",
+    "format_table",
+    "load_ranks",
+    "per_user_metric",
+]

@@ -1,0 +1,663 @@
+"""Scaling-law fits of a ranking metric against backbone size: offset power law vs log-linear, ceiling and headroom.
+
+Per task, the validation metric P (MRR by default) of models that differ only in backbone size N (transformer blocks,
+no embeddings or head) is fitted with
+
+    offset power law   P(N) = P0 − (N / N0)^(−a),   a > 0        (3 parameters)
+    log-linear         P(N) = slope · ln N + intercept           (2 parameters)
+
+P0 is the ceiling that scale alone approaches; headroom = P0 − best measured P says how much a larger backbone can
+still buy, and so whether effort should go to capacity or to the objective / item representation instead. The two
+laws are compared by RMSE and an information criterion (AIC / BIC / AICc with 3 vs 2 parameters).
+
+Intervals are percentile bootstraps: over evaluation users when per-user ranks are given (the sampling noise a ladder
+really has), otherwise over the fit's residuals. A ceiling the data cannot pin down (P0 above the metric's maximum,
+estimates or intervals at the optimiser's bounds, too few points, no convergence) is still reported, but with
+`identified=False` and the reasons, so it is not read as a ceiling. Metrics are higher-is-better.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import re
+import warnings
+from collections.abc import Mapping, Sequence
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from scipy import optimize, stats
+
+REQUIRED_COLUMNS = ("backbone_params", "task")
+RANKS_COLUMN = "ranks_path"
+CRITERIA = ("aic", "bic", "aicc")
+OFFSET_PARAMS = 3
+LOG_PARAMS = 2
+_BOUNDED_METRIC = re.compile(r"^(mrr|(hr|ndcg|recall)@\d+)$")
+_BOUND_REASONS = {
+    "a at its lower bound": "a at its lower bound: the log-linear limit, no ceiling in sight",
+    "a at its upper bound": "a at its upper bound: the curve is already flat, so a and N0 are not pinned",
+    "no rise with size": "the points do not rise with size",
+}
+_RANK_METRIC = re.compile(r"^(?P<name>mrr|hr|ndcg|recall)(@(?P<k>\d+))?$")
+
+
+@dataclass
+class OffsetPowerLawFit:
+    """`P(N) = p0 − (N / n0)^(−a)` fitted by bounded least squares from several starts."""
+
+    p0: float
+    a: float
+    n0: float  # inf when the fit runs off to the degenerate (log-linear) limit; log10_n0 stays finite
+    log10_n0: float
+    rmse: float
+    rss: float
+    aic: float
+    bic: float
+    aicc: float | None
+    converged: bool
+    message: str
+    n_starts: int
+    n_converged: int
+    n_at_best: int
+    at_bounds: list[str] = field(default_factory=list)
+    p0_interval: tuple[float, float] | None = None
+    a_interval: tuple[float, float] | None = None
+    n0_interval: tuple[float, float] | None = None
+
+    def predict(self, sizes: Sequence[float] | np.ndarray) -> np.ndarray:
+        return _offset_law(np.asarray(sizes, dtype=float), self.p0, self.a, self.log10_n0)
+
+    def to_dict(self) -> dict[str, Any]:
+        return _jsonable(asdict(self))
+
+
+@dataclass
+class LogLinearFit:
+    """`P(N) = slope · ln N + intercept` (ordinary least squares)."""
+
+    slope: float
+    intercept: float
+    slope_stderr: float
+    rmse: float
+    rss: float
+    aic: float
+    bic: float
+    aicc: float | None
+
+    def predict(self, sizes: Sequence[float] | np.ndarray) -> np.ndarray:
+        return self.slope * np.log(np.asarray(sizes, dtype=float)) + self.intercept
+
+    def to_dict(self) -> dict[str, Any]:
+        return _jsonable(asdict(self))
+
+
+@dataclass
+class Extrapolation:
+    """Both laws' prediction at a size beyond (or inside) the ladder, with bootstrap intervals."""
+
+    name: str
+    size: float
+    offset: float
+    offset_interval: tuple[float, float] | None
+    log: float
+    log_interval: tuple[float, float] | None
+
+    def to_dict(self) -> dict[str, Any]:
+        return _jsonable(asdict(self))
+
+
+@dataclass
+class ScalingFit:
+    """Both laws for one task, which one the criterion prefers, the ceiling, headroom and extrapolations."""
+
+    task: str | None
+    metric: str
+    sizes: list[float]
+    values: list[float]
+    offset: OffsetPowerLawFit
+    log: LogLinearFit
+    criterion: str
+    delta: float  # criterion(log) − criterion(offset): > 0 favours the offset law
+    preferred: str  # "offset" or "log"
+    evidence: str  # |delta| < 2 weak, < 6 positive, < 10 strong, else very strong
+    best_value: float
+    best_size: float
+    headroom: float
+    headroom_interval: tuple[float, float] | None
+    identified: bool
+    reasons: list[str]
+    bootstrap: str  # "ranks", "residuals" or "none"
+    n_bootstrap: int
+    n_bootstrap_converged: int
+    paired: bool | None  # ranks bootstrap: the same users resampled at every size
+    confidence: float
+    extrapolations: list[Extrapolation]
+    notes: list[str] = field(default_factory=list)
+    bootstrap_params: np.ndarray | None = field(default=None, repr=False)  # (B, 3): p0, a, log10 n0 per refit
+
+    def predict_interval(self, sizes: Sequence[float] | np.ndarray) -> tuple[np.ndarray, np.ndarray] | None:
+        """Pointwise percentile band of the offset law at `sizes` from the bootstrap refits (None without them)."""
+        if self.bootstrap_params is None or len(self.bootstrap_params) < 2:
+            return None
+        p0, a, log10_n0 = (self.bootstrap_params[:, i : i + 1] for i in range(3))
+        curves = _offset_law(np.asarray(sizes, dtype=float)[None, :], p0, a, log10_n0)
+        tail = 50.0 * (1.0 - self.confidence)
+        return np.percentile(curves, tail, axis=0), np.percentile(curves, 100.0 - tail, axis=0)
+
+    def to_dict(self) -> dict[str, Any]:
+        data = {k: v for k, v in asdict(self).items() if k not in ("offset", "log", "extrapolations",
+                                                                      "bootstrap_params")}
+        data.update(offset=self.offset.to_dict(), log=self.log.to_dict(),
+                    extrapolations=[e.to_dict() for e in self.extrapolations])
+        return _jsonable(data)
+
+
+def _jsonable(value: Any) -> Any:
+    if isinstance(value, dict):
+        return {k: _jsonable(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_jsonable(v) for v in value]
+    if isinstance(value, (np.floating, float)):
+        return float(value) if math.isfinite(value) else None
+    if isinstance(value, np.integer):
+        return int(value)
+    if isinstance(value, np.bool_):
+        return bool(value)
+    return value
+
+
+def _offset_law(sizes: np.ndarray, p0: Any, a: Any, log10_n0: Any) -> np.ndarray:
+    return p0 - np.exp(-a * (np.log(sizes) - np.log(10.0) * log10_n0))
+
+
+def _power_of_ten(exponent: float) -> float:
+    return 10.0 ** exponent if exponent < 308 else math.inf
+
+
+def _criteria(rss: float, n: int, k: int, scale: float) -> tuple[float, float, float | None]:
+    """Gaussian AIC, BIC and AICc from a residual sum of squares (floored so a perfect fit stays finite)."""
+    rss = max(rss, n * (1e-12 * scale) ** 2)
+    aic = n * math.log(rss / n) + 2 * k
+    bic = n * math.log(rss / n) + k * math.log(n)
+    aicc = aic + 2 * k * (k + 1) / (n - k - 1) if n - k - 1 > 0 else None
+    return aic, bic, aicc
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# The offset power law as P = p0 − c · exp(−a · x), x = ln(N / N_ref), c = (N_ref / n0)^a > 0. For a fixed a the model
+# is linear in (p0, c), so both are solved exactly (variable projection) and bounded `least_squares` runs over ln a
+# alone, from several starts. This stays well conditioned in the degenerate direction (a → 0, p0 and c → ∞ together,
+# i.e. the log-linear limit) where a joint 3-parameter search crawls; n0 follows from c and a.
+
+
+@dataclass
+class _Problem:
+    x: np.ndarray  # ln(N / N_ref)
+    log_n_ref: float
+    scale: float  # spread of the values
+    c_min: float
+    lower: float  # bounds on ln a
+    upper: float
+
+
+def _problem(sizes: np.ndarray, values: np.ndarray, a_bounds: tuple[float, float]) -> _Problem:
+    log_n_ref = float(np.mean(np.log(sizes)))
+    scale = max(float(np.ptp(values)), 1e-6 * float(np.max(np.abs(values))), 1e-12)
+    return _Problem(np.log(sizes) - log_n_ref, log_n_ref, scale, 1e-12 * scale, math.log(a_bounds[0]),
+                    math.log(a_bounds[1]))
+
+
+def _linear_part(problem: _Problem, a: float, y: np.ndarray) -> tuple[float, float]:
+    """The least-squares (p0, c) at this a, with c >= c_min (exact: the profile in c is a clipped quadratic)."""
+    u = np.exp(-a * problem.x)
+    du, dy = u - u.mean(), y - y.mean()
+    var = float(du @ du)
+    c = max(-float(du @ dy) / var if var > 0 else problem.c_min, problem.c_min)
+    return float(y.mean() + c * u.mean()), c
+
+
+def _residuals(theta: np.ndarray, problem: _Problem, y: np.ndarray) -> np.ndarray:
+    a = math.exp(theta[0])
+    p0, c = _linear_part(problem, a, y)
+    return p0 - c * np.exp(-a * problem.x) - y
+
+
+def _solve(problem: _Problem, y: np.ndarray, a_starts: Sequence[float]) -> tuple[Any, int, int]:
+    """The best of bounded `least_squares` runs over ln a: (result, #converged, #converged at the best cost)."""
+    margin = 1e-9 * (problem.upper - problem.lower)
+    results = []
+    for a0 in a_starts:
+        theta0 = [min(max(math.log(a0), problem.lower + margin), problem.upper - margin)]
+        results.append(optimize.least_squares(_residuals, theta0, bounds=([problem.lower], [problem.upper]),
+                                              args=(problem, y), method="trf", diff_step=1e-6, max_nfev=200))
+    converged = [r for r in results if r.success]
+    best = min(converged or results, key=lambda r: r.cost)
+    tolerance = 1e-6 * best.cost + len(y) * (1e-8 * problem.scale) ** 2
+    at_best = sum(1 for r in converged if r.cost - best.cost <= tolerance)
+    return best, len(converged), at_best
+
+
+def _a_starts(a_bounds: tuple[float, float], random_starts: int, rng: np.random.Generator) -> list[float]:
+    grid = [a for a in (0.01, 0.05, 0.2, 0.5, 1.0, 2.0) if a_bounds[0] <= a <= a_bounds[1]]
+    low, high = math.log(a_bounds[0]), math.log(a_bounds[1])
+    return (grid or [math.sqrt(a_bounds[0] * a_bounds[1])]) + [math.exp(rng.uniform(low, high))
+                                                               for _ in range(random_starts)]
+
+
+def _unpack(problem: _Problem, theta: np.ndarray, y: np.ndarray) -> tuple[float, float, float, list[str]]:
+    """(p0, a, log10 n0, bounds hit) of a solution."""
+    a = math.exp(float(theta[0]))
+    p0, c = _linear_part(problem, a, y)
+    near = math.log(1.5)  # within a factor 1.5 of a bound: over any real ladder a ≈ a_min is the log-linear limit
+    hit = []
+    if theta[0] - problem.lower <= near:
+        hit.append("a at its lower bound")
+    elif problem.upper - theta[0] <= near:
+        hit.append("a at its upper bound")
+    if c <= problem.c_min * (1 + 1e-9):
+        hit.append("no rise with size")
+    return p0, a, (problem.log_n_ref + math.log(c) / a) / math.log(10.0), hit
+
+
+def _log_law(x: np.ndarray, y: np.ndarray) -> tuple[float, float, float]:
+    regression = stats.linregress(x, y)
+    return float(regression.slope), float(regression.intercept), float(regression.stderr)
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# Per-user values from ranks (for the user bootstrap)
+
+
+def per_user_metric(ranks: np.ndarray, metric: str = "mrr") -> np.ndarray:
+    """Each user's metric from (U,) or (U, T) 1-based ranks (0 = padding); NaN for a user without a target.
+
+    Same definitions as `genrec_hf.evaluation.metrics_from_ranks`, so their mean is the reported metric.
+    """
+    match = _RANK_METRIC.match(metric)
+    if not match or (match["name"] != "mrr") != (match["k"] is not None):
+        raise ValueError(f"per-user ranks give mrr, hr@K, recall@K or ndcg@K; cannot compute metric {metric!r} "
+                         "from them.")
+    ranks = np.asarray(ranks)
+    if ranks.ndim == 1:
+        ranks = ranks[:, None]
+    valid = ranks > 0
+    count = valid.sum(axis=1)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        if match["name"] == "mrr":
+            value = np.max(np.where(valid, 1.0 / np.where(valid, ranks, 1), 0.0), axis=1)
+        else:
+            k = int(match["k"])
+            hit = valid & (ranks <= k)
+            if match["name"] == "hr":
+                value = hit.any(axis=1).astype(float)
+            elif match["name"] == "recall":
+                value = hit.sum(axis=1) / count
+            else:
+                gain = np.where(hit, 1.0 / np.log2(ranks.astype(float) + 1.0), 0.0).sum(axis=1)
+                ideal = np.cumsum(1.0 / np.log2(np.arange(2, k + 2, dtype=float)))
+                value = gain / ideal[np.clip(np.minimum(count, k) - 1, 0, None)]
+    return np.where(count > 0, value, np.nan)
+
+
+def load_ranks(path: str | Path) -> np.ndarray:
+    """1-based per-user ranks saved as .pt (tensor), .npy or .json (a list, or {"ranks": [...]}), checked."""
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"ranks file {path} does not exist.")
+    suffix = path.suffix.lower()
+    if suffix == ".pt":
+        import torch
+
+        loaded = torch.load(path, map_location="cpu", weights_only=True)
+        ranks = loaded.numpy() if isinstance(loaded, torch.Tensor) else np.asarray(loaded)
+    elif suffix == ".npy":
+        ranks = np.load(path, allow_pickle=False)
+    elif suffix == ".json":
+        loaded = json.loads(path.read_text())
+        ranks = np.asarray(loaded["ranks"] if isinstance(loaded, dict) else loaded, dtype=float)
+    else:
+        raise ValueError(f"ranks file {path}: expected .pt, .npy or .json, got {suffix or 'no suffix'!r}.")
+    ranks = np.asarray(ranks)
+    if ranks.ndim not in (1, 2) or ranks.shape[0] == 0:
+        raise ValueError(f"ranks file {path}: expected (users,) or (users, targets) ranks, got shape {ranks.shape}.")
+    if not np.all(np.isfinite(ranks)) or not np.all(ranks == np.round(ranks)):
+        raise ValueError(f"ranks file {path}: ranks must be finite integers.")
+    if ranks.min() < (1 if ranks.ndim == 1 else 0):
+        raise ValueError(f"ranks file {path}: ranks are 1-based (0 pads a 2-d row); found {int(ranks.min())}.")
+    return ranks.astype(np.int64)
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+
+
+def _check_inputs(sizes: Any, values: Any, task: str | None, min_points: int) -> tuple[np.ndarray, np.ndarray]:
+    where = f" for task {task!r}" if task is not None else ""
+    sizes, values = np.asarray(sizes, dtype=float).ravel(), np.asarray(values, dtype=float).ravel()
+    if sizes.shape != values.shape:
+        raise ValueError(f"{len(sizes)} sizes but {len(values)} values{where}.")
+    if len(sizes) < min_points:
+        raise ValueError(f"{len(sizes)} points{where}: a scaling fit needs at least {min_points} sizes "
+                         f"(the offset power law has {OFFSET_PARAMS} parameters).")
+    for name, array in (("size", sizes), ("value", values)):
+        bad = np.flatnonzero(~np.isfinite(array))
+        if len(bad):
+            raise ValueError(f"non-finite {name} {float(array[bad[0]])} at point {bad[0]}{where}.")
+    if np.any(sizes <= 0):
+        raise ValueError(f"backbone size {sizes[sizes <= 0][0]:g}{where} is not positive; sizes count parameters.")
+    unique, counts = np.unique(sizes, return_counts=True)
+    if np.any(counts > 1):
+        raise ValueError(f"duplicate backbone size {unique[counts > 1][0]:g}{where}: one value per size (average "
+                         "repeated runs first).")
+    return sizes, values
+
+
+def _interval(samples: np.ndarray, confidence: float) -> tuple[float, float] | None:
+    samples = samples[np.isfinite(samples)]
+    if len(samples) < 2:
+        return None
+    tail = 50.0 * (1.0 - confidence)
+    low, high = np.percentile(samples, [tail, 100.0 - tail])
+    return float(low), float(high)
+
+
+def _evidence(delta: float) -> str:
+    size = abs(delta)
+    return "weak" if size < 2 else "positive" if size < 6 else "strong" if size < 10 else "very strong"
+
+
+def fit_scaling(
+    sizes: Sequence[float] | np.ndarray,
+    values: Sequence[float] | np.ndarray,
+    *,
+    task: str | None = None,
+    metric: str = "mrr",
+    ranks: Sequence[np.ndarray] | None = None,
+    n_bootstrap: int = 1000,
+    confidence: float = 0.95,
+    seed: int = 0,
+    criterion: str = "aic",
+    extrapolate_factors: Sequence[float] = (10.0, 100.0),
+    extrapolate_sizes: Mapping[str, float] | None = None,
+    upper_bound: float | None | str = "auto",
+    a_bounds: tuple[float, float] = (1e-3, 5.0),
+    random_starts: int = 8,
+    min_points: int = 4,
+) -> ScalingFit:
+    """Fit the offset power law and the log-linear law to one task's (size, metric) points.
+
+    `ranks`, when given, holds each size's per-user 1-based ranks (same order as `sizes`): intervals then resample
+    users (the same user indices at every size when all sizes have the same number of users, i.e. were evaluated on
+    the same users in the same order); otherwise they resample the offset fit's residuals. `upper_bound` is the
+    metric's largest possible value ("auto": 1 for mrr / hr@K / ndcg@K / recall@K, else none); a ceiling above it
+    is not identified. `n_bootstrap=0` skips the intervals.
+    """
+    if criterion not in CRITERIA:
+        raise ValueError(f"criterion must be one of {', '.join(CRITERIA)}; got {criterion!r}.")
+    if not 0.0 < confidence < 1.0:
+        raise ValueError(f"confidence must lie in (0, 1); got {confidence!r}.")
+    if n_bootstrap < 0:
+        raise ValueError(f"n_bootstrap must be >= 0; got {n_bootstrap!r}.")
+    if not 0.0 < a_bounds[0] < a_bounds[1]:
+        raise ValueError(f"a_bounds must be 0 < low < high; got {a_bounds!r}.")
+    if min_points < OFFSET_PARAMS:
+        raise ValueError(f"min_points must be >= {OFFSET_PARAMS} (the offset law's parameters); got {min_points}.")
+    sizes, values = _check_inputs(sizes, values, task, min_points)
+    if upper_bound == "auto":
+        upper_bound = 1.0 if _BOUNDED_METRIC.match(metric) else None
+    order = np.argsort(sizes)
+    sizes, values = sizes[order], values[order]
+    if ranks is not None:
+        if len(ranks) != len(order):
+            raise ValueError(f"{len(ranks)} rank arrays for {len(order)} sizes"
+                             f"{f' of task {task!r}' if task is not None else ''}.")
+        ranks = [np.asarray(ranks[i]) for i in order]
+    n = len(sizes)
+    rng = np.random.default_rng(seed)
+    notes: list[str] = []
+
+    problem = _problem(sizes, values, a_bounds)
+    starts = _a_starts(a_bounds, random_starts, rng)
+    best, n_converged, n_at_best = _solve(problem, values, starts)
+    p0, a, log10_n0, at_bounds = _unpack(problem, best.x, values)
+    offset_pred = _offset_law(sizes, p0, a, log10_n0)
+    rss = float(np.sum((values - offset_pred) ** 2))
+    scale = max(float(np.ptp(values)), 1e-12)
+    aic, bic, aicc = _criteria(rss, n, OFFSET_PARAMS, scale)
+    offset = OffsetPowerLawFit(p0=p0, a=a, n0=_power_of_ten(log10_n0), log10_n0=log10_n0, rmse=math.sqrt(rss / n),
+                               rss=rss, aic=aic, bic=bic, aicc=aicc, converged=bool(n_converged),
+                               message=str(best.message), n_starts=len(starts), n_converged=n_converged,
+                               n_at_best=n_at_best, at_bounds=at_bounds)
+
+    x = np.log(sizes)
+    slope, intercept, slope_stderr = _log_law(x, values)
+    log_pred = slope * x + intercept
+    log_rss = float(np.sum((values - log_pred) ** 2))
+    log = LogLinearFit(slope, intercept, slope_stderr, math.sqrt(log_rss / n), log_rss,
+                       *_criteria(log_rss, n, LOG_PARAMS, scale))
+
+    used = criterion
+    if criterion == "aicc" and (offset.aicc is None or log.aicc is None):
+        used = "aic"
+        notes.append(f"AICc needs at least {OFFSET_PARAMS + 2} points; compared by AIC instead.")
+    delta = float(getattr(log, used) - getattr(offset, used))
+    preferred = "offset" if delta > 0 else "log"
+
+    targets: list[tuple[str, float]] = [(f"{factor:g}x", float(factor * sizes.max())) for factor in
+                                        extrapolate_factors]
+    for name, size in (extrapolate_sizes or {}).items():
+        if not (math.isfinite(size) and size > 0):
+            raise ValueError(f"extrapolation size {name}={size!r} must be a positive number.")
+        targets.append((str(name), float(size)))
+    target_sizes = np.array([s for _, s in targets], dtype=float)
+
+    # --- bootstrap -----------------------------------------------------------------------------------------------
+    mode, paired = ("none", None)
+    boot_params = np.empty((0, 3))
+    boot_headroom = boot_log_pred = boot_offset_pred = np.empty((0, len(targets)))
+    boot_converged = 0
+    p0_at_bound_share = 0.0
+    if n_bootstrap:
+        if ranks is not None:
+            mode = "ranks"
+            per_user = [per_user_metric(r, metric) for r in ranks]
+            for size, user_values, value in zip(sizes, per_user, values):
+                mean = float(np.nanmean(user_values))
+                if abs(mean - value) > max(1e-3, 1e-2 * abs(value)):
+                    warnings.warn(f"{metric} {value:.6g} at size {size:g}{f' of task {task!r}' if task else ''} "
+                                  f"differs from the mean over its per-user ranks ({mean:.6g}); are the ranks from "
+                                  "the same evaluation?", stacklevel=2)
+            counts = {len(u) for u in per_user}
+            paired = len(counts) == 1
+            if paired:
+                indices = rng.integers(0, counts.pop(), size=(n_bootstrap, per_user[0].shape[0]))
+                samples = np.stack([np.nanmean(u[indices], axis=1) for u in per_user], axis=1)
+            else:
+                samples = np.stack([np.nanmean(u[rng.integers(0, len(u), size=(n_bootstrap, len(u)))], axis=1)
+                                    for u in per_user], axis=1)
+            log_samples = samples
+        else:
+            mode = "residuals"
+            inflate = math.sqrt(n / (n - OFFSET_PARAMS)) if n > OFFSET_PARAMS else 1.0
+            residuals = (values - offset_pred) * inflate
+            log_residuals = (values - log_pred) * math.sqrt(n / (n - LOG_PARAMS))
+            indices = rng.integers(0, n, size=(n_bootstrap, n))
+            samples = offset_pred + (residuals - residuals.mean())[indices]
+            log_samples = log_pred + (log_residuals - log_residuals.mean())[indices]
+        design = np.column_stack([x, np.ones_like(x)])
+        coef, *_ = np.linalg.lstsq(design, log_samples.T, rcond=None)
+        boot_log_pred = (np.column_stack([np.log(target_sizes), np.ones_like(target_sizes)]) @ coef).T
+        params, headroom, offset_preds, at_bound = [], [], [], 0
+        for sample in samples:
+            sample_problem = _problem(sizes, sample, a_bounds)
+            result, converged_runs, _ = _solve(sample_problem, sample, [a])
+            if not converged_runs:
+                result, converged_runs, _ = _solve(sample_problem, sample, starts[:6])
+            if not converged_runs:
+                continue
+            sample_p0, sample_a, sample_log10_n0, hits = _unpack(sample_problem, result.x, sample)
+            at_bound += "a at its lower bound" in hits or "no rise with size" in hits
+            params.append((sample_p0, sample_a, sample_log10_n0))
+            headroom.append(sample_p0 - sample.max())
+            offset_preds.append(_offset_law(target_sizes, sample_p0, sample_a, sample_log10_n0))
+        boot_converged = len(params)
+        if params:
+            boot_params = np.array(params)
+            boot_headroom = np.array(headroom)
+            boot_offset_pred = np.array(offset_preds).reshape(len(params), len(targets))
+            p0_at_bound_share = at_bound / len(params)
+            offset.p0_interval = _interval(boot_params[:, 0], confidence)
+            offset.a_interval = _interval(boot_params[:, 1], confidence)
+            log10_n0_interval = _interval(boot_params[:, 2], confidence)
+            if log10_n0_interval:
+                offset.n0_interval = (_power_of_ten(log10_n0_interval[0]), _power_of_ten(log10_n0_interval[1]))
+
+    # --- identification --------------------------------------------------------------------------------------------
+    reasons = []
+    if n < OFFSET_PARAMS + 1:
+        reasons.append(f"{n} points for {OFFSET_PARAMS} parameters leave no degree of freedom")
+    if not offset.converged:
+        reasons.append(f"no start converged ({offset.message})")
+    if offset.at_bounds:
+        reasons.extend(_BOUND_REASONS[hit] for hit in offset.at_bounds if hit != "a at its upper bound")
+        if "a at its upper bound" in offset.at_bounds:
+            notes.append(_BOUND_REASONS["a at its upper bound"] + " (P0 is the plateau)")
+    if upper_bound is not None and p0 > upper_bound:
+        reasons.append(f"P0 = {p0:.4g} exceeds {upper_bound:g}, the largest possible {metric}")
+    if n_bootstrap:
+        tail = (1.0 - confidence) / 2
+        if boot_converged < 0.5 * n_bootstrap:
+            reasons.append(f"only {boot_converged} of {n_bootstrap} bootstrap refits converged")
+        if p0_at_bound_share > tail:
+            reasons.append(f"P0 interval unbounded above: {p0_at_bound_share:.0%} of bootstrap refits run to the "
+                           "log-linear limit or show no rise (the points do not bend enough to fix a ceiling)")
+        elif upper_bound is not None and offset.p0_interval and offset.p0_interval[1] > upper_bound:
+            reasons.append(f"P0 interval reaches {offset.p0_interval[1]:.4g} > {upper_bound:g}, the largest "
+                           f"possible {metric}")
+    else:
+        notes.append("no bootstrap: intervals and their identification checks skipped")
+
+    best_index = int(np.argmax(values))
+    extrapolations = [
+        Extrapolation(name, size, float(offset.predict([size])[0]),
+                      _interval(boot_offset_pred[:, j], confidence) if boot_converged else None,
+                      float(log.predict([size])[0]),
+                      _interval(boot_log_pred[:, j], confidence) if mode != "none" else None)
+        for j, (name, size) in enumerate(targets)
+    ]
+    return ScalingFit(
+        task=task, metric=metric, sizes=sizes.tolist(), values=values.tolist(), offset=offset, log=log,
+        criterion=used, delta=delta, preferred=preferred, evidence=_evidence(delta),
+        best_value=float(values[best_index]), best_size=float(sizes[best_index]),
+        headroom=float(p0 - values[best_index]),
+        headroom_interval=_interval(boot_headroom, confidence) if boot_converged else None,
+        identified=not reasons, reasons=reasons, bootstrap=mode, n_bootstrap=int(n_bootstrap),
+        n_bootstrap_converged=boot_converged, paired=paired, confidence=confidence, extrapolations=extrapolations,
+        notes=notes, bootstrap_params=boot_params if boot_converged else None,
+    )
+
+
+def fit_csv(
+    path: str | Path,
+    task: str | Sequence[str] | None = None,
+    *,
+    metric: str = "mrr",
+    **kwargs: Any,
+) -> dict[str, ScalingFit]:
+    """`fit_scaling` per task of a results CSV, in file order (or the order of `task`).
+
+    Columns: `backbone_params` (N, transformer blocks only), `task`, the metric column (`mrr` by default; any other
+    numeric column such as `hr@10` can be named) and optionally `ranks_path`: a .pt / .npy / .json file of that
+    size's per-user 1-based ranks, relative to the CSV's folder, for intervals over users. Other columns are ignored.
+    """
+    import pandas as pd
+
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"results CSV {path} does not exist.")
+    try:
+        frame = pd.read_csv(path)
+    except (pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError) as error:
+        raise ValueError(f"{path} is not a readable CSV: {error}") from None
+    missing = [c for c in (*REQUIRED_COLUMNS, metric) if c not in frame.columns]
+    if missing:
+        raise ValueError(f"{path} lacks column{'s' if len(missing) > 1 else ''} {', '.join(map(repr, missing))}; "
+                         f"it has {', '.join(map(repr, frame.columns))}. Required: backbone_params, task and the "
+                         f"metric ({metric!r}); optional: {RANKS_COLUMN}.")
+    frame["task"] = frame["task"].astype(str)
+    for column in ("backbone_params", metric):
+        numeric = pd.to_numeric(frame[column], errors="coerce")
+        bad = numeric.isna() & frame[column].notna()
+        if bad.any():
+            row = int(np.flatnonzero(bad.to_numpy())[0])
+            raise ValueError(f"{path}: column {column!r} holds {frame[column].iloc[row]!r} (row {row + 2} of the "
+                             "file), not a number.")
+        frame[column] = numeric
+    available = list(dict.fromkeys(frame["task"]))
+    wanted = available if task is None else [task] if isinstance(task, str) else list(task)
+    unknown = [t for t in wanted if t not in available]
+    if unknown:
+        raise ValueError(f"unknown task {', '.join(map(repr, unknown))} in {path}; its tasks are "
+                         f"{', '.join(map(repr, available))}.")
+    fits = {}
+    for name in wanted:
+        rows = frame[frame["task"] == name]
+        ranks = None
+        if RANKS_COLUMN in rows.columns:
+            given = rows[RANKS_COLUMN].notna() & (rows[RANKS_COLUMN].astype(str).str.strip() != "")
+            if given.any() and not given.all():
+                absent = rows.loc[~given, "backbone_params"].tolist()
+                raise ValueError(f"{path}: task {name!r} has {RANKS_COLUMN} for some sizes but not for "
+                                 f"{', '.join(f'{s:g}' for s in absent)}; give it for every size or none.")
+            if given.all():
+                ranks = [load_ranks(_resolve(path, str(p).strip())) for p in rows[RANKS_COLUMN]]
+        fits[name] = fit_scaling(rows["backbone_params"].to_numpy(float), rows[metric].to_numpy(float), task=name,
+                                 metric=metric, ranks=ranks, **kwargs)
+    return fits
+
+
+def _resolve(csv_path: Path, ranks_path: str) -> Path:
+    candidate = Path(ranks_path).expanduser()
+    return candidate if candidate.is_absolute() else csv_path.parent / candidate
+
+
+def _fmt(value: float | None, digits: int = 4) -> str:
+    if value is None or not math.isfinite(value):
+        return "inf" if value is not None and value > 0 else "n/a"
+    return f"{value:.{digits}g}"
+
+
+def _with_interval(value: float, interval: tuple[float, float] | None, digits: int = 4) -> str:
+    text = _fmt(value, digits)
+    return f"{text} [{_fmt(interval[0], digits)}, {_fmt(interval[1], digits)}]" if interval else text
+
+
+def format_table(fits: Mapping[str, ScalingFit] | Sequence[ScalingFit]) -> str:
+    """A plain-text report per task: P0, a, N0 with intervals, RMSE of both laws, preferred law, headroom."""
+    blocks = []
+    for fit in fits.values() if isinstance(fits, Mapping) else fits:
+        o = fit.offset
+        level = f"{fit.confidence:.0%} CI, {fit.bootstrap} bootstrap" if fit.bootstrap != "none" else "no intervals"
+        lines = [
+            f"task {fit.task} · {fit.metric} vs backbone size ({len(fit.sizes)} sizes "
+            f"{_fmt(min(fit.sizes), 3)}–{_fmt(max(fit.sizes), 3)}; {level})",
+            f"  offset law  P0 {_with_interval(o.p0, o.p0_interval)}   a {_with_interval(o.a, o.a_interval)}   "
+            f"N0 {_with_interval(o.n0, o.n0_interval, 3)}",
+            f"  RMSE ×1e-3  offset {o.rmse * 1e3:.2f}  vs  log {fit.log.rmse * 1e3:.2f}   "
+            f"{fit.criterion.upper()} prefers {fit.preferred} (Δ {fit.delta:+.2f}, {fit.evidence})",
+            f"  headroom    {_with_interval(fit.headroom, fit.headroom_interval)} over best {fit.metric} "
+            f"{_fmt(fit.best_value)} at N = {_fmt(fit.best_size, 3)}",
+        ]
+        for e in fit.extrapolations:
+            lines.append(f"  at {e.name:>6} (N = {_fmt(e.size, 3)})  offset "
+                         f"{_with_interval(e.offset, e.offset_interval)}   log {_with_interval(e.log, e.log_interval)}")
+        fit_state = "converged" if o.converged else "NOT converged"
+        lines.append(f"  fit         {fit_state} ({o.n_converged}/{o.n_starts} starts, {o.n_at_best} at the best "
+                     f"cost)" + (f"; bootstrap {fit.n_bootstrap_converged}/{fit.n_bootstrap} refits"
+                                 if fit.n_bootstrap else ""))
+        lines.append("  identified  yes" if fit.identified else "  identified  NO: " + "; ".join(fit.reasons))
+        lines.extend(f"  note        {note}" for note in fit.notes)
+        blocks.append("\n".join(lines))
+    return "\n\n".join(blocks)

@@ -21,7 +21,7 @@ def saved_model_ranks(model_dir: str | Path, source: str, *, format: str | None 
     model = GenRecForNextItemPrediction.from_pretrained(model_dir).eval()
     vocab = ItemVocab.load(model_dir)
     data = remap_to_vocab(load_interactions(source, format=format), vocab)
-    rows = leave_one_out(data)[split]
+    rows = leave_one_out(data, required=(split,))[split]
     max_length = max_length or model.config.max_position_embeddings
     loader = DataLoader(rows, batch_size=batch_size,
                         collate_fn=NextItemCollator(max_length, mode="eval", exclude_history=exclude_history))

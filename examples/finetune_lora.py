@@ -54,9 +54,8 @@ def main() -> None:
     data = load_interactions(args.data)
     rows = [build_task("short_horizon", data).test[i] for i in range(3)]
     batch = TaskCollator(20, mode="eval")(rows)
-    scores, items, _ = score_mixed_batch(model, batch, adapter_names=["short_horizon", "high_engagement", "__base__"],
-                                         k=5)
-    for name, row in zip(["short_horizon", "high_engagement", "__base__"], items.tolist()):
+    top = score_mixed_batch(model, batch, adapter_names=["short_horizon", "high_engagement", "__base__"], k=5)
+    for name, row in zip(["short_horizon", "high_engagement", "__base__"], top.items.tolist()):
         print(f"  {name:>16}: {[data.vocab.decode(i) for i in row]}")
 
 

@@ -92,9 +92,9 @@ def test_base_frozen_and_save_load_identical(tmp_path, overrides, train_head):
     assert torch.allclose(loaded(**batch).user_embeddings, tuned, atol=1e-6)
     assert torch.allclose(adapter_item_vectors(loaded, "task"), adapter_item_vectors(model, "default"))
     # The served scores (through the adapter's item vectors) match too.
-    k_scores, k_items, _ = score_mixed_batch(loaded, batch, ["task"] * 4, k=5)
+    top = score_mixed_batch(loaded, batch, ["task"] * 4, k=5)
     ref = GenRecForNextItemPrediction.topk(model.get_base_model(), tuned, 5)
-    assert torch.equal(k_items, ref[1])
+    assert torch.equal(top.items, ref.items)
     if train_head == "item_vectors":  # the input embeddings are still the frozen base table
         emb = loaded.get_base_model().model.embeddings.item_embeddings.weight
         assert torch.equal(emb, before["model.embeddings.item_embeddings.weight"])
@@ -121,7 +121,11 @@ def test_two_adapters_switch_and_mixed_batch(tmp_path):
     assert not torch.allclose(per_task["a"], per_task["b"])
     assert not torch.allclose(per_task["a"], per_task["__base__"])
     names = ["a", "b", "__base__", "b"]
-    scores, items, queries = score_mixed_batch(served, batch, names, k=5)
+    served.train()
+    items, scores = score_mixed_batch(served, batch, names, k=5)
+    assert served.training, "score_mixed_batch must put the model back in the mode it found it in"
+    served.eval()
+    queries = served(**batch, adapter_names=names).user_embeddings
     for i, name in enumerate(names):
         assert torch.allclose(queries[i], per_task[name][i], atol=1e-5)
         ref_items = torch.topk(_scores(served, name, per_task[name][i:i + 1]), 5).indices

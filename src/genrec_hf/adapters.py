@@ -35,7 +35,7 @@ from peft import LoraConfig, PeftModel, get_peft_model
 from peft.utils.other import ModulesToSaveWrapper
 
 from .models.genrec import GenRecConfig, GenRecForNextItemPrediction
-from .models.genrec.scoring import chunked_topk
+from .models.genrec.scoring import TopItems, chunked_topk
 
 DEFAULT_TARGET_MODULES = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
 HEAD_PARTS = {"projection": "head.projection", "item_vectors": "head.item_embeddings"}
@@ -257,27 +257,32 @@ def adapter_item_vectors(model: PeftModel, adapter_name: str) -> torch.Tensor:
 @torch.no_grad()
 def score_mixed_batch(model: PeftModel, batch: dict[str, torch.Tensor], adapter_names: list[str], k: int = 10,
                       exclude: torch.Tensor | None = None, allowed: torch.Tensor | None = None,
-                      ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+                      ) -> TopItems:
     """Top-k items for a batch whose row i is served by adapter `adapter_names[i]` (`"__base__"` = no adapter).
 
-    One forward pass with PEFT's per-row `adapter_names` gives each row's query vector; rows are then scored in
-    groups against their adapter's item vectors. Returns (scores (B, k), item indices (B, k), user embeddings).
+    One forward pass with PEFT's per-row `adapter_names` gives each row's query vector (the same
+    `model(**batch, adapter_names=...)` call returns them as `user_embeddings`); rows are then scored in groups
+    against their adapter's item vectors. Returns `TopItems(items, scores)`, each (B, k), best first. Runs in eval
+    mode and puts the model back in the mode it was in.
     """
-    model.eval()
     config = model.get_base_model().config
     inputs = {key: batch[key] for key in ("input_ids", "attention_mask", "timestamps", "action_ids") if key in batch}
-    queries = model(**inputs, adapter_names=list(adapter_names)).user_embeddings
+    was_training = model.training
+    try:
+        queries = model.eval()(**inputs, adapter_names=list(adapter_names)).user_embeddings
+    finally:
+        model.train(was_training)
     batch_size = queries.shape[0]
     scores = torch.full((batch_size, k), float("-inf"), device=queries.device)
     indices = torch.zeros(batch_size, k, dtype=torch.long, device=queries.device)
     for name in dict.fromkeys(adapter_names):
         rows = torch.tensor([i for i, n in enumerate(adapter_names) if n == name], device=queries.device)
-        s, idx = chunked_topk(queries[rows], adapter_item_vectors(model, name), k,
-                              exclude=None if exclude is None else exclude[rows], allowed=allowed,
-                              chunk_size=config.score_chunk_size, temperature=config.score_temperature,
-                              l2_normalize=config.l2_normalize_scores)
-        scores[rows], indices[rows] = s, idx
-    return scores, indices, queries
+        top = chunked_topk(queries[rows], adapter_item_vectors(model, name), k,
+                           exclude=None if exclude is None else exclude[rows], allowed=allowed,
+                           chunk_size=config.score_chunk_size, temperature=config.score_temperature,
+                           l2_normalize=config.l2_normalize_scores)
+        indices[rows], scores[rows] = top.items, top.scores
+    return TopItems(indices, scores)
 
 
 def merge_adapter(model: PeftModel, adapter_name: str | None = None) -> GenRecForNextItemPrediction:

@@ -10,6 +10,7 @@ from transformers import AutoConfig, AutoModel
 
 from genrec_hf import GenRecConfig, GenRecForNextItemPrediction, GenRecModel
 from genrec_hf.models.genrec.modeling_genrec import time_gap_buckets
+from genrec_hf.models.genrec.scoring import TopItems
 
 from tests.helpers import tiny_config
 
@@ -20,25 +21,6 @@ def _batch(seed: int = 0, batch: int = 3, length: int = 10, vocab: int = 41):
     timestamps = torch.cumsum(torch.randint(0, 100_000, (batch, length), generator=g), dim=1)
     action_ids = torch.randint(0, 3, (batch, length), generator=g)
     return dict(input_ids=input_ids, timestamps=timestamps, action_ids=action_ids)
-
-
-@pytest.mark.parametrize("overrides", [{}, dict(position_encoding="learned"), dict(head_projection_ratio=4,
-                                                                                  tie_word_embeddings=False)])
-def test_save_load_bit_exact(tmp_path, overrides):
-    torch.manual_seed(0)
-    model = GenRecForNextItemPrediction(tiny_config(**overrides)).eval()
-    batch = _batch()
-    expected = model(**batch, output_logits=True)
-    model.save_pretrained(tmp_path)
-    assert (tmp_path / "model.safetensors").exists() and (tmp_path / "config.json").exists()
-    for loader in (GenRecForNextItemPrediction,):
-        loaded = loader.from_pretrained(tmp_path).eval()
-        got = loaded(**batch, output_logits=True)
-        assert torch.equal(got.logits, expected.logits)
-        assert torch.equal(got.user_embeddings, expected.user_embeddings)
-    backbone = AutoModel.from_pretrained(tmp_path).eval()
-    assert isinstance(backbone, GenRecModel)
-    assert torch.equal(backbone(**batch).last_hidden_state, expected.last_hidden_state)
 
 
 def test_tied_weights_share_storage(tmp_path):
@@ -85,60 +67,6 @@ def test_trust_remote_code_without_genrec_hf(tmp_path):
                             env={"HF_HUB_OFFLINE": "1", "PATH": "", "HF_HOME": str(tmp_path / "hf_home")})
     assert result.returncode == 0, result.stderr[-3000:]
     assert "ok" in result.stdout
-
-
-@pytest.mark.parametrize("position_encoding", ["rope", "learned", "none"])
-def test_causality(tiny_model, position_encoding):
-    torch.manual_seed(0)
-    model = GenRecForNextItemPrediction(tiny_config(position_encoding=position_encoding)).eval()
-    batch = _batch()
-    changed = {k: v.clone() for k, v in batch.items()}
-    changed["input_ids"][:, 6:] = (changed["input_ids"][:, 6:] % 40) + 1
-    changed["timestamps"][:, 7:] += 999_999
-    changed["action_ids"][:, 6:] = (changed["action_ids"][:, 6:] + 1) % 3
-    a = model(**batch).last_hidden_state
-    b = model(**changed).last_hidden_state
-    torch.testing.assert_close(a[:, :6], b[:, :6], rtol=0, atol=0)
-    assert not torch.allclose(a[:, 6:], b[:, 6:])
-
-
-@pytest.mark.parametrize("position_encoding", ["rope", "learned"])
-def test_padding_invariance(position_encoding):
-    torch.manual_seed(0)
-    model = GenRecForNextItemPrediction(tiny_config(position_encoding=position_encoding)).eval()
-    history = _batch(batch=1, length=6)
-    reference = model(**history).user_embeddings
-
-    def pad(x, left, right):
-        return torch.cat([torch.zeros(1, left, dtype=x.dtype), x, torch.zeros(1, right, dtype=x.dtype)], dim=1)
-
-    for left, right in [(3, 0), (0, 4), (2, 5)]:
-        padded = {k: pad(v, left, right) for k, v in history.items()}
-        mask = pad(torch.ones(1, 6, dtype=torch.long), left, right)
-        got = model(**padded, attention_mask=mask).user_embeddings
-        torch.testing.assert_close(got, reference, rtol=1e-5, atol=1e-5)
-        assert torch.isfinite(model(**padded, attention_mask=mask).last_hidden_state).all()
-
-
-def test_gradient_checkpointing_same_gradients():
-    torch.manual_seed(0)
-    model = GenRecForNextItemPrediction(tiny_config())
-    batch = _batch()
-    labels = torch.roll(batch["input_ids"], -1, dims=1)
-
-    def grads():
-        model.zero_grad()
-        model(**batch, labels=labels).loss.backward()
-        return {n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None}
-
-    model.train()
-    plain = grads()
-    model.activation_checkpointing_enable()
-    assert model.is_activation_checkpointing
-    checkpointed = grads()
-    assert plain.keys() == checkpointed.keys()
-    for name in plain:
-        torch.testing.assert_close(plain[name], checkpointed[name], msg=name)
 
 
 def test_logits_only_when_asked(tiny_model):
@@ -236,3 +164,42 @@ def test_full_softmax_model_has_no_sampler_state():
 def test_sampler_config_errors(field, value, message):
     with pytest.raises(ValueError, match=message):
         tiny_config(loss_type="sampled", **{field: value})
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# Top-k and recommend: one return type, the caller's train/eval mode kept, k validated
+
+
+def test_topk_and_recommend_return_top_items(tiny_model):
+    """`topk` and `recommend` returning their tensors in opposite orders (scores first vs items first) let a caller
+    treat scores as item ids without any error."""
+    batch = _batch()
+    user = tiny_model(**batch).user_embeddings
+    top = tiny_model.topk(user, 5)
+    assert isinstance(top, TopItems)
+    items, scores = top
+    assert items is top.items and scores is top.scores
+    assert items.dtype == torch.long and scores.dtype == torch.float32
+    dense = tiny_model.score(user)
+    assert torch.equal(dense.gather(1, items), scores)
+    assert torch.equal(scores, dense.topk(5, dim=1).values)
+    rec = tiny_model.recommend([[3, 4, 5], [7]], k=4)
+    assert isinstance(rec, TopItems) and rec.items.shape == rec.scores.shape == (2, 4)
+    assert not set(rec.items[0].tolist()) & {3, 4, 5} and 7 not in rec.items[1].tolist()
+
+
+@pytest.mark.parametrize("training", [True, False])
+def test_recommend_restores_train_mode(tiny_model, training):
+    """`recommend` switching the model to eval and leaving it there silently turns dropout off for the rest of a
+    training loop that calls it (e.g. for a qualitative check)."""
+    tiny_model.train(training)
+    tiny_model.recommend([[1, 2, 3]], k=3)
+    assert tiny_model.training is training
+    assert all(m.training is training for m in tiny_model.modules())
+
+
+@pytest.mark.parametrize("k", [0, -1, 2.5, "3", True])
+def test_recommend_rejects_bad_k(tiny_model, k):
+    """k=0 or a negative k returning empty tensors (or a float k failing deep inside torch.topk)."""
+    with pytest.raises(ValueError, match=r"k=.* is invalid: expected a positive integer"):
+        tiny_model.recommend([[1, 2, 3]], k=k)

@@ -45,7 +45,7 @@ def test_topk_matches_brute_force(chunk_size, k, filters):
     queries, vectors = torch.randn(5, 8, generator=g), torch.randn(30, 8, generator=g)
     exclude = torch.randint(0, 30, (5, 6), generator=g) if filters in ("exclude", "both") else None
     allowed = (torch.rand(30, generator=g) > 0.3) if filters in ("allowed", "both") else None
-    scores, index = chunked_topk(queries, vectors, k, exclude=exclude, allowed=allowed, chunk_size=chunk_size)
+    index, scores = chunked_topk(queries, vectors, k, exclude=exclude, allowed=allowed, chunk_size=chunk_size)
     sorted_scores, sorted_index = _brute_topk(queries, vectors, k, exclude, allowed)
     torch.testing.assert_close(scores, sorted_scores[:, :k])
     finite = torch.isfinite(sorted_scores[:, :k])
@@ -60,7 +60,7 @@ def test_topk_matches_brute_force(chunk_size, k, filters):
 
 def test_topk_with_tied_scores_returns_a_valid_top_set():
     queries, vectors, _, exclude = _integer_problem(seed=2)
-    scores, index = chunked_topk(queries, vectors, 5, exclude=exclude, chunk_size=3)
+    index, scores = chunked_topk(queries, vectors, 5, exclude=exclude, chunk_size=3)
     full = queries @ vectors.T
     full[:, 0] = float("-inf")
     full.scatter_(1, exclude, float("-inf"))
@@ -70,8 +70,8 @@ def test_topk_with_tied_scores_returns_a_valid_top_set():
 
 
 def test_topk_never_returns_padding_and_caps_k():
-    scores, index = chunked_topk(torch.ones(2, 2), torch.ones(4, 2), k=10, chunk_size=2)
+    index, scores = chunked_topk(torch.ones(2, 2), torch.ones(4, 2), k=10, chunk_size=2)
     assert index.shape == (2, 3) and (index > 0).all()
     # everything excluded: -inf slots hold index 0 (never a real item)
-    scores, index = chunked_topk(torch.ones(1, 2), torch.ones(4, 2), k=2, exclude=torch.tensor([[1, 2, 3]]))
+    index, scores = chunked_topk(torch.ones(1, 2), torch.ones(4, 2), k=2, exclude=torch.tensor([[1, 2, 3]]))
     assert torch.isinf(scores).all() and (index == 0).all()

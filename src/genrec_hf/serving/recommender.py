@@ -53,10 +53,10 @@ class Recommender:
         if not history:
             raise ValueError("The history is empty: give at least one raw item id the model knows.")
         indices = [self.vocab.encode(str(item)) for item in history]
-        items, scores = self.model.recommend([indices], k, timestamps=[timestamps] if timestamps else None,
-                                             exclude_seen=exclude_seen)
+        top = self.model.recommend([indices], k, timestamps=[timestamps] if timestamps else None,
+                                   exclude_seen=exclude_seen)
         out = []
-        for index, score in zip(items[0].tolist(), scores[0].tolist()):
+        for index, score in zip(top.items[0].tolist(), top.scores[0].tolist()):
             if index == 0:  # fewer rankable items than k
                 continue
             raw = self.vocab.decode(index)

@@ -24,11 +24,12 @@ from torch import nn
 from transformers import PreTrainedModel
 from transformers.modeling_layers import GradientCheckpointingLayer
 from transformers.modeling_outputs import BaseModelOutput
+from transformers.modeling_utils import ALL_ATTENTION_FUNCTIONS
 from transformers.utils import ModelOutput
 
 from .configuration_genrec import GenRecConfig
 from .losses import full_softmax_loss, item_log_probabilities, sample_negatives, sampled_softmax_loss
-from .scoring import chunked_topk, score_items
+from .scoring import TopItems, chunked_topk, score_items
 
 ACT2FN = {"silu": nn.SiLU, "gelu": nn.GELU, "relu": nn.ReLU}
 
@@ -135,14 +136,43 @@ def _rotate_half(x: torch.Tensor) -> torch.Tensor:
     return torch.cat([-x2, x1], dim=-1)
 
 
+def eager_attention_forward(
+    module: nn.Module,
+    query: torch.Tensor,
+    key: torch.Tensor,
+    value: torch.Tensor,
+    attention_mask: torch.Tensor,
+    scaling: float,
+    dropout: float = 0.0,
+    **kwargs: Any,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Attention written out (softmax in float32): the (B, T, H, head_dim) output and (B, H, T, T) probabilities.
+
+    Same signature and output layout as the transformers attention interface (`ALL_ATTENTION_FUNCTIONS`), whose
+    "sdpa" entry is the fused path. `attention_mask` is boolean (B, 1, T, T), True where a query may attend.
+    """
+    scores = torch.matmul(query, key.transpose(-1, -2)) * scaling
+    scores = scores.masked_fill(~attention_mask, torch.finfo(scores.dtype).min)
+    weights = F.softmax(scores, dim=-1, dtype=torch.float32).to(query.dtype)
+    weights = F.dropout(weights, p=dropout, training=module.training)
+    return torch.matmul(weights, value).transpose(1, 2).contiguous(), weights
+
+
 class GenRecAttention(nn.Module):
-    """Multi-head causal self-attention through `F.scaled_dot_product_attention`."""
+    """Multi-head causal self-attention, eager or SDPA as `config._attn_implementation` says.
+
+    Attention probabilities exist only on the eager path, so a call asking for them runs eager whatever is set.
+    """
+
+    is_causal = True
 
     def __init__(self, config: GenRecConfig) -> None:
         super().__init__()
+        self.config = config
         self.num_heads = config.num_attention_heads
         self.head_dim = config.head_dim
         self.dropout = config.attention_dropout
+        self.scaling = self.head_dim**-0.5
         d = config.hidden_size
         self.q_proj = nn.Linear(d, d, bias=False)
         self.k_proj = nn.Linear(d, d, bias=False)
@@ -154,7 +184,8 @@ class GenRecAttention(nn.Module):
         hidden_states: torch.Tensor,
         attention_mask: torch.Tensor,
         rotary: tuple[torch.Tensor, torch.Tensor] | None = None,
-    ) -> torch.Tensor:
+        output_attentions: bool = False,
+    ) -> tuple[torch.Tensor, torch.Tensor | None]:
         batch, length, _ = hidden_states.shape
         shape = (batch, length, self.num_heads, self.head_dim)
         q = self.q_proj(hidden_states).view(shape).transpose(1, 2)
@@ -164,10 +195,12 @@ class GenRecAttention(nn.Module):
             cos, sin = rotary
             q = q * cos + _rotate_half(q) * sin
             k = k * cos + _rotate_half(k) * sin
-        out = F.scaled_dot_product_attention(
-            q, k, v, attn_mask=attention_mask, dropout_p=self.dropout if self.training else 0.0
-        )
-        return self.o_proj(out.transpose(1, 2).reshape(batch, length, -1))
+        implementation = "eager" if output_attentions else self.config._attn_implementation
+        attention = (eager_attention_forward if implementation == "eager"
+                     else ALL_ATTENTION_FUNCTIONS.get_interface(implementation, eager_attention_forward))
+        out, weights = attention(self, q, k, v, attention_mask, dropout=self.dropout if self.training else 0.0,
+                                 scaling=self.scaling)
+        return self.o_proj(out.reshape(batch, length, -1)), weights
 
 
 class GenRecMLP(nn.Module):
@@ -204,11 +237,12 @@ class GenRecDecoderLayer(GradientCheckpointingLayer):
         hidden_states: torch.Tensor,
         attention_mask: torch.Tensor,
         rotary: tuple[torch.Tensor, torch.Tensor] | None = None,
-    ) -> torch.Tensor:
-        hidden_states = hidden_states + self.dropout(
-            self.self_attn(self.input_layernorm(hidden_states), attention_mask, rotary)
-        )
-        return hidden_states + self.dropout(self.mlp(self.post_attention_layernorm(hidden_states)))
+        output_attentions: bool = False,
+    ) -> tuple[torch.Tensor, torch.Tensor | None]:
+        attended, weights = self.self_attn(self.input_layernorm(hidden_states), attention_mask, rotary,
+                                           output_attentions)
+        hidden_states = hidden_states + self.dropout(attended)
+        return hidden_states + self.dropout(self.mlp(self.post_attention_layernorm(hidden_states))), weights
 
 
 class GenRecDecodingHead(nn.Module):
@@ -217,6 +251,8 @@ class GenRecDecodingHead(nn.Module):
     With `head_projection_ratio=r`, queries are `Linear(act(h))` of width d // r (the paper's projected head) and the
     item output vectors are an untied (V, d // r) table. Without it, queries are the hidden states themselves and the
     output vectors are either this head's own (V, d) table or, when `tie_word_embeddings`, the input item embeddings.
+    The table is a bias-free `nn.Linear(d_out, V)` (weight (V, d_out), row i = item i), the transformers output
+    embedding convention, so resizing and tying work as for a language-model head.
     """
 
     def __init__(self, config: GenRecConfig) -> None:
@@ -228,7 +264,7 @@ class GenRecDecodingHead(nn.Module):
         else:
             self.act = ACT2FN[config.head_act]()
             self.projection = nn.Linear(config.hidden_size, config.head_output_size, bias=False)
-        self.item_embeddings = nn.Embedding(config.vocab_size, config.head_output_size, padding_idx=0)
+        self.item_embeddings = nn.Linear(config.head_output_size, config.vocab_size, bias=False)
         if config.loss_type == "sampled":
             # log q(item) of the negative sampler, saved with the model; uniform until `set_item_frequencies`.
             self.register_buffer("item_log_q", item_log_probabilities(torch.zeros(config.vocab_size)))
@@ -245,6 +281,22 @@ class GenRecDecodingHead(nn.Module):
         """(V, d_out) item output vectors; row 0 is padding."""
         return self.item_embeddings.weight
 
+    def resize_item_log_q(self, num_items: int) -> None:
+        """Fit the sampler's log q to a catalog of `num_items` (after `resize_token_embeddings`).
+
+        Kept items keep their relative probabilities; added items get the probability of the rarest known item,
+        which is exactly the +1-smoothed share of an unseen item whenever the catalog had one (so a uniform sampler
+        stays uniform). `set_item_frequencies` with new counts replaces this estimate.
+        """
+        if self.item_log_q is None or num_items == self.item_log_q.shape[0]:
+            return
+        old = self.item_log_q
+        kept = old[1:num_items]
+        fill = kept.min() if kept.numel() else old.new_zeros(())
+        new = torch.cat([old.new_full((1,), float("-inf")), kept,
+                         fill.expand(max(0, num_items - old.shape[0]))])
+        self.item_log_q = new - torch.logsumexp(new[1:], dim=0)
+
 
 @dataclass
 class GenRecNextItemOutput(ModelOutput):
@@ -256,7 +308,8 @@ class GenRecNextItemOutput(ModelOutput):
         user_embeddings: (B, d_out) query vector of the last real event of each history, in the item output space:
             `user_embeddings @ model.item_vectors.T` are the next-item scores.
         last_hidden_state: (B, T, d) backbone output.
-        hidden_states: Per-layer hidden states, when `output_hidden_states=True`.
+        hidden_states: Embedding output + each layer's output, when `output_hidden_states=True`.
+        attentions: Each layer's (B, heads, T, T) attention probabilities, when `output_attentions=True`.
     """
 
     loss: torch.Tensor | None = None
@@ -264,6 +317,7 @@ class GenRecNextItemOutput(ModelOutput):
     user_embeddings: torch.Tensor | None = None
     last_hidden_state: torch.Tensor | None = None
     hidden_states: tuple[torch.Tensor, ...] | None = None
+    attentions: tuple[torch.Tensor, ...] | None = None
 
 
 class GenRecPreTrainedModel(PreTrainedModel):
@@ -295,8 +349,28 @@ class GenRecPreTrainedModel(PreTrainedModel):
         if others.get("action_ids") is not None and self.config.num_action_types:
             _check_range("action_ids", others["action_ids"], 0, self.config.num_action_types)
 
+    def _resolve_output_flags(
+        self, output_attentions: bool | None, output_hidden_states: bool | None, return_dict: bool | None
+    ) -> tuple[bool, bool, bool]:
+        """Forward arguments left as None fall back to the config (`config.output_attentions`, ...)."""
+        config = self.config
+        return (
+            config.output_attentions if output_attentions is None else output_attentions,
+            config.output_hidden_states if output_hidden_states is None else output_hidden_states,
+            config.return_dict if return_dict is None else return_dict,
+        )
+
+
+def _is_traced() -> bool:
+    """Whether torch.compile / torch.export / jit tracing is capturing this call (no data-dependent branches)."""
+    return torch.compiler.is_compiling() or torch.jit.is_tracing()
+
 
 def _check_range(name: str, tensor: torch.Tensor, low: int, high: int, ignore: int | None = None) -> None:
+    """Raise a `ValueError` naming the tensor and a bad value; skipped while traced, where reading values would put
+    a data-dependent branch in the graph (eager calls, which feed every compiled or exported one in tests, check)."""
+    if _is_traced():
+        return
     values = tensor if ignore is None else tensor[tensor != ignore]
     if values.numel() and (values.min() < low or values.max() >= high):
         bad = values[(values < low) | (values >= high)][0].item()
@@ -329,10 +403,13 @@ class GenRecModel(GenRecPreTrainedModel):
         attention_mask: torch.Tensor | None = None,
         timestamps: torch.Tensor | None = None,
         action_ids: torch.Tensor | None = None,
-        output_hidden_states: bool = False,
+        output_attentions: bool | None = None,
+        output_hidden_states: bool | None = None,
         return_dict: bool | None = None,
         **kwargs: Any,
     ) -> BaseModelOutput | tuple:
+        output_attentions, output_hidden_states, return_dict = self._resolve_output_flags(
+            output_attentions, output_hidden_states, return_dict)
         self._check_inputs(input_ids, attention_mask=attention_mask, timestamps=timestamps, action_ids=action_ids)
         if attention_mask is None:
             attention_mask = (input_ids != 0).long()
@@ -347,14 +424,16 @@ class GenRecModel(GenRecPreTrainedModel):
         mask = mask | torch.eye(length, dtype=torch.bool, device=input_ids.device)
 
         all_hidden = (hidden,) if output_hidden_states else None
+        all_attentions = () if output_attentions else None
         for layer in self.layers:
-            hidden = layer(hidden, mask, rotary)
+            hidden, weights = layer(hidden, mask, rotary, output_attentions)
             if output_hidden_states:
                 all_hidden += (hidden,)
+            if output_attentions:
+                all_attentions += (weights,)
         hidden = self.norm(hidden)
-        if not (return_dict if return_dict is not None else self.config.return_dict):
-            return (hidden, all_hidden)
-        return BaseModelOutput(last_hidden_state=hidden, hidden_states=all_hidden)
+        output = BaseModelOutput(last_hidden_state=hidden, hidden_states=all_hidden, attentions=all_attentions)
+        return output if return_dict else output.to_tuple()
 
 
 def last_event_index(attention_mask: torch.Tensor) -> torch.Tensor:
@@ -382,8 +461,33 @@ class GenRecForNextItemPrediction(GenRecPreTrainedModel):
             self._keys_to_ignore_on_save = ["head.item_embeddings.weight"]
         self.post_init()
 
-    def get_output_embeddings(self) -> nn.Embedding:
+    def get_input_embeddings(self) -> nn.Embedding:
+        return self.model.get_input_embeddings()
+
+    def set_input_embeddings(self, value: nn.Embedding) -> None:
+        self.model.set_input_embeddings(value)
+
+    def get_output_embeddings(self) -> nn.Linear:
         return self.head.item_embeddings
+
+    def set_output_embeddings(self, value: nn.Linear) -> None:
+        self.head.item_embeddings = value
+
+    def resize_token_embeddings(
+        self,
+        new_num_tokens: int | None = None,
+        pad_to_multiple_of: int | None = None,
+        mean_resizing: bool = True,
+    ) -> nn.Embedding:
+        """Resize the catalog to `new_num_tokens` item indices (padding included), e.g. to add new items.
+
+        Input and output tables (tied or not, projected or not) and `config.vocab_size` change together; new rows
+        are drawn around the old rows' mean (`mean_resizing`), so new items score like an average item until
+        trained, and the sampler's log q gets them at the rarest known item's probability (`resize_item_log_q`).
+        """
+        embeddings = super().resize_token_embeddings(new_num_tokens, pad_to_multiple_of, mean_resizing)
+        self.head.resize_item_log_q(self.config.vocab_size)
+        return embeddings
 
     @property
     def item_vectors(self) -> torch.Tensor:
@@ -398,18 +502,22 @@ class GenRecForNextItemPrediction(GenRecPreTrainedModel):
         action_ids: torch.Tensor | None = None,
         labels: torch.Tensor | None = None,
         output_logits: bool = False,
-        output_hidden_states: bool = False,
+        output_attentions: bool | None = None,
+        output_hidden_states: bool | None = None,
         return_dict: bool | None = None,
         num_items_in_batch: int | torch.Tensor | None = None,
         **kwargs: Any,
     ) -> GenRecNextItemOutput | tuple:
+        output_attentions, output_hidden_states, return_dict = self._resolve_output_flags(
+            output_attentions, output_hidden_states, return_dict)
         if attention_mask is None:
             attention_mask = (input_ids != 0).long()
         if labels is not None:
             self._check_inputs(input_ids, labels=labels)
             _check_range("labels", labels, 1, self.config.vocab_size, ignore=-100)
         outputs = self.model(input_ids, attention_mask=attention_mask, timestamps=timestamps, action_ids=action_ids,
-                             output_hidden_states=output_hidden_states, return_dict=True)
+                             output_attentions=output_attentions, output_hidden_states=output_hidden_states,
+                             return_dict=True)
         hidden = outputs.last_hidden_state
         last = hidden[torch.arange(hidden.shape[0], device=hidden.device), last_event_index(attention_mask)]
         user_embeddings = self.head(last)
@@ -421,10 +529,10 @@ class GenRecForNextItemPrediction(GenRecPreTrainedModel):
             denominator = num_items_in_batch if num_items_in_batch is not None else supervised.sum().clamp(min=1)
             loss = loss_sum / denominator
         logits = self.score(user_embeddings) if output_logits else None
-        if not (return_dict if return_dict is not None else self.config.return_dict):
-            return tuple(v for v in (loss, logits, user_embeddings, hidden, outputs.hidden_states) if v is not None)
-        return GenRecNextItemOutput(loss=loss, logits=logits, user_embeddings=user_embeddings,
-                                    last_hidden_state=hidden, hidden_states=outputs.hidden_states)
+        output = GenRecNextItemOutput(loss=loss, logits=logits, user_embeddings=user_embeddings,
+                                      last_hidden_state=hidden, hidden_states=outputs.hidden_states,
+                                      attentions=outputs.attentions)
+        return output if return_dict else output.to_tuple()
 
     def loss_sum(self, queries: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
         """Summed next-item loss of (N, d_out) queries against (N,) targets, as configured."""
@@ -467,8 +575,8 @@ class GenRecForNextItemPrediction(GenRecPreTrainedModel):
         k: int = 10,
         exclude: torch.Tensor | None = None,
         allowed: torch.Tensor | None = None,
-    ) -> tuple[torch.Tensor, torch.Tensor]:
-        """Exact top-k item indices (and scores) per user, scored in catalog chunks of `config.score_chunk_size`."""
+    ) -> TopItems:
+        """Exact top-k `TopItems(items, scores)` per user, scored in catalog chunks of `config.score_chunk_size`."""
         return chunked_topk(user_embeddings, self.item_vectors, k, exclude=exclude, allowed=allowed,
                             chunk_size=self.config.score_chunk_size, temperature=self.config.score_temperature,
                             l2_normalize=self.config.l2_normalize_scores)
@@ -483,12 +591,15 @@ class GenRecForNextItemPrediction(GenRecPreTrainedModel):
         action_ids: list[list[int]] | None = None,
         exclude_seen: bool = True,
         allowed: torch.Tensor | None = None,
-    ) -> tuple[torch.Tensor, torch.Tensor]:
+    ) -> TopItems:
         """Top-k next items for each history of item indices (most recent last).
 
         Histories longer than `config.max_position_embeddings` keep their most recent events; items of the whole
-        history are excluded unless `exclude_seen=False`. Returns (item indices, scores), each (B, k), best first.
+        history are excluded unless `exclude_seen=False`. Returns `TopItems(items, scores)`, each (B, k), best
+        first. Runs in eval mode and puts the model back in the mode it was in.
         """
+        if isinstance(k, bool) or not isinstance(k, int) or k < 1:
+            raise ValueError(f"k={k!r} is invalid: expected a positive integer number of items to recommend.")
         if not histories or any(len(h) == 0 for h in histories):
             raise ValueError("Every history needs at least one event to recommend from (got an empty history).")
         length = min(max(len(h) for h in histories), self.config.max_position_embeddings)
@@ -506,16 +617,19 @@ class GenRecForNextItemPrediction(GenRecPreTrainedModel):
             return out
 
         input_ids = left_pad(histories)
-        outputs = self.eval()(input_ids, attention_mask=(input_ids != 0).long(), timestamps=left_pad(timestamps),
-                              action_ids=left_pad(action_ids))
+        was_training = self.training
+        try:
+            outputs = self.eval()(input_ids, attention_mask=(input_ids != 0).long(), timestamps=left_pad(timestamps),
+                                  action_ids=left_pad(action_ids))
+        finally:
+            self.train(was_training)
         exclude = None
         if exclude_seen:
             width = max(len(h) for h in histories)
             exclude = torch.zeros(len(histories), width, dtype=torch.long, device=device)
             for i, history in enumerate(histories):
                 exclude[i, :len(history)] = torch.as_tensor(history, dtype=torch.long)
-        scores, indices = self.topk(outputs.user_embeddings, k, exclude=exclude, allowed=allowed)
-        return indices, scores
+        return self.topk(outputs.user_embeddings, k, exclude=exclude, allowed=allowed)
 
 
 def count_backbone_parameters(model_or_config: nn.Module | GenRecConfig) -> int:

@@ -9,8 +9,20 @@ Torch only (no genrec_hf imports): copied next to saved checkpoints for `trust_r
 
 from __future__ import annotations
 
+from typing import NamedTuple
+
 import torch
 import torch.nn.functional as F
+
+
+class TopItems(NamedTuple):
+    """Top-k items per query, best first: what `chunked_topk`, `model.topk`, `model.recommend` and
+    `adapters.score_mixed_batch` all return (unpacks as `items, scores = ...`)."""
+
+    items: torch.Tensor
+    """(B, k) item indices; 0 where fewer than k items were rankable."""
+    scores: torch.Tensor
+    """(B, k) float scores; -inf where fewer than k items were rankable."""
 
 
 def _as_exclusion(exclude: torch.Tensor | None, batch: int, device: torch.device) -> torch.Tensor:
@@ -41,7 +53,7 @@ def chunked_topk(
     chunk_size: int = 65536,
     temperature: float = 1.0,
     l2_normalize: bool = False,
-) -> tuple[torch.Tensor, torch.Tensor]:
+) -> TopItems:
     """Exact top-k items per query over the whole catalog, scoring `chunk_size` items at a time.
 
     Args:
@@ -53,7 +65,7 @@ def chunked_topk(
         chunk_size: Items scored at once; memory is O(B × (chunk_size + k)).
 
     Returns:
-        (scores, indices), each (B, k), best first. Slots with no rankable item hold score -inf and index 0.
+        `TopItems(items, scores)`, each (B, k), best first. Slots with no rankable item hold item 0 and score -inf.
     """
     batch, num_items = queries.shape[0], item_vectors.shape[0]
     k = max(0, min(k, num_items - 1))
@@ -61,7 +73,7 @@ def chunked_topk(
     best_scores = torch.full((batch, k), float("-inf"), device=queries.device)
     best_index = torch.zeros(batch, k, dtype=torch.long, device=queries.device)
     if k == 0:
-        return best_scores, best_index
+        return TopItems(best_index, best_scores)
     for start in range(0, num_items, chunk_size):
         stop = min(start + chunk_size, num_items)
         scores = score_items(queries, item_vectors[start:stop], temperature=temperature,
@@ -73,7 +85,7 @@ def chunked_topk(
         best_scores, pos = merged_scores.topk(k, dim=1)
         best_index = merged_index.gather(1, pos)
     best_index = best_index.masked_fill(torch.isinf(best_scores), 0)
-    return best_scores, best_index
+    return TopItems(best_index, best_scores)
 
 
 def _mask_chunk(scores: torch.Tensor, start: int, exclude: torch.Tensor, allowed: torch.Tensor | None) -> torch.Tensor:

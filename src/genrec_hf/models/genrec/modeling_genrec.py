@@ -60,10 +60,11 @@ def time_gap_buckets(
     Buckets 1..num_buckets-1 split [0, max_seconds] at num_buckets-2 log-spaced edges from 1 s to `max_seconds`;
     longer gaps share the last bucket, negative gaps (out-of-order logs) count as 0 s.
     """
-    gaps = torch.zeros_like(timestamps)
-    gaps[:, 1:] = (timestamps[:, 1:] - timestamps[:, :-1]).clamp(min=0)
-    has_previous = torch.zeros_like(attention_mask, dtype=torch.bool)
-    has_previous[:, 1:] = attention_mask[:, 1:].bool() & attention_mask[:, :-1].bool()
+    # Rolled copies rather than (T - 1)-wide slices, which would specialise an exported graph's time axis.
+    gaps = (timestamps - timestamps.roll(1, dims=1)).clamp(min=0)
+    mask = attention_mask.bool()
+    not_first = torch.arange(timestamps.shape[1], device=timestamps.device) > 0
+    has_previous = mask & mask.roll(1, dims=1) & not_first
     edges = torch.logspace(0.0, math.log10(max_seconds), num_buckets - 2, device=timestamps.device,
                            dtype=torch.float64)
     buckets = 1 + torch.bucketize(gaps.double(), edges)

@@ -19,6 +19,7 @@ from .models.genrec import (
     GenRecPreTrainedModel,
     count_backbone_parameters,
 )
+from .models.genrec.scoring import TopItems
 
 __version__ = "0.1.0"
 
@@ -38,6 +39,7 @@ __all__ = [
     "GenRecNextItemOutput",
     "GenRecPreTrainedModel",
     "SIZE_PRESETS",
+    "TopItems",
     "PRESET_NOMINAL_SIZES",
     "count_backbone_parameters",
 ]

@@ -75,3 +75,29 @@ def test_topk_never_returns_padding_and_caps_k():
     # everything excluded: -inf slots hold index 0 (never a real item)
     index, scores = chunked_topk(torch.ones(1, 2), torch.ones(4, 2), k=2, exclude=torch.tensor([[1, 2, 3]]))
     assert torch.isinf(scores).all() and (index == 0).all()
+
+
+def test_topk_ranks_nan_scores_last_and_keeps_them_visible():
+    """Catches `recommend` serving a diverged model's NaN-scored items first (torch.topk sorts NaN as largest):
+    NaN items come after every item with a number, before excluded ones, and their score stays NaN."""
+    vectors = torch.tensor([[0.0], [1.0], [float("nan")], [3.0], [2.0], [5.0]])
+    queries = torch.ones(1, 1)
+    for chunk_size in (1, 2, 6):
+        items, scores = chunked_topk(queries, vectors, 5, exclude=torch.tensor([[5]]), chunk_size=chunk_size)
+        assert items.tolist() == [[3, 4, 1, 2, 0]]  # 5 excluded; NaN (item 2) after 1.0; one slot left empty
+        assert scores[0, :3].tolist() == [3.0, 2.0, 1.0] and torch.isnan(scores[0, 3])
+        assert scores[0, 4] == float("-inf")
+
+
+def test_topk_keeps_a_positive_infinite_score():
+    """Catches the empty-slot rule (-inf → item 0) also wiping out an item that scored +inf."""
+    vectors = torch.tensor([[0.0], [float("inf")], [1.0]])
+    items, scores = chunked_topk(torch.ones(1, 1), vectors, 2)
+    assert items.tolist() == [[1, 2]] and scores[0, 0] == float("inf")
+
+
+@pytest.mark.parametrize("k", [0, -3, 2.5, True])
+def test_topk_rejects_a_k_that_is_not_a_positive_int(k):
+    """Catches `k=-3` / `k=0` quietly returning no items and `k=2.5` failing deep inside torch."""
+    with pytest.raises(ValueError, match=r"k=.*expected a positive integer"):
+        chunked_topk(torch.ones(1, 2), torch.ones(4, 2), k)

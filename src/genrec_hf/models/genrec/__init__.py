@@ -12,6 +12,7 @@ from .modeling_genrec import (
     GenRecPreTrainedModel,
     count_backbone_parameters,
 )
+from .scoring import TopItems
 
 __all__ = [
     "GenRecConfig",
@@ -21,5 +22,6 @@ __all__ = [
     "GenRecPreTrainedModel",
     "PRESET_NOMINAL_SIZES",
     "SIZE_PRESETS",
+    "TopItems",
     "count_backbone_parameters",
 ]

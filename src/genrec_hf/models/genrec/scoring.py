@@ -1,8 +1,8 @@
-"""Exact full-catalog scoring in chunks: top-k and target ranks with memory bounded by the chunk size.
+"""Exact full-catalog scoring in chunks: top-k with memory bounded by the chunk size.
 
 Scores are dot products between query vectors (batch × d) and item vectors (catalog × d). Index 0 is padding and
 is never ranked. A batch × catalog score matrix is never built: items are scored `chunk_size` at a time and a
-running top-k is merged, or the number of items scoring at least the target is accumulated.
+running top-k is merged. Target ranks for evaluation (the same masking rule) live in `genrec_hf.evaluation.ranking`.
 
 Torch only (no genrec_hf imports): copied next to saved checkpoints for `trust_remote_code` loading.
 """
@@ -65,26 +65,33 @@ def chunked_topk(
         chunk_size: Items scored at once; memory is O(B × (chunk_size + k)).
 
     Returns:
-        `TopItems(items, scores)`, each (B, k), best first. Slots with no rankable item hold item 0 and score -inf.
+        `TopItems(items, scores)`, each (B, k), best first. Slots with no rankable item hold item 0 and score -inf;
+        items scoring NaN come after every item with a number.
     """
+    if isinstance(k, bool) or not isinstance(k, int) or k < 1:
+        raise ValueError(f"k={k!r}; expected a positive integer number of items to return.")
     batch, num_items = queries.shape[0], item_vectors.shape[0]
-    k = max(0, min(k, num_items - 1))
+    k = min(k, num_items - 1)
     exclude = _as_exclusion(exclude, batch, queries.device)
-    best_scores = torch.full((batch, k), float("-inf"), device=queries.device)
+    # Items are ordered by a key in which NaN sorts after every number but before excluded items (-inf): a
+    # diverged model's NaN scores never come first, and they stay visible as NaN in the returned scores.
+    best_keys = torch.full((batch, k), float("-inf"), device=queries.device)
+    best_scores = best_keys.clone()
     best_index = torch.zeros(batch, k, dtype=torch.long, device=queries.device)
-    if k == 0:
-        return TopItems(best_index, best_scores)
     for start in range(0, num_items, chunk_size):
         stop = min(start + chunk_size, num_items)
         scores = score_items(queries, item_vectors[start:stop], temperature=temperature,
                              l2_normalize=l2_normalize).float()
         scores = _mask_chunk(scores, start, exclude, allowed)
+        keys = torch.where(torch.isnan(scores), torch.finfo(scores.dtype).min, scores)
+        merged_keys = torch.cat([best_keys, keys], dim=1)
         merged_scores = torch.cat([best_scores, scores], dim=1)
         chunk_index = torch.arange(start, stop, device=queries.device).expand(batch, -1)
         merged_index = torch.cat([best_index, chunk_index], dim=1)
-        best_scores, pos = merged_scores.topk(k, dim=1)
+        best_keys, pos = merged_keys.topk(k, dim=1)
+        best_scores = merged_scores.gather(1, pos)
         best_index = merged_index.gather(1, pos)
-    best_index = best_index.masked_fill(torch.isinf(best_scores), 0)
+    best_index = best_index.masked_fill(best_keys == float("-inf"), 0)
     return TopItems(best_index, best_scores)
 
 

@@ -24,3 +24,19 @@ def require_shared_data(name: str) -> Path:
     if not path.exists():
         pytest.skip(f"real data {path} is absent (tests on real data need the MovieLens / Amazon files there)")
     return path
+
+
+def integer_ranking_problem(seed: int = 0, batch: int = 6, items: int = 23, dim: int = 3):
+    """(queries, item vectors, targets, exclusions) with small integer vectors, so exact score ties exist; each
+    history holds its own target (which must still be ranked), a duplicate and, in row 0, padding."""
+    import torch
+
+    g = torch.Generator().manual_seed(seed)
+    queries = torch.randint(-2, 3, (batch, dim), generator=g).float()
+    vectors = torch.randint(-2, 3, (items, dim), generator=g).float()
+    targets = torch.randint(1, items, (batch,), generator=g)
+    exclude = torch.randint(0, items, (batch, 5), generator=g)
+    exclude[:, 0] = targets
+    exclude[:, 1] = exclude[:, 2]
+    exclude[0, 3:] = 0
+    return queries, vectors, targets, exclude

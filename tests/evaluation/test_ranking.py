@@ -11,6 +11,8 @@ from genrec_hf.evaluation import dense_target_ranks, rank_targets
 from genrec_hf.evaluation import ranking as ranking_module
 from genrec_hf.models.genrec.scoring import score_items
 
+from tests.helpers import integer_ranking_problem
+
 pytestmark = pytest.mark.usefixtures("one_thread")
 
 
@@ -180,19 +182,6 @@ def test_fixed_multi_target_case_matches_brute_force(chunk):
     assert torch.equal(ranks, brute_force_ranks(scores, targets, exclude, allowed))
 
 
-def _single_target_problem(seed=0, batch=6, items=23, dim=3):
-    """Small integer vectors (exact ties), one target per row, histories holding the target, duplicates, padding."""
-    g = torch.Generator().manual_seed(seed)
-    queries = torch.randint(-2, 3, (batch, dim), generator=g).float()
-    vectors = torch.randint(-2, 3, (items, dim), generator=g).float()
-    targets = torch.randint(1, items, (batch,), generator=g)
-    exclude = torch.randint(0, items, (batch, 5), generator=g)
-    exclude[:, 0] = targets  # the target in the history must still be ranked
-    exclude[:, 1] = exclude[:, 2]  # duplicates
-    exclude[0, 3:] = 0  # padding inside the history
-    return queries, vectors, targets, exclude
-
-
 def reference_ranks(queries, vectors, targets, exclude=None):
     """1 + #{j not padding, not excluded, not the target: s_j >= s_target}, one user at a time in Python."""
     ranks = []
@@ -207,7 +196,7 @@ def reference_ranks(queries, vectors, targets, exclude=None):
 @pytest.mark.parametrize("with_exclude", [True, False])
 def test_single_target_ranks_match_reference(chunk_size, with_exclude):
     """Catches the leave-one-out rank (the former `scoring.chunked_target_ranks` cases) changing in the move."""
-    queries, vectors, targets, exclude = _single_target_problem()
+    queries, vectors, targets, exclude = integer_ranking_problem()
     exclude = exclude if with_exclude else None
     got = rank_targets(queries, vectors, targets, exclude_ids=exclude, chunk_size=chunk_size)
     assert torch.equal(got, reference_ranks(queries, vectors, targets, exclude))

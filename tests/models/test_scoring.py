@@ -7,22 +7,11 @@ import torch
 
 from genrec_hf.models.genrec.scoring import chunked_topk
 
-
-def _integer_problem(seed=0, batch=6, items=23, dim=3):
-    """Small integer vectors, so exact score ties between items exist."""
-    g = torch.Generator().manual_seed(seed)
-    queries = torch.randint(-2, 3, (batch, dim), generator=g).float()
-    vectors = torch.randint(-2, 3, (items, dim), generator=g).float()
-    targets = torch.randint(1, items, (batch,), generator=g)
-    exclude = torch.randint(0, items, (batch, 5), generator=g)
-    exclude[:, 0] = targets  # the target in the history must still be ranked
-    exclude[:, 1] = exclude[:, 2]  # duplicates
-    exclude[0, 3:] = 0  # padding inside the history
-    return queries, vectors, targets, exclude
+from tests.helpers import integer_ranking_problem
 
 
 def test_problem_has_ties():
-    queries, vectors, targets, _ = _integer_problem()
+    queries, vectors, targets, _ = integer_ranking_problem()
     scores = queries @ vectors.T
     assert any(len(set(row.tolist())) < row.numel() for row in scores)
 
@@ -59,7 +48,7 @@ def test_topk_matches_brute_force(chunk_size, k, filters):
 
 
 def test_topk_with_tied_scores_returns_a_valid_top_set():
-    queries, vectors, _, exclude = _integer_problem(seed=2)
+    queries, vectors, _, exclude = integer_ranking_problem(seed=2)
     index, scores = chunked_topk(queries, vectors, 5, exclude=exclude, chunk_size=3)
     full = queries @ vectors.T
     full[:, 0] = float("-inf")

@@ -17,6 +17,8 @@ from genrec_hf.evaluation.saved_models import evaluate_saved_model
 
 from tests.helpers import REPO_ROOT
 
+pytestmark = pytest.mark.slow  # two `accelerate launch` runs of two processes each: minutes on a shared CPU
+
 DATA = "synthetic:num_users=101,num_items=60,num_clusters=4"  # odd user count: the last batch is uneven
 ARGS = ["--data.source", DATA, "--training.disable_tqdm", "true", "--data.max_length", "16",
         "--training.per_device_train_batch_size", "16", "--training.per_device_eval_batch_size", "16",
@@ -64,9 +66,17 @@ def test_checkpoints_written_once_and_loadable(ddp_run):
 
 
 def test_resume_under_ddp(ddp_run, tmp_path):
+    """Catches a DDP resume restarting from scratch (Trainer's restored step would be 0) or reporting the loss of
+    the resumed steps only, and a rank other than 0 taking (and leaving) the run-folder lock."""
     first = sorted(ddp_run.glob("checkpoint-*"), key=lambda p: int(p.name.split("-")[1]))[0]
     shutil.copytree(first, tmp_path / "resumed" / first.name)
     _launch("--output_dir", str(tmp_path / "resumed"), "--training.num_train_epochs", "2",
             "--resume_from_checkpoint")
     metrics = json.loads((tmp_path / "resumed" / "metrics.json").read_text())
     assert metrics["train"]["epochs"] == 2.0 and metrics["train"]["world_size"] == 2
+    uninterrupted = json.loads((ddp_run / "metrics.json").read_text())["train"]
+    start = json.loads((first / "trainer_state.json").read_text())["global_step"]
+    assert metrics["train"]["resumed_from_step"] == start > 0
+    assert metrics["train"]["steps"] == uninterrupted["steps"]
+    assert metrics["train"]["loss"] == pytest.approx(uninterrupted["loss"], rel=1e-4)
+    assert not list((tmp_path / "resumed").glob(".genrec-hf.lock")) and not list(ddp_run.glob(".genrec-hf.lock"))

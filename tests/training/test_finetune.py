@@ -111,3 +111,22 @@ def test_full_and_scratch_modes(tmp_path, base_dir, mode):
     out = tmp_path / f"out-{mode}"
     assert (out / "model.safetensors").is_file() and (out / "item_vocab.json").is_file()
     assert metrics["mode"] == mode and metrics["parameters"]["trainable_fraction"] == 1.0
+
+
+@pytest.mark.parametrize(("mode", "starts_from_base"), [("full", True), ("from_scratch", False)])
+def test_full_starts_from_the_base_and_from_scratch_does_not(tmp_path, base_dir, mode, starts_from_base):
+    """Catches `full` and `from_scratch` being swapped or both doing the same: after one optimizer step of lr 1e-4
+    (Adam moves each weight by at most lr), full is within 1e-4 of the base, from_scratch is a fresh init."""
+    from safetensors.torch import load_file
+
+    run_finetune(str(base_dir), str(_recipe(tmp_path, "high_engagement")), mode=mode,
+                 overrides={"training.max_steps": "1", "training.learning_rate": "1e-4", "seed": "7",
+                            "evaluation.zero_shot": "false"})
+    base = load_file(base_dir / "model.safetensors")
+    tuned = load_file(tmp_path / f"out-{mode}" / "model.safetensors")
+    assert tuned.keys() == base.keys()
+    distance = max((tuned[k] - base[k]).abs().max().item() for k in base)
+    if starts_from_base:
+        assert 0 < distance <= 1e-4 * 1.01
+    else:
+        assert distance > 1e-2

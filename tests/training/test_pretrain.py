@@ -63,18 +63,39 @@ def test_refuses_non_empty_output_dir(trained, capsys):
     assert (trained / "model.safetensors").is_file()
 
 
-def test_resume_from_checkpoint(trained, tmp_path):
+def test_resume_from_checkpoint(trained, tmp_path, monkeypatch):
+    """Catches a resume that silently restarts from scratch (it would train every step again) or drops the
+    optimizer / scheduler / RNG state (it would end on other weights than the uninterrupted run)."""
     checkpoints = sorted(trained.glob("checkpoint-*"), key=lambda p: int(p.name.split("-")[1]))
     assert checkpoints, "Trainer wrote no checkpoint"
     import shutil
 
+    import torch
+    from safetensors.torch import load_file
+
+    from genrec_hf.training import GenRecTrainer
+
     run = tmp_path / "resumed"
     shutil.copytree(checkpoints[0], run / checkpoints[0].name)
+    start = json.loads((checkpoints[0] / "trainer_state.json").read_text())["global_step"]
+    trained_steps = []
+    real_step = GenRecTrainer.training_step
+
+    def counted(self, *args, **kwargs):
+        trained_steps.append(self.state.global_step)
+        return real_step(self, *args, **kwargs)
+
+    monkeypatch.setattr(GenRecTrainer, "training_step", counted)
     code = main(["train", str(REPO_ROOT / "recipes/pretrain/genrec-100k.yaml"), "--output_dir", str(run),
                  "--resume_from_checkpoint", *TINY])
     assert code == 0
     state = json.loads((run / "metrics.json").read_text())
     assert state["train"]["epochs"] == 6.0
+    total = json.loads((trained / "metrics.json").read_text())["train"]["steps"]
+    assert 0 < start < total and trained_steps == list(range(start, total))  # continues at the checkpoint's step
+    assert state["train"]["steps"] == total and state["train"]["resumed_from_step"] == start
+    resumed, uninterrupted = load_file(str(run / "model.safetensors")), load_file(str(trained / "model.safetensors"))
+    assert all(torch.equal(resumed[k], uninterrupted[k]) for k in uninterrupted)
 
 
 def test_evaluate_matches_training_metrics(trained, tmp_path, capsys):

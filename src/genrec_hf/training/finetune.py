@@ -44,7 +44,8 @@ from ..data.tasks import TaskData, build_task
 from ..evaluation import evaluate_model
 from ..models.genrec import GenRecForNextItemPrediction
 from .recipes import FINETUNE_MODES, FinetuneRecipe, load_recipe
-from .trainer import GenRecTrainer, TimeBudgetCallback, check_output_dir, strip_prefix
+from .trainer import (GenRecTrainer, RunFolderLock, TimeBudgetCallback, check_output_dir, clear_previous_run,
+                      require_finite_parameters, run_training_loss, strip_prefix)
 
 logger = logging.getLogger(__name__)
 
@@ -60,12 +61,23 @@ class FinetuneOutcome:
 
 
 def finetune(recipe: FinetuneRecipe, base_dir: str | Path, *, overwrite_output_dir: bool = False) -> FinetuneOutcome:
-    """Train a task on top of the base in `base_dir` as the recipe's `mode` says; save the result and metrics."""
+    """Train a task on top of the base in `base_dir` as the recipe's `mode` says; save the result and metrics.
+
+    The run holds the output folder's lock throughout; `overwrite_output_dir` first removes what an earlier run of
+    the package wrote there (other files are kept).
+    """
     base_dir = Path(base_dir)
     output_dir = Path(recipe.output_dir)
-    check_output_dir(output_dir, overwrite_output_dir, resuming=False)
     if not (base_dir / "config.json").is_file():
         raise FileNotFoundError(f"Base model folder {base_dir} has no config.json (train one with `genrec-hf train`).")
+    with RunFolderLock(output_dir) as lock:
+        check_output_dir(output_dir, overwrite_output_dir, resuming=False)
+        if overwrite_output_dir and lock.enabled:
+            clear_previous_run(output_dir)
+        return _finetune(recipe, base_dir, output_dir)
+
+
+def _finetune(recipe: FinetuneRecipe, base_dir: Path, output_dir: Path) -> FinetuneOutcome:
     set_seed(recipe.seed)
     base = GenRecForNextItemPrediction.from_pretrained(str(base_dir))
     if recipe.data.max_length > base.config.max_position_embeddings:
@@ -115,6 +127,7 @@ def finetune(recipe: FinetuneRecipe, base_dir: str | Path, *, overwrite_output_d
     start = time.monotonic()
     train_result = trainer.train()
     train_seconds = time.monotonic() - start
+    require_finite_parameters(trainer.model, "final model")
     trainer.remove_callback(EarlyStoppingCallback)  # the final evaluations are reports, not stopping signals
     validation = trainer.evaluate(metric_key_prefix="validation")
     test = trainer.evaluate(task.test, metric_key_prefix="test")
@@ -132,7 +145,8 @@ def finetune(recipe: FinetuneRecipe, base_dir: str | Path, *, overwrite_output_d
         "validation": strip_prefix(validation, "validation_"),
         "test": strip_prefix(test, "test_"),
         "zero_shot_test": zero_shot,
-        "train": {"runtime_s": train_seconds, "loss": train_result.training_loss, "epochs": trainer.state.epoch,
+        "train": {"runtime_s": train_seconds, "loss": run_training_loss(trainer.state, train_result.training_loss, 0),
+                  "epochs": trainer.state.epoch,
                   "steps": trainer.state.global_step, "windows": len(train_rows)},
         "parameters": {"trainable": trainable, "total": total, "trainable_fraction": trainable / total},
     }

@@ -18,7 +18,9 @@ from ..evaluation import RankingProtocol
 from ..evaluation.baselines import popularity_metrics, popularity_scores
 from ..models.genrec import SIZE_PRESETS, GenRecConfig, GenRecForNextItemPrediction, count_backbone_parameters
 from .recipes import Recipe
-from .trainer import GenRecTrainer, TimeBudgetCallback, check_output_dir, strip_prefix
+from .trainer import (GenRecTrainer, RunFolderLock, TimeBudgetCallback, check_output_dir, clear_previous_run,
+                      require_finite_parameters, require_training_left, resolve_resume_checkpoint, run_training_loss,
+                      strip_prefix)
 
 logger = logging.getLogger(__name__)
 
@@ -74,17 +76,32 @@ class TrainOutcome:
 
 def train(recipe: Recipe, *, overwrite_output_dir: bool = False,
           resume_from_checkpoint: str | bool | None = None) -> TrainOutcome:
-    """Run a recipe end to end: data, Trainer with best-checkpoint selection, final evaluation, save, card."""
+    """Run a recipe end to end: data, Trainer with best-checkpoint selection, final evaluation, save, card.
+
+    The run holds the output folder's lock throughout (a second run into it is refused). `resume_from_checkpoint`
+    True resumes from the newest complete checkpoint of the folder; a resume with no training left is an error.
+    `--overwrite_output_dir` (without resuming) first removes what an earlier run of the package wrote there.
+    """
+    output_dir = Path(recipe.output_dir)
+    with RunFolderLock(output_dir) as lock:
+        check_output_dir(output_dir, overwrite_output_dir, bool(resume_from_checkpoint))
+        args = recipe.training_arguments()
+        checkpoint = resolve_resume_checkpoint(output_dir, resume_from_checkpoint)
+        if checkpoint:
+            require_training_left(checkpoint, args)
+        elif overwrite_output_dir and lock.enabled:
+            clear_previous_run(output_dir)
+        return _train(recipe, args, output_dir, checkpoint)
+
+
+def _train(recipe: Recipe, args: TrainingArguments, output_dir: Path, checkpoint: str | None) -> TrainOutcome:
     from ..cards import ModelCardCallback, write_model_card
 
-    output_dir = Path(recipe.output_dir)
-    check_output_dir(output_dir, overwrite_output_dir, bool(resume_from_checkpoint))
     set_seed(recipe.seed)
     prepared = prepare_data(recipe)
     model = build_model(recipe, prepared.data)
     if model.config.vocab_size == len(prepared.data.vocab):  # the sampled softmax's popularity sampler / logQ
         model.set_item_frequencies(popularity_scores(prepared.splits["train"], model.config.vocab_size))
-    args = recipe.training_arguments()
     collator = NextItemCollator(recipe.data.max_length, mode="train")
     eval_collator = NextItemCollator(recipe.data.max_length, mode="eval",
                                      exclude_history=recipe.evaluation.exclude_history)
@@ -99,18 +116,24 @@ def train(recipe: Recipe, *, overwrite_output_dir: bool = False,
         data_collator=collator, eval_collator=eval_collator, protocol=protocol, ks=tuple(recipe.evaluation.ks),
         callbacks=callbacks,
     )
-    train_result = trainer.train(resume_from_checkpoint=resume_from_checkpoint)
+    train_result = trainer.train(resume_from_checkpoint=checkpoint)
+    resumed_step = trainer.run_folder.start_step
+    require_finite_parameters(trainer.model, "final model")
     trainer.remove_callback(EarlyStoppingCallback)  # the final evaluations below are reports, not stopping signals
     validation = trainer.evaluate(metric_key_prefix="validation")
     test = trainer.evaluate(prepared.splits["test"], metric_key_prefix="test")
+    best = trainer.state.best_model_checkpoint
     metrics = {
         "dataset": prepared.data.name,
         "task": "next-item",
         "protocol": f"{recipe.data.split}, full-catalog ranking, history excluded={recipe.evaluation.exclude_history}",
         "validation": strip_prefix(validation, "validation_"),
         "test": strip_prefix(test, "test_"),
-        "train": {"runtime_s": train_result.metrics.get("train_runtime"), "loss": train_result.training_loss,
-                  "epochs": trainer.state.epoch, "best_checkpoint": trainer.state.best_model_checkpoint,
+        # loss: mean over the whole run's steps (a resumed run's earlier steps too), from the state's log history
+        "train": {"runtime_s": train_result.metrics.get("train_runtime"),
+                  "loss": run_training_loss(trainer.state, train_result.training_loss, resumed_step),
+                  "epochs": trainer.state.epoch, "steps": trainer.state.global_step, "resumed_from_step": resumed_step,
+                  "best_checkpoint": Path(best).name if best else None,
                   "world_size": args.world_size, "device": str(args.device)},
         "parameters": _parameter_counts(model),
         "popularity_baseline": {"test": popularity_metrics(prepared.splits, len(prepared.data.vocab), eval_collator,

@@ -1,8 +1,14 @@
 """Training throughput in real events per second, the padding fraction, and achieved FLOP/s against a measured peak.
 
-For each (dataset, preset) the real training rows (leave-one-out train split cut into windows of `max_length`, the
-rows `genrec-hf train` trains on) are batched exactly as training batches them, and `--steps` full training steps
-(forward, backward, AdamW) are timed after `--warmup` steps. Reported per case:
+For each (dataset, preset, batching) the real training rows (leave-one-out train split cut into windows of
+`max_length`, the rows `genrec-hf train` trains on) are batched exactly as training batches them under that
+`data.batching` mode, and `--steps` full training steps (forward, backward, AdamW) are timed after `--warmup` steps:
+
+- padded: random batches, each padded to its longest row;
+- grouped: Trainer's `LengthGroupedSampler` over the windows' length column, then padded;
+- packed: the same random batches as padded, packed several windows per row (`NextItemCollator(packing=True)`).
+
+Reported per case:
 
 - real events/s: non-padding input events processed per second (padded tokens/s is the number that hides padding);
 - padding fraction: share of the batch's (B × T) input positions that are padding;
@@ -12,7 +18,7 @@ rows `genrec-hf train` trains on) are batched exactly as training batches them, 
   (`--probe_size` square matmuls on the same threads).
 
     python benchmarks/bench_throughput.py --datasets /path/to/ml-100k:200 /path/to/Toys_and_Games.txt:50 \\
-        --presets sasrec genrec-100k genrec-500k genrec-2m --threads 1 --steps 20
+        --presets sasrec genrec-100k genrec-500k genrec-2m --batching padded grouped packed --threads 1 --steps 20
 """
 
 from __future__ import annotations
@@ -52,13 +58,25 @@ def _head_name(config) -> str:
             (True, True): "sampled+projected"}[(sampled, projected)]
 
 
+def history_lengths(batch: dict[str, torch.Tensor]) -> torch.Tensor:
+    """Real events of each history of a batch: one per row, or one per packed segment (`position_ids`)."""
+    mask = batch["attention_mask"].bool()
+    if "position_ids" not in batch:
+        return mask.sum(dim=1)
+    segments = ((batch["position_ids"] == 0) & mask).long().cumsum(dim=1)
+    keys = (segments + torch.arange(mask.shape[0])[:, None] * (mask.shape[1] + 1))[mask]
+    return torch.unique(keys, return_counts=True)[1]
+
+
 def run_case(source: str, max_length: int, preset: str, batch_size: int, steps: int, warmup: int,
-             seed: int) -> dict:
-    """Time `steps` training steps of `preset` on the real training windows of `source`."""
+             seed: int, batching: str = "padded") -> dict:
+    """Time `steps` training steps of `preset` on the real training windows of `source`, batched as `batching`."""
     from torch.utils.data import DataLoader
+    from transformers.trainer_pt_utils import LengthGroupedSampler
 
     from genrec_hf import GenRecConfig, GenRecForNextItemPrediction, SIZE_PRESETS
     from genrec_hf.data import NextItemCollator, leave_one_out, load_interactions, sliding_windows
+    from genrec_hf.data.collators import LENGTH_COLUMN, with_lengths
     from genrec_hf.scaling.flops import flops_per_token
 
     torch.manual_seed(seed)
@@ -70,10 +88,16 @@ def run_case(source: str, max_length: int, preset: str, batch_size: int, steps: 
         overrides["num_action_types"] = data.num_action_types
     model = GenRecForNextItemPrediction(GenRecConfig.from_preset(preset, **overrides)).train()
     optimizer = torch.optim.AdamW(model.parameters(), lr=1e-3)
-    loader = DataLoader(windows, batch_size=batch_size, shuffle=True, collate_fn=NextItemCollator(max_length),
-                        generator=torch.Generator().manual_seed(seed))
+    collator = NextItemCollator(max_length, packing=batching == "packed")
+    generator = torch.Generator().manual_seed(seed)
+    if batching == "grouped":
+        lengths = with_lengths(windows, max_length)[LENGTH_COLUMN]
+        sampler = LengthGroupedSampler(batch_size, lengths=list(lengths), generator=generator)
+        loader = DataLoader(windows, batch_size=batch_size, sampler=sampler, collate_fn=collator)
+    else:
+        loader = DataLoader(windows, batch_size=batch_size, shuffle=True, collate_fn=collator, generator=generator)
     batches = iter(loader)
-    seconds = real = padded = supervised = context = 0.0
+    seconds = real = padded = supervised = context = rows = 0.0
     for step in range(warmup + steps):
         try:
             batch = next(batches)
@@ -90,15 +114,17 @@ def run_case(source: str, max_length: int, preset: str, batch_size: int, steps: 
             mask = batch["attention_mask"]
             real += float(mask.sum())
             padded += float(mask.numel())
+            rows += mask.shape[0]
             supervised += float((batch["labels"] != -100).sum())
-            context += float(mask.sum(dim=1).pow(2).sum())  # Σ_rows T_row²: attention cost ∝ T per event
-    # The package's convention counts attention as 12·L·T·d per event with T its row's real length, so the
+            context += float(history_lengths(batch).pow(2).sum())  # Σ T²: attention cost ∝ T per event
+    # The package's convention counts attention as 12·L·T·d per event with T its history's real length, so the
     # batch's effective T is Σ T² / Σ T (padding is not useful work).
     per_event = flops_per_token(model.config, head=_head_name(model.config), seq_len=max(1, round(context / real)),
                                 head_factor=6.0)
     # Head + loss run once per supervised position, the backbone once per real event.
     flops = per_event["backbone"] * real + (per_event["head"] + per_event["loss"]) * supervised
-    return {"dataset": data.name, "preset": preset, "max_length": max_length, "batch_size": batch_size,
+    return {"dataset": data.name, "preset": preset, "batching": batching, "max_length": max_length,
+            "batch_size": batch_size, "rows_per_step": rows / steps,
             "steps": steps, "seconds": seconds, "real_events_per_s": real / seconds,
             "padded_tokens_per_s": padded / seconds, "padding_fraction": 1.0 - real / padded,
             "model_flops_per_s": flops / seconds, "flops_per_real_event": flops / real}
@@ -108,6 +134,8 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--datasets", nargs="+", default=DEFAULT_DATASETS, help="SOURCE:MAX_LENGTH pairs")
     parser.add_argument("--presets", nargs="+", default=["sasrec", "genrec-100k", "genrec-500k", "genrec-2m"])
+    parser.add_argument("--batching", nargs="+", default=["padded", "grouped", "packed"],
+                        choices=["padded", "grouped", "packed"], help="data.batching modes, measured in one run")
     parser.add_argument("--batch_size", type=int, default=128)
     parser.add_argument("--steps", type=int, default=20, help="timed training steps per case")
     parser.add_argument("--warmup", type=int, default=3)
@@ -122,18 +150,21 @@ def main() -> None:
     for spec in args.datasets:
         source, _, length = spec.rpartition(":")
         for preset in args.presets:
-            row = run_case(source, int(length), preset, args.batch_size, args.steps, args.warmup, args.seed)
-            row["mfu"] = row["model_flops_per_s"] / peak
-            rows.append(row)
-            print(json.dumps(row), flush=True)
+            for batching in args.batching:
+                row = run_case(source, int(length), preset, args.batch_size, args.steps, args.warmup, args.seed,
+                               batching)
+                row["mfu"] = row["model_flops_per_s"] / peak
+                rows.append(row)
+                print(json.dumps(row), flush=True)
     load = ", ".join(f"{x:.1f}" for x in os.getloadavg())
     lines = [f"{date.today()}, {platform.machine()}, {os.cpu_count()} CPUs, {args.threads} thread(s), load average "
              f"{load} at the end, torch {torch.__version__}; GEMM peak {peak / 1e9:.1f} GFLOP/s "
              f"({args.probe_size}² float32).", "",
-             "| dataset | preset | max len | real events/s | padded tokens/s | padding | GFLOP/s | MFU |",
-             "|---|---|---|---|---|---|---|---|"]
+             "| dataset | preset | batching | max len | real events/s | padded tokens/s | padding | GFLOP/s | MFU |",
+             "|---|---|---|---|---|---|---|---|---|"]
     for r in rows:
-        lines.append(f"| {r['dataset']} | {r['preset']} | {r['max_length']} | {r['real_events_per_s']:,.0f} | "
+        lines.append(f"| {r['dataset']} | {r['preset']} | {r['batching']} | {r['max_length']} | "
+                     f"{r['real_events_per_s']:,.0f} | "
                      f"{r['padded_tokens_per_s']:,.0f} | {r['padding_fraction']:.0%} | "
                      f"{r['model_flops_per_s'] / 1e9:.2f} | {r['mfu']:.1%} |")
     args.out.mkdir(parents=True, exist_ok=True)

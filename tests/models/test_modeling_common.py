@@ -19,6 +19,7 @@ from transformers.utils import ModelOutput
 
 from genrec_hf import GenRecForNextItemPrediction, GenRecModel
 from genrec_hf.models.genrec import modeling_genrec
+from genrec_hf.data.collators import first_fit_decreasing
 from genrec_hf.models.genrec.losses import item_log_probabilities
 
 from tests.helpers import tiny_config
@@ -211,6 +212,62 @@ def test_batching_equivalence(variant):
         if variant.has_head:
             torch.testing.assert_close(alone.user_embeddings, batched.user_embeddings[row:row + 1],
                                        rtol=1e-5, atol=1e-5)
+
+
+def left_padded(inputs: dict[str, torch.Tensor], lengths: list[int]) -> dict[str, torch.Tensor]:
+    """`inputs` with row i cut to its last `lengths[i]` events (left padding)."""
+    out = {k: v.clone() for k, v in inputs.items()}
+    for row, length in enumerate(lengths):
+        for key in out:
+            out[key][row, :out[key].shape[1] - length] = -100 if key == "labels" else 0
+    return out
+
+
+def pack(inputs: dict[str, torch.Tensor], lengths: list[int], capacity: int
+         ) -> tuple[dict[str, torch.Tensor], list[tuple[int, int, int]]]:
+    """Left-padded rows laid end to end into rows of `capacity` (first-fit decreasing, right padding), as
+    `NextItemCollator(packing=True)` packs them, with `position_ids`; and (padded row, packed row, start) per row."""
+    bins = first_fit_decreasing(lengths, capacity)
+    width = max(sum(lengths[i] for i in b) for b in bins)
+    packed = {k: torch.full((len(bins), width), -100 if k == "labels" else 0, dtype=v.dtype)
+              for k, v in inputs.items()}
+    packed["position_ids"] = torch.zeros(len(bins), width, dtype=torch.long)
+    places = []
+    for r, indices in enumerate(bins):
+        start = 0
+        for i in indices:
+            n = lengths[i]
+            for key, value in inputs.items():
+                packed[key][r, start:start + n] = value[i, value.shape[1] - n:]
+            packed["position_ids"][r, start:start + n] = torch.arange(n)
+            places.append((i, r, start))
+            start += n
+    return packed, places
+
+
+@over(VARIANTS)
+def test_packed_rows_equal_padded_rows(variant):
+    """Attention crossing from one packed history into the next, positions or time gaps not restarting at a
+    history's start, or a loss counting packed padding: the optimised packed batch trains differently from the
+    padded batch of the same users. Position-shared sampled negatives are drawn in row-major order of supervised
+    positions, which packing permutes, so only their hidden states are compared."""
+    tester = GenRecModelTester(variant)
+    model = tester.create_model()
+    lengths = [8, 5, 3, 7, 1]
+    padded = left_padded(tester.prepare_inputs(batch_size=5, seq_length=8, labels=True), lengths)
+    packed, places = pack(padded, lengths, capacity=model.config.max_position_embeddings)
+    assert packed["input_ids"].shape[0] < 5
+    torch.manual_seed(0)
+    a = model(**padded)
+    torch.manual_seed(0)
+    b = model(**packed)
+    for i, r, start in places:
+        n = lengths[i]
+        torch.testing.assert_close(b.last_hidden_state[r, start:start + n], a.last_hidden_state[i, 8 - n:],
+                                   rtol=1e-5, atol=1e-5)
+    config = model.config
+    if variant.has_head and not (config.loss_type == "sampled" and config.negative_sharing == "position"):
+        torch.testing.assert_close(b.loss, a.loss, rtol=1e-5, atol=1e-6)
 
 
 # ---------------------------------------------------------------------------------------------------------------------
@@ -464,6 +521,20 @@ def test_torch_export_static_and_dynamic_shapes(variant):
 
 
 @over(VARIANTS)
+def test_torch_export_packed_rows(variant):
+    """A packed-row mask or position path that branches on tensor values (segment counts, `.item()`) breaks
+    `torch.export`; one baked to the traced shapes is wrong at other row counts and widths."""
+    tester = GenRecModelTester(variant)
+    model = tester.create_model()
+    packed, _ = pack(tester.prepare_inputs(batch_size=4, seq_length=8), [8, 5, 3, 7], capacity=16)
+    batch, time = torch.export.Dim("batch", min=1, max=64), torch.export.Dim("time", min=2, max=16)
+    exported = torch.export.export(model, (), kwargs=packed, strict=False,
+                                   dynamic_shapes={key: {0: batch, 1: time} for key in packed})
+    other, _ = pack(tester.prepare_inputs(seed=3, batch_size=6, seq_length=6), [6, 2, 1, 4, 6, 3], capacity=9)
+    assert_outputs_equal(exported.module()(**other), model(**other), atol=1e-6)
+
+
+@over(VARIANTS)
 def test_torch_compile_fullgraph(variant):
     """A graph break in forward (the range check's `.item()`, a Python branch on tensor values) fails
     `torch.compile(fullgraph=True)`. Dynamo + AOT autograd without Inductor code generation keeps this cheap;
@@ -474,6 +545,19 @@ def test_torch_compile_fullgraph(variant):
     inputs = tester.prepare_inputs()
     compiled = torch.compile(model, fullgraph=True, backend="aot_eager")
     assert_outputs_equal(compiled(**inputs), model(**inputs), atol=1e-6)
+
+
+def test_torch_compile_fullgraph_packed_rows():
+    """A graph break on the packed-row path (segments computed with a Python loop or `.item()`) fails
+    `torch.compile(fullgraph=True)` for packed training batches."""
+    torch._dynamo.reset()
+    tester = GenRecModelTester(VARIANTS[0])
+    model = tester.create_model()
+    packed, _ = pack(tester.prepare_inputs(batch_size=4, seq_length=8, labels=True), [8, 5, 3, 7], capacity=16)
+    compiled = torch.compile(model, fullgraph=True, backend="aot_eager")
+    got, expected = compiled(**packed), model(**packed)
+    assert_outputs_equal(got, expected, atol=1e-6)
+    torch.testing.assert_close(got.loss, expected.loss, rtol=1e-6, atol=1e-6)
 
 
 @pytest.mark.slow  # Inductor code generation: ~40 s per class on the shared 2-core CPU with a cold cache

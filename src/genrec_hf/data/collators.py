@@ -11,6 +11,12 @@ Eval batches of both carry `target_ids` (B, T) 0-padded (T = 1 for leave-one-out
 `exclude_history`, `exclude_ids` (B, H): what `genrec_hf.evaluation.rank_batches` ranks. Histories longer than
 `max_length` keep their most recent events (the collator never reads further back); `sliding_windows` /
 `label_windows` cut long training rows beforehand so every target is still supervised.
+
+Training batches are padded to their longest row, or with `packing=True` packed: the batch's examples are laid end to
+end into as few rows of `max_length` as first-fit decreasing finds, with `position_ids` restarting at 0 at each
+example's start (the `transformers.DataCollatorWithFlattening` convention), which the model reads as block-diagonal
+causal attention. Same users, same supervised positions, same loss; only the padding goes. `with_lengths` adds the
+`length` column `TrainingArguments(train_sampling_strategy="group_by_length")` sorts by, the cheaper alternative.
 """
 
 from __future__ import annotations
@@ -25,6 +31,39 @@ from datasets import Dataset
 from .interactions import flat_column, row_lengths, take_event_ranges
 
 IGNORE_INDEX = -100
+LENGTH_COLUMN = "length"  # `TrainingArguments.length_column_name`'s default
+
+
+def first_fit_decreasing(lengths: Sequence[int], capacity: int) -> list[list[int]]:
+    """Indices of `lengths` grouped into bins of total length at most `capacity`: longest first (ties in index
+    order), each into the first bin it fits. Zero lengths are left out; a length above `capacity` is an error."""
+    if any(n > capacity for n in lengths):
+        raise ValueError(f"a sequence of {max(lengths)} events does not fit a packed row of {capacity}.")
+    bins: list[list[int]] = []
+    room: list[int] = []
+    for index in sorted(range(len(lengths)), key=lambda i: -lengths[i]):
+        n = lengths[index]
+        if n == 0:
+            break
+        for b, free in enumerate(room):
+            if n <= free:
+                bins[b].append(index)
+                room[b] -= n
+                break
+        else:
+            bins.append([index])
+            room.append(capacity - n)
+    return bins
+
+
+def with_lengths(dataset: Dataset, max_length: int, labelled: bool = False) -> Dataset:
+    """`dataset` plus a `length` column: the input events a training row gives the collator (`max_length` + 1
+    events → `max_length` inputs for event rows, the most recent `max_length` for `labelled` task rows)."""
+    lengths = row_lengths(dataset)
+    lengths = np.minimum(lengths, max_length) if labelled else np.clip(lengths - 1, 0, max_length)
+    if LENGTH_COLUMN in dataset.column_names:
+        dataset = dataset.remove_columns(LENGTH_COLUMN)
+    return dataset.add_column(LENGTH_COLUMN, lengths.astype(np.int64).tolist())
 
 
 def sliding_windows(dataset: Dataset, max_length: int, stride: int | None = None) -> Dataset:
@@ -89,24 +128,32 @@ class NextItemCollator:
         the right (it is a set), for ranking with seen items removed.
     Both return `input_ids`, `attention_mask`, `timestamps`, `action_ids` of the input events, padded on
     `padding_side` ("left" by default, so the last real event sits at position -1).
+    packing=True (train only): the examples are packed into rows of at most `max_length` events
+        (`first_fit_decreasing`), with `position_ids` (0, 1, ... per history, 0 at padding) telling the model where
+        each history starts. Labels, supervised positions and so `num_items_in_batch` are those of the padded batch.
     """
 
     def __init__(self, max_length: int, mode: str = "train", padding_side: str = "left",
-                 exclude_history: bool = True) -> None:
+                 exclude_history: bool = True, packing: bool = False) -> None:
         if max_length < 1:
             raise ValueError(f"max_length={max_length}; expected a positive integer.")
         if mode not in ("train", "eval"):
             raise ValueError(f"mode={mode!r}; expected 'train' or 'eval'.")
         if padding_side not in ("left", "right"):
             raise ValueError(f"padding_side={padding_side!r}; expected 'left' or 'right'.")
+        if packing and mode != "train":
+            raise ValueError("packing=True applies to training batches only: an eval row's user embedding is read "
+                             "at its last event, which a packed row shares among several users.")
         self.max_length = max_length
         self.mode = mode
         self.padding_side = padding_side
         self.exclude_history = exclude_history
+        self.packing = packing
 
     def __repr__(self) -> str:
         return (f"{type(self).__name__}(max_length={self.max_length}, mode={self.mode!r}, "
-                f"padding_side={self.padding_side!r}, exclude_history={self.exclude_history})")
+                f"padding_side={self.padding_side!r}, exclude_history={self.exclude_history}, "
+                f"packing={self.packing})")
 
     def __call__(self, rows: Sequence[dict[str, Any]]) -> dict[str, torch.Tensor]:
         if not rows:
@@ -135,8 +182,18 @@ class NextItemCollator:
                 [items[-1]], int(times[-1]), history)
 
     def _collate_train(self, examples: list[tuple]) -> dict[str, torch.Tensor]:
+        positions = None
+        if self.packing:
+            lengths = [len(example[0]) for example in examples]
+            bins = first_fit_decreasing(lengths, self.max_length) or [[]]
+            positions = [[p for i in indices for p in range(lengths[i])] for indices in bins]
+            examples = [tuple([v for i in indices for v in examples[i][field]] for field in range(4))
+                        for indices in bins]
         batch = self._pad_inputs(examples)
-        batch["labels"] = self._pad([labels for *_, labels in examples], IGNORE_INDEX, batch["input_ids"].shape[1])
+        width = batch["input_ids"].shape[1]
+        batch["labels"] = self._pad([labels for *_, labels in examples], IGNORE_INDEX, width)
+        if positions is not None:
+            batch["position_ids"] = self._pad(positions, 0, width)
         return batch
 
     def _collate_eval(self, examples: list[tuple]) -> dict[str, torch.Tensor]:

@@ -14,6 +14,7 @@ from datasets import Dataset, DatasetDict
 from transformers import EarlyStoppingCallback, TrainingArguments, set_seed
 
 from ..data import InteractionData, NextItemCollator, leave_one_out, load_interactions, sliding_windows, time_split
+from ..data.collators import with_lengths
 from ..evaluation import RankingProtocol
 from ..evaluation.baselines import popularity_metrics, popularity_scores
 from ..models.genrec import SIZE_PRESETS, GenRecConfig, GenRecForNextItemPrediction, count_backbone_parameters
@@ -45,6 +46,8 @@ def prepare_data(recipe: Recipe) -> PreparedData:
         cut = section.time_split_cut
         splits = time_split(data, cut=cut, quantile=None if cut is not None else section.time_split_quantile)
     windows = sliding_windows(splits["train"], section.max_length, stride=section.window_stride)
+    if section.batching == "grouped":  # the column Trainer's LengthGroupedSampler sorts by
+        windows = with_lengths(windows, section.max_length)
     logger.info("data %s: %d users, %d items; %d training windows, %d validation and %d test users",
                 data.name, len(data.sequences), len(data.vocab) - 1, len(windows), len(splits["validation"]),
                 len(splits["test"]))
@@ -102,7 +105,7 @@ def _train(recipe: Recipe, args: TrainingArguments, output_dir: Path, checkpoint
     model = build_model(recipe, prepared.data)
     if model.config.vocab_size == len(prepared.data.vocab):  # the sampled softmax's popularity sampler / logQ
         model.set_item_frequencies(popularity_scores(prepared.splits["train"], model.config.vocab_size))
-    collator = NextItemCollator(recipe.data.max_length, mode="train")
+    collator = NextItemCollator(recipe.data.max_length, mode="train", packing=recipe.data.batching == "packed")
     eval_collator = NextItemCollator(recipe.data.max_length, mode="eval",
                                      exclude_history=recipe.evaluation.exclude_history)
     protocol = RankingProtocol(exclude_history=recipe.evaluation.exclude_history)
@@ -134,7 +137,9 @@ def _train(recipe: Recipe, args: TrainingArguments, output_dir: Path, checkpoint
                   "loss": run_training_loss(trainer.state, train_result.training_loss, resumed_step),
                   "epochs": trainer.state.epoch, "steps": trainer.state.global_step, "resumed_from_step": resumed_step,
                   "best_checkpoint": Path(best).name if best else None,
-                  "world_size": args.world_size, "device": str(args.device)},
+                  "world_size": args.world_size, "device": str(args.device), "batching": recipe.data.batching,
+                  "real_events_per_s": train_result.metrics.get("train_real_events_per_s"),
+                  "padding_fraction": train_result.metrics.get("train_padding_fraction")},
         "parameters": _parameter_counts(model),
         "popularity_baseline": {"test": popularity_metrics(prepared.splits, len(prepared.data.vocab), eval_collator,
                                                            ks=tuple(recipe.evaluation.ks), protocol=protocol)},

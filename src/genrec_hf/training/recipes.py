@@ -25,6 +25,7 @@ import yaml
 from huggingface_hub.errors import StrictDataclassClassValidationError
 from transformers import TrainingArguments
 
+from ..data.collators import LENGTH_COLUMN
 from ..evaluation import DEFAULT_KS
 from ..models.genrec import SIZE_PRESETS, GenRecConfig
 
@@ -56,6 +57,10 @@ DEFAULT_FINETUNE_ARGUMENTS: dict[str, Any] = {
     **DEFAULT_TRAINING_ARGUMENTS, "num_train_epochs": 10, "save_total_limit": 1, "disable_tqdm": True,
 }
 FINETUNE_MODES = ("lora", "full", "from_scratch")
+# How training windows become batches: padded to the batch's longest row, grouped by length (Trainer's
+# LengthGroupedSampler, less padding), or packed several per row (no padding, the same loss as padded).
+BATCHING_MODES = ("padded", "grouped", "packed")
+GROUPED_TRAINING_KEYS = ("train_sampling_strategy", "length_column_name")  # set by data.batching: grouped
 
 
 # --- sections shared by every recipe kind ---------------------------------------------------------------------------
@@ -138,6 +143,7 @@ class PretrainDataSection(DataSection):
     time_split_quantile: float = 0.9  # for split: time, when no time_split_cut is given
     time_split_cut: int | None = None  # for split: time, a unix timestamp
     window_stride: int | None = None  # sliding-window stride for long training histories (None = max_length)
+    batching: str = "padded"  # padded | grouped | packed (BATCHING_MODES)
 
 
 @dataclass
@@ -174,6 +180,19 @@ class Recipe(RecipeBase):
             raise ValueError(f"{source}: model: {error}") from None
         if self.data.split not in ("leave_one_out", "time"):
             raise ValueError(f"{source}: data.split={self.data.split!r}; expected 'leave_one_out' or 'time'.")
+        if self.data.batching not in BATCHING_MODES:
+            raise ValueError(f"{source}: data.batching={self.data.batching!r}; expected one of {BATCHING_MODES}.")
+        clash = sorted(set(GROUPED_TRAINING_KEYS) & set(self.training))
+        if self.data.batching == "grouped" and clash:
+            raise ValueError(f"{source}: training: {clash} are set by data.batching: grouped; leave them out.")
+
+    def training_arguments(self, **fixed: Any) -> TrainingArguments:
+        """`RecipeBase.training_arguments`, with Trainer's length-grouped sampler for `data.batching: grouped`
+        (over the `length` column `prepare_data` adds to the training windows)."""
+        if self.data.batching == "grouped":
+            fixed = {"train_sampling_strategy": "group_by_length", "length_column_name": LENGTH_COLUMN,
+                     **fixed}
+        return super().training_arguments(**fixed)
 
 
 # --- fine-tuning ----------------------------------------------------------------------------------------------------

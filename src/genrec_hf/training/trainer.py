@@ -36,6 +36,7 @@ from transformers.trainer import TRAINER_STATE_NAME
 from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR, EvalLoopOutput, rotate_checkpoints
 
 from ..evaluation import DEFAULT_KS, LEAVE_ONE_OUT, RankingProtocol, evaluate_model
+from .throughput import ThroughputCallback
 
 logger = logging.getLogger(__name__)
 
@@ -94,6 +95,8 @@ class GenRecTrainer(Trainer):
         super().__init__(*args, **kwargs)
         self.run_folder = RunFolderCallback()
         self.add_callback(self.run_folder)
+        self.throughput = ThroughputCallback()
+        self.add_callback(self.throughput)
         self.eval_collator = eval_collator
         self.protocol = protocol
         self.ks = tuple(ks)
@@ -125,6 +128,7 @@ class GenRecTrainer(Trainer):
     def training_step(self, model: torch.nn.Module, inputs: dict[str, Any],
                       num_items_in_batch: torch.Tensor | int | None = None) -> torch.Tensor:
         """Trainer's step, stopping at the first non-finite loss (Trainer would average it away and train on)."""
+        self.throughput.record(inputs)
         loss = super().training_step(model, inputs, num_items_in_batch)
         if not bool(torch.isfinite(loss).all()):
             raise NonFiniteError(
@@ -132,6 +136,12 @@ class GenRecTrainer(Trainer):
                 f"{self.state.epoch or 0:.2f}); stopping without saving it. Lower training.learning_rate, set "
                 "training.max_grad_norm, or check the data; checkpoints saved so far are kept.")
         return loss
+
+    def log(self, logs: dict[str, float], start_time: float | None = None) -> None:
+        """Trainer's log; training logs also get real events/s and the padding fraction (`ThroughputCallback`)."""
+        if "loss" in logs or "train_runtime" in logs:
+            logs.update(self.throughput.log_entries(self.accelerator.gather, final="train_runtime" in logs))
+        super().log(logs, start_time)
 
     def _get_output_dir(self, trial: Any) -> str:
         staging = getattr(self, "_staging_root", None)

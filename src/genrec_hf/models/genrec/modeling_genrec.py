@@ -10,6 +10,10 @@ Input conventions (one token per event, all tensors batch × time):
     timestamps      event times in seconds (int64); used for the time-gap bucket feature
     action_ids      action type per event (0 = unknown), when `config.num_action_types > 0`
     labels          already aligned targets: `labels[:, t]` is the item to predict from events ≤ t; -100 = ignore
+    position_ids    optional, for packed rows (several histories in one row, as `NextItemCollator(packing=True)`
+                    builds them): each history's positions 0, 1, ..., restarting at 0 where the next one starts (the
+                    `transformers.DataCollatorWithFlattening` convention). Attention then never crosses histories
+                    and each history's first event has no time gap; without it a row is one history.
 """
 
 from __future__ import annotations
@@ -53,18 +57,22 @@ class GenRecRMSNorm(nn.Module):
 
 
 def time_gap_buckets(
-    timestamps: torch.Tensor, attention_mask: torch.Tensor, num_buckets: int, max_seconds: float
+    timestamps: torch.Tensor, attention_mask: torch.Tensor, num_buckets: int, max_seconds: float,
+    segment_starts: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """Log-spaced bucket of the seconds since the user's previous event; 0 where there is no previous event.
 
     Buckets 1..num_buckets-1 split [0, max_seconds] at num_buckets-2 log-spaced edges from 1 s to `max_seconds`;
-    longer gaps share the last bucket, negative gaps (out-of-order logs) count as 0 s.
+    longer gaps share the last bucket, negative gaps (out-of-order logs) count as 0 s. `segment_starts` (B, T) marks
+    the first event of each history of a packed row, whose previous event in the row is another user's.
     """
     # Rolled copies rather than (T - 1)-wide slices, which would specialise an exported graph's time axis.
     gaps = (timestamps - timestamps.roll(1, dims=1)).clamp(min=0)
     mask = attention_mask.bool()
     not_first = torch.arange(timestamps.shape[1], device=timestamps.device) > 0
     has_previous = mask & mask.roll(1, dims=1) & not_first
+    if segment_starts is not None:
+        has_previous = has_previous & ~segment_starts
     edges = torch.logspace(0.0, math.log10(max_seconds), num_buckets - 2, device=timestamps.device,
                            dtype=torch.float64)
     buckets = 1 + torch.bucketize(gaps.double(), edges)
@@ -102,13 +110,14 @@ class GenRecEventEmbedding(nn.Module):
         positions: torch.Tensor,
         timestamps: torch.Tensor | None = None,
         action_ids: torch.Tensor | None = None,
+        segment_starts: torch.Tensor | None = None,
     ) -> torch.Tensor:
         hidden = self.item_embeddings(input_ids)
         if self.action_embeddings is not None and action_ids is not None:
             hidden = hidden + self.action_embeddings(action_ids)
         if self.time_gap_embeddings is not None and timestamps is not None:
             buckets = time_gap_buckets(timestamps, attention_mask, self.config.num_time_buckets,
-                                       self.config.time_gap_max_seconds)
+                                       self.config.time_gap_max_seconds, segment_starts)
             hidden = hidden + self.time_gap_embeddings(buckets)
         if self.position_embeddings is not None:
             hidden = hidden + self.position_embeddings(positions)
@@ -307,7 +316,9 @@ class GenRecNextItemOutput(ModelOutput):
         loss: Next-item loss averaged over supervised positions (of the whole accumulated batch under Trainer).
         logits: (B, V) scores of every item for the next event after each history; only when `output_logits=True`.
         user_embeddings: (B, d_out) query vector of the last real event of each history, in the item output space:
-            `user_embeddings @ model.item_vectors.T` are the next-item scores.
+            `user_embeddings @ model.item_vectors.T` are the next-item scores. For a packed row (`position_ids`
+            given) it is the row's last event, so it belongs to one of its histories only: meaningless for ranking
+            (evaluation batches are never packed).
         last_hidden_state: (B, T, d) backbone output.
         hidden_states: Embedding output + each layer's output, when `output_hidden_states=True`.
         attentions: Each layer's (B, heads, T, T) attention probabilities, when `output_attentions=True`.
@@ -404,25 +415,34 @@ class GenRecModel(GenRecPreTrainedModel):
         attention_mask: torch.Tensor | None = None,
         timestamps: torch.Tensor | None = None,
         action_ids: torch.Tensor | None = None,
+        position_ids: torch.Tensor | None = None,
         output_attentions: bool | None = None,
         output_hidden_states: bool | None = None,
         return_dict: bool | None = None,
         **kwargs: Any,
     ) -> BaseModelOutput | tuple:
+        """`position_ids` (B, T), for packed rows: see the module docstring; None = one history per row."""
         output_attentions, output_hidden_states, return_dict = self._resolve_output_flags(
             output_attentions, output_hidden_states, return_dict)
-        self._check_inputs(input_ids, attention_mask=attention_mask, timestamps=timestamps, action_ids=action_ids)
+        self._check_inputs(input_ids, attention_mask=attention_mask, timestamps=timestamps, action_ids=action_ids,
+                           position_ids=position_ids)
         if attention_mask is None:
             attention_mask = (input_ids != 0).long()
-        positions = positions_from_mask(attention_mask)
-        hidden = self.embeddings(input_ids, attention_mask, positions, timestamps, action_ids)
-        rotary = self.rotary(positions, hidden.dtype) if self.rotary is not None else None
-
+        real = attention_mask.bool()
         length = input_ids.shape[1]
         causal = torch.ones(length, length, dtype=torch.bool, device=input_ids.device).tril()
         # Queries may attend to earlier real events; a padding query attends to itself only so no row is empty.
-        mask = causal & attention_mask.bool()[:, None, None, :]
+        mask = causal & real[:, None, None, :]
+        if position_ids is None:
+            positions, starts = positions_from_mask(attention_mask), None
+        else:
+            _check_range("position_ids", position_ids, 0, self.config.max_position_embeddings)
+            positions, starts = position_ids, (position_ids == 0) & real
+            segments = starts.long().cumsum(dim=-1)  # history number of each event of a packed row
+            mask = mask & (segments[:, None, :, None] == segments[:, None, None, :])
         mask = mask | torch.eye(length, dtype=torch.bool, device=input_ids.device)
+        hidden = self.embeddings(input_ids, attention_mask, positions, timestamps, action_ids, starts)
+        rotary = self.rotary(positions, hidden.dtype) if self.rotary is not None else None
 
         all_hidden = (hidden,) if output_hidden_states else None
         all_attentions = () if output_attentions else None
@@ -502,6 +522,7 @@ class GenRecForNextItemPrediction(GenRecPreTrainedModel):
         timestamps: torch.Tensor | None = None,
         action_ids: torch.Tensor | None = None,
         labels: torch.Tensor | None = None,
+        position_ids: torch.Tensor | None = None,
         output_logits: bool = False,
         output_attentions: bool | None = None,
         output_hidden_states: bool | None = None,
@@ -509,6 +530,8 @@ class GenRecForNextItemPrediction(GenRecPreTrainedModel):
         num_items_in_batch: int | torch.Tensor | None = None,
         **kwargs: Any,
     ) -> GenRecNextItemOutput | tuple:
+        """Next-item loss (with `labels`) and user embeddings; `position_ids` (B, T) marks packed rows (several
+        histories per row, see the module docstring): the loss is that of the same histories padded one per row."""
         output_attentions, output_hidden_states, return_dict = self._resolve_output_flags(
             output_attentions, output_hidden_states, return_dict)
         if attention_mask is None:
@@ -517,8 +540,8 @@ class GenRecForNextItemPrediction(GenRecPreTrainedModel):
             self._check_inputs(input_ids, labels=labels)
             _check_range("labels", labels, 1, self.config.vocab_size, ignore=-100)
         outputs = self.model(input_ids, attention_mask=attention_mask, timestamps=timestamps, action_ids=action_ids,
-                             output_attentions=output_attentions, output_hidden_states=output_hidden_states,
-                             return_dict=True)
+                             position_ids=position_ids, output_attentions=output_attentions,
+                             output_hidden_states=output_hidden_states, return_dict=True)
         hidden = outputs.last_hidden_state
         last = hidden[torch.arange(hidden.shape[0], device=hidden.device), last_event_index(attention_mask)]
         user_embeddings = self.head(last)

@@ -174,3 +174,129 @@ def test_lora_config_validation():
     with pytest.raises(ValueError, match="head part"):
         lora_config(train_head="bias")
     assert lora_config(train_head=False).modules_to_save is None
+
+
+def test_trained_adapter_changes_the_output(tmp_path):
+    """Catches an adapter that trains nothing (e.g. LoRA B left at zero, no target module wrapped): after a few
+    steps its output must differ from the base's, and a saved + reloaded copy must keep the difference."""
+    base, base_dir = _base(tmp_path)
+    batch = _batch(7)
+    reference = base(**batch).user_embeddings.detach().clone()
+    model = attach_adapter(base, lora_config(r=4, train_head=False))
+    _train_steps(model)
+    tuned = model(**batch).user_embeddings
+    assert not torch.allclose(tuned, reference, atol=1e-4)
+    loaded = load_adapters(base_dir, {"task": save_adapter(model, tmp_path / "adapter", base_dir=base_dir)})
+    assert not torch.allclose(loaded(**batch).user_embeddings, reference, atol=1e-4)
+
+
+def _with_vocab(tmp_path, name: str, raw_ids: list[str], seed: int = 0) -> str:
+    from genrec_hf.data import ItemVocab
+
+    torch.manual_seed(seed)
+    path = tmp_path / name
+    GenRecForNextItemPrediction(tiny_config(num_action_types=8)).save_pretrained(path)
+    ItemVocab(raw_ids).save(path)
+    return str(path)
+
+
+def test_other_item_vocab_is_refused_and_other_weights_warn(tmp_path):
+    """Catches check_base letting an adapter run on a re-indexed catalog (same vocab_size, other items: every
+    index means another item), and not warning when only the base weights differ."""
+    ids = [str(i) for i in range(1, 41)]
+    base_dir = _with_vocab(tmp_path, "base", ids)
+    model = attach_adapter(GenRecForNextItemPrediction.from_pretrained(base_dir), lora_config(r=2))
+    save_adapter(model, tmp_path / "adapter", base_dir=base_dir)
+    reindexed = _with_vocab(tmp_path, "reindexed", ids[::-1])
+    with pytest.raises(ValueError, match="item_vocab.json differs"):
+        load_adapters(reindexed, {"task": tmp_path / "adapter"})
+    retrained = _with_vocab(tmp_path, "retrained", ids, seed=1)
+    with pytest.warns(UserWarning, match="trained on base weights"):
+        load_adapters(retrained, {"task": tmp_path / "adapter"})
+
+
+def test_layers_outside_the_base_are_named(tmp_path):
+    """Bug: `--lora.layers '[7]'` on a 2-layer base failed in PEFT with 'target modules not found'."""
+    base, _ = _base(tmp_path)
+    with pytest.raises(ValueError, match=r"lora.layers=\[7\].*num_hidden_layers=2.*0\.\.1"):
+        attach_adapter(base, lora_config(r=2, layers=[7]))
+    attach_adapter(base, lora_config(r=2, layers=[1]))
+    from genrec_hf.training import FinetuneRecipe, finetune, recipe_from_dict
+
+    recipe = recipe_from_dict(kind=FinetuneRecipe, raw={"output_dir": str(tmp_path / "out"), "lora": {"layers": [7]},
+                                                         "data": {"source": "synthetic", "max_length": 8}})
+    with pytest.raises(ValueError, match=r"lora.layers=\[7\]"):  # before any data is loaded
+        finetune(recipe, _with_vocab(tmp_path, "base-for-finetune", [str(i) for i in range(1, 41)]))
+
+
+def test_unknown_task_parameter_is_named_at_validation():
+    """Bug: `--task.params '{bogus: 1}'` surfaced as a TypeError from the task builder after the data was loaded."""
+    from genrec_hf.training import FinetuneRecipe, recipe_from_dict
+
+    with pytest.raises(ValueError, match=r"'high_engagement'.*\['bogus'\].*'threshold'"):
+        recipe_from_dict(kind=FinetuneRecipe, raw={"task": {"name": "high_engagement", "params": {"bogus": 1}}})
+    recipe_from_dict(kind=FinetuneRecipe, raw={"task": {"name": "high_engagement", "params": {"threshold": 3}}})
+
+
+# ------------------------------------------------------------------------------ adapter folders in evaluate / recommend
+TINY_DATA = "synthetic:num_users=30,num_items=40,num_clusters=3"
+
+
+def _adapter_on_base(tmp_path):
+    """A base folder with the synthetic vocabulary and a perturbed LoRA adapter trained on it."""
+    from genrec_hf.integrity import write_manifest
+
+    ids = [str(i) for i in range(1, 41)]
+    base_dir = _with_vocab(tmp_path, "base", ids)
+    write_manifest(base_dir)
+    model = attach_adapter(GenRecForNextItemPrediction.from_pretrained(base_dir), lora_config(r=2))
+    _perturb(model, "default", 3)
+    save_adapter(model, tmp_path / "adapter", base_dir=base_dir)
+    return base_dir, tmp_path / "adapter", ids
+
+
+def test_evaluate_adapter_folder_checks_the_base_it_names(tmp_path, caplog):
+    """Bug: `genrec-hf evaluate ADAPTER` loaded through PEFT's auto path and skipped the base check, so an adapter
+    over a retrained base with another item vocabulary evaluated silently."""
+    import logging
+
+    from genrec_hf.data import ItemVocab
+    from genrec_hf.evaluation.saved_models import evaluate_saved_model
+    from genrec_hf.serving import Recommender
+
+    base_dir, adapter_dir, ids = _adapter_on_base(tmp_path)
+    with caplog.at_level(logging.INFO, logger="genrec_hf.adapters"):
+        metrics = evaluate_saved_model(adapter_dir, TINY_DATA)
+    assert 0 < metrics["mrr"] <= 1
+    assert any("LoRA adapter" in r.getMessage() and base_dir in r.getMessage() for r in caplog.records)
+    # The served model is the adapter's, not the base's.
+    served = Recommender.from_pretrained(adapter_dir)
+    plain = Recommender.from_pretrained(base_dir)
+    assert not torch.allclose(served.user_embedding(["1", "2"]), plain.user_embedding(["1", "2"]), atol=1e-4)
+    ItemVocab(ids[::-1]).save(base_dir)  # the base folder was retrained on a re-indexed catalog
+    with pytest.raises(ValueError, match="item_vocab.json differs"):
+        evaluate_saved_model(adapter_dir, TINY_DATA)
+    with pytest.raises(ValueError, match="item_vocab.json differs"):
+        Recommender.from_pretrained(adapter_dir)
+
+
+def test_cli_adapter_folder_needs_its_base(tmp_path, capsys):
+    """Bug: an adapter folder whose base is gone failed inside PEFT / the Hub client; the CLI now says that an
+    adapter needs its base and how to pass it, and `--base` loads it."""
+    import shutil
+
+    from genrec_hf.cli import main
+
+    base_dir, adapter_dir, _ = _adapter_on_base(tmp_path)
+    moved = tmp_path / "moved_base"
+    shutil.move(base_dir, moved)
+    capsys.readouterr()
+    assert main(["recommend", str(adapter_dir), "--history", "1,2"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "needs its base model" in err[0] and "--base DIR" in err[0], err
+    assert main(["evaluate", str(adapter_dir), "--data", TINY_DATA, "--output", str(tmp_path / "e.json")]) == 2
+    assert "--base DIR" in capsys.readouterr().err
+    assert main(["recommend", str(adapter_dir), "--history", "1,2", "--base", str(moved)]) == 0
+    assert len(capsys.readouterr().out.strip().splitlines()) == 10
+    assert main(["evaluate", str(adapter_dir), "--data", TINY_DATA, "--output", str(tmp_path / "e.json"),
+                 "--base", str(moved)]) == 0

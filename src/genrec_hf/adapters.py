@@ -17,6 +17,8 @@ that adapter's table (`adapter_item_vectors`, `score_mixed_batch`).
 
 Every saved adapter folder carries `genrec_base.json`: the base config fields that shape the weights, plus the
 hash of the base's item vocabulary and weights. Loading on another base raises a `ValueError` naming both.
+`load_adapter_model(adapter_dir)` is the one way the package loads an adapter folder (evaluate, recommend, Python):
+it finds the base the adapter names, verifies both folders' weights (`integrity`) and always runs that check.
 """
 
 from __future__ import annotations
@@ -24,6 +26,7 @@ from __future__ import annotations
 import copy
 import hashlib
 import json
+import logging
 import shutil
 import warnings
 from collections.abc import Sequence
@@ -34,8 +37,11 @@ import torch
 from peft import LoraConfig, PeftModel, get_peft_model
 from peft.utils.other import ModulesToSaveWrapper
 
+from .integrity import verify_weights, write_manifest
 from .models.genrec import GenRecConfig, GenRecForNextItemPrediction
 from .models.genrec.scoring import TopItems, chunked_topk
+
+logger = logging.getLogger(__name__)
 
 DEFAULT_TARGET_MODULES = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
 HEAD_PARTS = {"projection": "head.projection", "item_vectors": "head.item_embeddings"}
@@ -94,13 +100,29 @@ def lora_config(
     )
 
 
+def check_lora_layers(layers: int | Sequence[int] | None, config: GenRecConfig) -> None:
+    """Raise `ValueError` naming the value and the range when a layer index is not a decoder layer of the base."""
+    if layers is None:
+        return
+    layers = [layers] if isinstance(layers, int) else list(layers)
+    num_layers = config.num_hidden_layers
+    bad = [i for i in layers if not 0 <= i < num_layers]
+    if bad:
+        raise ValueError(f"lora.layers={layers}: {bad} not decoder layers of this base, which has "
+                         f"num_hidden_layers={num_layers}; expected indices in 0..{num_layers - 1}.")
+
+
 def attach_adapter(model: GenRecForNextItemPrediction | PeftModel, config: LoraConfig | None = None,
                    adapter_name: str = "default") -> PeftModel:
     """Wrap a GenRec model with a new trainable LoRA adapter (or add one to an existing PeftModel).
 
-    Only the adapter's parameters require grad; the base model's weights are frozen and never modified.
+    Only the adapter's parameters require grad; the base model's weights are frozen and never modified. Layer
+    indices outside the base's decoder layers are refused here (PEFT would only say no target module was found).
     """
     config = config or lora_config()
+    base_config = model.get_base_model().config if isinstance(model, PeftModel) else getattr(model, "config", None)
+    if base_config is not None:
+        check_lora_layers(config.layers_to_transform, base_config)
     if isinstance(model, PeftModel):
         model.add_adapter(adapter_name, config)
         model.set_adapter(adapter_name)
@@ -193,34 +215,82 @@ def save_adapter(model: PeftModel, output_dir: str | Path, *, adapter_name: str 
     fingerprint = base_fingerprint(config, base_dir)
     fingerprint["adapter_name"] = name
     (output_dir / BASE_FINGERPRINT_FILE).write_text(json.dumps(fingerprint, indent=2))
+    write_manifest(output_dir)
     return output_dir
 
 
-def _load_base(base: str | Path | GenRecForNextItemPrediction) -> tuple[GenRecForNextItemPrediction, Path | None]:
+def _load_base(base: str | Path | GenRecForNextItemPrediction,
+               verify: bool = True) -> tuple[GenRecForNextItemPrediction, Path | None]:
     if isinstance(base, GenRecForNextItemPrediction):
         return base, None
     base_dir = Path(base)
     if not (base_dir / "config.json").is_file():
         raise FileNotFoundError(f"Base model folder {base_dir} has no config.json (expected a saved "
                                 "GenRecForNextItemPrediction, e.g. the output_dir of `genrec-hf train`).")
+    verify_weights(base_dir, verify)
     return GenRecForNextItemPrediction.from_pretrained(str(base_dir)), base_dir
 
 
+def is_adapter_folder(folder: str | Path) -> bool:
+    """True for a saved adapter (adapter_config.json) that is not a full model folder (no config.json)."""
+    folder = Path(folder)
+    return (folder / "adapter_config.json").is_file() and not (folder / "config.json").is_file()
+
+
+def adapter_base_dir(adapter_dir: str | Path, base: str | Path | None = None) -> Path:
+    """The base folder of an adapter: `base` when given, else the one its genrec_base.json / adapter_config names.
+
+    A recorded relative path is tried as given and relative to the adapter folder. Raises `FileNotFoundError`
+    saying how to pass the base when none of them is a model folder.
+    """
+    adapter_dir = Path(adapter_dir)
+    if base is not None:
+        return Path(base)
+    named: list[str] = []
+    for file, key in ((BASE_FINGERPRINT_FILE, "base_dir"), ("adapter_config.json", "base_model_name_or_path")):
+        path = adapter_dir / file
+        if path.is_file():
+            value = json.loads(path.read_text()).get(key)
+            if value and value not in named:
+                named.append(str(value))
+    for value in named:
+        for candidate in (Path(value), adapter_dir / value):
+            if (candidate / "config.json").is_file():
+                return candidate
+    found = f"it names {named}, which is not a model folder here" if named else "it names no base"
+    raise FileNotFoundError(f"{adapter_dir} is a LoRA adapter and needs its base model, but {found}; pass the base "
+                            "folder (`--base DIR` on the command line, `base=` in Python).")
+
+
+def load_adapter_model(adapter_dir: str | Path, base: str | Path | GenRecForNextItemPrediction | None = None, *,
+                       verify: bool = True, is_trainable: bool = False) -> PeftModel:
+    """Load an adapter folder on its base: `base`, or the base the adapter names (logged), always `check_base`ed."""
+    adapter_dir = Path(adapter_dir)
+    if not isinstance(base, GenRecForNextItemPrediction):
+        named = base is None
+        base = adapter_base_dir(adapter_dir, base)
+        if named:
+            logger.info("%s is a LoRA adapter: loading the base it names, %s", adapter_dir, base)
+    return load_adapters(base, {"default": adapter_dir}, is_trainable=is_trainable, verify=verify)
+
+
 def load_adapters(base: str | Path | GenRecForNextItemPrediction, adapters: dict[str, str | Path], *,
-                  is_trainable: bool = False) -> PeftModel:
+                  is_trainable: bool = False, verify: bool = True) -> PeftModel:
     """Load the base once and attach every `{name: adapter_dir}`; the first one is active (`set_adapter` switches).
 
-    Each adapter is checked against the base (`check_base`) before its weights are read.
+    Each adapter is checked against the base (`check_base`) and its weights verified (`integrity.verify_weights`,
+    skipped for both folders with `verify=False`) before they are read.
     """
     if not adapters:
         raise ValueError("load_adapters needs at least one {name: adapter_dir}.")
-    model, base_dir = _load_base(base)
+    model, base_dir = _load_base(base, verify)
     peft_model: PeftModel | None = None
     for name, adapter_dir in adapters.items():
         adapter_dir = Path(adapter_dir)
         if not (adapter_dir / "adapter_config.json").is_file():
             raise FileNotFoundError(f"Adapter folder {adapter_dir} has no adapter_config.json.")
         check_base(adapter_dir, model.config, base_dir)
+        verify_weights(adapter_dir, verify)
         try:
             with warnings.catch_warnings():
                 warnings.filterwarnings("ignore", message=".*tied.*")

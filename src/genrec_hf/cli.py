@@ -114,7 +114,8 @@ def cmd_evaluate(args: argparse.Namespace, extra: list[str]) -> int:
         raise FileNotFoundError(f"--output {output}: folder {output.parent} does not exist; create it first.")
     metrics = evaluate_saved_model(args.model_dir, args.data, format=args.format, split=args.split,
                                    max_length=args.max_length, batch_size=args.batch_size,
-                                   exclude_history=not args.include_history)
+                                   exclude_history=not args.include_history, base=args.base,
+                                   verify=not args.no_verify)
     print(json.dumps(metrics, indent=2))
     output.write_text(json.dumps(metrics, indent=2))
     print(f"written to {output}", file=sys.stderr)
@@ -122,12 +123,17 @@ def cmd_evaluate(args: argparse.Namespace, extra: list[str]) -> int:
 
 
 def cmd_recommend(args: argparse.Namespace, extra: list[str]) -> int:
+    """Print the top-k; when the history leaves no item to recommend, one line on stderr says so (exit 0)."""
     from .serving import Recommender
 
-    recommender = Recommender.from_pretrained(args.model_dir)
+    recommender = Recommender.from_pretrained(args.model_dir, base=args.base, verify=not args.no_verify)
     history = [item.strip() for item in args.history.split(",") if item.strip()]
     timestamps = [int(t) for t in args.timestamps.split(",")] if args.timestamps else None
     recs = recommender.recommend(history, k=args.k, timestamps=timestamps, exclude_seen=not args.include_seen)
+    if not recs:
+        print(f"genrec-hf recommend: no item left to recommend: the history's {len(set(history))} distinct items "
+              f"cover the whole catalog of {len(recommender.vocab) - 1} items (--include_seen allows seen items).",
+              file=sys.stderr)
     if args.json:
         print(json.dumps([r.to_dict() for r in recs], indent=2))
     else:
@@ -214,6 +220,14 @@ def _int_list(text: str) -> str:
     return text
 
 
+def _add_load_flags(p: argparse.ArgumentParser) -> None:
+    """--base / --no_verify of the commands that load a model or adapter folder."""
+    p.add_argument("--base", default=None, metavar="DIR",
+                   help="base model folder of an adapter MODEL_DIR (default: the base the adapter names)")
+    p.add_argument("--no_verify", action="store_true",
+                   help="skip the weights checks (sha256 against genrec_weights.json, no NaN/inf tensors)")
+
+
 _GLOBAL_FLAGS = {"--debug": "debug", "-v": "verbose", "--verbose": "verbose"}
 
 
@@ -258,6 +272,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--include_history", action="store_true", help="also rank items already in the history")
     p.add_argument("--output", default=None, help="JSON file (default MODEL_DIR/eval_results_SPLIT.json)")
     p.add_argument("--overwrite", action="store_true", help="replace an existing output file")
+    _add_load_flags(p)
     p.set_defaults(func=cmd_evaluate)
 
     p = sub.add_parser("recommend", help="top-k items after a history of raw item ids")
@@ -268,6 +283,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--k", type=_positive_int, default=10)
     p.add_argument("--include_seen", action="store_true", help="allow items already in the history")
     p.add_argument("--json", action="store_true", help="print JSON instead of a table")
+    _add_load_flags(p)
     p.set_defaults(func=cmd_recommend)
 
     p = sub.add_parser("card", help="(re)generate the model card README.md of a model or adapter folder")

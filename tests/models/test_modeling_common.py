@@ -144,8 +144,9 @@ def test_save_load_bit_exact(tmp_path, variant):
             assert loaded.get_output_embeddings().weight is loaded.get_input_embeddings().weight
         if model.head.item_log_q is not None:
             assert torch.equal(loaded.head.item_log_q, model.head.item_log_q)
-        backbone = AutoModel.from_pretrained(tmp_path).eval()  # the backbone alone, out of a head checkpoint
-        assert isinstance(backbone, GenRecModel)
+        assert type(AutoModel.from_pretrained(tmp_path)) is variant.model_class  # the class that was saved
+        backbone = GenRecModel.from_pretrained(tmp_path).eval()  # the backbone alone, out of a head checkpoint
+        assert type(backbone) is GenRecModel
         assert torch.equal(backbone(**inputs).last_hidden_state, expected.last_hidden_state)
 
 

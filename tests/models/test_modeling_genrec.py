@@ -203,3 +203,65 @@ def test_recommend_rejects_bad_k(tiny_model, k):
     """k=0 or a negative k returning empty tensors (or a float k failing deep inside torch.topk)."""
     with pytest.raises(ValueError, match=r"k=.* is invalid: expected a positive integer"):
         tiny_model.recommend([[1, 2, 3]], k=k)
+
+
+@pytest.mark.parametrize("sampler", ["uniform", "popularity"])
+def test_position_negatives_and_in_batch_negatives_reach_the_loss(sampler):
+    """Catches the model-level wiring of the README's recommended head dropping `negative_sharing="position"` (one
+    (N, K) draw per position) or `in_batch_negatives`: the forward loss × supervised count must equal the pure
+    `sampled_softmax_loss` with the same seeded negatives, and differ from the shared / no-in-batch variants."""
+    from genrec_hf.models.genrec.losses import sample_negatives, sampled_softmax_loss
+
+    torch.manual_seed(0)
+    config = tiny_config(loss_type="sampled", num_negatives=6, negative_sharing="position", in_batch_negatives=True,
+                         negative_sampler=sampler)
+    model = GenRecForNextItemPrediction(config).eval()
+    if sampler == "popularity":
+        model.set_item_frequencies(torch.arange(41) % 7)
+    batch = _batch()
+    labels = torch.roll(batch["input_ids"], -1, dims=1)
+    labels[:, -1] = -100
+    labels[0, :4] = -100
+    supervised = labels != -100
+    torch.manual_seed(123)
+    loss = model(**batch, labels=labels).loss
+    with torch.no_grad():
+        queries = model.head(model.model(**batch).last_hidden_state[supervised])
+    targets = labels[supervised]
+    log_q = model.head.item_log_q if sampler == "popularity" else None
+    torch.manual_seed(123)
+    negatives = sample_negatives(41, (targets.shape[0], 6), item_log_q=log_q)
+
+    def reference(negatives, in_batch):
+        return sampled_softmax_loss(queries, model.item_vectors, targets, negatives, in_batch_negatives=in_batch,
+                                    item_log_q=model.head.item_log_q if config.uses_logq_correction else None)
+
+    expected = reference(negatives, True)
+    torch.testing.assert_close(loss * supervised.sum(), expected, rtol=1e-5, atol=1e-5)
+    assert not torch.allclose(expected, reference(negatives, False), atol=1e-4)
+    assert not torch.allclose(expected, reference(negatives[0], True), atol=1e-4)
+
+
+def test_auto_model_returns_the_saved_class_with_and_without_genrec_hf(tmp_path):
+    """Bug: `AutoModel.from_pretrained(dir, trust_remote_code=True)` gave `GenRecModel` (the head dropped) when
+    genrec_hf was installed, but the saved `GenRecForNextItemPrediction` from `auto_map` otherwise."""
+    torch.manual_seed(0)
+    GenRecForNextItemPrediction(tiny_config()).save_pretrained(tmp_path / "head")
+    GenRecModel(tiny_config()).save_pretrained(tmp_path / "backbone")
+    expected = {"head": "GenRecForNextItemPrediction", "backbone": "GenRecModel"}
+    for name, cls_name in expected.items():
+        for remote in (False, True):
+            assert type(AutoModel.from_pretrained(tmp_path / name, trust_remote_code=remote)).__name__ == cls_name
+    assert type(AutoModel.from_config(tiny_config())) is GenRecModel
+    script = textwrap.dedent(f"""
+        import sys
+        sys.modules["genrec_hf"] = None
+        from transformers import AutoModel
+        for name in ("head", "backbone"):
+            model = AutoModel.from_pretrained({str(tmp_path)!r} + "/" + name, trust_remote_code=True)
+            print(name, type(model).__name__)
+    """)
+    result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, cwd=tmp_path,
+                            env={"HF_HUB_OFFLINE": "1", "PATH": "", "HF_HOME": str(tmp_path / "hf_home")})
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert dict(line.split() for line in result.stdout.strip().splitlines()) == expected

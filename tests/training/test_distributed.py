@@ -80,3 +80,64 @@ def test_resume_under_ddp(ddp_run, tmp_path):
     assert metrics["train"]["steps"] == uninterrupted["steps"]
     assert metrics["train"]["loss"] == pytest.approx(uninterrupted["loss"], rel=1e-4)
     assert not list((tmp_path / "resumed").glob(".genrec-hf.lock")) and not list(ddp_run.glob(".genrec-hf.lock"))
+
+
+STEP_SCRIPT = """
+import json, sys
+sys.path.insert(0, {repo!r})
+import torch
+from datasets import Dataset
+from transformers import TrainingArguments
+from genrec_hf import GenRecForNextItemPrediction
+from genrec_hf.training.trainer import GenRecTrainer
+from tests.helpers import tiny_config
+from tests.training.test_loss_normalisation import _collate, _rows
+
+out, batch_size = sys.argv[1], int(sys.argv[2])
+torch.manual_seed(0)
+model = GenRecForNextItemPrediction(tiny_config())
+args = TrainingArguments(output_dir=out, per_device_train_batch_size=batch_size, max_steps=1, learning_rate=0.1,
+                         optim="sgd", lr_scheduler_type="constant", report_to=[], use_cpu=True, save_strategy="no",
+                         remove_unused_columns=False, seed=0, data_seed=0, disable_tqdm=True)
+trainer = GenRecTrainer(model=model, args=args, train_dataset=Dataset.from_list(_rows()), data_collator=_collate,
+                        eval_collator=_collate)
+trainer._get_train_sampler = lambda *a, **k: torch.utils.data.SequentialSampler(trainer.train_dataset)
+result = trainer.train()
+if trainer.is_world_process_zero():
+    torch.save({{k: v.detach().clone() for k, v in model.state_dict().items()}}, out + "/weights.pt")
+    json.dump({{"world_size": args.world_size, "loss": result.training_loss}}, open(out + "/info.json", "w"))
+"""
+
+
+def test_one_ddp_step_equals_one_single_process_step(tmp_path):
+    """Catches data-parallel loss normalisation by each rank's own supervised count (or a mean of per-rank means):
+    one SGD step of 2 processes x 4 uneven rows (29 vs 24 supervised positions) must give the weights of one
+    process x the same 8 rows."""
+    import torch
+
+    script = tmp_path / "step.py"
+    script.write_text(STEP_SCRIPT.format(repo=str(REPO_ROOT)))
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1", "ACCELERATE_USE_CPU": "1"}
+    single, ddp = tmp_path / "single", tmp_path / "ddp"
+    for command in ([sys.executable, str(script), str(single), "8"],
+                    [sys.executable, "-m", "accelerate.commands.launch", "--config_file",
+                     str(REPO_ROOT / "recipes/accelerate_configs/cpu_ddp.yaml"), str(script), str(ddp), "4"]):
+        result = subprocess.run(command, capture_output=True, text=True, env=env, timeout=600, cwd=REPO_ROOT)
+        assert result.returncode == 0, result.stderr[-4000:]
+    assert json.loads((ddp / "info.json").read_text())["world_size"] == 2
+    assert json.loads((single / "info.json").read_text())["world_size"] == 1
+    expected, got = torch.load(single / "weights.pt"), torch.load(ddp / "weights.pt")
+    initial = {k: v for k, v in _initial_weights().items()}
+    moved = [k for k in expected if not torch.equal(expected[k], initial[k])]
+    assert moved, "the step changed no weight"
+    for name in expected:
+        torch.testing.assert_close(got[name], expected[name], rtol=1e-5, atol=1e-6, msg=name)
+
+
+def _initial_weights():
+    import torch
+
+    from tests.helpers import tiny_config
+
+    torch.manual_seed(0)
+    return GenRecForNextItemPrediction(tiny_config()).state_dict()

@@ -87,7 +87,8 @@ def test_lora_end_to_end_saves_adapter_only(tmp_path, base_dir):
     metrics = run_finetune(str(base_dir), str(_recipe(tmp_path)))
     out = tmp_path / "out-lora"
     files = {p.name for p in out.iterdir()}
-    assert {"adapter_model.safetensors", "adapter_config.json", "genrec_base.json", "metrics.json"} <= files
+    assert {"adapter_model.safetensors", "adapter_config.json", "genrec_base.json", "metrics.json",
+            "genrec_weights.json"} <= files
     assert "model.safetensors" not in files and not any(n.startswith("checkpoint-") for n in files)
     assert (out / "adapter_model.safetensors").stat().st_size < 0.5 * (base_dir / "model.safetensors").stat().st_size
     assert metrics["mode"] == "lora" and 0 < metrics["test"]["mrr"] <= 1 and "mrr" in metrics["zero_shot_test"]
@@ -110,6 +111,7 @@ def test_full_and_scratch_modes(tmp_path, base_dir, mode):
                            overrides={"training.num_train_epochs": "1", "evaluation.zero_shot": "false"})
     out = tmp_path / f"out-{mode}"
     assert (out / "model.safetensors").is_file() and (out / "item_vocab.json").is_file()
+    assert "model.safetensors" in json.loads((out / "genrec_weights.json").read_text())["files"]
     assert metrics["mode"] == mode and metrics["parameters"]["trainable_fraction"] == 1.0
 
 

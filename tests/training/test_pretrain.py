@@ -45,7 +45,7 @@ def trained(tmp_path_factory):
 
 def test_train_writes_everything(trained):
     for name in ("config.json", "model.safetensors", "item_vocab.json", "metrics.json", "README.md",
-                 "training_recipe.yaml", "modeling_genrec.py"):
+                 "training_recipe.yaml", "modeling_genrec.py", "genrec_weights.json"):
         assert (trained / name).is_file(), name
     metrics = json.loads((trained / "metrics.json").read_text())
     assert metrics["dataset"] == "synthetic"
@@ -195,7 +195,11 @@ def test_trained_model_beats_popularity_on_synthetic(trained):
     training run reports next to its own metrics (same split, same protocol)."""
     metrics = json.loads((trained / "metrics.json").read_text())
     popularity = metrics["popularity_baseline"]["test"]
-    assert popularity["num_users"] == metrics["test"].get("num_users", popularity["num_users"])
+    # Both count every test user of the split (the old `.get(..., popularity["num_users"])` compared it to itself).
+    from genrec_hf.data import leave_one_out
+
+    test_users = len(leave_one_out(load_interactions(TINY_DATA))["test"])
+    assert popularity["num_users"] == metrics["test"]["num_users"] == test_users > 0
     assert 0 < popularity["mrr"] < metrics["test"]["mrr"], (popularity["mrr"], metrics["test"]["mrr"])
 
 

@@ -1,4 +1,8 @@
-"""Evaluate a saved model folder on an event log mapped into the model's item vocabulary."""
+"""Evaluate a saved model or adapter folder on an event log mapped into the model's item vocabulary.
+
+Weights are verified first (`genrec_hf.integrity`, `verify=False` skips it); an adapter folder is loaded on the base
+it names (or `base`) through `adapters.load_adapter_model`, so the base check always runs.
+"""
 
 from __future__ import annotations
 
@@ -9,17 +13,30 @@ import torch
 from torch.utils.data import DataLoader
 
 from ..data import ItemVocab, NextItemCollator, leave_one_out, load_interactions, remap_to_vocab
+from ..integrity import verify_weights
 from ..models.genrec import GenRecForNextItemPrediction
 from .metrics import DEFAULT_KS, metrics_from_ranks
 from .protocols import RankingProtocol, rank_batches
 
 
+def load_saved_model(model_dir: str | Path, *, base: str | Path | None = None,
+                     verify: bool = True) -> tuple[GenRecForNextItemPrediction, ItemVocab]:
+    """(model in eval mode, item vocabulary) of a model folder, or of an adapter folder merged onto its base."""
+    from ..adapters import adapter_base_dir, is_adapter_folder, load_adapter_model, merge_adapter
+
+    if is_adapter_folder(model_dir):
+        base_dir = adapter_base_dir(model_dir, base)
+        model = merge_adapter(load_adapter_model(model_dir, base, verify=verify))
+        return model.eval(), ItemVocab.load(base_dir)
+    verify_weights(model_dir, verify)
+    return GenRecForNextItemPrediction.from_pretrained(model_dir).eval(), ItemVocab.load(model_dir)
+
+
 def saved_model_ranks(model_dir: str | Path, source: str, *, format: str | None = None, split: str = "test",
-                      max_length: int | None = None, batch_size: int = 256,
-                      exclude_history: bool = True) -> tuple[str, torch.Tensor]:
+                      max_length: int | None = None, batch_size: int = 256, exclude_history: bool = True,
+                      base: str | Path | None = None, verify: bool = True) -> tuple[str, torch.Tensor]:
     """(dataset name, (users,) leave-one-out ranks) of a saved model on `source`, mapped into its vocabulary."""
-    model = GenRecForNextItemPrediction.from_pretrained(model_dir).eval()
-    vocab = ItemVocab.load(model_dir)
+    model, vocab = load_saved_model(model_dir, base=base, verify=verify)
     data = remap_to_vocab(load_interactions(source, format=format), vocab)
     rows = leave_one_out(data, required=(split,))[split]
     max_length = max_length or model.config.max_position_embeddings
@@ -31,9 +48,11 @@ def saved_model_ranks(model_dir: str | Path, source: str, *, format: str | None 
 
 def evaluate_saved_model(model_dir: str | Path, source: str, *, format: str | None = None, split: str = "test",
                          max_length: int | None = None, batch_size: int = 256, exclude_history: bool = True,
-                         ks: tuple[int, ...] = DEFAULT_KS) -> dict[str, Any]:
-    """Leave-one-out metrics of a saved model on `source` (mapped into the model's vocabulary)."""
+                         ks: tuple[int, ...] = DEFAULT_KS, base: str | Path | None = None,
+                         verify: bool = True) -> dict[str, Any]:
+    """Leave-one-out metrics of a saved model (or adapter, see `load_saved_model`) on `source`."""
     name, ranks = saved_model_ranks(model_dir, source, format=format, split=split, max_length=max_length,
-                                    batch_size=batch_size, exclude_history=exclude_history)
+                                    batch_size=batch_size, exclude_history=exclude_history, base=base,
+                                    verify=verify)
     return {"dataset": name, "split": split, "protocol": "leave_one_out, full-catalog ranking, history "
             f"excluded={exclude_history}", **metrics_from_ranks(ranks, ks)}

@@ -33,12 +33,26 @@ class Recommender:
         self.vocab = vocab
 
     @classmethod
-    def from_pretrained(cls, model_dir: str | Path, **kwargs: Any) -> "Recommender":
-        """Load `model_dir` (weights, config and `item_vocab.json`)."""
+    def from_pretrained(cls, model_dir: str | Path, *, base: str | Path | None = None, verify: bool = True,
+                        **kwargs: Any) -> "Recommender":
+        """Load `model_dir` (weights, config and `item_vocab.json`).
+
+        An adapter folder loads merged onto the base it names (or `base`); weights are verified first
+        (`genrec_hf.integrity`; `verify=False` skips it).
+        """
+        from ..adapters import is_adapter_folder
+        from ..integrity import verify_weights
+
         model_dir = Path(model_dir)
+        if is_adapter_folder(model_dir):
+            from ..evaluation.saved_models import load_saved_model
+
+            merged, base_vocab = load_saved_model(model_dir, base=base, verify=verify)
+            return cls(merged, base_vocab)
         if not (model_dir / "config.json").is_file():
             raise FileNotFoundError(f"{model_dir} is not a saved genrec_hf model (no config.json).")
         vocab = ItemVocab.load(model_dir)
+        verify_weights(model_dir, verify)
         return cls(GenRecForNextItemPrediction.from_pretrained(model_dir, **kwargs), vocab)
 
     def recommend(
@@ -67,5 +81,7 @@ class Recommender:
     @torch.no_grad()
     def user_embedding(self, history: list[str]) -> torch.Tensor:
         """The (d_out,) query vector of a history, scorable against `model.item_vectors`."""
+        if not history:
+            raise ValueError("The history is empty: give at least one raw item id the model knows.")
         indices = torch.tensor([[self.vocab.encode(str(item)) for item in history]])
         return self.model(indices[:, -self.model.config.max_position_embeddings:]).user_embeddings[0]

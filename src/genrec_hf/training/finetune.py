@@ -37,11 +37,12 @@ import yaml
 from torch.utils.data import DataLoader
 from transformers import EarlyStoppingCallback, set_seed
 
-from ..adapters import attach_adapter, lora_config, save_adapter, trainable_parameters
+from ..adapters import attach_adapter, check_lora_layers, lora_config, save_adapter, trainable_parameters
 from ..data import ItemVocab, load_interactions, remap_to_vocab
 from ..data.collators import TaskCollator, label_windows
 from ..data.tasks import TaskData, build_task
 from ..evaluation import evaluate_model
+from ..integrity import verify_weights, write_manifest
 from ..models.genrec import GenRecForNextItemPrediction
 from .recipes import FINETUNE_MODES, FinetuneRecipe, load_recipe
 from .trainer import (GenRecTrainer, RunFolderLock, TimeBudgetCallback, check_output_dir, clear_previous_run,
@@ -79,7 +80,10 @@ def finetune(recipe: FinetuneRecipe, base_dir: str | Path, *, overwrite_output_d
 
 def _finetune(recipe: FinetuneRecipe, base_dir: Path, output_dir: Path) -> FinetuneOutcome:
     set_seed(recipe.seed)
+    verify_weights(base_dir)
     base = GenRecForNextItemPrediction.from_pretrained(str(base_dir))
+    if recipe.mode == "lora":  # before the data and zero-shot work, not at attach time
+        check_lora_layers(recipe.lora.layers, base.config)
     if recipe.data.max_length > base.config.max_position_embeddings:
         raise ValueError(f"data.max_length={recipe.data.max_length} exceeds the base's max_position_embeddings="
                          f"{base.config.max_position_embeddings}.")
@@ -159,6 +163,7 @@ def _finetune(recipe: FinetuneRecipe, base_dir: Path, output_dir: Path) -> Finet
             size = _dir_bytes(output_dir, ("adapter_model.safetensors",))
         else:
             trainer.save_model(str(output_dir))
+            write_manifest(output_dir)
             if vocab_file.is_file():
                 shutil.copy(vocab_file, output_dir / "item_vocab.json")
             size = _dir_bytes(output_dir, ("model.safetensors",))

@@ -17,6 +17,7 @@ from ..data import InteractionData, NextItemCollator, leave_one_out, load_intera
 from ..data.collators import with_lengths
 from ..evaluation import RankingProtocol
 from ..evaluation.baselines import popularity_metrics, popularity_scores
+from ..integrity import write_manifest
 from ..models.genrec import SIZE_PRESETS, GenRecConfig, GenRecForNextItemPrediction, count_backbone_parameters
 from .recipes import Recipe
 from .trainer import (GenRecTrainer, RunFolderLock, TimeBudgetCallback, check_output_dir, clear_previous_run,
@@ -146,6 +147,7 @@ def _train(recipe: Recipe, args: TrainingArguments, output_dir: Path, checkpoint
     }
     if trainer.is_world_process_zero():
         trainer.save_model(str(output_dir))
+        write_manifest(output_dir)
         prepared.data.vocab.save(output_dir)
         (output_dir / "metrics.json").write_text(json.dumps(metrics, indent=2))
         (output_dir / "training_recipe.yaml").write_text(yaml.safe_dump(recipe.to_dict(), sort_keys=False))

@@ -14,6 +14,7 @@ lists) before any work starts. Command-line overrides use dotted keys: `--traini
 from __future__ import annotations
 
 import dataclasses
+import inspect
 import types
 import typing
 from dataclasses import dataclass, field
@@ -243,6 +244,12 @@ class FinetuneRecipe(RecipeBase):
             raise ValueError(f"{source}: mode={self.mode!r}; expected one of {FINETUNE_MODES}.")
         if self.task.name not in TASKS:
             raise ValueError(f"{source}: task.name={self.task.name!r}; registered tasks are {sorted(TASKS)}.")
+        parameters = list(inspect.signature(TASKS[self.task.name]).parameters.values())[1:]  # after `data`
+        allowed = [p.name for p in parameters if p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY)]
+        unknown = sorted(set(self.task.params) - set(allowed))
+        if unknown and not any(p.kind is p.VAR_KEYWORD for p in parameters):
+            raise ValueError(f"{source}: task.params: task {self.task.name!r} has no parameter(s) {unknown}; its "
+                             f"parameters are {allowed}.")
         lora = self.lora
         try:
             lora_config(r=lora.r, alpha=lora.alpha, dropout=lora.dropout, target_modules=lora.target_modules,

@@ -1,4 +1,4 @@
-"""`genrec-hf` command line: train, finetune, evaluate, recommend, card, scaling fit.
+"""`genrec-hf` command line: train, finetune, evaluate, recommend, export-embeddings, serve, card, scaling fit.
 
 Every command has `--help`. Errors a user can fix (missing file, bad column, unknown item, unwritable folder,
 unreadable weights) are printed as one clear line and exit with status 2; `--debug` shows the traceback instead.
@@ -139,6 +139,49 @@ def cmd_recommend(args: argparse.Namespace, extra: list[str]) -> int:
     else:
         for rank, rec in enumerate(recs, 1):
             print(f"{rank:3d}. {rec.item_id:>12}  {rec.score:9.4f}  {rec.title or ''}")
+    return 0
+
+
+def cmd_export_embeddings(args: argparse.Namespace, extra: list[str]) -> int:
+    from .serving.export import export_embeddings
+
+    manifest = export_embeddings(args.model_dir, args.data, args.out, format=args.format, overwrite=args.overwrite,
+                                 align_to=args.align_to, batch_size=args.batch_size)
+    print(json.dumps({k: manifest[k] for k in ("dims", "counts", "alignment")}, indent=2))
+    print(f"item and user vectors (safetensors + Parquet) and manifest.json written to {args.out}", file=sys.stderr)
+    return 0
+
+
+def _adapter_pairs(pairs: list[str] | None) -> dict[str, str]:
+    adapters: dict[str, str] = {}
+    for text in pairs or []:
+        name, sep, folder = text.partition("=")
+        if not sep or not name or not folder:
+            raise ValueError(f"--adapter {text!r}: expected NAME=DIR, e.g. short_horizon=runs/short_horizon_lora.")
+        if name in adapters:
+            raise ValueError(f"--adapter: task {name!r} is given twice.")
+        adapters[name] = folder
+    return adapters
+
+
+def cmd_serve(args: argparse.Namespace, extra: list[str]) -> int:
+    adapters = _adapter_pairs(args.adapter)
+    if not Path(args.model_dir).is_dir():
+        raise FileNotFoundError(f"model folder {args.model_dir} does not exist or is not a folder.")
+    try:
+        from .serving.server import serve
+    except ImportError as error:
+        raise RuntimeError(str(error)) from None
+    if args.index != "exact":
+        from .serving.index import require_faiss
+
+        try:
+            require_faiss()
+        except ImportError as error:
+            raise RuntimeError(str(error)) from None
+    serve(args.model_dir, adapters=adapters or None, host=args.host, port=args.port, index=args.index,
+          max_body_bytes=args.max_body_bytes, max_k=args.max_k, max_users=args.max_users,
+          max_events=args.max_events)
     return 0
 
 
@@ -285,6 +328,38 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--json", action="store_true", help="print JSON instead of a table")
     _add_load_flags(p)
     p.set_defaults(func=cmd_recommend)
+
+    p = sub.add_parser("export-embeddings", help="write item and user vectors (safetensors + Parquet + manifest)",
+                       description="Item vectors (one row per raw item id) and user vectors (each user's full "
+                                   "history in --data, mapped into the model's vocabulary) as safetensors and "
+                                   "Parquet, with manifest.json (model and vocab hashes, dims, counts). "
+                                   "--align_to rotates them onto a previous export (orthogonal Procrustes on "
+                                   "the shared items; scores are unchanged) and records the drift.")
+    p.add_argument("model_dir")
+    p.add_argument("--data", required=True, help="events: a path or 'synthetic' (same as a recipe's data.source)")
+    p.add_argument("--format", default=None, help="loader name when it cannot be detected from the path")
+    p.add_argument("--out", required=True, help="export folder to write")
+    p.add_argument("--overwrite", action="store_true", help="replace an existing export in --out")
+    p.add_argument("--align_to", default=None, metavar="PREV_DIR", help="a previous export to align to")
+    p.add_argument("--batch_size", type=_positive_int, default=256)
+    p.set_defaults(func=cmd_export_embeddings)
+
+    p = sub.add_parser("serve", help="HTTP recommendation server (needs pip install \"genrec-hf[serve]\")",
+                       description="Serve POST /recommend, POST /events, GET /health and GET /items/{id} over a "
+                                   "saved model and optional task adapters.")
+    p.add_argument("model_dir")
+    p.add_argument("--adapter", action="append", metavar="NAME=DIR",
+                   help="task adapter folder, served as task NAME (repeatable)")
+    p.add_argument("--host", default="127.0.0.1", help="interface to listen on (default loopback only)")
+    p.add_argument("--port", type=_int_at_least(0), default=8000)
+    p.add_argument("--index", choices=["exact", "ivf", "hnsw", "flat"], default="exact",
+                   help="top-k: exact chunked scoring or a faiss index (needs pip install \"genrec-hf[ann]\")")
+    p.add_argument("--max_k", type=_positive_int, default=1000, help="largest k a request may ask for")
+    p.add_argument("--max_body_bytes", type=_positive_int, default=1 << 20, help="larger request bodies get 413")
+    p.add_argument("--max_users", type=_positive_int, default=100_000,
+                   help="users whose /events histories are kept (least recently used evicted)")
+    p.add_argument("--max_events", type=_positive_int, default=1024, help="events kept per user")
+    p.set_defaults(func=cmd_serve)
 
     p = sub.add_parser("card", help="(re)generate the model card README.md of a model or adapter folder")
     p.add_argument("model_dir")

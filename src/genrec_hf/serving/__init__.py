@@ -1,8 +1,10 @@
-"""Serving: a `Recommender` over a saved model folder (raw item ids in, raw ids + titles out).
+"""Serving: a `Recommender` over a saved model folder (raw item ids in, raw ids + scores + titles out).
 
-Cached user state, approximate top-k, embedding export and the HTTP server join this room.
+`recommender` (the object a service holds: model, task adapters, vocabulary, top-k), `index` (approximate top-k with
+faiss, optional extra `ann`), `export` (item and user vectors as safetensors + Parquet with a manifest) and `server`
+(FastAPI app, optional extra `serve`). The optional libraries are imported only when those modules are used.
 """
 
-from .recommender import Recommendation, Recommender
+from .recommender import Recommendation, Recommender, UnknownItemError, UnknownTaskError
 
-__all__ = ["Recommendation", "Recommender"]
+__all__ = ["Recommendation", "Recommender", "UnknownItemError", "UnknownTaskError"]

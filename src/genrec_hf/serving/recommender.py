@@ -1,15 +1,56 @@
-"""Recommendations in raw item ids: a saved model folder + its `item_vocab.json`."""
+"""`Recommender`: the one object a service holds: a saved model (+ task adapters), its vocabulary and a top-k index.
+
+Raw item ids in, raw ids + scores + titles out. Calls are safe from many threads: the model forward runs under a
+lock (the forward toggles eval mode and, with adapters, reads PEFT state), while top-k search and id mapping run
+outside it. Tasks are served through per-row `adapter_names` (`adapters.score_mixed_batch`'s mechanism), never by
+switching the active adapter, so concurrent requests for different tasks cannot see each other's adapter.
+
+User state: every call encodes its history from scratch (`encode_queries`). An incremental cached backbone state
+will plug in there (a subclass or a cache consulted before the forward), keyed by the same per-user histories the
+HTTP server keeps.
+"""
 
 from __future__ import annotations
 
+import math
+import threading
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any, Union
 
 import torch
 
 from ..data import ItemVocab
 from ..models.genrec import GenRecForNextItemPrediction
+from ..models.genrec.scoring import TopItems, chunked_topk
+
+if TYPE_CHECKING:
+    from peft import PeftModel
+
+    from .index import FaissIndex
+
+BASE_TASK = "__base__"  # PEFT's name for "no adapter"
+RawId = Union[str, int]
+Filters = Union[Mapping[str, Any], Callable[[str, Mapping[str, Any]], bool]]
+
+
+class UnknownItemError(ValueError):
+    """A raw item id the model's vocabulary does not know."""
+
+    def __init__(self, item_id: str, where: str = "history") -> None:
+        self.item_id = item_id
+        self.where = where
+        super().__init__(f"Unknown item id {item_id!r} in {where}: not in this model's catalog.")
+
+
+class UnknownTaskError(ValueError):
+    """A task name with no adapter loaded."""
+
+    def __init__(self, task: str, known: Sequence[str]) -> None:
+        self.task = task
+        super().__init__(f"Unknown task {task!r}; this recommender serves {sorted(known) or 'no task adapters'} "
+                         "(task=None: the base model).")
 
 
 @dataclass
@@ -19,26 +60,59 @@ class Recommendation:
     title: str | None = None
 
     def to_dict(self) -> dict[str, Any]:
-        return {"item_id": self.item_id, "score": self.score, "title": self.title}
+        """JSON-safe: a non-finite score (a diverged model) becomes None."""
+        score = self.score if math.isfinite(self.score) else None
+        return {"item_id": self.item_id, "score": score, "title": self.title}
+
+
+def _is_single(histories: Sequence[Any]) -> bool:
+    return not any(isinstance(h, (list, tuple)) for h in histories)
 
 
 class Recommender:
-    """A model and its vocabulary: everything in, everything out, in the raw ids the user knows."""
+    """A model, its vocabulary, optional task adapters and an optional approximate top-k index.
 
-    def __init__(self, model: GenRecForNextItemPrediction, vocab: ItemVocab) -> None:
-        if len(vocab) != model.config.vocab_size:
+    Args:
+        model: a `GenRecForNextItemPrediction`, or a `PeftModel` over one (from `adapters.load_adapters`).
+        vocab: the model's `ItemVocab` (raw id ↔ index, titles).
+        index: None / "exact" (exact chunked top-k), or an approximate faiss index kind ("ivf", "hnsw", "flat";
+            needs `pip install "genrec-hf[ann]"`), built per task from its item vectors on first use.
+        index_options: keyword arguments of `FaissIndex.build` (nlist, nprobe, hnsw_m, ef_search, ...).
+    """
+
+    def __init__(self, model: GenRecForNextItemPrediction | PeftModel, vocab: ItemVocab, *,
+                 index: str | None = None, index_options: dict[str, Any] | None = None) -> None:
+        base = model.get_base_model() if hasattr(model, "peft_config") else model
+        if not isinstance(base, GenRecForNextItemPrediction):
+            raise TypeError(f"Recommender expects a GenRecForNextItemPrediction or a PeftModel over one, got "
+                            f"{type(base).__name__}.")
+        if len(vocab) != base.config.vocab_size:
             raise ValueError(f"item_vocab.json has {len(vocab)} entries but the model was built for vocab_size="
-                             f"{model.config.vocab_size}; the vocabulary belongs to another model.")
+                             f"{base.config.vocab_size}; the vocabulary belongs to another model.")
+        if index not in (None, "exact"):
+            from .index import require_faiss
+
+            require_faiss()
         self.model = model.eval()
+        self.base_model = base
+        self.config = base.config
         self.vocab = vocab
+        self.tasks: tuple[str, ...] = tuple(getattr(model, "peft_config", {}) or ())
+        self.index_kind = None if index in (None, "exact") else index
+        self.index_options = dict(index_options or {})
+        self._indexes: dict[str, FaissIndex] = {}
+        self._forward_lock = threading.Lock()
+        self._index_lock = threading.Lock()
+        self._item_index = {raw: i + 1 for i, raw in enumerate(vocab.raw_ids)}
 
     @classmethod
-    def from_pretrained(cls, model_dir: str | Path, *, base: str | Path | None = None, verify: bool = True,
-                        **kwargs: Any) -> "Recommender":
-        """Load `model_dir` (weights, config and `item_vocab.json`).
+    def from_pretrained(cls, model_dir: str | Path, *, adapters: Mapping[str, str | Path] | None = None,
+                        index: str | None = None, index_options: dict[str, Any] | None = None,
+                        base: str | Path | None = None, verify: bool = True, **kwargs: Any) -> Recommender:
+        """Load `model_dir` (weights, config, `item_vocab.json`) and any `{task: adapter_dir}` once.
 
-        An adapter folder loads merged onto the base it names (or `base`); weights are verified first
-        (`genrec_hf.integrity`; `verify=False` skips it).
+        Weights are verified first (`verify=False` skips it). `model_dir` may also be an adapter folder, served
+        merged onto the base it names (or `base`).
         """
         from ..adapters import is_adapter_folder
         from ..integrity import verify_weights
@@ -48,40 +122,219 @@ class Recommender:
             from ..evaluation.saved_models import load_saved_model
 
             merged, base_vocab = load_saved_model(model_dir, base=base, verify=verify)
-            return cls(merged, base_vocab)
+            return cls(merged, base_vocab, index=index, index_options=index_options)
         if not (model_dir / "config.json").is_file():
             raise FileNotFoundError(f"{model_dir} is not a saved genrec_hf model (no config.json).")
         vocab = ItemVocab.load(model_dir)
-        verify_weights(model_dir, verify)
-        return cls(GenRecForNextItemPrediction.from_pretrained(model_dir, **kwargs), vocab)
+        if adapters:
+            from ..adapters import load_adapters
+
+            model: Any = load_adapters(model_dir, dict(adapters), verify=verify)
+        else:
+            verify_weights(model_dir, verify)
+            model = GenRecForNextItemPrediction.from_pretrained(model_dir, **kwargs)
+        return cls(model, vocab, index=index, index_options=index_options)
+
+    # ------------------------------------------------------------------------------------------------------------
+    # Ids
+
+    @property
+    def num_items(self) -> int:
+        return self.vocab.num_items
+
+    def encode_item(self, raw: RawId, where: str = "history") -> int:
+        """Index of a raw id; `UnknownItemError` names an unknown one."""
+        index = self._item_index.get(str(raw))
+        if index is None:
+            raise UnknownItemError(str(raw), where)
+        return index
+
+    def item(self, raw: RawId) -> dict[str, Any]:
+        """{item_id, index, title, info} of one catalog item."""
+        index = self.encode_item(raw, "the catalog")
+        info = self.vocab.item_info.get(str(raw), {})
+        return {"item_id": str(raw), "index": index, "title": info.get("title"), "info": info}
+
+    def _check_task(self, task: str | None) -> str:
+        if task is None or task == BASE_TASK:
+            return BASE_TASK
+        if task not in self.tasks:
+            raise UnknownTaskError(task, self.tasks)
+        return task
+
+    def _check_k(self, k: Any) -> int:
+        if isinstance(k, bool) or not isinstance(k, int) or not 1 <= k <= self.num_items:
+            raise ValueError(f"k={k!r} is out of range: expected an integer from 1 to the catalog size "
+                             f"{self.num_items}.")
+        return k
+
+    # ------------------------------------------------------------------------------------------------------------
+    # Vectors
+
+    def item_vectors(self, task: str | None = None) -> torch.Tensor:
+        """(V, d_out) item vectors the task scores with (row 0 = padding)."""
+        task = self._check_task(task)
+        if self.tasks:
+            from ..adapters import adapter_item_vectors
+
+            return adapter_item_vectors(self.model, task).detach()
+        return self.base_model.item_vectors.detach()
+
+    @torch.no_grad()
+    def encode_queries(self, histories: list[list[int]], *, timestamps: list[list[int]] | None = None,
+                       action_ids: list[list[int]] | None = None, task: str = BASE_TASK) -> torch.Tensor:
+        """(B, d_out) user embeddings of histories of item indices (most recent `max_position_embeddings` read).
+
+        The one place a history becomes a query vector: where a cached incremental user state will plug in.
+        """
+        length = min(max(len(h) for h in histories), self.config.max_position_embeddings)
+        device = self.base_model.item_vectors.device
+
+        def left_pad(rows: list[list[int]] | None, name: str) -> torch.Tensor | None:
+            if rows is None:
+                return None
+            if len(rows) != len(histories) or any(len(r) != len(h) for r, h in zip(rows, histories)):
+                raise ValueError(f"{name} must have one value per event of each history.")
+            out = torch.zeros(len(rows), length, dtype=torch.long, device=device)
+            for i, row in enumerate(rows):
+                row = list(row)[-length:]
+                out[i, length - len(row):] = torch.as_tensor(row, dtype=torch.long)
+            return out
+
+        input_ids = left_pad(histories, "histories")
+        inputs = {"input_ids": input_ids, "attention_mask": (input_ids != 0).long(),
+                  "timestamps": left_pad(timestamps, "timestamps"), "action_ids": left_pad(action_ids, "action_ids")}
+        with self._forward_lock:
+            if self.tasks:
+                outputs = self.model(**inputs, adapter_names=[task] * len(histories))
+            else:
+                outputs = self.base_model(**inputs)
+        return outputs.user_embeddings
+
+    def user_embedding(self, history: list[RawId], *, task: str | None = None) -> torch.Tensor:
+        """The (d_out,) query vector of a history of raw ids, scorable against `item_vectors(task)`."""
+        if not history:
+            raise ValueError("The history is empty: give at least one raw item id the model knows.")
+        indices = [self.encode_item(raw) for raw in history]
+        return self.encode_queries([indices], task=self._check_task(task))[0]
+
+    # ------------------------------------------------------------------------------------------------------------
+    # Top-k
+
+    def allowed_mask(self, candidates: Sequence[RawId] | None = None,
+                     filters: Filters | None = None) -> torch.Tensor | None:
+        """(V,) bool mask of the items a request may return, or None for the whole catalog.
+
+        `candidates`: raw ids (unknown ones are an error). `filters`: {field: value or list of values} matched
+        against `item_info` (a list-valued field such as genres matches when any value is allowed), or a callable
+        `(raw_id, info) -> bool`.
+        """
+        if candidates is None and filters is None:
+            return None
+        mask = torch.zeros(len(self.vocab), dtype=torch.bool)
+        if candidates is not None:
+            if not candidates:
+                raise ValueError("candidates is empty: give at least one raw item id, or none for the catalog.")
+            mask[[self.encode_item(raw, "candidates") for raw in candidates]] = True
+        else:
+            mask[1:] = True
+        if filters is not None:
+            keep = torch.zeros_like(mask)
+            for index in mask.nonzero().flatten().tolist():
+                raw = self.vocab.decode(index)
+                keep[index] = _passes(raw, self.vocab.item_info.get(raw, {}), filters)
+            mask = keep
+        return mask
+
+    def index(self, task: str | None = None) -> FaissIndex | None:
+        """The approximate index of a task (built on first use), or None when serving exact top-k."""
+        if self.index_kind is None:
+            return None
+        task = self._check_task(task)
+        with self._index_lock:
+            if task not in self._indexes:
+                from .index import FaissIndex
+
+                self._indexes[task] = FaissIndex.build(
+                    self.item_vectors(task), kind=self.index_kind, temperature=self.config.score_temperature,
+                    l2_normalize=self.config.l2_normalize_scores, **self.index_options)
+            return self._indexes[task]
+
+    def topk(self, queries: torch.Tensor, k: int, *, task: str | None = None, exclude: torch.Tensor | None = None,
+             allowed: torch.Tensor | None = None, exact: bool | None = None) -> TopItems:
+        """Top-k of query vectors: exact chunked scoring, or the task's approximate index (`exact=False`)."""
+        task = self._check_task(task)
+        index = None if exact else self.index(task)
+        if index is not None:
+            return index.search(queries, k, exclude=exclude, allowed=allowed)
+        return chunked_topk(queries, self.item_vectors(task), k, exclude=exclude, allowed=allowed,
+                            chunk_size=self.config.score_chunk_size, temperature=self.config.score_temperature,
+                            l2_normalize=self.config.l2_normalize_scores)
 
     def recommend(
         self,
-        history: list[str],
+        histories: Sequence[RawId] | Sequence[Sequence[RawId]],
         k: int = 10,
         *,
-        timestamps: list[int] | None = None,
+        task: str | None = None,
+        timestamps: Sequence[int] | Sequence[Sequence[int]] | None = None,
         exclude_seen: bool = True,
-    ) -> list[Recommendation]:
-        """Top-k next items after a history of raw item ids (oldest first). Unknown ids raise a clear error."""
-        if not history:
+        candidates: Sequence[RawId] | None = None,
+        filters: Filters | None = None,
+        exact: bool | None = None,
+    ) -> list[Recommendation] | list[list[Recommendation]]:
+        """Top-k next items after one history of raw item ids (oldest first), or a batch of histories.
+
+        One history gives a list of `Recommendation`; a list of histories a list of such lists. Items of the
+        history are left out unless `exclude_seen=False`; `candidates` / `filters` restrict what may be returned
+        (see `allowed_mask`); `task` picks a loaded adapter (None = the base). Fewer than k items come back only
+        when fewer are allowed. Unknown items, empty histories, k outside 1..catalog size and unknown tasks raise
+        `ValueError`s (`UnknownItemError`, `UnknownTaskError`) naming the culprit.
+        """
+        if not histories:
             raise ValueError("The history is empty: give at least one raw item id the model knows.")
-        indices = [self.vocab.encode(str(item)) for item in history]
-        top = self.model.recommend([indices], k, timestamps=[timestamps] if timestamps else None,
-                                   exclude_seen=exclude_seen)
+        single = _is_single(histories)
+        rows: list[Sequence[RawId]] = [histories] if single else list(histories)  # type: ignore[list-item]
+        times: list[Sequence[int]] | None = None
+        if timestamps is not None and len(timestamps):
+            times = [timestamps] if single else list(timestamps)  # type: ignore[list-item]
+        k = self._check_k(k)
+        task_name = self._check_task(task)
+        for i, row in enumerate(rows):
+            if not row:
+                raise ValueError(f"History {i} is empty: every history needs at least one raw item id.")
+        indices = [[self.encode_item(raw) for raw in row] for row in rows]
+        allowed = self.allowed_mask(candidates, filters)
+        queries = self.encode_queries(indices, timestamps=[list(t) for t in times] if times else None,
+                                      task=task_name)
+        exclude = None
+        if exclude_seen:
+            width = max(len(h) for h in indices)
+            exclude = torch.zeros(len(indices), width, dtype=torch.long)
+            for i, history in enumerate(indices):
+                exclude[i, :len(history)] = torch.as_tensor(history, dtype=torch.long)
+        top = self.topk(queries, k, task=task_name, exclude=exclude, allowed=allowed, exact=exact)
+        out = [self._decode(items, scores) for items, scores in zip(top.items.tolist(), top.scores.tolist())]
+        return out[0] if single else out
+
+    def _decode(self, items: list[int], scores: list[float]) -> list[Recommendation]:
         out = []
-        for index, score in zip(top.items[0].tolist(), top.scores[0].tolist()):
+        for index, score in zip(items, scores):
             if index == 0:  # fewer rankable items than k
                 continue
             raw = self.vocab.decode(index)
-            info = self.vocab.item_info.get(raw, {})
-            out.append(Recommendation(item_id=raw, score=float(score), title=info.get("title")))
+            out.append(Recommendation(item_id=raw, score=float(score),
+                                      title=self.vocab.item_info.get(raw, {}).get("title")))
         return out
 
-    @torch.no_grad()
-    def user_embedding(self, history: list[str]) -> torch.Tensor:
-        """The (d_out,) query vector of a history, scorable against `model.item_vectors`."""
-        if not history:
-            raise ValueError("The history is empty: give at least one raw item id the model knows.")
-        indices = torch.tensor([[self.vocab.encode(str(item)) for item in history]])
-        return self.model(indices[:, -self.model.config.max_position_embeddings:]).user_embeddings[0]
+
+def _passes(raw: str, info: Mapping[str, Any], filters: Filters) -> bool:
+    if callable(filters):
+        return bool(filters(raw, info))
+    for field, wanted in filters.items():
+        allowed = set(map(str, wanted)) if isinstance(wanted, (list, tuple, set)) else {str(wanted)}
+        value = info.get(field)
+        values = value if isinstance(value, (list, tuple)) else [value]
+        if not allowed.intersection(str(v) for v in values if v is not None):
+            return False
+    return True

@@ -1,0 +1,239 @@
+"""Embedding export: item and user vectors of a saved model, as safetensors and Parquet, with a manifest.
+
+    genrec-hf export-embeddings MODEL_DIR --data SOURCE --out DIR [--align_to PREV_DIR] [--overwrite]
+
+Files (rows aligned between the two formats):
+  * `items.safetensors` (`item_vectors`, (N, d) float32) and `items.parquet` (`item_id`, `index`, `vector`): one row
+    per raw item id in `item_vocab.json` order (index 1..N; padding is left out). `item_vocab.json` is copied.
+  * `users.safetensors` (`user_vectors`, (U, d)) and `users.parquet` (`user_id`, `num_events`, `vector`): the user
+    embedding of each user's full history in the data (items the model does not know are dropped, users left with
+    no known event are skipped and counted; the model reads the most recent `max_position_embeddings` events).
+  * `manifest.json`: model fingerprint (sha256 of model.safetensors), vocab hash, created_at, package version,
+    scoring rule (temperature, L2 normalisation), dims, counts and, with `align_to`, the alignment and its drift.
+
+Alignment: retrained models embed items in an arbitrary rotation of the previous space, so downstream consumers
+of the vectors see drift that is not a change of meaning. `align_to` fits the orthogonal Procrustes rotation R
+minimising ||A R - B|| over the items shared with the previous export (A: these vectors, B: the previous ones) and
+applies it to items and users; dot products and norms, so every score, are unchanged. The manifest records the
+mean cosine distance of the shared items before and after.
+"""
+
+from __future__ import annotations
+
+import datetime as _dt
+import hashlib
+import json
+import os
+import shutil
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from ..data import VOCAB_FILE, ItemVocab, load_interactions
+from ..data.interactions import flat_column, row_lengths
+
+MANIFEST = "manifest.json"
+EXPORT_FILES = ("items.safetensors", "items.parquet", "users.safetensors", "users.parquet", VOCAB_FILE, MANIFEST)
+FORMAT = "genrec_hf.embeddings"
+FORMAT_VERSION = 1
+
+
+def sha256_file(path: str | Path) -> str | None:
+    path = Path(path)
+    if not path.is_file():
+        return None
+    digest = hashlib.sha256()
+    with path.open("rb") as handle:
+        for block in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+@dataclass
+class Export:
+    """An export folder read back: raw ids, vectors and the manifest."""
+
+    item_ids: list[str]
+    item_vectors: np.ndarray
+    user_ids: list[str]
+    user_vectors: np.ndarray
+    manifest: dict[str, Any]
+
+
+def read_export(directory: str | Path) -> Export:
+    """Read an export folder (the Parquet files carry the ids; vectors come from safetensors)."""
+    from safetensors.numpy import load_file
+
+    directory = Path(directory)
+    if not (directory / MANIFEST).is_file():
+        raise FileNotFoundError(f"{directory} is not an embedding export (no {MANIFEST}); write one with "
+                                "`genrec-hf export-embeddings`.")
+    manifest = json.loads((directory / MANIFEST).read_text())
+    items = pq.read_table(directory / "items.parquet", columns=["item_id"]).column("item_id").to_pylist()
+    users = pq.read_table(directory / "users.parquet", columns=["user_id"]).column("user_id").to_pylist()
+    return Export(items, load_file(directory / "items.safetensors")["item_vectors"], users,
+                  load_file(directory / "users.safetensors")["user_vectors"], manifest)
+
+
+def mean_cosine_distance(a: np.ndarray, b: np.ndarray) -> float:
+    """Mean of 1 - cos(a_i, b_i) over rows (0 for identical directions, 1 for orthogonal)."""
+    na = np.linalg.norm(a, axis=1).clip(min=1e-12)
+    nb = np.linalg.norm(b, axis=1).clip(min=1e-12)
+    return float(np.mean(1.0 - (a * b).sum(axis=1) / (na * nb)))
+
+
+def procrustes_rotation(source: np.ndarray, target: np.ndarray) -> np.ndarray:
+    """(d, d) orthogonal R minimising ||source @ R - target||_F (scipy's orthogonal Procrustes)."""
+    from scipy.linalg import orthogonal_procrustes
+
+    rotation, _ = orthogonal_procrustes(source.astype(np.float64), target.astype(np.float64))
+    return rotation
+
+
+def align_embeddings(item_ids: list[str], item_vectors: np.ndarray, user_vectors: np.ndarray,
+                     reference_ids: list[str], reference_vectors: np.ndarray,
+                     ) -> tuple[np.ndarray, np.ndarray, dict[str, Any]]:
+    """Rotate items and users onto a reference export through the shared items; returns them + drift stats."""
+    if item_vectors.shape[1] != reference_vectors.shape[1]:
+        raise ValueError(f"Cannot align: these vectors have {item_vectors.shape[1]} dims, the previous export "
+                         f"{reference_vectors.shape[1]}.")
+    position = {raw: i for i, raw in enumerate(reference_ids)}
+    shared = [(i, position[raw]) for i, raw in enumerate(item_ids) if raw in position]
+    if len(shared) < 2:
+        raise ValueError(f"Cannot align: only {len(shared)} item ids are shared with the previous export.")
+    mine, theirs = (np.array(side) for side in zip(*shared))
+    source, target = item_vectors[mine], reference_vectors[theirs]
+    rotation = procrustes_rotation(source, target)
+    items = (item_vectors.astype(np.float64) @ rotation).astype(np.float32)
+    users = (user_vectors.astype(np.float64) @ rotation).astype(np.float32)
+    stats = {"shared_items": len(shared), "drift_before": mean_cosine_distance(source, target),
+             "drift_after": mean_cosine_distance(items[mine], target),
+             "metric": "mean cosine distance (1 - cos) of the shared items' vectors"}
+    return items, users, stats
+
+
+def user_vectors_from_data(recommender: Any, source: str, *, format: str | None = None, batch_size: int = 256,
+                           ) -> tuple[list[str], np.ndarray, np.ndarray, dict[str, int]]:
+    """(user ids, (U, d) user vectors, (U,) known events, counts) of every user of `source` with a known event."""
+    data = load_interactions(source, format=format, min_user_events=1)
+    vocab: ItemVocab = recommender.vocab
+    lookup = np.array([0] + [vocab.encode(raw) if raw in vocab else 0 for raw in data.vocab.raw_ids], np.int64)
+    if not (lookup[1:] > 0).any():
+        raise ValueError(f"None of the {data.vocab.num_items} items of {data.name} is in the model's "
+                         f"{VOCAB_FILE}: the data and the model use different item ids.")
+    items, rows = flat_column(data.sequences, "item_ids")
+    times, _ = flat_column(data.sequences, "timestamps")
+    actions, _ = flat_column(data.sequences, "action_ids")
+    mapped = lookup[items]
+    known = mapped > 0
+    offsets = np.concatenate([[0], np.cumsum(row_lengths(data.sequences))])
+    user_ids_all = data.sequences["user_id"]
+    use_actions = recommender.config.num_action_types > 0
+    histories: list[tuple[str, list[int], list[int], list[int]]] = []
+    for u in range(len(user_ids_all)):
+        span = slice(offsets[u], offsets[u + 1])
+        keep = known[span]
+        if keep.any():
+            histories.append((user_ids_all[u], mapped[span][keep].tolist(), times[span][keep].tolist(),
+                              actions[span][keep].tolist()))
+    vectors, user_ids, counts = [], [], []
+    for start in range(0, len(histories), batch_size):
+        chunk = histories[start:start + batch_size]
+        queries = recommender.encode_queries([h[1] for h in chunk], timestamps=[h[2] for h in chunk],
+                                             action_ids=[h[3] for h in chunk] if use_actions else None)
+        vectors.append(queries.float().cpu().numpy())
+        user_ids.extend(h[0] for h in chunk)
+        counts.extend(len(h[1]) for h in chunk)
+    dim = recommender.base_model.item_vectors.shape[1]
+    matrix = np.concatenate(vectors) if vectors else np.zeros((0, dim), np.float32)
+    stats = {"users": len(user_ids), "users_skipped": len(user_ids_all) - len(user_ids),
+             "events": int(known.sum()), "events_unknown_items": int((~known).sum())}
+    return user_ids, matrix.astype(np.float32), np.array(counts, np.int64), stats
+
+
+def _vector_table(id_name: str, ids: list[str], extra: dict[str, np.ndarray], vectors: np.ndarray) -> pa.Table:
+    flat = pa.array(np.ascontiguousarray(vectors, np.float32).reshape(-1), pa.float32())
+    column = pa.FixedSizeListArray.from_arrays(flat, vectors.shape[1])
+    return pa.table({id_name: pa.array(ids, pa.string()), **{k: pa.array(v) for k, v in extra.items()},
+                     "vector": column})
+
+
+def _check_out_dir(out_dir: Path, overwrite: bool) -> None:
+    if out_dir.exists() and not out_dir.is_dir():
+        raise NotADirectoryError(f"--out {out_dir} exists and is not a folder.")
+    if out_dir.is_dir() and any(out_dir.iterdir()):
+        if not overwrite:
+            raise FileExistsError(f"{out_dir} already holds files (an earlier export?); pass --overwrite to "
+                                  "replace the export, or choose another --out.")
+        foreign = sorted(p.name for p in out_dir.iterdir() if p.name not in EXPORT_FILES)
+        if foreign:
+            raise FileExistsError(f"{out_dir} holds files that are not an export ({', '.join(foreign[:5])}); "
+                                  "refusing to overwrite it.")
+    if not out_dir.parent.is_dir():
+        raise FileNotFoundError(f"--out {out_dir}: folder {out_dir.parent} does not exist; create it first.")
+
+
+def export_embeddings(model_dir: str | Path, source: str, out_dir: str | Path, *, format: str | None = None,
+                      overwrite: bool = False, align_to: str | Path | None = None,
+                      batch_size: int = 256) -> dict[str, Any]:
+    """Write the item and user vectors of the model in `model_dir` on `source` to `out_dir`; returns the manifest.
+
+    An existing export is replaced only with `overwrite=True` (a folder holding other files never is). The files are
+    written to a temporary folder next to `out_dir` first, so a failed export leaves no half-written folder.
+    """
+    from safetensors.numpy import save_file
+
+    from .. import __version__
+    from .recommender import Recommender
+
+    model_dir, out_dir = Path(model_dir), Path(out_dir)
+    _check_out_dir(out_dir, overwrite)
+    reference = read_export(align_to) if align_to is not None else None
+    recommender = Recommender.from_pretrained(model_dir)
+    config = recommender.config
+    item_ids = recommender.vocab.raw_ids
+    item_vectors = recommender.item_vectors()[1:].float().cpu().numpy()
+    user_ids, user_vectors, num_events, counts = user_vectors_from_data(recommender, source, format=format,
+                                                                        batch_size=batch_size)
+    alignment = None
+    if reference is not None:
+        item_vectors, user_vectors, alignment = align_embeddings(item_ids, item_vectors, user_vectors,
+                                                                 reference.item_ids, reference.item_vectors)
+        alignment = {"reference": str(align_to), "reference_model_sha256": reference.manifest.get("model_sha256"),
+                     **alignment}
+    manifest = {
+        "format": FORMAT, "format_version": FORMAT_VERSION, "genrec_hf_version": __version__,
+        "created_at": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
+        "model_dir": str(model_dir), "model_sha256": sha256_file(model_dir / "model.safetensors"),
+        "item_vocab_sha256": sha256_file(model_dir / VOCAB_FILE), "data": {"source": str(source), "format": format},
+        "scoring": {"score_temperature": config.score_temperature, "l2_normalize_scores": config.l2_normalize_scores,
+                    "rule": "score = user · item / score_temperature (cosine when l2_normalize_scores)"},
+        "dims": {"item": int(item_vectors.shape[1]), "user": int(user_vectors.shape[1])},
+        "counts": {"items": len(item_ids), **counts},
+        "rows": "items in item_vocab.json order (index 1..N); users in users.parquet order",
+        "alignment": alignment,
+    }
+    tmp = out_dir.parent / f".{out_dir.name}.tmp-{os.getpid()}"
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir()
+    try:
+        save_file({"item_vectors": np.ascontiguousarray(item_vectors)}, tmp / "items.safetensors",
+                  metadata={"format": FORMAT, "rows": "item_vocab.json order"})
+        save_file({"user_vectors": np.ascontiguousarray(user_vectors)}, tmp / "users.safetensors",
+                  metadata={"format": FORMAT, "rows": "users.parquet order"})
+        pq.write_table(_vector_table("item_id", item_ids, {"index": np.arange(1, len(item_ids) + 1)}, item_vectors),
+                       tmp / "items.parquet")
+        pq.write_table(_vector_table("user_id", user_ids, {"num_events": num_events}, user_vectors),
+                       tmp / "users.parquet")
+        shutil.copyfile(model_dir / VOCAB_FILE, tmp / VOCAB_FILE)
+        (tmp / MANIFEST).write_text(json.dumps(manifest, indent=2))
+        out_dir.mkdir(exist_ok=True)
+        for name in EXPORT_FILES:
+            os.replace(tmp / name, out_dir / name)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    return manifest

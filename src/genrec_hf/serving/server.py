@@ -1,0 +1,314 @@
+"""HTTP server over a `Recommender` (FastAPI + uvicorn, optional: `pip install "genrec-hf[serve]"`).
+
+    genrec-hf serve MODEL_DIR [--adapter NAME=DIR ...] [--host 127.0.0.1] [--port 8000]
+
+Endpoints:
+  * `POST /recommend` {history | histories | user_id, k, task?, exclude_seen?, candidates?, timestamps?}
+    → {"items": [{item_id, score, title}, ...]} (or {"results": [[...], ...]} for `histories`);
+  * `POST /events` {user_id, events, timestamps?} appends to that user's in-memory history (kept to the most
+    recent `max_events` events; the least recently used user is evicted beyond `max_users`); `POST /recommend`
+    with `user_id` recommends from it. Only the raw history is kept: the incremental cached backbone state is a
+    later addition, and each request re-encodes the history;
+  * `GET /health`, `GET /items/{item_id}`.
+
+Errors are JSON `{"error": {"type", "message"}}` with a 4xx status: 400 malformed JSON, 404 unknown item in the
+URL or unknown user, 413 body over `max_body_bytes`, 422 invalid request (unknown item in the body, empty history,
+k out of range, unknown task, wrong field types). Unexpected failures answer 500 without a stack trace (logged on
+the server).
+"""
+
+from __future__ import annotations
+
+import logging
+import socket
+import threading
+import time
+from collections import OrderedDict
+from typing import Any, Optional, Union
+
+from .recommender import Recommender, UnknownItemError, UnknownTaskError
+
+try:
+    from fastapi import FastAPI, Request
+    from fastapi.exceptions import RequestValidationError
+    from fastapi.responses import JSONResponse
+    from pydantic import BaseModel, ConfigDict, Field
+    from starlette.exceptions import HTTPException as StarletteHTTPException
+except ImportError:  # pragma: no cover - exercised by the missing-extra test in a subprocess
+    raise ImportError('The HTTP server needs FastAPI and uvicorn, which are not installed: '
+                      'pip install "genrec-hf[serve]"') from None
+
+logger = logging.getLogger(__name__)
+
+RawId = Union[str, int]
+DEFAULT_MAX_BODY_BYTES = 1 << 20
+DEFAULT_MAX_K = 1000
+
+
+class RecommendRequest(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    history: Optional[list[RawId]] = None
+    histories: Optional[list[list[RawId]]] = None
+    user_id: Optional[str] = None
+    k: int = 10
+    task: Optional[str] = None
+    exclude_seen: bool = True
+    candidates: Optional[list[RawId]] = None
+    timestamps: Optional[list[int]] = None
+
+
+class EventsRequest(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    user_id: str = Field(min_length=1)
+    events: list[RawId] = Field(min_length=1)
+    timestamps: Optional[list[int]] = None
+
+
+class ApiError(Exception):
+    def __init__(self, status: int, kind: str, message: str) -> None:
+        super().__init__(message)
+        self.status, self.kind, self.message = status, kind, message
+
+
+def _error(status: int, kind: str, message: str) -> JSONResponse:
+    return JSONResponse({"error": {"type": kind, "message": message}}, status_code=status)
+
+
+class HistoryStore:
+    """Per-user event histories in memory: at most `max_events` per user, LRU eviction beyond `max_users`.
+
+    Thread-safe. Each entry keeps raw ids (and timestamps when the user's events carry them); the cached backbone
+    state of an incremental encoder will live beside them.
+    """
+
+    def __init__(self, max_users: int = 100_000, max_events: int = 1024) -> None:
+        if max_users < 1 or max_events < 1:
+            raise ValueError("max_users and max_events must be positive.")
+        self.max_users, self.max_events = max_users, max_events
+        self._users: OrderedDict[str, dict[str, Any]] = OrderedDict()
+        self._lock = threading.Lock()
+        self.evictions = 0
+
+    def __len__(self) -> int:
+        return len(self._users)
+
+    def append(self, user_id: str, events: list[str], timestamps: list[int] | None) -> int:
+        """Append events (oldest first); returns the user's stored event count."""
+        with self._lock:
+            entry = self._users.pop(user_id, None)
+            if entry is None:
+                entry = {"events": [], "timestamps": [] if timestamps is not None else None}
+            elif (entry["timestamps"] is None) != (timestamps is None):
+                self._users[user_id] = entry
+                raise ValueError(f"user {user_id!r}: timestamps must be given with every batch of events or with "
+                                 "none (this user's stored events " +
+                                 ("have" if entry["timestamps"] is not None else "have no") + " timestamps).")
+            entry["events"] = (entry["events"] + events)[-self.max_events:]
+            if timestamps is not None:
+                entry["timestamps"] = (entry["timestamps"] + timestamps)[-self.max_events:]
+            self._users[user_id] = entry
+            while len(self._users) > self.max_users:
+                self._users.popitem(last=False)
+                self.evictions += 1
+            return len(entry["events"])
+
+    def get(self, user_id: str) -> tuple[list[str], list[int] | None] | None:
+        with self._lock:
+            entry = self._users.get(user_id)
+            if entry is None:
+                return None
+            self._users.move_to_end(user_id)
+            return list(entry["events"]), (list(entry["timestamps"]) if entry["timestamps"] is not None else None)
+
+
+class BodySizeLimit:
+    """ASGI middleware: 413 for a body over `max_bytes` (declared Content-Length or counted while streaming)."""
+
+    def __init__(self, app: Any, max_bytes: int) -> None:
+        self.app, self.max_bytes = app, max_bytes
+
+    async def __call__(self, scope: dict, receive: Any, send: Any) -> None:
+        if scope["type"] != "http":
+            return await self.app(scope, receive, send)
+        length = dict(scope.get("headers") or []).get(b"content-length")
+        if length is not None and length.isdigit() and int(length) > self.max_bytes:
+            response = _error(413, "payload_too_large", f"request body of {int(length)} bytes is over the limit of "
+                              f"{self.max_bytes} bytes.")
+            return await response(scope, receive, send)
+        seen = 0
+
+        async def limited() -> dict:
+            nonlocal seen
+            message = await receive()
+            if message["type"] == "http.request":
+                seen += len(message.get("body", b""))
+                if seen > self.max_bytes:
+                    raise StarletteHTTPException(413, f"request body is over the limit of {self.max_bytes} bytes.")
+            return message
+
+        await self.app(scope, limited, send)
+
+
+def _validation_message(errors: list[dict[str, Any]]) -> str:
+    parts = []
+    for error in errors[:5]:
+        where = ".".join(str(p) for p in error.get("loc", ()) if p != "body")
+        parts.append(f"{where or 'body'}: {error.get('msg', 'invalid')}")
+    return "; ".join(parts)
+
+
+def create_app(recommender: Recommender, *, max_body_bytes: int = DEFAULT_MAX_BODY_BYTES,
+               max_k: int = DEFAULT_MAX_K, max_users: int = 100_000, max_events: int = 1024) -> FastAPI:
+    """The FastAPI app serving `recommender` (see the module docstring for the endpoints and errors)."""
+    app = FastAPI(title="genrec_hf recommender", version="1")
+    app.add_middleware(BodySizeLimit, max_bytes=max_body_bytes)
+    store = HistoryStore(max_users=max_users, max_events=max_events)
+    app.state.recommender, app.state.history_store = recommender, store
+    max_k = min(max_k, recommender.num_items)
+
+    @app.exception_handler(RequestValidationError)
+    async def invalid(_: Request, error: RequestValidationError) -> JSONResponse:
+        errors = list(error.errors())
+        if any(e.get("type") == "json_invalid" for e in errors):
+            return _error(400, "malformed_json", "request body is not valid JSON.")
+        return _error(422, "invalid_request", _validation_message(errors))
+
+    @app.exception_handler(StarletteHTTPException)
+    async def http_error(_: Request, error: StarletteHTTPException) -> JSONResponse:
+        kinds = {404: "not_found", 405: "method_not_allowed", 413: "payload_too_large"}
+        return _error(error.status_code, kinds.get(error.status_code, "http_error"), str(error.detail))
+
+    @app.exception_handler(ApiError)
+    async def api_error(_: Request, error: ApiError) -> JSONResponse:
+        return _error(error.status, error.kind, error.message)
+
+    @app.exception_handler(Exception)
+    async def unexpected(request: Request, error: Exception) -> JSONResponse:
+        logger.exception("unhandled error on %s %s", request.method, request.url.path)
+        return _error(500, "internal_error", "internal server error (details are in the server log).")
+
+    def call(func: Any, *args: Any, **kwargs: Any) -> Any:
+        """Run a Recommender call, turning its user errors into 4xx ApiErrors."""
+        try:
+            return func(*args, **kwargs)
+        except UnknownItemError as error:
+            raise ApiError(422, "unknown_item", str(error)) from None
+        except UnknownTaskError as error:
+            raise ApiError(422, "unknown_task", str(error)) from None
+        except ValueError as error:
+            raise ApiError(422, "invalid_request", str(error)) from None
+
+    @app.get("/health")
+    def health() -> dict[str, Any]:
+        return {"status": "ok", "num_items": recommender.num_items, "tasks": list(recommender.tasks),
+                "index": recommender.index_kind or "exact", "users": len(store), "max_k": max_k}
+
+    @app.get("/items/{item_id}")
+    def item(item_id: str) -> dict[str, Any]:
+        try:
+            return recommender.item(item_id)
+        except UnknownItemError:
+            raise ApiError(404, "unknown_item", f"Unknown item id {item_id!r}: not in this model's catalog.") \
+                from None
+
+    @app.post("/events")
+    def events(body: EventsRequest) -> dict[str, Any]:
+        raw = [str(e) for e in body.events]
+        if body.timestamps is not None and len(body.timestamps) != len(raw):
+            raise ApiError(422, "invalid_request", f"timestamps has {len(body.timestamps)} values for {len(raw)} "
+                           "events; give one per event or none.")
+        for item_id in raw:  # nothing is stored when any event is unknown
+            call(recommender.encode_item, item_id, "events")
+        count = call(store.append, body.user_id, raw, body.timestamps)
+        return {"user_id": body.user_id, "num_events": count}
+
+    @app.post("/recommend")
+    def recommend(body: RecommendRequest) -> dict[str, Any]:
+        given = [name for name in ("history", "histories", "user_id") if getattr(body, name) is not None]
+        if len(given) != 1:
+            raise ApiError(422, "invalid_request", "give exactly one of history, histories or user_id"
+                           + (f" (got {', '.join(given)})." if given else "."))
+        if not 1 <= body.k <= max_k:
+            raise ApiError(422, "invalid_request", f"k={body.k} is out of range: expected 1..{max_k}.")
+        timestamps: Any = body.timestamps
+        if body.user_id is not None:
+            stored = store.get(body.user_id)
+            if stored is None:
+                raise ApiError(404, "unknown_user", f"No events stored for user {body.user_id!r}; POST /events "
+                               "first.")
+            histories: Any = stored[0]
+            timestamps = stored[1] if timestamps is None else timestamps
+        else:
+            histories = body.history if body.history is not None else body.histories
+            if body.histories is not None and (not body.histories or timestamps is not None):
+                raise ApiError(422, "invalid_request", "histories must be non-empty and takes no timestamps.")
+        if body.history is not None and not body.history:
+            raise ApiError(422, "invalid_request", "The history is empty: give at least one raw item id.")
+        if timestamps is not None and body.histories is None and len(timestamps) != len(histories):
+            raise ApiError(422, "invalid_request", f"timestamps has {len(timestamps)} values for {len(histories)} "
+                           "history events.")
+        result = call(recommender.recommend, [str(i) for i in histories] if body.histories is None
+                      else [[str(i) for i in h] for h in histories], body.k, task=body.task,
+                      timestamps=timestamps, exclude_seen=body.exclude_seen,
+                      candidates=[str(c) for c in body.candidates] if body.candidates is not None else None)
+        if body.histories is not None:
+            return {"results": [[r.to_dict() for r in row] for row in result], "k": body.k, "task": body.task}
+        return {"items": [r.to_dict() for r in result], "k": body.k, "task": body.task}
+
+    return app
+
+
+def free_port(host: str = "127.0.0.1") -> int:
+    """A TCP port free on `host` right now."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.bind((host, 0))
+        return int(sock.getsockname()[1])
+
+
+class ServerThread:
+    """Run an app with uvicorn in a background thread (tests, examples, benchmarks); stops on exit.
+
+        with ServerThread(create_app(recommender)) as server:
+            httpx.post(f"{server.url}/recommend", json={...})
+    """
+
+    def __init__(self, app: Any, host: str = "127.0.0.1", port: int | None = None, timeout: float = 30.0) -> None:
+        import uvicorn
+
+        self.host, self.port = host, port or free_port(host)
+        self.server = uvicorn.Server(uvicorn.Config(app, host=host, port=self.port, log_level="warning",
+                                                    lifespan="off", access_log=False))
+        self.thread = threading.Thread(target=self.server.run, name="genrec-hf-server", daemon=True)
+        self.timeout = timeout
+
+    @property
+    def url(self) -> str:
+        return f"http://{self.host}:{self.port}"
+
+    def __enter__(self) -> ServerThread:
+        self.thread.start()
+        deadline = time.monotonic() + self.timeout
+        while not self.server.started:
+            if not self.thread.is_alive() or time.monotonic() > deadline:
+                self.server.should_exit = True
+                raise RuntimeError(f"the server did not start on {self.url}")
+            time.sleep(0.02)
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        self.server.should_exit = True
+        self.thread.join(self.timeout)
+
+
+def serve(model_dir: str, *, adapters: dict[str, str] | None = None, host: str = "127.0.0.1", port: int = 8000,
+          index: str | None = None, **app_options: Any) -> None:
+    """Load the model once and serve it with uvicorn until interrupted."""
+    import uvicorn
+
+    recommender = Recommender.from_pretrained(model_dir, adapters=adapters, index=index)
+    if index is not None and index != "exact":
+        for task in (None, *recommender.tasks):
+            recommender.index(task)  # build before the first request
+    uvicorn.run(create_app(recommender, **app_options), host=host, port=port, log_level="info")

@@ -24,7 +24,6 @@ it finds the base the adapter names, verifies both folders' weights (`integrity`
 from __future__ import annotations
 
 import copy
-import hashlib
 import json
 import logging
 import shutil
@@ -37,7 +36,7 @@ import torch
 from peft import LoraConfig, PeftModel, get_peft_model
 from peft.utils.other import ModulesToSaveWrapper
 
-from .integrity import verify_weights, write_manifest
+from .integrity import file_sha256, verify_weights, write_manifest
 from .models.genrec import GenRecConfig, GenRecForNextItemPrediction
 from .models.genrec.scoring import TopItems, chunked_topk
 
@@ -145,24 +144,14 @@ def trainable_parameters(model: torch.nn.Module) -> tuple[int, int]:
 # Base fingerprint: refuse to load an adapter on the wrong base
 
 
-def _sha256(path: Path) -> str | None:
-    if not path.is_file():
-        return None
-    digest = hashlib.sha256()
-    with path.open("rb") as handle:
-        for block in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
-
-
 def base_fingerprint(config: GenRecConfig, base_dir: str | Path | None = None) -> dict[str, Any]:
     """The fields of the base an adapter depends on: config shape + item-vocab and weight hashes when on disk."""
     out: dict[str, Any] = {name: getattr(config, name, None) for name in FINGERPRINT_FIELDS}
     if base_dir is not None:
         base_dir = Path(base_dir)
         out["base_dir"] = str(base_dir)
-        out["item_vocab_sha256"] = _sha256(base_dir / "item_vocab.json")
-        out["weights_sha256"] = _sha256(base_dir / "model.safetensors")
+        out["item_vocab_sha256"] = file_sha256(base_dir / "item_vocab.json")
+        out["weights_sha256"] = file_sha256(base_dir / "model.safetensors")
     return out
 
 

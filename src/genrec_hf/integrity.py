@@ -36,7 +36,10 @@ def weight_files(folder: str | Path) -> list[Path]:
     return sorted(p for p in folder.glob("*.safetensors") if p.is_file())
 
 
-def file_sha256(path: str | Path) -> str:
+def file_sha256(path: str | Path) -> str | None:
+    """Hex sha256 of a file's bytes (read in 1 MiB blocks), or None when there is no such file."""
+    if not Path(path).is_file():
+        return None
     digest = hashlib.sha256()
     with Path(path).open("rb") as handle:
         for block in iter(lambda: handle.read(1 << 20), b""):

@@ -13,7 +13,8 @@ from safetensors.numpy import load_file, save_file
 from genrec_hf.cli import main
 from genrec_hf.data import load_interactions
 from genrec_hf.serving import Recommender
-from genrec_hf.serving.export import EXPORT_FILES, align_embeddings, read_export, sha256_file
+from genrec_hf.integrity import file_sha256
+from genrec_hf.serving.export import EXPORT_FILES, align_embeddings, read_export
 
 from tests.helpers import REPO_ROOT
 
@@ -49,8 +50,8 @@ def test_export_files_rows_and_manifest(trained, export_dir):
     safetensors and Parquet rows out of step, and a manifest without the model and vocab fingerprints."""
     assert sorted(p.name for p in export_dir.iterdir()) == sorted(EXPORT_FILES)
     manifest = json.loads((export_dir / "manifest.json").read_text())
-    assert manifest["model_sha256"] == sha256_file(trained[0] / "model.safetensors")
-    assert manifest["item_vocab_sha256"] == sha256_file(trained[0] / "item_vocab.json")
+    assert manifest["model_sha256"] == file_sha256(trained[0] / "model.safetensors")
+    assert manifest["item_vocab_sha256"] == file_sha256(trained[0] / "item_vocab.json")
     assert manifest["created_at"] and manifest["genrec_hf_version"] and manifest["alignment"] is None
     recommender = Recommender.from_pretrained(trained[0])
     export = read_export(export_dir)

@@ -21,7 +21,6 @@ mean cosine distance of the shared items before and after.
 from __future__ import annotations
 
 import datetime as _dt
-import hashlib
 import json
 import os
 import shutil
@@ -35,22 +34,12 @@ import pyarrow.parquet as pq
 
 from ..data import VOCAB_FILE, ItemVocab, load_interactions
 from ..data.interactions import flat_column, row_lengths
+from ..integrity import file_sha256
 
 MANIFEST = "manifest.json"
 EXPORT_FILES = ("items.safetensors", "items.parquet", "users.safetensors", "users.parquet", VOCAB_FILE, MANIFEST)
 FORMAT = "genrec_hf.embeddings"
 FORMAT_VERSION = 1
-
-
-def sha256_file(path: str | Path) -> str | None:
-    path = Path(path)
-    if not path.is_file():
-        return None
-    digest = hashlib.sha256()
-    with path.open("rb") as handle:
-        for block in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 @dataclass
@@ -208,8 +197,8 @@ def export_embeddings(model_dir: str | Path, source: str, out_dir: str | Path, *
     manifest = {
         "format": FORMAT, "format_version": FORMAT_VERSION, "genrec_hf_version": __version__,
         "created_at": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
-        "model_dir": str(model_dir), "model_sha256": sha256_file(model_dir / "model.safetensors"),
-        "item_vocab_sha256": sha256_file(model_dir / VOCAB_FILE), "data": {"source": str(source), "format": format},
+        "model_dir": str(model_dir), "model_sha256": file_sha256(model_dir / "model.safetensors"),
+        "item_vocab_sha256": file_sha256(model_dir / VOCAB_FILE), "data": {"source": str(source), "format": format},
         "scoring": {"score_temperature": config.score_temperature, "l2_normalize_scores": config.l2_normalize_scores,
                     "rule": "score = user · item / score_temperature (cosine when l2_normalize_scores)"},
         "dims": {"item": int(item_vectors.shape[1]), "user": int(user_vectors.shape[1])},

@@ -8,7 +8,6 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import torch
 import yaml
 from datasets import Dataset, DatasetDict
 from transformers import EarlyStoppingCallback, TrainingArguments, set_seed

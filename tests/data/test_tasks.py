@@ -128,7 +128,6 @@ def test_task_builds_on_synthetic(synthetic, name):
             t = row["target_time"]
             assert all(t - window < int(since[y]) <= t for y in row["target_ids"])
     if name == "high_engagement":
-        ratings = {(str(r["user_id"]), len(r["item_ids"])): r["ratings"] for r in synthetic.sequences}
         for row in task.test.select(range(10)):
             full = next(r for r in synthetic.sequences if str(r["user_id"]) == row["user_id"])
             assert full["ratings"][len(row["item_ids"])] >= 4

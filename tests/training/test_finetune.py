@@ -32,7 +32,7 @@ def test_shipped_recipe_validates_and_is_commented(path):
     recipe = load_recipe(path, kind=FinetuneRecipe)
     assert path.stem.endswith(recipe.mode) and path.stem.startswith(recipe.task.name)
     text = path.read_text()
-    assert f"genrec-hf finetune" in text.split("\n\n")[0]  # launch command in the header
+    assert "genrec-hf finetune" in text.split("\n\n")[0]  # launch command in the header
     for line in text.splitlines():
         if line.strip() and not line.lstrip().startswith("#") and ":" in line:
             assert "#" in line, f"{path.name}: key without a comment: {line!r}"

@@ -24,7 +24,7 @@ def test_shipped_pretrain_recipe_is_valid(path: Path):
     assert recipe.model.preset == path.stem
     text = path.read_text()
     assert f"genrec-hf train recipes/pretrain/{path.name}" in text
-    assert f"accelerate launch --config_file recipes/accelerate_configs/" in text
+    assert "accelerate launch --config_file recipes/accelerate_configs/" in text
     config_name = text.split("--config_file recipes/accelerate_configs/")[1].split()[0]
     assert (REPO_ROOT / "recipes" / "accelerate_configs" / config_name).is_file() or not (
         REPO_ROOT / "recipes" / "accelerate_configs").exists(), config_name

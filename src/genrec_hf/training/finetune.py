@@ -10,7 +10,7 @@ A finetune recipe (YAML, unknown keys are errors):
     seed:                seeds adapter/model init, data order and negative sampling
     max_train_minutes:   optional wall-time budget (stops after the current step, best checkpoint kept)
     keep_checkpoints:    keep Trainer's checkpoint-* folders (default false: the output holds only the result)
-    task:       {name: a genrec_hf.tasks.TASKS name, params: {task keyword arguments}}
+    task:       {name: a genrec_hf.data.tasks.TASKS name, params: {task keyword arguments}}
     data:       {source, format, column_map, min_user_events, k_core, max_length}
     lora:       {r, alpha, dropout, target_modules, layers, train_head}   (used by mode: lora)
     training:   any transformers.TrainingArguments field (on top of DEFAULT_FINETUNE_ARGUMENTS)
@@ -35,20 +35,21 @@ from typing import Any
 import torch
 import yaml
 from torch.utils.data import DataLoader
-from transformers import EarlyStoppingCallback, set_seed
+from transformers import set_seed
 
 from ..adapters import attach_adapter, check_lora_layers, lora_config, save_adapter, trainable_parameters
-from ..data import ItemVocab, load_interactions, remap_to_vocab
+from ..data import ItemVocab, remap_to_vocab
 from ..data.collators import TaskCollator, label_windows
 from ..data.tasks import TaskData, build_task
 from ..evaluation import evaluate_model
 from ..integrity import verify_weights, write_manifest
 from ..models.genrec import GenRecForNextItemPrediction
 from .recipes import FINETUNE_MODES, FinetuneRecipe, load_recipe
-from .trainer import (GenRecTrainer, RunFolderLock, TimeBudgetCallback, check_output_dir, clear_previous_run,
-                      require_finite_parameters, run_training_loss, strip_prefix)
+from .trainer import (GenRecTrainer, RunFolderLock, check_output_dir, clear_previous_run, run_training_loss,
+                      stopping_callbacks)
 
 logger = logging.getLogger(__name__)
+
 
 def _dir_bytes(path: Path, names: tuple[str, ...]) -> int:
     return sum(p.stat().st_size for p in path.iterdir() if p.is_file() and p.name in names)
@@ -87,8 +88,7 @@ def _finetune(recipe: FinetuneRecipe, base_dir: Path, output_dir: Path) -> Finet
     if recipe.data.max_length > base.config.max_position_embeddings:
         raise ValueError(f"data.max_length={recipe.data.max_length} exceeds the base's max_position_embeddings="
                          f"{base.config.max_position_embeddings}.")
-    data = load_interactions(recipe.data.source, format=recipe.data.format, column_map=recipe.data.column_map,
-                             min_user_events=recipe.data.min_user_events, k_core=recipe.data.k_core)
+    data = recipe.data.load()
     vocab_file = base_dir / "item_vocab.json"
     if vocab_file.is_file():
         data = remap_to_vocab(data, ItemVocab.load(base_dir))
@@ -120,21 +120,14 @@ def _finetune(recipe: FinetuneRecipe, base_dir: Path, output_dir: Path) -> Finet
     trainable, total = trainable_parameters(model)
 
     args = recipe.training_arguments(label_names=["labels"])
-    callbacks = []
-    if recipe.evaluation.early_stopping_patience and args.eval_strategy != "no":
-        callbacks.append(EarlyStoppingCallback(early_stopping_patience=recipe.evaluation.early_stopping_patience))
-    if recipe.max_train_minutes:
-        callbacks.append(TimeBudgetCallback(recipe.max_train_minutes))
+    callbacks = stopping_callbacks(args, recipe.evaluation.early_stopping_patience, recipe.max_train_minutes)
     trainer = GenRecTrainer(model=model, args=args, train_dataset=train_rows, eval_dataset=task.validation,
                             data_collator=TaskCollator(recipe.data.max_length, mode="train"),
                             eval_collator=eval_collator, protocol=task.protocol, ks=ks, callbacks=callbacks)
     start = time.monotonic()
     train_result = trainer.train()
     train_seconds = time.monotonic() - start
-    require_finite_parameters(trainer.model, "final model")
-    trainer.remove_callback(EarlyStoppingCallback)  # the final evaluations are reports, not stopping signals
-    validation = trainer.evaluate(metric_key_prefix="validation")
-    test = trainer.evaluate(task.test, metric_key_prefix="test")
+    validation, test = trainer.final_evaluation(task.test)
     model = trainer.model
 
     metrics: dict[str, Any] = {
@@ -146,8 +139,8 @@ def _finetune(recipe: FinetuneRecipe, base_dir: Path, output_dir: Path) -> Finet
         "mode": recipe.mode,
         "base_model": str(base_dir),
         "protocol": "per-user last qualifying target = test, previous = validation; " + task.protocol.summary(),
-        "validation": strip_prefix(validation, "validation_"),
-        "test": strip_prefix(test, "test_"),
+        "validation": validation,
+        "test": test,
         "zero_shot_test": zero_shot,
         "train": {"runtime_s": train_seconds, "loss": run_training_loss(trainer.state, train_result.training_loss, 0),
                   "epochs": trainer.state.epoch,

@@ -10,18 +10,17 @@ from typing import Any
 
 import yaml
 from datasets import Dataset, DatasetDict
-from transformers import EarlyStoppingCallback, TrainingArguments, set_seed
+from transformers import TrainingArguments, set_seed
 
-from ..data import InteractionData, NextItemCollator, leave_one_out, load_interactions, sliding_windows, time_split
+from ..data import InteractionData, NextItemCollator, leave_one_out, sliding_windows, time_split
 from ..data.collators import with_lengths
 from ..evaluation import RankingProtocol
 from ..evaluation.baselines import popularity_metrics, popularity_scores
 from ..integrity import write_manifest
 from ..models.genrec import SIZE_PRESETS, GenRecConfig, GenRecForNextItemPrediction, count_backbone_parameters
 from .recipes import Recipe
-from .trainer import (GenRecTrainer, RunFolderLock, TimeBudgetCallback, check_output_dir, clear_previous_run,
-                      require_finite_parameters, require_training_left, resolve_resume_checkpoint, run_training_loss,
-                      strip_prefix)
+from .trainer import (GenRecTrainer, RunFolderLock, check_output_dir, clear_previous_run, require_training_left,
+                      resolve_resume_checkpoint, run_training_loss, stopping_callbacks)
 
 logger = logging.getLogger(__name__)
 
@@ -38,8 +37,7 @@ class PreparedData:
 def prepare_data(recipe: Recipe) -> PreparedData:
     """Load the events, split them and cut the training histories into windows, as the recipe says."""
     section = recipe.data
-    data = load_interactions(section.source, format=section.format, column_map=section.column_map,
-                             min_user_events=section.min_user_events, k_core=section.k_core)
+    data = section.load()
     if section.split == "leave_one_out":
         splits = leave_one_out(data)
     else:
@@ -109,11 +107,8 @@ def _train(recipe: Recipe, args: TrainingArguments, output_dir: Path, checkpoint
     eval_collator = NextItemCollator(recipe.data.max_length, mode="eval",
                                      exclude_history=recipe.evaluation.exclude_history)
     protocol = RankingProtocol(exclude_history=recipe.evaluation.exclude_history)
-    callbacks = [ModelCardCallback(dataset_name=prepared.data.name)]
-    if recipe.evaluation.early_stopping_patience and args.eval_strategy != "no":
-        callbacks.append(EarlyStoppingCallback(early_stopping_patience=recipe.evaluation.early_stopping_patience))
-    if recipe.max_train_minutes:
-        callbacks.append(TimeBudgetCallback(recipe.max_train_minutes))
+    callbacks = [ModelCardCallback(dataset_name=prepared.data.name),
+                 *stopping_callbacks(args, recipe.evaluation.early_stopping_patience, recipe.max_train_minutes)]
     trainer = GenRecTrainer(
         model=model, args=args, train_dataset=prepared.train_windows, eval_dataset=prepared.splits["validation"],
         data_collator=collator, eval_collator=eval_collator, protocol=protocol, ks=tuple(recipe.evaluation.ks),
@@ -121,17 +116,14 @@ def _train(recipe: Recipe, args: TrainingArguments, output_dir: Path, checkpoint
     )
     train_result = trainer.train(resume_from_checkpoint=checkpoint)
     resumed_step = trainer.run_folder.start_step
-    require_finite_parameters(trainer.model, "final model")
-    trainer.remove_callback(EarlyStoppingCallback)  # the final evaluations below are reports, not stopping signals
-    validation = trainer.evaluate(metric_key_prefix="validation")
-    test = trainer.evaluate(prepared.splits["test"], metric_key_prefix="test")
+    validation, test = trainer.final_evaluation(prepared.splits["test"])
     best = trainer.state.best_model_checkpoint
     metrics = {
         "dataset": prepared.data.name,
         "task": "next-item",
         "protocol": f"{recipe.data.split}, full-catalog ranking, history excluded={recipe.evaluation.exclude_history}",
-        "validation": strip_prefix(validation, "validation_"),
-        "test": strip_prefix(test, "test_"),
+        "validation": validation,
+        "test": test,
         # loss: mean over the whole run's steps (a resumed run's earlier steps too), from the state's log history
         "train": {"runtime_s": train_result.metrics.get("train_runtime"),
                   "loss": run_training_loss(trainer.state, train_result.training_loss, resumed_step),

@@ -76,6 +76,13 @@ class DataSection:
     k_core: int | None = None  # iterative k-core filter on users and items
     max_length: int = 50  # most recent events the model reads per history
 
+    def load(self) -> Any:
+        """The section's event log as `InteractionData` (loader, column map and filters as configured)."""
+        from ..data import load_interactions
+
+        return load_interactions(self.source, format=self.format, column_map=self.column_map,
+                                 min_user_events=self.min_user_events, k_core=self.k_core)
+
 
 @dataclass
 class EvaluationSection:

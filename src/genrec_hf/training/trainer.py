@@ -31,7 +31,8 @@ from typing import Any
 import torch
 from datasets import Dataset
 from torch.utils.data import DataLoader
-from transformers import Trainer, TrainerCallback, TrainerControl, TrainerState, TrainingArguments
+from transformers import (EarlyStoppingCallback, Trainer, TrainerCallback, TrainerControl, TrainerState,
+                          TrainingArguments)
 from transformers.trainer import TRAINER_STATE_NAME
 from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR, EvalLoopOutput, rotate_checkpoints
 
@@ -124,6 +125,18 @@ class GenRecTrainer(Trainer):
         num_users = int(metrics["num_users"])
         metrics = {f"{metric_key_prefix}_{k}": v for k, v in metrics.items()}
         return EvalLoopOutput(predictions=None, label_ids=None, metrics=metrics, num_samples=num_users)
+
+    def final_evaluation(self, test_dataset: Dataset) -> tuple[dict[str, float], dict[str, float]]:
+        """(validation, test) metrics of the trained (best) model, without prefixes, for metrics.json.
+
+        Refuses non-finite weights first; early stopping is removed, since these evaluations are reports, not
+        stopping signals.
+        """
+        require_finite_parameters(self.model, "final model")
+        self.remove_callback(EarlyStoppingCallback)
+        validation = self.evaluate(metric_key_prefix="validation")
+        test = self.evaluate(test_dataset, metric_key_prefix="test")
+        return strip_prefix(validation, "validation_"), strip_prefix(test, "test_")
 
     def training_step(self, model: torch.nn.Module, inputs: dict[str, Any],
                       num_items_in_batch: torch.Tensor | int | None = None) -> torch.Tensor:
@@ -512,6 +525,17 @@ def run_training_loss(state: TrainerState, session_loss: float, session_start_st
         total += session_loss * (state.global_step - session_start_step) - logged_this_session
         known += state.global_step - tail_start
     return total / known if known else None
+
+
+def stopping_callbacks(args: TrainingArguments, early_stopping_patience: int | None,
+                       max_train_minutes: float | None) -> list[TrainerCallback]:
+    """Early stopping on the validation metric (when evaluating) and the wall-time budget, as a recipe asks."""
+    callbacks: list[TrainerCallback] = []
+    if early_stopping_patience and args.eval_strategy != "no":
+        callbacks.append(EarlyStoppingCallback(early_stopping_patience=early_stopping_patience))
+    if max_train_minutes:
+        callbacks.append(TimeBudgetCallback(max_train_minutes))
+    return callbacks
 
 
 def require_finite_parameters(model: torch.nn.Module, what: str) -> None:

@@ -79,6 +79,7 @@ def test_overrides_and_missing_file(tmp_path):
         ({"seed": True}, r"seed=True has the wrong type: expected int"),
         ({"max_train_minutes": "soon"}, r"max_train_minutes='soon' has the wrong type: expected float or null"),
         ({"max_train_minutes": -1}, r"max_train_minutes=-1; expected a positive number"),
+        ({"budget_clock": "gpu"}, r"budget_clock='gpu'; expected one of \['cpu', 'wall'\]"),
         ({"training": {"num_train_epochs": "three"}}, r"training.num_train_epochs='three' has the wrong type"),
         ({"training": {"learning_rate": "fast"}}, r"training.learning_rate='fast' has the wrong type"),
         ({"training": {"per_device_train_batch_size": 1.5}}, r"per_device_train_batch_size=1.5 has the wrong type"),

@@ -112,3 +112,33 @@ def test_one_evaluation_loop_in_the_package():
     found = subprocess.run(["grep", "-rn", "def evaluation_loop", str(REPO_ROOT / "src")], capture_output=True,
                            text=True).stdout.strip().splitlines()
     assert len(found) == 1 and found[0].split(":")[0].endswith("training/trainer.py")
+
+
+def test_cpu_budget_clock_counts_compute_not_waiting(tmp_path):
+    """Catches the `cpu` budget clock reading wall time (a run sharing its cores with other jobs would get less
+    compute than its rival under the same budget) and the `wall` clock ignoring idle time."""
+    import time
+
+    from transformers import TrainerControl, TrainerState
+
+    from genrec_hf.training.trainer import TimeBudgetCallback
+
+    args = TrainingArguments(output_dir=str(tmp_path), eval_strategy="no", save_strategy="no", use_cpu=True)
+
+    def spent(callback: TimeBudgetCallback, work) -> bool:
+        control = TrainerControl()
+        callback.on_train_begin(args, TrainerState(), control)
+        work()
+        return callback.on_step_end(args, TrainerState(), control).should_training_stop
+
+    def burn() -> None:
+        start = time.process_time()
+        while time.process_time() - start < 0.3:
+            sum(range(1000))
+
+    budget = 0.15 / 60  # 0.15 s
+    assert spent(TimeBudgetCallback(budget, "wall"), lambda: time.sleep(0.3))
+    assert not spent(TimeBudgetCallback(budget, "cpu"), lambda: time.sleep(0.3))
+    assert spent(TimeBudgetCallback(budget, "cpu"), burn)
+    with pytest.raises(ValueError, match=r"budget_clock='gpu'"):
+        TimeBudgetCallback(1, "gpu")

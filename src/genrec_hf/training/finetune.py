@@ -120,7 +120,8 @@ def _finetune(recipe: FinetuneRecipe, base_dir: Path, output_dir: Path) -> Finet
     trainable, total = trainable_parameters(model)
 
     args = recipe.training_arguments(label_names=["labels"])
-    callbacks = stopping_callbacks(args, recipe.evaluation.early_stopping_patience, recipe.max_train_minutes)
+    callbacks = stopping_callbacks(args, recipe.evaluation.early_stopping_patience, recipe.max_train_minutes,
+                                 recipe.budget_clock)
     trainer = GenRecTrainer(model=model, args=args, train_dataset=train_rows, eval_dataset=task.validation,
                             data_collator=TaskCollator(recipe.data.max_length, mode="train"),
                             eval_collator=eval_collator, protocol=task.protocol, ks=ks, callbacks=callbacks)

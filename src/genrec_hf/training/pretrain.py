@@ -108,7 +108,8 @@ def _train(recipe: Recipe, args: TrainingArguments, output_dir: Path, checkpoint
                                      exclude_history=recipe.evaluation.exclude_history)
     protocol = RankingProtocol(exclude_history=recipe.evaluation.exclude_history)
     callbacks = [ModelCardCallback(dataset_name=prepared.data.name),
-                 *stopping_callbacks(args, recipe.evaluation.early_stopping_patience, recipe.max_train_minutes)]
+                 *stopping_callbacks(args, recipe.evaluation.early_stopping_patience, recipe.max_train_minutes,
+                                                    recipe.budget_clock)]
     trainer = GenRecTrainer(
         model=model, args=args, train_dataset=prepared.train_windows, eval_dataset=prepared.splits["validation"],
         data_collator=collator, eval_collator=eval_collator, protocol=protocol, ks=tuple(recipe.evaluation.ks),

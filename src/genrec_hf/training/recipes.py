@@ -1,6 +1,6 @@
 """Recipes: YAML hyperparameters → validated dataclasses, one schema for pre-training and fine-tuning.
 
-Every recipe kind shares the top-level keys `output_dir`, `seed`, `max_train_minutes`, a `training:` section (any
+Every recipe kind shares the top-level keys `output_dir`, `seed`, `max_train_minutes`, `budget_clock`, a `training:` section (any
 `transformers.TrainingArguments` field) and the section bases `DataSection` / `EvaluationSection`; a kind adds its
 own sections:
 
@@ -29,6 +29,7 @@ from transformers import TrainingArguments
 from ..data.collators import LENGTH_COLUMN
 from ..evaluation import DEFAULT_KS
 from ..models.genrec import SIZE_PRESETS, GenRecConfig
+from .trainer import BUDGET_CLOCKS
 
 TRAINING_ARGUMENT_FIELDS = {f.name for f in dataclasses.fields(TrainingArguments) if f.init}
 # Set by the recipe runner itself (from other sections), so a recipe must not set them under `training:`.
@@ -97,7 +98,8 @@ class RecipeBase:
 
     output_dir: str = "runs/genrec"
     seed: int = 0  # seeds model init, data order, dropout and negative sampling
-    max_train_minutes: float | None = None  # stop training after this wall time (equal-CPU-time comparisons)
+    max_train_minutes: float | None = None  # stop training after this many minutes of `budget_clock` time
+    budget_clock: str = "wall"  # "wall" (elapsed) or "cpu" (this process's CPU time: equal compute under shared cores)
     training: dict[str, Any] = field(default_factory=dict)  # any TrainingArguments field
 
     default_training_arguments: ClassVar[dict[str, Any]] = DEFAULT_TRAINING_ARGUMENTS
@@ -133,6 +135,8 @@ class RecipeBase:
         if self.max_train_minutes is not None and self.max_train_minutes <= 0:
             raise ValueError(f"{source}: max_train_minutes={self.max_train_minutes}; expected a positive number "
                              "of minutes (or leave it out).")
+        if self.budget_clock not in BUDGET_CLOCKS:
+            raise ValueError(f"{source}: budget_clock={self.budget_clock!r}; expected one of {sorted(BUDGET_CLOCKS)}.")
 
 
 # --- pre-training ---------------------------------------------------------------------------------------------------

@@ -57,20 +57,31 @@ class RunFolderLockedError(RuntimeError):
     """Another live run holds the output folder's lock."""
 
 
-class TimeBudgetCallback(TrainerCallback):
-    """Stop training once `max_minutes` of wall time are spent (after an evaluation, so the best model is kept)."""
+BUDGET_CLOCKS = {"wall": time.monotonic, "cpu": time.process_time}
 
-    def __init__(self, max_minutes: float) -> None:
+
+class TimeBudgetCallback(TrainerCallback):
+    """Stop training once `max_minutes` are spent (after an evaluation, so the best model is kept).
+
+    `clock="wall"` counts elapsed time; `clock="cpu"` counts this process's CPU time (all its threads), so two runs
+    given the same budget get the same compute even when other jobs share the cores.
+    """
+
+    def __init__(self, max_minutes: float, clock: str = "wall") -> None:
+        if clock not in BUDGET_CLOCKS:
+            raise ValueError(f"budget_clock={clock!r}; expected one of {sorted(BUDGET_CLOCKS)}.")
         self.max_seconds = max_minutes * 60
-        self.start = time.monotonic()
+        self.clock = clock
+        self.now = BUDGET_CLOCKS[clock]
+        self.start = self.now()
 
     def on_train_begin(self, args: TrainingArguments, state: TrainerState, control: TrainerControl, **kwargs: Any):
-        self.start = time.monotonic()
+        self.start = self.now()
 
     def on_step_end(self, args: TrainingArguments, state: TrainerState, control: TrainerControl, **kwargs: Any):
-        if time.monotonic() - self.start > self.max_seconds:
-            logger.info("time budget of %.1f min spent at step %d: evaluating and stopping",
-                        self.max_seconds / 60, state.global_step)
+        if self.now() - self.start > self.max_seconds:
+            logger.info("%s-time budget of %.1f min spent at step %d: evaluating and stopping",
+                        self.clock, self.max_seconds / 60, state.global_step)
             control.should_training_stop = True
             control.should_evaluate = args.eval_strategy != "no"
             control.should_save = args.save_strategy != "no"
@@ -528,13 +539,13 @@ def run_training_loss(state: TrainerState, session_loss: float, session_start_st
 
 
 def stopping_callbacks(args: TrainingArguments, early_stopping_patience: int | None,
-                       max_train_minutes: float | None) -> list[TrainerCallback]:
-    """Early stopping on the validation metric (when evaluating) and the wall-time budget, as a recipe asks."""
+                       max_train_minutes: float | None, budget_clock: str = "wall") -> list[TrainerCallback]:
+    """Early stopping on the validation metric (when evaluating) and the time budget, as a recipe asks."""
     callbacks: list[TrainerCallback] = []
     if early_stopping_patience and args.eval_strategy != "no":
         callbacks.append(EarlyStoppingCallback(early_stopping_patience=early_stopping_patience))
     if max_train_minutes:
-        callbacks.append(TimeBudgetCallback(max_train_minutes))
+        callbacks.append(TimeBudgetCallback(max_train_minutes, budget_clock))
     return callbacks
 
 

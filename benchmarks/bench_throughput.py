@@ -17,6 +17,12 @@ Reported per case:
 - MFU: model FLOP/s ÷ the peak of the same machine, measured in the same run by a float32 GEMM probe
   (`--probe_size` square matmuls on the same threads).
 
+`--tweaks` adds the cheap wins a profile asks about as another axis, each a switch a recipe already has:
+`fp32` (the default), `bf16` (`torch.autocast("cpu", bfloat16)`, what `training.bf16: true` does on a CPU) and
+`compile` (`torch.compile(model, dynamic=True)`, what `training.torch_compile: true` does; its compile time is in
+the warm-up, not the timed steps). `--eval_cost` also times one full-catalog validation pass over every user
+(what each epoch's evaluation costs) beside the time of one training epoch at the measured rate.
+
     python benchmarks/bench_throughput.py --datasets /path/to/ml-100k:200 /path/to/Toys_and_Games.txt:50 \\
         --presets sasrec genrec-100k genrec-500k genrec-2m --batching padded grouped packed --threads 1 --steps 20
 """
@@ -69,7 +75,7 @@ def history_lengths(batch: dict[str, torch.Tensor]) -> torch.Tensor:
 
 
 def run_case(source: str, max_length: int, preset: str, batch_size: int, steps: int, warmup: int,
-             seed: int, batching: str = "padded") -> dict:
+             seed: int, batching: str = "padded", tweak: str = "fp32", eval_cost: bool = False) -> dict:
     """Time `steps` training steps of `preset` on the real training windows of `source`, batched as `batching`."""
     from torch.utils.data import DataLoader
     from transformers.trainer_pt_utils import LengthGroupedSampler
@@ -88,6 +94,7 @@ def run_case(source: str, max_length: int, preset: str, batch_size: int, steps: 
         overrides["num_action_types"] = data.num_action_types
     model = GenRecForNextItemPrediction(GenRecConfig.from_preset(preset, **overrides)).train()
     optimizer = torch.optim.AdamW(model.parameters(), lr=1e-3)
+    forward = torch.compile(model, dynamic=True) if tweak == "compile" else model
     collator = NextItemCollator(max_length, packing=batching == "packed")
     generator = torch.Generator().manual_seed(seed)
     if batching == "grouped":
@@ -105,7 +112,8 @@ def run_case(source: str, max_length: int, preset: str, batch_size: int, steps: 
             batches = iter(loader)
             batch = next(batches)
         start = time.perf_counter()
-        loss = model(**batch).loss
+        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=tweak == "bf16"):
+            loss = forward(**batch).loss
         loss.backward()
         optimizer.step()
         optimizer.zero_grad(set_to_none=True)
@@ -123,11 +131,28 @@ def run_case(source: str, max_length: int, preset: str, batch_size: int, steps: 
                                 head_factor=6.0)
     # Head + loss run once per supervised position, the backbone once per real event.
     flops = per_event["backbone"] * real + (per_event["head"] + per_event["loss"]) * supervised
-    return {"dataset": data.name, "preset": preset, "batching": batching, "max_length": max_length,
+    extra = {}
+    if eval_cost:
+        extra = {"epoch_seconds": float(sum(with_lengths(windows, max_length)[LENGTH_COLUMN])) / (real / seconds),
+                 "eval_seconds": validation_seconds(model, leave_one_out(data)["validation"], max_length)}
+    return {"dataset": data.name, "preset": preset, "batching": batching, "tweak": tweak, **extra,
+            "max_length": max_length,
             "batch_size": batch_size, "rows_per_step": rows / steps,
             "steps": steps, "seconds": seconds, "real_events_per_s": real / seconds,
             "padded_tokens_per_s": padded / seconds, "padding_fraction": 1.0 - real / padded,
             "model_flops_per_s": flops / seconds, "flops_per_real_event": flops / real}
+
+
+def validation_seconds(model: torch.nn.Module, rows, max_length: int) -> float:
+    """Seconds of one full-catalog ranking pass over `rows`, as each epoch's evaluation runs it."""
+    from torch.utils.data import DataLoader
+
+    from genrec_hf.data import NextItemCollator
+    from genrec_hf.evaluation import evaluate_model
+
+    start = time.perf_counter()
+    evaluate_model(model, DataLoader(rows, batch_size=256, collate_fn=NextItemCollator(max_length, mode="eval")))
+    return time.perf_counter() - start
 
 
 def main() -> None:
@@ -136,6 +161,10 @@ def main() -> None:
     parser.add_argument("--presets", nargs="+", default=["sasrec", "genrec-100k", "genrec-500k", "genrec-2m"])
     parser.add_argument("--batching", nargs="+", default=["padded", "grouped", "packed"],
                         choices=["padded", "grouped", "packed"], help="data.batching modes, measured in one run")
+    parser.add_argument("--tweaks", nargs="+", default=["fp32"], choices=["fp32", "bf16", "compile"],
+                        help="precision / compilation switches, measured in one run")
+    parser.add_argument("--eval_cost", action="store_true",
+                        help="also time one validation pass against one training epoch")
     parser.add_argument("--batch_size", type=int, default=128)
     parser.add_argument("--steps", type=int, default=20, help="timed training steps per case")
     parser.add_argument("--warmup", type=int, default=3)
@@ -151,22 +180,25 @@ def main() -> None:
         source, _, length = spec.rpartition(":")
         for preset in args.presets:
             for batching in args.batching:
-                row = run_case(source, int(length), preset, args.batch_size, args.steps, args.warmup, args.seed,
-                               batching)
-                row["mfu"] = row["model_flops_per_s"] / peak
-                rows.append(row)
-                print(json.dumps(row), flush=True)
+                for tweak in args.tweaks:
+                    row = run_case(source, int(length), preset, args.batch_size, args.steps, args.warmup, args.seed,
+                                   batching, tweak, args.eval_cost)
+                    row["mfu"] = row["model_flops_per_s"] / peak
+                    rows.append(row)
+                    print(json.dumps(row), flush=True)
     load = ", ".join(f"{x:.1f}" for x in os.getloadavg())
     lines = [f"{date.today()}, {platform.machine()}, {os.cpu_count()} CPUs, {args.threads} thread(s), load average "
              f"{load} at the end, torch {torch.__version__}; GEMM peak {peak / 1e9:.1f} GFLOP/s "
              f"({args.probe_size}² float32).", "",
-             "| dataset | preset | batching | max len | real events/s | padded tokens/s | padding | GFLOP/s | MFU |",
-             "|---|---|---|---|---|---|---|---|---|"]
+             "| dataset | preset | batching | tweak | max len | real events/s | padded tokens/s | padding | GFLOP/s | MFU "
+             "| epoch / eval (s) |",
+             "|---|---|---|---|---|---|---|---|---|---|---|"]
     for r in rows:
-        lines.append(f"| {r['dataset']} | {r['preset']} | {r['batching']} | {r['max_length']} | "
+        cost = f"{r['epoch_seconds']:.1f} / {r['eval_seconds']:.1f}" if "eval_seconds" in r else "–"
+        lines.append(f"| {r['dataset']} | {r['preset']} | {r['batching']} | {r['tweak']} | {r['max_length']} | "
                      f"{r['real_events_per_s']:,.0f} | "
                      f"{r['padded_tokens_per_s']:,.0f} | {r['padding_fraction']:.0%} | "
-                     f"{r['model_flops_per_s'] / 1e9:.2f} | {r['mfu']:.1%} |")
+                     f"{r['model_flops_per_s'] / 1e9:.2f} | {r['mfu']:.1%} | {cost} |")
     args.out.mkdir(parents=True, exist_ok=True)
     (args.out / "results.md").write_text("\n".join(lines) + "\n")
     (args.out / "results.json").write_text(json.dumps({"gemm_peak_flops": peak, "rows": rows}, indent=2))

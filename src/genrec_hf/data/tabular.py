@@ -89,7 +89,8 @@ def _resolve_columns(columns: list[str], column_map: dict[str, str] | None, labe
     if missing:
         tried = {c: list(ALIASES[c]) for c in missing}
         raise ValueError(f"{label}: missing required column(s) {missing} (looked for {tried}); the file has columns "
-                         f"{columns}. Pass column_map={{'user_id': ..., 'item_id': ..., 'timestamp': ...}}.")
+                         f"{columns}. Map yours: `--data.column_map '{{user_id: COL, item_id: COL}}'` on the command line, "
+                         "`data.column_map:` in a recipe, or `column_map={'user_id': ..., ...}` in Python.")
     return mapping
 
 

@@ -129,6 +129,18 @@ def test_adapter_weights_are_recorded_and_checked(tmp_path):
     load_adapters(tmp_path / "base", {"task": out}, verify=False)
 
 
+def test_pretraining_verifies_its_init_from_checkpoint(tmp_path):
+    """Catches continued pre-training silently starting from a corrupted `model.init_from` checkpoint."""
+    from genrec_hf.training import recipe_from_dict, train
+
+    _save(tmp_path / "start")
+    _overwrite_last_float(tmp_path / "start" / "model.safetensors", 0.25)
+    recipe = recipe_from_dict({"output_dir": str(tmp_path / "out"), "model": {"init_from": str(tmp_path / "start")},
+                               "data": {"source": TINY_DATA, "max_length": 8}})
+    with pytest.raises(WeightsIntegrityError, match="model.safetensors"):
+        train(recipe)
+
+
 def test_finetune_verifies_its_base(tmp_path):
     """Catches fine-tuning (hours of compute) starting from a corrupted base."""
     from genrec_hf.training import FinetuneRecipe, finetune, recipe_from_dict

@@ -16,7 +16,7 @@ from ..data import InteractionData, NextItemCollator, leave_one_out, sliding_win
 from ..data.collators import with_lengths
 from ..evaluation import RankingProtocol
 from ..evaluation.baselines import popularity_metrics, popularity_scores
-from ..integrity import write_manifest
+from ..integrity import verify_weights, write_manifest
 from ..models.genrec import SIZE_PRESETS, GenRecConfig, GenRecForNextItemPrediction, count_backbone_parameters
 from .recipes import Recipe
 from .trainer import (GenRecTrainer, RunFolderLock, check_output_dir, clear_previous_run, require_training_left,
@@ -55,6 +55,7 @@ def prepare_data(recipe: Recipe) -> PreparedData:
 def build_model(recipe: Recipe, data: InteractionData) -> GenRecForNextItemPrediction:
     """A fresh model of the recipe's preset sized to the catalog, or the `init_from` checkpoint."""
     if recipe.model.init_from:
+        verify_weights(recipe.model.init_from)
         return GenRecForNextItemPrediction.from_pretrained(recipe.model.init_from)
     overrides = dict(recipe.model.overrides)
     overrides.setdefault("vocab_size", len(data.vocab))

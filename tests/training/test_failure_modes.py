@@ -185,10 +185,12 @@ def test_interrupted_save_leaves_no_checkpoint_and_resume_continues(tmp_path, mo
     assert not (out / STAGING_DIR).exists()
 
 
-@pytest.mark.parametrize("damage", ["truncated model.safetensors", "no optimizer state", "no trainer_state.json"])
+@pytest.mark.parametrize("damage", ["truncated model.safetensors", "no optimizer state", "no trainer_state.json",
+                                    "weights differ from genrec_weights.json"])
 def test_resume_skips_a_partial_latest_checkpoint(full_run, tmp_path, caplog, damage):
     """Catches `--resume_from_checkpoint` taking the newest checkpoint folder even when its save never finished
-    (Trainer then fails, or silently resumes without the optimizer state)."""
+    (Trainer then fails, or silently resumes without the optimizer state), or when its weights were changed after
+    the save (checkpoints carry a weights manifest)."""
     out = tmp_path / "run"
     for name in ("checkpoint-10", "checkpoint-20"):
         shutil.copytree(full_run / name, out / name)
@@ -196,6 +198,10 @@ def test_resume_skips_a_partial_latest_checkpoint(full_run, tmp_path, caplog, da
     if damage.startswith("truncated"):
         weights = latest / "model.safetensors"
         weights.write_bytes(weights.read_bytes()[: weights.stat().st_size // 2])
+    elif damage.startswith("weights differ"):  # same size, one float changed: only the manifest can tell
+        data = bytearray((latest / "model.safetensors").read_bytes())
+        data[-4:] = bytes(reversed(data[-4:]))
+        (latest / "model.safetensors").write_bytes(bytes(data))
     elif damage == "no optimizer state":
         (latest / "optimizer.pt").unlink()
     else:

@@ -37,6 +37,7 @@ from transformers.trainer import TRAINER_STATE_NAME
 from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR, EvalLoopOutput, rotate_checkpoints
 
 from ..evaluation import DEFAULT_KS, LEAVE_ONE_OUT, RankingProtocol, evaluate_model
+from ..integrity import MANIFEST_FILE, WeightsIntegrityError, verify_manifest, write_manifest
 from .throughput import ThroughputCallback
 
 logger = logging.getLogger(__name__)
@@ -195,6 +196,7 @@ class GenRecTrainer(Trainer):
                 self.state.best_model_checkpoint = best
         if self.args.should_save:
             self.state.save_to_json(os.path.join(staged, TRAINER_STATE_NAME))
+            write_manifest(staged)  # so a resume can tell a changed or corrupted checkpoint from a good one
         self.accelerator.wait_for_everyone()  # every process has written its RNG state
         if self.args.should_save:
             _sync_tree(staged)
@@ -455,6 +457,10 @@ def checkpoint_problem(checkpoint: str | Path) -> str | None:
                     pass
             except Exception:  # truncated: safetensors checks the header against the file size
                 return f"truncated {path.name}"
+    try:
+        verify_manifest(checkpoint)
+    except WeightsIntegrityError:
+        return f"weights differ from {MANIFEST_FILE}"
     if not any((checkpoint / n).is_file() for n in _OPTIMIZER_FILES):
         return "no optimizer state"
     return None

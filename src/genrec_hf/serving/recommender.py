@@ -30,7 +30,6 @@ if TYPE_CHECKING:
 
     from ..models.genrec import GenRecCache
     from .index import FaissIndex
-    from .state import UserStateStore
 
 BASE_TASK = "__base__"  # PEFT's name for "no adapter"
 RawId = Union[str, int]

@@ -510,9 +510,10 @@ class GenRecModel(GenRecPreTrainedModel):
 
         Incremental state: with `use_cache=True` (or `config.use_cache`) the output's `cache` is a `GenRecCache`
         of every event read (`past_key_values=` is taken as the older name of `cache`); passing it back with the
-        next events (B, T_new), all real (no padding), runs only those events, attending to the cached ones, with the
-        positions and time gaps they have in the whole history. Packed rows cannot be cached, and a cached history cannot outgrow `max_position_embeddings`
-        (a `ValueError` says so: rebuild from the most recent window).
+        next events (B, T_new), all real (no padding), runs only those events, attending to the cached ones, with
+        the positions and time gaps they have in the whole history. Packed rows cannot be cached, and a cached
+        history cannot outgrow `max_position_embeddings` (a `ValueError` says so: rebuild from the most recent
+        window).
         """
         output_attentions, output_hidden_states, return_dict = self._resolve_output_flags(
             output_attentions, output_hidden_states, return_dict)

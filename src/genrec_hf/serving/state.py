@@ -162,8 +162,7 @@ class UserStateStore:
             for name in {*user.states, task}:
                 user.states[name] = self._advance(user, user.states.get(name), len(indices), name)
             count = len(user.events)
-            states = dict(user.states)
-        self._account(user_id, user, states)
+        self._account(user_id, user)
         return count
 
     def embeddings(self, user_ids: Sequence[str], *, task: str | None = None) -> tuple[torch.Tensor, list[list[int]]]:
@@ -181,9 +180,8 @@ class UserStateStore:
                 if state is None:
                     state = user.states[task] = self._advance(user, None, 0, task)
                 histories.append(list(user.events))
-                states = dict(user.states)
             vectors.append(state.embedding)
-            self._account(user_id, user, states)
+            self._account(user_id, user)
         return torch.stack(vectors), histories
 
     def history(self, user_id: str) -> tuple[list[int], list[int] | None]:
@@ -222,20 +220,23 @@ class UserStateStore:
             embedding, cache = self.recommender.encode_state(
                 user.events[start:], None if user.timestamps is None else user.timestamps[start:], task=task,
                 cache=state.cache)
-            self.stats.incremental += 1
+            with self._lock:
+                self.stats.incremental += 1
             return UserState(embedding, cache, state.window + new)
         keep = min(self.overflow_keep, len(user.events))
         embedding, cache = self.recommender.encode_state(
             user.events[-keep:], None if user.timestamps is None else user.timestamps[-keep:], task=task)
-        self.stats.rebuilds += 1
+        with self._lock:
+            self.stats.rebuilds += 1
         return UserState(embedding, cache, keep)
 
-    def _account(self, user_id: str, user: _User, states: dict[str, UserState]) -> None:
-        """Record the bytes of a user's caches and drop least recently used caches beyond `max_cache_bytes`."""
+    def _account(self, user_id: str, user: _User) -> None:
+        """Record the bytes of a user's caches (as they are now: a later update accounts again after its own
+        change) and drop least recently used caches beyond `max_cache_bytes`."""
         with self._lock:
             if self._users.get(user_id) is not user:  # dropped while we computed: its caches go with it
                 return
-            for task, state in states.items():
+            for task, state in list(user.states.items()):
                 key = (user_id, task)
                 self._cache_bytes -= self._caches.pop(key, 0)
                 if state.cache is not None:

@@ -10,6 +10,8 @@ HTTP cases talk to a uvicorn server on 127.0.0.1 only, started and stopped by th
              `Recommender.update` call itself (batch 1, store bookkeeping included)
   topk       exact chunked vs faiss IVF top-k per catalog size, batch 1 and 64, index build time, recall@k
              against exact on the same queries
+  ann        IVF recall@k and latency as nprobe grows, on the untrained item space and on a synthetic clustered
+             one (the structure a trained space has and an untrained one lacks)
   requests   whole requests at one catalog size, in-process and over loopback HTTP: recommend from a history
              (full recompute), recommend for a known user (cached state), one new event (/events)
   freshness  time until a new item can be recommended: a retrain of that size (measured training steps,
@@ -242,6 +244,66 @@ def part_topk(args) -> list[dict]:
     return rows
 
 
+def _clustered_space(items: int, width: int, queries: int, seed: int = 0):
+    """A synthetic item space with the structure trained ones have and untrained ones lack: items in 1,024
+    clusters of a rank-32 subspace plus small isotropic noise, queries near random items. A stand-in, not a
+    trained model: it shows what an IVF index does when neighbours are clustered."""
+    import torch
+
+    g = torch.Generator().manual_seed(seed)
+    basis = torch.randn(32, width, generator=g) / 32**0.5
+    centers = torch.randn(1024, 32, generator=g) @ basis
+    assign = torch.randint(0, 1024, (items,), generator=g)
+    vectors = centers[assign] + 0.3 * (torch.randn(items, 32, generator=g) @ basis) \
+        + 0.05 * torch.randn(items, width, generator=g)
+    near = vectors[torch.randint(0, items, (queries,), generator=g)]
+    users = near + 0.3 * (torch.randn(queries, 32, generator=g) @ basis)
+    return torch.cat([torch.zeros(1, width), vectors]), users  # row 0 = padding
+
+
+def part_ann(args) -> list[dict]:
+    """Recall@k and latency of IVF against exact top-k as nprobe grows, on the untrained model's item space and
+    on a synthetic clustered one (`_clustered_space`), per preset width and catalog size."""
+    import torch
+
+    from genrec_hf.models.genrec.scoring import chunked_topk
+    from genrec_hf.serving.index import FaissIndex, recall_at_k
+
+    rows = []
+    for preset in args.presets.split(","):
+        for items in (int(n) for n in args.items.split(",")):
+            model = _model(preset, items, args.window)
+            ids, _ = _events(items, 64, 50, seed=3)
+            with torch.no_grad():
+                untrained = (model.item_vectors.detach(), model(ids).user_embeddings)
+            spaces = {"untrained model": untrained,
+                      "clustered (synthetic)": _clustered_space(items, model.config.head_output_size, 64)}
+            model = None
+            for space, (vectors, queries) in spaces.items():
+                want = chunked_topk(queries, vectors, args.k).items
+                exact = _timed(lambda: chunked_topk(queries[:1], vectors, args.k), reps=args.reps,
+                               max_seconds=args.max_seconds)
+                build = time.perf_counter()
+                options = _ivf_options(items, args)
+                index = FaissIndex.build(vectors, kind="ivf", nlist=options["nlist"],
+                                         max_train_points=options["max_train_points"])
+                build = time.perf_counter() - build
+                nlist = index.index.nlist
+                for nprobe in sorted({max(1, nlist // f) for f in (64, 16, 8, 4, 2)}):
+                    index.nprobe = nprobe
+                    quality = recall_at_k(index.search(queries, args.k).items, want)
+                    measured = _timed(lambda: index.search(queries[:1], args.k), reps=args.reps * 4,
+                                      max_seconds=args.max_seconds)
+                    row = {"part": "ann", "preset": preset, "width": vectors.shape[1], "items": items,
+                           "space": space, "nlist": nlist, "nprobe": nprobe, "recall@k": quality,
+                           "build_s": build, "exact_p50_ms": _percentiles(exact)["p50_ms"], **_summary(measured)}
+                    rows.append(row)
+                    print(json.dumps(row), flush=True)
+                index = None
+                gc.collect()
+    return rows
+
+
 def part_requests(args) -> list[dict]:
     """Whole requests at one catalog size: history (recompute) vs known user (cached) vs one event, in-process
     and over loopback HTTP."""
@@ -441,6 +503,13 @@ def tables(part: str, rows: list[dict], args, load: str) -> list[str]:
         for r in rows:
             lines.append(f"| {r['preset']} | {r['history']} | {r['request']} | {r['mode']} | {r['batch']} | "
                          f"{_ms(r)} | {r['requests_per_s']:.1f} | {r['histories_per_s']:.1f} | {r['n']} |")
+    elif part == "ann":
+        lines += [f"| preset (width) | items | item space | nlist / nprobe | recall@{args.k} | IVF p50 ms | IVF p95 ms "
+                  "| exact p50 ms | build s |", "|" + "---|" * 9]
+        for r in rows:
+            lines.append(f"| {r['preset']} ({r['width']}) | {r['items']:,} | {r['space']} | {r['nlist']} / "
+                         f"{r['nprobe']} | {r['recall@k']:.3f} | {r['p50_ms']:.1f} | {r['p95_ms']:.1f} | "
+                         f"{r['exact_p50_ms']:.1f} | {r['build_s']:.1f} |")
     elif part == "freshness":
         lines += ["| preset | items | path to a recommendable new item | seconds | how |", "|---|---|---|---|---|"]
         for r in rows:
@@ -456,8 +525,8 @@ def tables(part: str, rows: list[dict], args, load: str) -> list[str]:
     return lines + [""]
 
 
-PARTS = {"state": part_state, "topk": part_topk, "requests": part_requests, "freshness": part_freshness,
-         "grid": part_grid}
+PARTS = {"state": part_state, "topk": part_topk, "ann": part_ann, "requests": part_requests,
+         "freshness": part_freshness, "grid": part_grid}
 
 
 def main() -> None:

@@ -119,10 +119,15 @@ def test_cache_limits_fail_loudly():
 
 
 def test_gradient_checkpointing_turns_caching_off():
-    """Catches a cache filled twice (the backward replay of every checkpointed layer appending again)."""
+    """Catches a cache filled twice (the backward replay of every checkpointed layer appending again), and a
+    filled cache silently ignored there (the new events run as if they were the whole history)."""
     model = _model()
     model.activation_checkpointing_enable()
     model.train()
     ids, times, _ = _events(batch=1, length=4)
     out = model(ids, timestamps=times, use_cache=True)
     assert out.cache is None
+    with torch.no_grad():
+        filled = model(ids[:, :2], timestamps=times[:, :2], use_cache=True).cache
+    with pytest.raises(ValueError, match="gradient checkpointing"):  # never silently drop the cached past
+        model(ids[:, 2:3], timestamps=times[:, 2:3], cache=filled)

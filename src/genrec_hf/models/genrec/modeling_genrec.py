@@ -574,6 +574,9 @@ class GenRecModel(GenRecPreTrainedModel):
             return None
         if self.gradient_checkpointing and self.training and torch.is_grad_enabled():
             # The backward replay would append every layer's keys a second time.
+            if given is not None and given.get_seq_length():
+                raise ValueError("A filled cache cannot be extended under gradient checkpointing in training mode "
+                                 "(the backward replay would append every layer twice); use model.eval().")
             logger.warning_once("GenRec: caching is incompatible with gradient checkpointing; use_cache=False.")
             return None
         if position_ids is not None:

@@ -181,7 +181,7 @@ def cmd_serve(args: argparse.Namespace, extra: list[str]) -> int:
             raise RuntimeError(str(error)) from None
     serve(args.model_dir, adapters=adapters or None, host=args.host, port=args.port, index=args.index,
           max_body_bytes=args.max_body_bytes, max_k=args.max_k, max_users=args.max_users,
-          max_events=args.max_events)
+          max_events=args.max_events, max_cache_bytes=args.max_cache_mb << 20, overflow_keep=args.overflow_keep)
     return 0
 
 
@@ -359,6 +359,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--max_users", type=_positive_int, default=100_000,
                    help="users whose /events histories are kept (least recently used evicted)")
     p.add_argument("--max_events", type=_positive_int, default=1024, help="events kept per user")
+    p.add_argument("--max_cache_mb", type=_int_at_least(0), default=1024,
+                   help="MiB of cached per-user backbone states (least recently used dropped; see docs/serving.md)")
+    p.add_argument("--overflow_keep", type=_positive_int, default=None,
+                   help="events a user's cached state is rebuilt from once it outgrows the window (default: the "
+                        "whole window, the exact answer; fewer = more cheap updates per rebuild)")
     p.set_defaults(func=cmd_serve)
 
     p = sub.add_parser("card", help="(re)generate the model card README.md of a model or adapter folder")

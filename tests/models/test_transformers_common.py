@@ -12,7 +12,8 @@ non-default common config values. With a full checkout the real ones are used.
 
 Nothing here skips a battery test; the battery skips on its own conditions, each of which holds for GenRec:
 no accelerator / flash-attention / deepspeed / kernels / MPS / several GPUs on CPU CI; not a composite model (no
-sub-configs); no KV cache, no `inputs_embeds` (an event is several fields, not one embedding), no
+sub-configs); a KV cache of GenRec's own class (`GenRecCache`, not a transformers `Cache`: the cache-name test skips
+as "non standard Cache"), no `inputs_embeds` (an event is several fields, not one embedding), no
 `capture_outputs` recorder, no experts, no TP plan, no sliding window, no weight-conversion mapping, no
 fp32-pinned modules, no rope-scaling base class; `@slow` tests need RUN_SLOW. Position embeddings are not resized
 (`test_resize_position_embeddings = False`): histories longer than the table keep their most recent events.

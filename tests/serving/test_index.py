@@ -107,3 +107,13 @@ def test_missing_faiss_names_the_extra():
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=REPO_ROOT, timeout=300)
     assert result.returncode == 0, result.stderr[-2000:]
     assert 'pip install "genrec-hf[ann]"' in result.stdout
+
+
+def test_ivf_trained_on_a_sample_still_indexes_every_item():
+    """Catches `max_train_points` adding only the training sample to the index (items outside it unreachable):
+    probing every list of an IVF trained on 200 of 2,000 items must still be exact."""
+    model, queries, history = _problem(vocab_size=2001, batch=16)
+    index = FaissIndex.build(model.item_vectors, kind="ivf", nlist=8, nprobe=8, max_train_points=200)
+    assert index.num_items == 2000
+    exact = model.topk(queries, 10, exclude=history)
+    assert torch.equal(index.search(queries, 10, exclude=history).items, exact.items)

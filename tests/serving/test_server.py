@@ -1,5 +1,5 @@
 """HTTP server: a real uvicorn server on a loopback port queried with httpx, its 4xx errors, no leaked stack
-traces, the per-user event store, and `genrec-hf serve` itself."""
+traces, the per-user cached state behind /events, and `genrec-hf serve` itself."""
 
 from __future__ import annotations
 
@@ -16,12 +16,19 @@ httpx = pytest.importorskip("httpx")
 
 from genrec_hf.cli import main  # noqa: E402
 from genrec_hf.serving import Recommender  # noqa: E402
-from genrec_hf.serving.server import HistoryStore, ServerThread, create_app, free_port  # noqa: E402
+from genrec_hf.serving.server import ServerThread, create_app, free_port  # noqa: E402
 
 from tests.helpers import REPO_ROOT  # noqa: E402
 from tests.serving.conftest import NUM_ITEMS  # noqa: E402
 
 HISTORY = ["m105", "m117", "m101", "m130"]
+
+
+def assert_same_items(got: list[dict], expected: list) -> None:
+    """Same items and titles in the same order, scores to float tolerance (a cached state and a full recompute
+    differ in the last bits)."""
+    assert [(g["item_id"], g["title"]) for g in got] == [(e.item_id, e.title) for e in expected]
+    assert [g["score"] for g in got] == pytest.approx([e.score for e in expected], abs=1e-5)
 
 
 @pytest.fixture(scope="module")
@@ -65,7 +72,7 @@ def test_events_then_recommend_by_user(server, recommender):
     assert bad.status_code == 422 and "ghost" in bad.json()["error"]["message"]
     by_user = server.post("/recommend", json={"user_id": "u1", "k": 4}).json()["items"]
     kept = HISTORY[1:] + ["m102", "m103"]
-    assert by_user == [r.to_dict() for r in recommender.recommend(kept, 4)]
+    assert_same_items(by_user, recommender.recommend(kept, 4))
     server.post("/events", json={"user_id": "u2", "events": ["m100"]})
     server.post("/recommend", json={"user_id": "u1", "k": 1})  # u1 is now the most recently used
     server.post("/events", json={"user_id": "u3", "events": ["m100"]})  # evicts u2, not u1
@@ -118,17 +125,35 @@ def test_unknown_item_url_and_internal_errors(recommender, server):
     assert "secret" not in answer.text and "Traceback" not in answer.text
 
 
-def test_history_store_bounds():
-    """Catches an unbounded per-user history and timestamps that drift out of step with the events."""
-    store = HistoryStore(max_users=2, max_events=3)
-    store.append("a", ["1", "2"], [10, 20])
-    store.append("a", ["3", "4"], [30, 40])
-    assert store.get("a") == (["2", "3", "4"], [20, 30, 40])
-    with pytest.raises(ValueError, match="timestamps"):
-        store.append("a", ["5"], None)
-    store.append("b", ["1"], None)
-    store.append("c", ["1"], None)
-    assert store.get("a") is None and store.evictions == 1 and len(store) == 2
+def test_events_extend_the_cached_state(model_dir, adapter_dir):
+    """Catches POST /events storing the history but recomputing it (or not updating the state at all) instead of
+    extending the user's cached state with the new events, timestamps lost on the way, and a user_id request
+    that re-encodes the history instead of reading the state."""
+    recommender = Recommender.from_pretrained(model_dir, adapters={"short": adapter_dir})  # an app of its own
+    app = create_app(recommender, max_events=50)
+    store = recommender.user_states
+    events, times = ["m105", "m117", "m101", "m130", "m102"], [100, 200, 5_000, 90_000, 90_030]
+    with ServerThread(app) as running, httpx.Client(base_url=running.url, timeout=30) as client:
+        assert client.post("/events", json={"user_id": "t", "events": events[:2], "timestamps": times[:2]}
+                           ).json()["num_events"] == 2
+        for raw, time_ in zip(events[2:], times[2:]):
+            answer = client.post("/events", json={"user_id": "t", "events": [raw], "timestamps": [time_]})
+            assert answer.status_code == 200, answer.text
+        assert store.stats.rebuilds == 1 and store.stats.incremental == 3
+        forwards = []
+        real = recommender._forward
+        recommender._forward = lambda inputs, task: forwards.append(task) or real(inputs, task)
+        try:
+            by_user = client.post("/recommend", json={"user_id": "t", "k": 4}).json()["items"]
+        finally:
+            recommender._forward = real
+        assert forwards == []  # served from the cached embedding
+        assert_same_items(by_user, recommender.recommend(events, 4, timestamps=times))
+        short = client.post("/recommend", json={"user_id": "t", "k": 4, "task": "short"}).json()["items"]
+        assert_same_items(short, recommender.recommend(events, 4, task="short", timestamps=times))
+        mixed = client.post("/events", json={"user_id": "t", "events": ["m103"]})
+        assert mixed.status_code == 422 and "timestamps" in mixed.json()["error"]["message"]
+        assert client.get("/health").json()["cache_bytes"] == store.cache_bytes > 0
 
 
 def test_cli_serve_end_to_end(model_dir, adapter_dir, tmp_path):

@@ -5,9 +5,9 @@ lock (the forward toggles eval mode and, with adapters, reads PEFT state), while
 outside it. Tasks are served through per-row `adapter_names` (`adapters.score_mixed_batch`'s mechanism), never by
 switching the active adapter, so concurrent requests for different tasks cannot see each other's adapter.
 
-User state: every call encodes its history from scratch (`encode_queries`). An incremental cached backbone state
-will plug in there (a subclass or a cache consulted before the forward), keyed by the same per-user histories the
-HTTP server keeps.
+User state: `recommend(histories)` encodes each history from scratch (`encode_queries`); `update(user_id, events)`
+and `recommend_users(user_ids)` keep each user's backbone state (`serving.state.UserStateStore`, bounded, LRU) and
+extend it with the new events only, so recommending for a known user needs no forward at all.
 """
 
 from __future__ import annotations
@@ -28,6 +28,7 @@ from ..models.genrec.scoring import TopItems, chunked_topk
 if TYPE_CHECKING:
     from peft import PeftModel
 
+    from ..models.genrec import GenRecCache
     from .index import FaissIndex
 
 BASE_TASK = "__base__"  # PEFT's name for "no adapter"
@@ -78,6 +79,9 @@ class Recommender:
         index: None / "exact" (exact chunked top-k), or an approximate faiss index kind ("ivf", "hnsw", "flat";
             needs `pip install "genrec-hf[ann]"`), built per task from its item vectors on first use.
         index_options: keyword arguments of `FaissIndex.build` (nlist, nprobe, hnsw_m, ef_search, ...).
+
+    `user_states` is the cached per-user state behind `update` / `recommend_users` (a `UserStateStore` with its
+    default bounds; assign another to change them).
     """
 
     def __init__(self, model: GenRecForNextItemPrediction | PeftModel, vocab: ItemVocab, *,
@@ -104,6 +108,9 @@ class Recommender:
         self._forward_lock = threading.Lock()
         self._index_lock = threading.Lock()
         self._item_index = {raw: i + 1 for i, raw in enumerate(vocab.raw_ids)}
+        from .state import UserStateStore
+
+        self.user_states: UserStateStore = UserStateStore(self)
 
     @classmethod
     def from_pretrained(cls, model_dir: str | Path, *, adapters: Mapping[str, str | Path] | None = None,
@@ -204,12 +211,29 @@ class Recommender:
         input_ids = left_pad(histories, "histories")
         inputs = {"input_ids": input_ids, "attention_mask": (input_ids != 0).long(),
                   "timestamps": left_pad(timestamps, "timestamps"), "action_ids": left_pad(action_ids, "action_ids")}
+        return self._forward(inputs, task).user_embeddings
+
+    @torch.no_grad()
+    def encode_state(self, events: list[int], timestamps: list[int] | None = None, *, task: str = BASE_TASK,
+                     cache: GenRecCache | None = None) -> tuple[torch.Tensor, GenRecCache]:
+        """One user's (d_out,) embedding and backbone cache after `events` (item indices, oldest first).
+
+        With `cache`, only `events` run through the model, attending to the cached ones (the cache is extended in
+        place and returned); without, `events` are the whole history read (at most `max_position_embeddings`).
+        """
+        device = self.base_model.item_vectors.device
+        input_ids = torch.as_tensor([events], dtype=torch.long, device=device)
+        inputs = {"input_ids": input_ids, "attention_mask": torch.ones_like(input_ids), "use_cache": True,
+                  "cache": cache, "timestamps": None if timestamps is None
+                  else torch.as_tensor([timestamps], dtype=torch.long, device=device)}
+        outputs = self._forward(inputs, task)
+        return outputs.user_embeddings[0], outputs.cache
+
+    def _forward(self, inputs: dict[str, Any], task: str) -> Any:
         with self._forward_lock:
             if self.tasks:
-                outputs = self.model(**inputs, adapter_names=[task] * len(histories))
-            else:
-                outputs = self.base_model(**inputs)
-        return outputs.user_embeddings
+                return self.model(**inputs, adapter_names=[task] * inputs["input_ids"].shape[0])
+            return self.base_model(**inputs)
 
     def user_embedding(self, history: list[RawId], *, task: str | None = None) -> torch.Tensor:
         """The (d_out,) query vector of a history of raw ids, scorable against `item_vectors(task)`."""
@@ -312,6 +336,48 @@ class Recommender:
             width = max(len(h) for h in indices)
             exclude = torch.zeros(len(indices), width, dtype=torch.long)
             for i, history in enumerate(indices):
+                exclude[i, :len(history)] = torch.as_tensor(history, dtype=torch.long)
+        top = self.topk(queries, k, task=task_name, exclude=exclude, allowed=allowed, exact=exact)
+        out = [self._decode(items, scores) for items, scores in zip(top.items.tolist(), top.scores.tolist())]
+        return out[0] if single else out
+
+    # ------------------------------------------------------------------------------------------------------------
+    # Cached user state
+
+    def update(self, user_id: str, events: Sequence[RawId], *, timestamps: Sequence[int] | None = None,
+               task: str | None = None) -> int:
+        """Append a user's new events (raw ids, oldest first) and extend their cached state; returns the number of
+        events stored for them. See `serving.state` for the window, the bounds and what happens past them."""
+        return self.user_states.update(str(user_id), events, timestamps=timestamps, task=task)
+
+    def recommend_users(
+        self,
+        user_ids: str | Sequence[str],
+        k: int = 10,
+        *,
+        task: str | None = None,
+        exclude_seen: bool = True,
+        candidates: Sequence[RawId] | None = None,
+        filters: Filters | None = None,
+        exact: bool | None = None,
+    ) -> list[Recommendation] | list[list[Recommendation]]:
+        """Top-k for users known from `update`, from their cached states (no forward unless a state is missing).
+
+        Same arguments and answers as `recommend`, with the users' stored histories as histories: one user id gives
+        a list of `Recommendation`, a list of ids a list of lists. Unknown users raise `UnknownUserError`.
+        """
+        single = isinstance(user_ids, str)
+        ids = [user_ids] if single else [str(u) for u in user_ids]
+        if not ids:
+            raise ValueError("user_ids is empty: give at least one user id.")
+        k = self._check_k(k)
+        task_name = self._check_task(task)
+        allowed = self.allowed_mask(candidates, filters)
+        queries, histories = self.user_states.embeddings(ids, task=task_name)
+        exclude = None
+        if exclude_seen:
+            exclude = torch.zeros(len(ids), max(len(h) for h in histories), dtype=torch.long)
+            for i, history in enumerate(histories):
                 exclude[i, :len(history)] = torch.as_tensor(history, dtype=torch.long)
         top = self.topk(queries, k, task=task_name, exclude=exclude, allowed=allowed, exact=exact)
         out = [self._decode(items, scores) for items, scores in zip(top.items.tolist(), top.scores.tolist())]

@@ -5,10 +5,10 @@
 Endpoints:
   * `POST /recommend` {history | histories | user_id, k, task?, exclude_seen?, candidates?, timestamps?}
     → {"items": [{item_id, score, title}, ...]} (or {"results": [[...], ...]} for `histories`);
-  * `POST /events` {user_id, events, timestamps?} appends to that user's in-memory history (kept to the most
-    recent `max_events` events; the least recently used user is evicted beyond `max_users`); `POST /recommend`
-    with `user_id` recommends from it. Only the raw history is kept: the incremental cached backbone state is a
-    later addition, and each request re-encodes the history;
+  * `POST /events` {user_id, events, timestamps?} appends to that user's history and extends their cached
+    backbone state with the new events only (`serving.state.UserStateStore`: the most recent `max_events` events,
+    LRU beyond `max_users` users, backbone caches bounded by `max_cache_bytes`); `POST /recommend` with `user_id`
+    recommends from the cached state, excluding the stored history;
   * `GET /health`, `GET /items/{item_id}`.
 
 Errors are JSON `{"error": {"type", "message"}}` with a 4xx status: 400 malformed JSON, 404 unknown item in the
@@ -23,10 +23,10 @@ import logging
 import socket
 import threading
 import time
-from collections import OrderedDict
 from typing import Any, Optional, Union
 
 from .recommender import Recommender, UnknownItemError, UnknownTaskError
+from .state import DEFAULT_MAX_CACHE_BYTES, UnknownUserError, UserStateStore
 
 try:
     from fastapi import FastAPI, Request
@@ -76,53 +76,6 @@ def _error(status: int, kind: str, message: str) -> JSONResponse:
     return JSONResponse({"error": {"type": kind, "message": message}}, status_code=status)
 
 
-class HistoryStore:
-    """Per-user event histories in memory: at most `max_events` per user, LRU eviction beyond `max_users`.
-
-    Thread-safe. Each entry keeps raw ids (and timestamps when the user's events carry them); the cached backbone
-    state of an incremental encoder will live beside them.
-    """
-
-    def __init__(self, max_users: int = 100_000, max_events: int = 1024) -> None:
-        if max_users < 1 or max_events < 1:
-            raise ValueError("max_users and max_events must be positive.")
-        self.max_users, self.max_events = max_users, max_events
-        self._users: OrderedDict[str, dict[str, Any]] = OrderedDict()
-        self._lock = threading.Lock()
-        self.evictions = 0
-
-    def __len__(self) -> int:
-        return len(self._users)
-
-    def append(self, user_id: str, events: list[str], timestamps: list[int] | None) -> int:
-        """Append events (oldest first); returns the user's stored event count."""
-        with self._lock:
-            entry = self._users.pop(user_id, None)
-            if entry is None:
-                entry = {"events": [], "timestamps": [] if timestamps is not None else None}
-            elif (entry["timestamps"] is None) != (timestamps is None):
-                self._users[user_id] = entry
-                raise ValueError(f"user {user_id!r}: timestamps must be given with every batch of events or with "
-                                 "none (this user's stored events " +
-                                 ("have" if entry["timestamps"] is not None else "have no") + " timestamps).")
-            entry["events"] = (entry["events"] + events)[-self.max_events:]
-            if timestamps is not None:
-                entry["timestamps"] = (entry["timestamps"] + timestamps)[-self.max_events:]
-            self._users[user_id] = entry
-            while len(self._users) > self.max_users:
-                self._users.popitem(last=False)
-                self.evictions += 1
-            return len(entry["events"])
-
-    def get(self, user_id: str) -> tuple[list[str], list[int] | None] | None:
-        with self._lock:
-            entry = self._users.get(user_id)
-            if entry is None:
-                return None
-            self._users.move_to_end(user_id)
-            return list(entry["events"]), (list(entry["timestamps"]) if entry["timestamps"] is not None else None)
-
-
 class BodySizeLimit:
     """ASGI middleware: 413 for a body over `max_bytes` (declared Content-Length or counted while streaming)."""
 
@@ -160,12 +113,19 @@ def _validation_message(errors: list[dict[str, Any]]) -> str:
 
 
 def create_app(recommender: Recommender, *, max_body_bytes: int = DEFAULT_MAX_BODY_BYTES,
-               max_k: int = DEFAULT_MAX_K, max_users: int = 100_000, max_events: int = 1024) -> FastAPI:
-    """The FastAPI app serving `recommender` (see the module docstring for the endpoints and errors)."""
+               max_k: int = DEFAULT_MAX_K, max_users: int = 100_000, max_events: int = 1024,
+               max_cache_bytes: int = DEFAULT_MAX_CACHE_BYTES, overflow_keep: int | None = None) -> FastAPI:
+    """The FastAPI app serving `recommender` (see the module docstring for the endpoints and errors).
+
+    Installs a fresh `UserStateStore` with the given bounds as `recommender.user_states`, so in-process
+    `recommender.update` / `recommend_users` calls and the HTTP endpoints share one per-user state (so: one app
+    per recommender).
+    """
     app = FastAPI(title="genrec_hf recommender", version="1")
     app.add_middleware(BodySizeLimit, max_bytes=max_body_bytes)
-    store = HistoryStore(max_users=max_users, max_events=max_events)
-    app.state.recommender, app.state.history_store = recommender, store
+    store = recommender.user_states = UserStateStore(recommender, max_users=max_users, max_events=max_events,
+                                                     max_cache_bytes=max_cache_bytes, overflow_keep=overflow_keep)
+    app.state.recommender, app.state.user_states = recommender, store
     max_k = min(max_k, recommender.num_items)
 
     @app.exception_handler(RequestValidationError)
@@ -193,6 +153,8 @@ def create_app(recommender: Recommender, *, max_body_bytes: int = DEFAULT_MAX_BO
         """Run a Recommender call, turning its user errors into 4xx ApiErrors."""
         try:
             return func(*args, **kwargs)
+        except UnknownUserError as error:
+            raise ApiError(404, "unknown_user", str(error)) from None
         except UnknownItemError as error:
             raise ApiError(422, "unknown_item", str(error)) from None
         except UnknownTaskError as error:
@@ -203,7 +165,8 @@ def create_app(recommender: Recommender, *, max_body_bytes: int = DEFAULT_MAX_BO
     @app.get("/health")
     def health() -> dict[str, Any]:
         return {"status": "ok", "num_items": recommender.num_items, "tasks": list(recommender.tasks),
-                "index": recommender.index_kind or "exact", "users": len(store), "max_k": max_k}
+                "index": recommender.index_kind or "exact", "users": len(store), "max_k": max_k,
+                "cache_bytes": store.cache_bytes}
 
     @app.get("/items/{item_id}")
     def item(item_id: str) -> dict[str, Any]:
@@ -219,9 +182,7 @@ def create_app(recommender: Recommender, *, max_body_bytes: int = DEFAULT_MAX_BO
         if body.timestamps is not None and len(body.timestamps) != len(raw):
             raise ApiError(422, "invalid_request", f"timestamps has {len(body.timestamps)} values for {len(raw)} "
                            "events; give one per event or none.")
-        for item_id in raw:  # nothing is stored when any event is unknown
-            call(recommender.encode_item, item_id, "events")
-        count = call(store.append, body.user_id, raw, body.timestamps)
+        count = call(recommender.update, body.user_id, raw, timestamps=body.timestamps)  # stores all or nothing
         return {"user_id": body.user_id, "num_events": count}
 
     @app.post("/recommend")
@@ -233,17 +194,17 @@ def create_app(recommender: Recommender, *, max_body_bytes: int = DEFAULT_MAX_BO
         if not 1 <= body.k <= max_k:
             raise ApiError(422, "invalid_request", f"k={body.k} is out of range: expected 1..{max_k}.")
         timestamps: Any = body.timestamps
+        candidates = [str(c) for c in body.candidates] if body.candidates is not None else None
         if body.user_id is not None:
-            stored = store.get(body.user_id)
-            if stored is None:
-                raise ApiError(404, "unknown_user", f"No events stored for user {body.user_id!r}; POST /events "
-                               "first.")
-            histories: Any = stored[0]
-            timestamps = stored[1] if timestamps is None else timestamps
-        else:
-            histories = body.history if body.history is not None else body.histories
-            if body.histories is not None and (not body.histories or timestamps is not None):
-                raise ApiError(422, "invalid_request", "histories must be non-empty and takes no timestamps.")
+            if timestamps is not None:
+                raise ApiError(422, "invalid_request", "timestamps go with the events (POST /events), not with a "
+                               "user_id request.")
+            result = call(recommender.recommend_users, body.user_id, body.k, task=body.task,
+                          exclude_seen=body.exclude_seen, candidates=candidates)
+            return {"items": [r.to_dict() for r in result], "k": body.k, "task": body.task}
+        histories = body.history if body.history is not None else body.histories
+        if body.histories is not None and (not body.histories or timestamps is not None):
+            raise ApiError(422, "invalid_request", "histories must be non-empty and takes no timestamps.")
         if body.history is not None and not body.history:
             raise ApiError(422, "invalid_request", "The history is empty: give at least one raw item id.")
         if timestamps is not None and body.histories is None and len(timestamps) != len(histories):
@@ -251,8 +212,7 @@ def create_app(recommender: Recommender, *, max_body_bytes: int = DEFAULT_MAX_BO
                            "history events.")
         result = call(recommender.recommend, [str(i) for i in histories] if body.histories is None
                       else [[str(i) for i in h] for h in histories], body.k, task=body.task,
-                      timestamps=timestamps, exclude_seen=body.exclude_seen,
-                      candidates=[str(c) for c in body.candidates] if body.candidates is not None else None)
+                      timestamps=timestamps, exclude_seen=body.exclude_seen, candidates=candidates)
         if body.histories is not None:
             return {"results": [[r.to_dict() for r in row] for row in result], "k": body.k, "task": body.task}
         return {"items": [r.to_dict() for r in result], "k": body.k, "task": body.task}

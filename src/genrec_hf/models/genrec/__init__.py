@@ -6,6 +6,7 @@ each checkpoint, so `AutoModel.from_pretrained(dir, trust_remote_code=True)` wor
 
 from .configuration_genrec import PRESET_NOMINAL_SIZES, SIZE_PRESETS, GenRecConfig
 from .modeling_genrec import (
+    GenRecCache,
     GenRecForNextItemPrediction,
     GenRecModel,
     GenRecNextItemOutput,
@@ -15,6 +16,7 @@ from .modeling_genrec import (
 from .scoring import TopItems
 
 __all__ = [
+    "GenRecCache",
     "GenRecConfig",
     "GenRecForNextItemPrediction",
     "GenRecModel",

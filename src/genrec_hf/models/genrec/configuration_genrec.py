@@ -123,6 +123,8 @@ class GenRecConfig(PretrainedConfig):
             scores). Named so to stay clear of `temperature`, which transformers reserves for generation.
         l2_normalize_scores: L2-normalise user and item vectors before the dot product (cosine scores, HSTU setting).
         score_chunk_size: Items scored per chunk in full-catalog loss, ranking and top-k (bounds memory).
+        use_cache: Whether a forward returns its incremental state (`GenRecCache`, output field `cache`) by default;
+            off, as training never reuses it. Serving asks for it per call (`use_cache=True`).
     """
 
     model_type = "genrec"
@@ -164,6 +166,7 @@ class GenRecConfig(PretrainedConfig):
         score_temperature: float = 1.0,
         l2_normalize_scores: bool = False,
         score_chunk_size: int = 65536,
+        use_cache: bool = False,
         pad_token_id: int = 0,
         **kwargs: Any,
     ) -> None:
@@ -201,6 +204,7 @@ class GenRecConfig(PretrainedConfig):
         self.score_temperature = score_temperature
         self.l2_normalize_scores = l2_normalize_scores
         self.score_chunk_size = score_chunk_size
+        self.use_cache = use_cache
         kwargs.pop("tie_word_embeddings", None)
         super().__init__(pad_token_id=pad_token_id, tie_word_embeddings=tie_word_embeddings, **kwargs)
         self.tie_word_embeddings = tie_word_embeddings

@@ -29,11 +29,13 @@ from transformers import PreTrainedModel
 from transformers.modeling_layers import GradientCheckpointingLayer
 from transformers.modeling_outputs import BaseModelOutput
 from transformers.modeling_utils import ALL_ATTENTION_FUNCTIONS
-from transformers.utils import ModelOutput
+from transformers.utils import ModelOutput, logging
 
 from .configuration_genrec import GenRecConfig
 from .losses import full_softmax_loss, item_log_probabilities, sample_negatives, sampled_softmax_loss
 from .scoring import TopItems, chunked_topk, score_items
+
+logger = logging.get_logger(__name__)
 
 ACT2FN = {"silu": nn.SiLU, "gelu": nn.GELU, "relu": nn.ReLU}
 
@@ -168,17 +170,81 @@ def eager_attention_forward(
     return torch.matmul(weights, value).transpose(1, 2).contiguous(), weights
 
 
+class GenRecCache:
+    """Incremental state of a batch of histories: each layer's keys and values for the events read so far, plus what
+    the next event needs from the past (its position and the time since its predecessor).
+
+    Passed to and returned by the models' `forward` as `cache` (with `use_cache=True`, or `config.use_cache`), the
+    transformers >= 5.24 name; `past_key_values=` is accepted as the older one. A forward over new events with a
+    cache attends to the cached events and appends the new ones: its outputs equal those of one forward over the
+    whole history (tests/models/test_cache.py), as long as the history fits in `max_position_embeddings` (past that,
+    a caller rebuilds from the most recent window, as `genrec_hf.serving.state` does). GenRec's own small class
+    rather than a transformers `Cache`: the next event also needs each row's event count and last timestamp, and
+    the transformers Cache API has changed between 5.x releases (5.24 renamed `past_key_values` to `cache`).
+
+    Fields, for B rows and T cached steps (padding included):
+        keys, values  one (B, heads, T, head_dim) tensor per layer; keys after the rotary encoding
+        mask          (B, T) bool, True for real events (a first, padded forward leaves padding slots in the cache)
+        seen          (B,) real events read per row: the position of the next event
+        last_timestamp  (B,) int64 time of each row's last real event; None when the events carry no timestamps
+    """
+
+    def __init__(self, num_layers: int) -> None:
+        self.keys: list[torch.Tensor | None] = [None] * num_layers
+        self.values: list[torch.Tensor | None] = [None] * num_layers
+        self.mask: torch.Tensor | None = None
+        self.seen: torch.Tensor | None = None
+        self.last_timestamp: torch.Tensor | None = None
+
+    def get_seq_length(self, layer_idx: int = 0) -> int:
+        """Cached steps (padding included): 0 for an empty cache."""
+        return 0 if self.mask is None else self.mask.shape[1]
+
+    @property
+    def batch_size(self) -> int:
+        return 0 if self.mask is None else self.mask.shape[0]
+
+    @property
+    def nbytes(self) -> int:
+        """Memory held by the cached tensors."""
+        tensors = [t for t in (*self.keys, *self.values, self.mask, self.seen, self.last_timestamp) if t is not None]
+        return sum(t.numel() * t.element_size() for t in tensors)
+
+    def update(self, key: torch.Tensor, value: torch.Tensor, layer_idx: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """Append one layer's new (B, heads, T_new, head_dim) keys and values; return the whole cached sequence."""
+        if self.keys[layer_idx] is not None:
+            key = torch.cat([self.keys[layer_idx], key], dim=2)
+            value = torch.cat([self.values[layer_idx], value], dim=2)
+        self.keys[layer_idx], self.values[layer_idx] = key, value
+        return key, value
+
+    def commit(self, real: torch.Tensor, timestamps: torch.Tensor | None) -> None:
+        """Record the new events' (B, T_new) real-event mask and timestamps once every layer has appended."""
+        steps = torch.arange(real.shape[1], device=real.device).expand_as(real)
+        has_new = real.any(dim=1)
+        if timestamps is not None:
+            last = timestamps.gather(1, torch.where(real, steps, -1).max(dim=1, keepdim=True).values.clamp(min=0))[:, 0]
+            previous = self.last_timestamp if self.last_timestamp is not None else torch.zeros_like(last)
+            self.last_timestamp = torch.where(has_new, last, previous)
+        count = real.long().sum(dim=1)
+        self.seen = count if self.seen is None else self.seen + count
+        self.mask = real if self.mask is None else torch.cat([self.mask, real], dim=1)
+
+
 class GenRecAttention(nn.Module):
     """Multi-head causal self-attention, eager or SDPA as `config._attn_implementation` says.
 
     Attention probabilities exist only on the eager path, so a call asking for them runs eager whatever is set.
+    With a `GenRecCache`, the new events' keys and values are appended to the cached ones and the queries attend
+    to both (`attention_mask` then is (B, 1, T_new, T_past + T_new)).
     """
 
     is_causal = True
 
-    def __init__(self, config: GenRecConfig) -> None:
+    def __init__(self, config: GenRecConfig, layer_idx: int = 0) -> None:
         super().__init__()
         self.config = config
+        self.layer_idx = layer_idx
         self.num_heads = config.num_attention_heads
         self.head_dim = config.head_dim
         self.dropout = config.attention_dropout
@@ -195,6 +261,7 @@ class GenRecAttention(nn.Module):
         attention_mask: torch.Tensor,
         rotary: tuple[torch.Tensor, torch.Tensor] | None = None,
         output_attentions: bool = False,
+        cache: GenRecCache | None = None,
     ) -> tuple[torch.Tensor, torch.Tensor | None]:
         batch, length, _ = hidden_states.shape
         shape = (batch, length, self.num_heads, self.head_dim)
@@ -205,6 +272,8 @@ class GenRecAttention(nn.Module):
             cos, sin = rotary
             q = q * cos + _rotate_half(q) * sin
             k = k * cos + _rotate_half(k) * sin
+        if cache is not None:
+            k, v = cache.update(k, v, self.layer_idx)
         implementation = "eager" if output_attentions else self.config._attn_implementation
         attention = (eager_attention_forward if implementation == "eager"
                      else ALL_ATTENTION_FUNCTIONS.get_interface(implementation, eager_attention_forward))
@@ -234,10 +303,10 @@ class GenRecMLP(nn.Module):
 class GenRecDecoderLayer(GradientCheckpointingLayer):
     """Pre-norm block: x + attn(norm(x)), then x + mlp(norm(x))."""
 
-    def __init__(self, config: GenRecConfig) -> None:
+    def __init__(self, config: GenRecConfig, layer_idx: int = 0) -> None:
         super().__init__()
         self.input_layernorm = _make_norm(config)
-        self.self_attn = GenRecAttention(config)
+        self.self_attn = GenRecAttention(config, layer_idx)
         self.post_attention_layernorm = _make_norm(config)
         self.mlp = GenRecMLP(config)
         self.dropout = nn.Dropout(config.hidden_dropout_prob)
@@ -248,9 +317,10 @@ class GenRecDecoderLayer(GradientCheckpointingLayer):
         attention_mask: torch.Tensor,
         rotary: tuple[torch.Tensor, torch.Tensor] | None = None,
         output_attentions: bool = False,
+        cache: GenRecCache | None = None,
     ) -> tuple[torch.Tensor, torch.Tensor | None]:
         attended, weights = self.self_attn(self.input_layernorm(hidden_states), attention_mask, rotary,
-                                           output_attentions)
+                                           output_attentions, cache)
         hidden_states = hidden_states + self.dropout(attended)
         return hidden_states + self.dropout(self.mlp(self.post_attention_layernorm(hidden_states))), weights
 
@@ -309,6 +379,17 @@ class GenRecDecodingHead(nn.Module):
 
 
 @dataclass
+class GenRecModelOutput(BaseModelOutput):
+    """`BaseModelOutput` + `cache`: the `GenRecCache` after this forward (only with `use_cache`).
+
+    Named `cache`, not `past_key_values`: transformers 5.24's `ModelOutput` maps the old name onto `cache` (and
+    `output.past_key_values` reads it there); under earlier 5.x `cache` is a plain field.
+    """
+
+    cache: GenRecCache | None = None
+
+
+@dataclass
 class GenRecNextItemOutput(ModelOutput):
     """Output of `GenRecForNextItemPrediction`.
 
@@ -322,6 +403,7 @@ class GenRecNextItemOutput(ModelOutput):
         last_hidden_state: (B, T, d) backbone output.
         hidden_states: Embedding output + each layer's output, when `output_hidden_states=True`.
         attentions: Each layer's (B, heads, T, T) attention probabilities, when `output_attentions=True`.
+        cache: The `GenRecCache` extended with this forward's events, when `use_cache` (see `GenRecModel.forward`).
     """
 
     loss: torch.Tensor | None = None
@@ -330,6 +412,7 @@ class GenRecNextItemOutput(ModelOutput):
     last_hidden_state: torch.Tensor | None = None
     hidden_states: tuple[torch.Tensor, ...] | None = None
     attentions: tuple[torch.Tensor, ...] | None = None
+    cache: GenRecCache | None = None
 
 
 class GenRecPreTrainedModel(PreTrainedModel):
@@ -398,7 +481,7 @@ class GenRecModel(GenRecPreTrainedModel):
         super().__init__(config)
         self.embeddings = GenRecEventEmbedding(config)
         self.rotary = GenRecRotaryEmbedding(config) if config.position_encoding == "rope" else None
-        self.layers = nn.ModuleList([GenRecDecoderLayer(config) for _ in range(config.num_hidden_layers)])
+        self.layers = nn.ModuleList([GenRecDecoderLayer(config, i) for i in range(config.num_hidden_layers)])
         self.norm = _make_norm(config)
         self.gradient_checkpointing = False
         self.post_init()
@@ -419,15 +502,31 @@ class GenRecModel(GenRecPreTrainedModel):
         output_attentions: bool | None = None,
         output_hidden_states: bool | None = None,
         return_dict: bool | None = None,
+        cache: GenRecCache | None = None,
+        use_cache: bool | None = None,
         **kwargs: Any,
-    ) -> BaseModelOutput | tuple:
-        """`position_ids` (B, T), for packed rows: see the module docstring; None = one history per row."""
+    ) -> GenRecModelOutput | tuple:
+        """`position_ids` (B, T), for packed rows: see the module docstring; None = one history per row.
+
+        Incremental state: with `use_cache=True` (or `config.use_cache`) the output's `cache` is a `GenRecCache`
+        of every event read (`past_key_values=` is taken as the older name of `cache`); passing it back with the
+        next events (B, T_new), all real (no padding), runs only those events, attending to the cached ones, with
+        the positions and time gaps they have in the whole history. Packed rows cannot be cached, and a cached
+        history cannot outgrow `max_position_embeddings` (a `ValueError` says so: rebuild from the most recent
+        window).
+        """
         output_attentions, output_hidden_states, return_dict = self._resolve_output_flags(
             output_attentions, output_hidden_states, return_dict)
         self._check_inputs(input_ids, attention_mask=attention_mask, timestamps=timestamps, action_ids=action_ids,
                            position_ids=position_ids)
         if attention_mask is None:
             attention_mask = (input_ids != 0).long()
+        cache = self._resolve_cache(cache if cache is not None else kwargs.pop("past_key_values", None), use_cache,
+                                    position_ids)
+        if cache is not None and cache.get_seq_length():
+            hidden, mask, rotary = self._extend_inputs(cache, input_ids, attention_mask, timestamps, action_ids)
+            return self._run_layers(hidden, mask, rotary, cache, attention_mask, timestamps, output_attentions,
+                                    output_hidden_states, return_dict)
         real = attention_mask.bool()
         length = input_ids.shape[1]
         causal = torch.ones(length, length, dtype=torch.bool, device=input_ids.device).tril()
@@ -443,18 +542,89 @@ class GenRecModel(GenRecPreTrainedModel):
         mask = mask | torch.eye(length, dtype=torch.bool, device=input_ids.device)
         hidden = self.embeddings(input_ids, attention_mask, positions, timestamps, action_ids, starts)
         rotary = self.rotary(positions, hidden.dtype) if self.rotary is not None else None
+        return self._run_layers(hidden, mask, rotary, cache, attention_mask, timestamps, output_attentions,
+                                output_hidden_states, return_dict)
 
+    def _run_layers(
+        self, hidden: torch.Tensor, mask: torch.Tensor, rotary: tuple[torch.Tensor, torch.Tensor] | None,
+        cache: GenRecCache | None, attention_mask: torch.Tensor, timestamps: torch.Tensor | None,
+        output_attentions: bool, output_hidden_states: bool, return_dict: bool,
+    ) -> GenRecModelOutput | tuple:
         all_hidden = (hidden,) if output_hidden_states else None
         all_attentions = () if output_attentions else None
         for layer in self.layers:
-            hidden, weights = layer(hidden, mask, rotary, output_attentions)
+            hidden, weights = layer(hidden, mask, rotary, output_attentions, cache=cache)
             if output_hidden_states:
                 all_hidden += (hidden,)
             if output_attentions:
                 all_attentions += (weights,)
         hidden = self.norm(hidden)
-        output = BaseModelOutput(last_hidden_state=hidden, hidden_states=all_hidden, attentions=all_attentions)
+        if cache is not None:
+            cache.commit(attention_mask.bool(), timestamps if self.embeddings.time_gap_embeddings is not None else None)
+        output = GenRecModelOutput(last_hidden_state=hidden, hidden_states=all_hidden, attentions=all_attentions,
+                                   cache=cache)
         return output if return_dict else output.to_tuple()
+
+    def _resolve_cache(self, given: GenRecCache | None, use_cache: bool | None,
+                       position_ids: torch.Tensor | None) -> GenRecCache | None:
+        """The cache this forward fills: the one given, a new one for `use_cache`, or None."""
+        if use_cache is None:
+            use_cache = getattr(self.config, "use_cache", False)
+        if not use_cache and given is None:
+            return None
+        if self.gradient_checkpointing and self.training and torch.is_grad_enabled():
+            # The backward replay would append every layer's keys a second time.
+            if given is not None and given.get_seq_length():
+                raise ValueError("A filled cache cannot be extended under gradient checkpointing in training mode "
+                                 "(the backward replay would append every layer twice); use model.eval().")
+            logger.warning_once("GenRec: caching is incompatible with gradient checkpointing; use_cache=False.")
+            return None
+        if position_ids is not None:
+            raise ValueError("Packed rows (position_ids) cannot be cached: caching reads one history per row.")
+        if given is not None and not isinstance(given, GenRecCache):
+            raise TypeError(f"cache must be a GenRecCache (from a previous forward with use_cache=True), got "
+                            f"{type(given).__name__}.")
+        return given if given is not None else GenRecCache(self.config.num_hidden_layers)
+
+    def _extend_inputs(
+        self, cache: GenRecCache, input_ids: torch.Tensor, attention_mask: torch.Tensor,
+        timestamps: torch.Tensor | None, action_ids: torch.Tensor | None,
+    ) -> tuple[torch.Tensor, torch.Tensor, tuple[torch.Tensor, torch.Tensor] | None]:
+        """Embeddings, (B, 1, T_new, T_past + T_new) attention mask and rotary angles of events appended to `cache`."""
+        batch, length = input_ids.shape
+        device = input_ids.device
+        if batch != cache.batch_size:
+            raise ValueError(f"The cache holds {cache.batch_size} histories but input_ids has {batch} rows.")
+        if not bool(attention_mask.bool().all()):
+            raise ValueError("Events appended to a cache must all be real (no padding): append the same "
+                             "number of events to every row, or one history at a time.")
+        uses_time = self.embeddings.time_gap_embeddings is not None
+        if uses_time and (timestamps is None) != (cache.last_timestamp is None):
+            raise ValueError("Give timestamps both for the cached events and for the new ones, or for neither: "
+                             "the first new event's time gap is measured from the last cached one.")
+        positions = cache.seen[:, None] + torch.arange(length, device=device)  # (B, T_new)
+        if int(positions.max()) >= self.config.max_position_embeddings:
+            raise ValueError(f"The cached history outgrows max_position_embeddings="
+                             f"{self.config.max_position_embeddings}: rebuild the cache from the most recent window.")
+        causal = torch.ones(length, length, dtype=torch.bool, device=device).tril()
+        mask = torch.cat([cache.mask[:, None, None, :].expand(batch, 1, length, -1),
+                          causal.expand(batch, 1, length, length)], dim=-1)
+        if uses_time and timestamps is not None:
+            # The last cached event rides along as a leading column whose output is dropped, so the first new
+            # event's time-gap bucket comes from the same `time_gap_buckets` as in one forward over the history.
+            def lead(first: torch.Tensor, tensor: torch.Tensor) -> torch.Tensor:
+                return torch.cat([first[:, None].to(tensor.dtype), tensor], dim=1)
+
+            zeros = torch.zeros(batch, dtype=torch.long, device=device)
+            hidden = self.embeddings(
+                lead(zeros, input_ids), lead(cache.seen > 0, attention_mask), lead((cache.seen - 1).clamp(min=0),
+                                                                                    positions),
+                lead(cache.last_timestamp, timestamps), None if action_ids is None else lead(zeros, action_ids),
+            )[:, 1:]
+        else:
+            hidden = self.embeddings(input_ids, attention_mask, positions, timestamps, action_ids)
+        rotary = self.rotary(positions, hidden.dtype) if self.rotary is not None else None
+        return hidden, mask, rotary
 
 
 def last_event_index(attention_mask: torch.Tensor) -> torch.Tensor:
@@ -528,6 +698,8 @@ class GenRecForNextItemPrediction(GenRecPreTrainedModel):
         output_hidden_states: bool | None = None,
         return_dict: bool | None = None,
         num_items_in_batch: int | torch.Tensor | None = None,
+        cache: GenRecCache | None = None,
+        use_cache: bool | None = None,
         **kwargs: Any,
     ) -> GenRecNextItemOutput | tuple:
         """Next-item loss (with `labels`) and user embeddings; `position_ids` (B, T) marks packed rows (several
@@ -541,7 +713,9 @@ class GenRecForNextItemPrediction(GenRecPreTrainedModel):
             _check_range("labels", labels, 1, self.config.vocab_size, ignore=-100)
         outputs = self.model(input_ids, attention_mask=attention_mask, timestamps=timestamps, action_ids=action_ids,
                              position_ids=position_ids, output_attentions=output_attentions,
-                             output_hidden_states=output_hidden_states, return_dict=True)
+                             output_hidden_states=output_hidden_states, return_dict=True,
+                             cache=cache if cache is not None else kwargs.pop("past_key_values", None),
+                             use_cache=use_cache)
         hidden = outputs.last_hidden_state
         last = hidden[torch.arange(hidden.shape[0], device=hidden.device), last_event_index(attention_mask)]
         user_embeddings = self.head(last)
@@ -555,7 +729,7 @@ class GenRecForNextItemPrediction(GenRecPreTrainedModel):
         logits = self.score(user_embeddings) if output_logits else None
         output = GenRecNextItemOutput(loss=loss, logits=logits, user_embeddings=user_embeddings,
                                       last_hidden_state=hidden, hidden_states=outputs.hidden_states,
-                                      attentions=outputs.attentions)
+                                      attentions=outputs.attentions, cache=outputs.cache)
         return output if return_dict else output.to_tuple()
 
     def loss_sum(self, queries: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:

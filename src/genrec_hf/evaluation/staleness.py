@@ -208,6 +208,26 @@ def _targets(task: str, items: np.ndarray, times: np.ndarray, row: dict[str, Any
 
 
 @torch.no_grad()
+def staleness_ranks(model: torch.nn.Module, data: Any, delta: int | str, *, cut: int, task: str = "short_horizon",
+                    max_length: int | None = None, batch_size: int = 256, exclude_history: bool = True,
+                    **task_params: Any) -> tuple[torch.Tensor | None, StalenessReplay]:
+    """((users, T) ranks of the replay's rows in `data.sequences` order, or None when no row has a target; the
+    replay), through `rank_batches` (for paired comparisons of two models on the same users)."""
+    from torch.utils.data import DataLoader
+
+    from ..data.collators import TaskCollator
+
+    base = model.get_base_model() if hasattr(model, "get_base_model") else model
+    max_length = max_length or base.config.max_position_embeddings
+    replay = staleness_replay(data, delta, cut=cut, task=task, exclude_history=exclude_history, **task_params)
+    if len(replay.rows) == 0:
+        return None, replay
+    collator = TaskCollator(max_length, mode="eval", exclude_history=exclude_history)
+    ranks = rank_batches(model, DataLoader(replay.rows, batch_size=batch_size, collate_fn=collator), replay.protocol)
+    return ranks, replay
+
+
+@torch.no_grad()
 def evaluate_staleness(model: torch.nn.Module, data: Any, deltas: Sequence[int | str], *, cut: int,
                        task: str = "short_horizon", max_length: int | None = None, batch_size: int = 256,
                        exclude_history: bool = True, ks: Sequence[int] = DEFAULT_KS,
@@ -219,25 +239,17 @@ def evaluate_staleness(model: torch.nn.Module, data: Any, deltas: Sequence[int |
     (`num_users`), without an event at/after t + Δ (`num_users_without_target`), without events before the cut
     (`num_users_without_context`), and the mean number of items consumed in between.
     """
-    from torch.utils.data import DataLoader
-
-    from ..data.collators import TaskCollator
-
-    base = model.get_base_model() if hasattr(model, "get_base_model") else model
-    max_length = max_length or base.config.max_position_embeddings
-    collator = TaskCollator(max_length, mode="eval", exclude_history=exclude_history)
     results: dict[str, Any] = {}
     description = None
     for delta in deltas:
-        replay = staleness_replay(data, delta, cut=cut, task=task, exclude_history=exclude_history, **task_params)
+        ranks, replay = staleness_ranks(model, data, delta, cut=cut, task=task, max_length=max_length,
+                                        batch_size=batch_size, exclude_history=exclude_history, **task_params)
         description = replay.protocol.description
-        if len(replay.rows) == 0:
+        if ranks is None:
             logger.warning("staleness %s: no user has an event at/after the show time; nothing to rank",
                            replay.label)
             metrics: dict[str, Any] = {"num_users": 0}
         else:
-            ranks = rank_batches(model, DataLoader(replay.rows, batch_size=batch_size, collate_fn=collator),
-                                 replay.protocol)
             metrics = metrics_from_ranks(ranks, ks)
         metrics["num_users_without_target"] = metrics.get("num_users_without_target", 0) + \
             replay.stats["num_users_without_target"]

@@ -10,8 +10,8 @@ import torch
 from genrec_hf import GenRecForNextItemPrediction
 from genrec_hf.data import build_interactions
 from genrec_hf.evaluation import dense_target_ranks, metrics_from_ranks
-from genrec_hf.evaluation.staleness import (evaluate_staleness, format_duration, parse_duration, parse_durations,
-                                            staleness_replay)
+from genrec_hf.evaluation.staleness import (build_replay, evaluate_staleness, format_duration, parse_duration,
+                                            parse_durations, request_replay, staleness_replay)
 
 from tests.helpers import tiny_config
 
@@ -40,8 +40,8 @@ def _by_user(replay, data):
                              [decode(i) for i in row["consumed_ids"]]) for row in replay.rows}
 
 
-def test_replay_rows_per_delta():
-    """The state read past the cut, the target taken before the show time, items consumed in between not
+def test_cut_replay_rows_per_delta():
+    """anchor="cut": the state read past the cut, the target taken before the show time, items consumed in between not
     excluded, or users without a later event / without a cached state silently mixed in (or lost uncounted)."""
     data = _data()
     zero = staleness_replay(data, 0, cut=CUT)
@@ -77,7 +77,7 @@ def test_ranking_goes_through_the_one_path_with_consumed_items_excluded():
     data = _data()
     torch.manual_seed(0)
     model = GenRecForNextItemPrediction(tiny_config(vocab_size=len(data.vocab), num_action_types=0)).eval()
-    result = evaluate_staleness(model, data, [0, "1h", "24h"], cut=CUT, batch_size=1)
+    result = evaluate_staleness(model, data, [0, "1h", "24h"], anchor="cut", cut=CUT, batch_size=1)
     assert set(result["staleness"]) == {"0", "1h", "24h"}
     for delta in (0, H, 24 * H):
         replay = staleness_replay(data, delta, cut=CUT)
@@ -115,3 +115,54 @@ def test_durations_and_bad_input():
         staleness_replay(data, "1h", cut=CUT)
     with pytest.raises(ValueError, match="task='weekend'"):
         staleness_replay(_data(), 0, cut=CUT, task="weekend")
+    with pytest.raises(ValueError, match="needs timestamps.*toy"):
+        request_replay(data, "1h")
+    with pytest.raises(ValueError, match="anchor='cut' needs the cache time"):
+        build_replay(_data(), 0, anchor="cut")
+    with pytest.raises(ValueError, match="cut=5 applies to anchor='cut' only"):
+        build_replay(_data(), 0, cut=5)
+    with pytest.raises(ValueError, match="anchor='cache'"):
+        build_replay(_data(), 0, anchor="cache")
+
+
+def test_request_replay_rows_per_delta():
+    """anchor="request": the state not cut Δ before each target (or cut at the wrong side of a tie), the cut-off
+    context events not excluded as consumed, or users left without a cached state averaged in."""
+    data = _data()
+    zero = request_replay(data, 0)  # leave-one-out test: context = all but the last event
+    assert _by_user(zero, data) == {"u1": (["A", "B", "C", "D"], ["E"], []), "u2": (["A"], ["B"], []),
+                                    "u3": (["A"], ["F"], []), "u4": (["B", "A"], ["F"], [])}
+    hour = request_replay(data, "1h")
+    # u1's E comes 25 h after the cut: an hour before it the state had everything; u2's B came 800 s after A, u3's
+    # F 10 s after A: no state an hour before; u4's F came exactly 1 h after A (A is at T - Δ: still cached)
+    assert _by_user(hour, data) == {"u1": (["A", "B", "C", "D"], ["E"], []), "u4": (["B", "A"], ["F"], [])}
+    assert hour.stats["num_users_without_context"] == 2 and hour.stats["num_users_without_target"] == 0
+    day = request_replay(data, "24h")
+    assert _by_user(day, data) == {"u1": (["A", "B", "C"], ["E"], ["D"])}
+    assert day.rows[0]["target_time"] == CUT + 25 * H
+    high = request_replay(data, "24h", task="high_engagement", threshold=4.0)
+    assert all(targets for _, targets, _ in _by_user(high, data).values())
+
+
+def test_request_replay_zero_is_leave_one_out_and_consumed_items_stay_excluded():
+    """Δ = 0 drifting from the leave-one-out test (another target, another exclusion set), or the stale rows
+    ranking the consumed items (which leave-one-out excludes as history) above the target."""
+    from torch.utils.data import DataLoader
+
+    from genrec_hf.data import NextItemCollator, leave_one_out
+    from genrec_hf.evaluation import rank_batches
+
+    data = _data()
+    torch.manual_seed(0)
+    model = GenRecForNextItemPrediction(tiny_config(vocab_size=len(data.vocab), num_action_types=0)).eval()
+    loo = rank_batches(model, DataLoader(leave_one_out(data, required=("test",))["test"], batch_size=2,
+                                         collate_fn=NextItemCollator(16, mode="eval")))
+    result = evaluate_staleness(model, data, [0, "24h"], batch_size=2)
+    assert result["staleness"]["0"]["mrr"] == pytest.approx(metrics_from_ranks(loo)["mrr"])
+    row = request_replay(data, "24h").rows[0]
+    scores = model.score(model(torch.tensor([row["item_ids"]]),
+                               timestamps=torch.tensor([row["timestamps"]])).user_embeddings)
+    rank = dense_target_ranks(scores, torch.tensor([row["target_ids"]]),
+                              torch.tensor([row["item_ids"] + row["consumed_ids"]]))
+    assert result["staleness"]["24h"]["mrr"] == pytest.approx(1.0 / rank.item())
+    assert result["staleness"]["24h"]["num_users_without_context"] == 3

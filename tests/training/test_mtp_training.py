@@ -77,15 +77,19 @@ def test_train_with_the_mtp_recipe_then_staleness_replay(tmp_path, capsys):
     capsys.readouterr()
     code = main(["evaluate", str(out), "--data", TINY_DATA, "--staleness", "0,1h,48h"])
     assert code == 0
-    result = json.loads((out / "eval_results_staleness_short_horizon.json").read_text())
-    assert set(result["staleness"]) == {"0", "1h", "48h"}
-    assert "the model's time split" in result["cut_from"]
+    result = json.loads((out / "eval_results_staleness_short_horizon_test.json").read_text())
+    assert set(result["staleness"]) == {"0", "1h", "48h"} and result["anchor"] == "request"
     metrics = json.loads((out / "metrics.json").read_text())
-    # Δ = 0 is the time-split test: the same users, the same MRR
+    # Δ = 0 is the recipe's leave-one-out test: the same users, the same MRR
     assert result["staleness"]["0"]["mrr"] == pytest.approx(metrics["test"]["mrr"], rel=1e-6)
-    assert result["staleness"]["0"]["num_users"] == metrics["test"]["num_users"]
+    assert result["staleness"]["0"]["num_users"] == metrics["test"]["num_users"] == 150
     for m in result["staleness"].values():
         assert m["num_users"] + m["num_users_without_target"] + m["num_users_without_context"] == 150
+    assert result["staleness"]["48h"]["mean_consumed_in_between"] > 0
+    # the global-cut replay of a leave-one-out model: allowed, with the leak named in the result
+    assert main(["evaluate", str(out), "--data", TINY_DATA, "--staleness", "0,24h", "--staleness_anchor", "cut"]) == 0
+    cut = json.loads((out / "eval_results_staleness_short_horizon_cut.json").read_text())
+    assert cut["anchor"] == "cut" and "may leak" in cut["cut_from"]
 
 
 def test_evaluate_staleness_bad_flags(tmp_path, capsys):

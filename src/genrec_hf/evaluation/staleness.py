@@ -1,21 +1,24 @@
 """Staleness replay: offline evaluation of cached serving (paper §4).
 
-Production lists are often computed from a cached user state and shown hours later. The replay reproduces that:
+Production lists are often computed from a cached user state and shown hours later: the immediate next event may
+already be consumed when the list is shown. The replay reproduces that with a staleness Δ, in one of two ways:
 
-* the user state is computed from the events **before the cut t** (as a cache refreshed at t would);
-* the list is shown at **t + Δ**;
-* the targets are the events **at or after t + Δ** (the next one, or the set within a window, per task);
-* items the user consumed **in between** (t ≤ time < t + Δ) are excluded from the ranking like the history (the
-  user has them already when the list is shown; they are never targets' competitors nor targets' stand-ins);
-* users without an event at or after t + Δ are **counted and left out** (`num_users_without_target`), and users
-  without an event before t (no cached state) are counted in `num_users_without_context`. Neither is averaged.
+* `anchor="request"` (default): every held-out target of an eval split (leave-one-out test, or a task's rows) is a
+  request shown at the target's time T; the cached state is the context **up to T − Δ**, and the context's events
+  after T − Δ are the items **consumed in between**. Δ = 0 is the split's usual evaluation; every user keeps its
+  target, and users whose whole context is within Δ of T have no cached state: counted in
+  `num_users_without_context` and left out. Works with any model (a leave-one-out model does not leak: the context
+  is a subset of the usual one).
+* `anchor="cut"`: one global cache refresh at the cut t; the state is the events **before t**, the list is shown
+  at **t + Δ**, and the targets are the events **at or after t + Δ** (the next one, or the set within a window, per
+  task). Users without an event at or after t + Δ are counted in `num_users_without_target`, users without an
+  event before t in `num_users_without_context`; neither is averaged. Δ = 0 is the time-split test; the model must
+  have been trained on events before the cut (`data.split: time` with the same cut), or the replay leaks.
 
-Δ = 0 is the time-split test of `genrec_hf.data.time_split` (the first event at/after the cut). The model must
-have been trained on events before the cut only (`data.split: time` with the same cut), or the replay leaks.
-
-It is rows plus a `RankingProtocol` handed to the one ranking path (`TaskCollator` → `rank_batches` →
-`rank_targets` → `metrics_from_ranks`), not a loop of its own; every downstream task of `genrec_hf.data.tasks` has
-its staleness version (`STALENESS_TASKS`).
+Either way, items consumed in between are excluded from the ranking together with the history (the user has them
+when the list is shown), and the replay is rows plus a `RankingProtocol` handed to the one ranking path
+(`TaskCollator` → `rank_batches` → `rank_targets` → `metrics_from_ranks`), not a loop of its own; every downstream
+task of `genrec_hf.data.tasks` has its staleness version (`STALENESS_TASKS`).
 """
 
 from __future__ import annotations
@@ -171,7 +174,7 @@ def staleness_replay(data: Any, delta: int | str, *, cut: int, task: str = "shor
         columns["target_time"].append(int(target_time))
         columns["consumed_ids"].append(list(dict.fromkeys(items[begin:start].tolist())))
     rows = Dataset.from_dict(columns, features=REPLAY_FEATURES)
-    stats = {"cut": int(cut), "show_time": show, "task": task, "num_users_with_target": len(rows),
+    stats = {"anchor": "cut", "cut": int(cut), "show_time": show, "task": task, "num_users_with_target": len(rows),
              "num_users_without_target": no_target, "num_users_without_context": no_context,
              "mean_consumed_in_between": float(np.mean([len(c) for c in columns["consumed_ids"]]))
              if len(rows) else 0.0}
@@ -207,8 +210,88 @@ def _targets(task: str, items: np.ndarray, times: np.ndarray, row: dict[str, Any
     return [int(items[picked[0]])], int(times[picked[0]])
 
 
+ANCHORS = ("request", "cut")
+
+
+def request_replay(data: Any, delta: int | str, *, task: str = "short_horizon", split: str = "test",
+                   exclude_history: bool = True, **task_params: Any) -> StalenessReplay:
+    """`anchor="request"`: the `split` rows of `task` (leave-one-out for `short_horizon`, else the task builder's),
+    each shown at its `target_time` T from the cached context up to T − Δ (module docstring)."""
+    if task not in STALENESS_TASKS:
+        raise ValueError(f"staleness task={task!r}; expected one of {STALENESS_TASKS}.")
+    if split not in ("validation", "test"):
+        raise ValueError(f"staleness split={split!r}; expected 'validation' or 'test'.")
+    if not getattr(data, "has_timestamps", True):
+        raise ValueError(f"staleness replay needs timestamps, but {data.name} has only the event order (the cache "
+                         "age Δ is a time); use data with timestamps.")
+    delta = parse_duration(delta)
+    if task == "short_horizon":
+        from ..data import leave_one_out
+
+        source = leave_one_out(data, required=(split,))[split].with_format("numpy")
+        protocol = RankingProtocol(exclude_history=exclude_history, description="next event")
+
+        def context_and_target(row: dict[str, Any]) -> tuple[dict[str, np.ndarray], list[int], int]:
+            events = {name: np.asarray(row[name])[:-1] for name in ("item_ids", "timestamps", "action_ids")}
+            return events, [int(row["item_ids"][-1])], int(row["timestamps"][-1])
+    else:
+        from ..data.tasks import build_task
+
+        built = build_task(task, data, exclude_history=exclude_history, **task_params)
+        source, protocol = getattr(built, split).with_format("numpy"), built.protocol
+
+        def context_and_target(row: dict[str, Any]) -> tuple[dict[str, np.ndarray], list[int], int]:
+            events = {name: np.asarray(row[name]) for name in ("item_ids", "timestamps", "action_ids")}
+            return events, [int(t) for t in row["target_ids"]], int(row["target_time"])
+
+    columns: dict[str, list] = {name: [] for name in REPLAY_FEATURES}
+    no_context = 0
+    for row in source:
+        events, targets, target_time = context_and_target(row)
+        # The cache holds the events up to T − Δ (all of them for Δ = 0, ties with the target included).
+        cached = int(len(events["item_ids"]) if delta == 0
+                     else np.searchsorted(events["timestamps"], target_time - delta, side="right"))
+        if cached == 0:
+            no_context += 1
+            continue
+        columns["user_id"].append(str(row["user_id"]))
+        for name in ("item_ids", "timestamps", "action_ids"):
+            columns[name].append(events[name][:cached].tolist())
+        columns["target_ids"].append(targets)
+        columns["target_time"].append(target_time)
+        columns["consumed_ids"].append(list(dict.fromkeys(events["item_ids"][cached:].tolist())))
+    rows = Dataset.from_dict(columns, features=REPLAY_FEATURES)
+    description = (f"staleness replay: each {split} target shown from the state {format_duration(delta)} before it "
+                   f"(items consumed in between excluded), {protocol.description}")
+    protocol = RankingProtocol(exclude_history=protocol.exclude_history, set_valued=protocol.set_valued,
+                               available_since=protocol.available_since,
+                               availability_window=protocol.availability_window, description=description)
+    stats = {"anchor": "request", "split": split, "task": task, "num_users_with_target": len(rows),
+             "num_users_without_target": 0, "num_users_without_context": no_context,
+             "mean_consumed_in_between": float(np.mean([len(c) for c in columns["consumed_ids"]]))
+             if len(rows) else 0.0}
+    return StalenessReplay(delta_seconds=delta, rows=rows, protocol=protocol, stats=stats)
+
+
+def build_replay(data: Any, delta: int | str, *, anchor: str = "request", cut: int | None = None,
+                 task: str = "short_horizon", split: str = "test", exclude_history: bool = True,
+                 **task_params: Any) -> StalenessReplay:
+    """`request_replay` or (`anchor="cut"`, which needs `cut`) `staleness_replay`."""
+    if anchor not in ANCHORS:
+        raise ValueError(f"staleness anchor={anchor!r}; expected one of {ANCHORS}.")
+    if anchor == "request":
+        if cut is not None:
+            raise ValueError(f"cut={cut} applies to anchor='cut' only (the request anchor shows each target at "
+                             "its own time).")
+        return request_replay(data, delta, task=task, split=split, exclude_history=exclude_history, **task_params)
+    if cut is None:
+        raise ValueError("anchor='cut' needs the cache time: cut=<unix seconds> (e.g. cut_at_quantile(data, 0.9)).")
+    return staleness_replay(data, delta, cut=cut, task=task, exclude_history=exclude_history, **task_params)
+
+
 @torch.no_grad()
-def staleness_ranks(model: torch.nn.Module, data: Any, delta: int | str, *, cut: int, task: str = "short_horizon",
+def staleness_ranks(model: torch.nn.Module, data: Any, delta: int | str, *, anchor: str = "request",
+                    cut: int | None = None, task: str = "short_horizon", split: str = "test",
                     max_length: int | None = None, batch_size: int = 256, exclude_history: bool = True,
                     **task_params: Any) -> tuple[torch.Tensor | None, StalenessReplay]:
     """((users, T) ranks of the replay's rows in `data.sequences` order, or None when no row has a target; the
@@ -219,7 +302,8 @@ def staleness_ranks(model: torch.nn.Module, data: Any, delta: int | str, *, cut:
 
     base = model.get_base_model() if hasattr(model, "get_base_model") else model
     max_length = max_length or base.config.max_position_embeddings
-    replay = staleness_replay(data, delta, cut=cut, task=task, exclude_history=exclude_history, **task_params)
+    replay = build_replay(data, delta, anchor=anchor, cut=cut, task=task, split=split,
+                          exclude_history=exclude_history, **task_params)
     if len(replay.rows) == 0:
         return None, replay
     collator = TaskCollator(max_length, mode="eval", exclude_history=exclude_history)
@@ -228,23 +312,25 @@ def staleness_ranks(model: torch.nn.Module, data: Any, delta: int | str, *, cut:
 
 
 @torch.no_grad()
-def evaluate_staleness(model: torch.nn.Module, data: Any, deltas: Sequence[int | str], *, cut: int,
-                       task: str = "short_horizon", max_length: int | None = None, batch_size: int = 256,
-                       exclude_history: bool = True, ks: Sequence[int] = DEFAULT_KS,
-                       **task_params: Any) -> dict[str, Any]:
-    """Metrics per Δ of `model` on the replay of `data` (already in the model's vocabulary) at `cut`.
+def evaluate_staleness(model: torch.nn.Module, data: Any, deltas: Sequence[int | str], *, anchor: str = "request",
+                       cut: int | None = None, task: str = "short_horizon", split: str = "test",
+                       max_length: int | None = None, batch_size: int = 256, exclude_history: bool = True,
+                       ks: Sequence[int] = DEFAULT_KS, **task_params: Any) -> dict[str, Any]:
+    """Metrics per Δ of `model` on the replay of `data` (already in the model's vocabulary), `anchor` as in the
+    module docstring (`cut` for `anchor="cut"`, `split` for `anchor="request"`).
 
-    Returns {"cut", "task", "protocol", "staleness": {label: metrics}, "staleness_cost_mrr": {label: MRR(Δ) /
-    MRR(0) - 1}} (the cost only when Δ = 0 is among `deltas`). Each Δ's metrics carry the user counts: averaged
-    (`num_users`), without an event at/after t + Δ (`num_users_without_target`), without events before the cut
-    (`num_users_without_context`), and the mean number of items consumed in between.
+    Returns {"anchor", "cut", "task", "protocol", "staleness": {label: metrics}, "staleness_cost_mrr": {label:
+    MRR(Δ) / MRR(0) - 1}} (the cost only when Δ = 0 is among `deltas`). Each Δ's metrics carry the user counts:
+    averaged (`num_users`), without a target after the show time (`num_users_without_target`), without a cached
+    state (`num_users_without_context`), and the mean number of items consumed in between.
     """
     results: dict[str, Any] = {}
     description = None
     for delta in deltas:
-        ranks, replay = staleness_ranks(model, data, delta, cut=cut, task=task, max_length=max_length,
-                                        batch_size=batch_size, exclude_history=exclude_history, **task_params)
-        description = replay.protocol.description
+        ranks, replay = staleness_ranks(model, data, delta, anchor=anchor, cut=cut, task=task, split=split,
+                                        max_length=max_length, batch_size=batch_size,
+                                        exclude_history=exclude_history, **task_params)
+        description = replay.protocol.description.replace(f" {replay.label} ", " Δ ")
         if ranks is None:
             logger.warning("staleness %s: no user has an event at/after the show time; nothing to rank",
                            replay.label)
@@ -256,8 +342,8 @@ def evaluate_staleness(model: torch.nn.Module, data: Any, deltas: Sequence[int |
         metrics["num_users_without_context"] = replay.stats["num_users_without_context"]
         metrics["mean_consumed_in_between"] = replay.stats["mean_consumed_in_between"]
         results[replay.label] = metrics
-    out: dict[str, Any] = {"cut": int(cut), "task": task, "protocol": (description or "").split(", shown")[0]
-                           + ", shown Δ later; items consumed in between excluded", "staleness": results}
+    out: dict[str, Any] = {"anchor": anchor, "cut": None if cut is None else int(cut), "task": task,
+                           "protocol": description, "staleness": results}
     if "0" in results and results["0"].get("mrr"):
         out["staleness_cost_mrr"] = {label: m["mrr"] / results["0"]["mrr"] - 1.0
                                      for label, m in results.items() if "mrr" in m}
@@ -292,8 +378,9 @@ def default_cut(model_dir: str | Path, data: Any, cut: int | None = None,
 
 
 def evaluate_saved_model_staleness(model_dir: str | Path, source: str, deltas: Sequence[int | str], *,
-                                   format: str | None = None, cut: int | None = None,
-                                   cut_quantile: float | None = None, task: str = "short_horizon",
+                                   format: str | None = None, anchor: str = "request", split: str = "test",
+                                   cut: int | None = None, cut_quantile: float | None = None,
+                                   task: str = "short_horizon",
                                    max_length: int | None = None, batch_size: int = 256,
                                    exclude_history: bool = True, ks: Sequence[int] = DEFAULT_KS,
                                    base: str | Path | None = None, verify: bool = True) -> dict[str, Any]:
@@ -306,7 +393,15 @@ def evaluate_saved_model_staleness(model_dir: str | Path, source: str, deltas: S
     data = remap_to_vocab(load_interactions(source, format=format), vocab)
     if not data.has_timestamps:
         raise ValueError(f"--staleness needs timestamps, but {data.name} has only the event order.")
+    if anchor == "request":
+        if cut is not None or cut_quantile is not None:
+            raise ValueError("--cut / --cut_quantile set the cache time of --staleness_anchor cut; the request "
+                             "anchor shows each target at its own time.")
+        result = evaluate_staleness(model, data, deltas, anchor="request", task=task, split=split,
+                                    max_length=max_length, batch_size=batch_size, exclude_history=exclude_history,
+                                    ks=ks)
+        return {"dataset": data.name, "split": split, **result}
     cut, origin = default_cut(model_dir, data, cut, cut_quantile)
-    result = evaluate_staleness(model, data, deltas, cut=cut, task=task, max_length=max_length,
+    result = evaluate_staleness(model, data, deltas, anchor="cut", cut=cut, task=task, max_length=max_length,
                                 batch_size=batch_size, exclude_history=exclude_history, ks=ks)
     return {"dataset": data.name, "cut_from": origin, **result}

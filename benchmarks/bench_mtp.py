@@ -92,8 +92,8 @@ def _mean(values: list[float]) -> float:
 
 def table(results: list[dict], deltas: list[str], headline_seeds: list[int]) -> str:
     lines = ["| dataset | model | seeds | " + " | ".join(f"MRR Δ={d}" for d in deltas)
-             + " | users (Δ=0 / 48h) | NTP cost or MTP vs NTP, " + " / ".join(deltas) + " |",
-             "|---|---|---|" + "---|" * len(deltas) + "---|---|"]
+             + f" | users (Δ={deltas[0]} / {deltas[-1]}) | epochs | NTP cost or MTP vs NTP, " + " / ".join(deltas)
+             + " |", "|---|---|---|" + "---|" * len(deltas) + "---|---|---|"]
     for dataset in dict.fromkeys(r["dataset"] for r in results):
         rows = [r for r in results if r["dataset"] == dataset]
         ntp = [r for r in rows if r["variant"] == "ntp"]
@@ -118,7 +118,8 @@ def table(results: list[dict], deltas: list[str], headline_seeds: list[int]) -> 
                     parts.append(text)
                 change = " / ".join(parts)
             lines.append(f"| {dataset} | {name} | {','.join(str(r['seed']) for r in runs)} | "
-                         + " | ".join(f"{mrr[d]:.4f}" for d in deltas) + f" | {users} | {change} |")
+                         + " | ".join(f"{mrr[d]:.4f}" for d in deltas) + f" | {users} | "
+                         + ", ".join(f"{r['train']['epochs']:.1f}" for r in runs) + f" | {change} |")
     return "\n".join(lines)
 
 

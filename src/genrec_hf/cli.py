@@ -105,17 +105,34 @@ def cmd_evaluate(args: argparse.Namespace, extra: list[str]) -> int:
     if not model_dir.is_dir():
         raise FileNotFoundError(f"model folder {model_dir} does not exist or is not a folder; expected a folder "
                                 "written by `genrec-hf train`.")
-    output = Path(args.output) if args.output else model_dir / f"eval_results_{args.split}.json"
+    if args.staleness is None and (args.cut is not None or args.cut_quantile is not None or args.task
+                                   or args.staleness_anchor != "request"):
+        raise ValueError("--cut, --cut_quantile, --task and --staleness_anchor belong to a staleness replay; add "
+                         "--staleness 0,1h,24h,48h.")
+    name = args.split
+    if args.staleness is not None:
+        where = args.split if args.staleness_anchor == "request" else "cut"
+        name = f"staleness_{args.task or 'short_horizon'}_{where}"
+    output = Path(args.output) if args.output else model_dir / f"eval_results_{name}.json"
     if output.is_dir():
         raise IsADirectoryError(f"--output {output} is a folder; expected a JSON file path.")
     if output.exists() and not args.overwrite:
         raise FileExistsError(f"{output} exists; pass --overwrite to replace it or --output to write elsewhere.")
     if not output.parent.is_dir():
         raise FileNotFoundError(f"--output {output}: folder {output.parent} does not exist; create it first.")
-    metrics = evaluate_saved_model(args.model_dir, args.data, format=args.format, split=args.split,
-                                   max_length=args.max_length, batch_size=args.batch_size,
-                                   exclude_history=not args.include_history, base=args.base,
-                                   verify=not args.no_verify)
+    if args.staleness is not None:
+        from .evaluation.staleness import evaluate_saved_model_staleness
+
+        metrics = evaluate_saved_model_staleness(
+            args.model_dir, args.data, args.staleness, format=args.format, anchor=args.staleness_anchor,
+            split=args.split, cut=args.cut,
+            cut_quantile=args.cut_quantile, task=args.task or "short_horizon", max_length=args.max_length,
+            batch_size=args.batch_size, exclude_history=not args.include_history, base=args.base, verify=not args.no_verify)
+    else:
+        metrics = evaluate_saved_model(args.model_dir, args.data, format=args.format, split=args.split,
+                                       max_length=args.max_length, batch_size=args.batch_size,
+                                       exclude_history=not args.include_history, base=args.base,
+                                       verify=not args.no_verify)
     print(json.dumps(metrics, indent=2))
     output.write_text(json.dumps(metrics, indent=2))
     print(f"written to {output}", file=sys.stderr)
@@ -263,6 +280,16 @@ def _int_list(text: str) -> str:
     return text
 
 
+def _durations(text: str) -> list[int]:
+    """argparse type: comma-separated durations such as '0,1h,24h,48h' → seconds."""
+    from .evaluation.staleness import parse_durations
+
+    try:
+        return parse_durations(text)
+    except ValueError as error:
+        raise argparse.ArgumentTypeError(str(error)) from None
+
+
 def _add_load_flags(p: argparse.ArgumentParser) -> None:
     """--base / --no_verify of the commands that load a model or adapter folder."""
     p.add_argument("--base", default=None, metavar="DIR",
@@ -313,7 +340,22 @@ def build_parser() -> argparse.ArgumentParser:
                    help="history length (default: the model's maximum)")
     p.add_argument("--batch_size", type=_positive_int, default=256)
     p.add_argument("--include_history", action="store_true", help="also rank items already in the history")
-    p.add_argument("--output", default=None, help="JSON file (default MODEL_DIR/eval_results_SPLIT.json)")
+    p.add_argument("--staleness", type=_durations, default=None, metavar="DELTAS",
+                   help="staleness replay of cached serving, e.g. 0,1h,24h,48h: each list is computed from the "
+                        "user state DELTA old, items consumed in between are excluded (docs/evaluation.md)")
+    p.add_argument("--staleness_anchor", choices=["request", "cut"], default="request",
+                   help="request (default): each --split target is shown at its own time from the state DELTA "
+                        "before it; cut: one cache refresh at --cut, lists shown DELTA later, targets after that")
+    p.add_argument("--cut", type=int, default=None,
+                   help="staleness_anchor cut: the cache time (unix seconds; default: the model's time-split cut)")
+    p.add_argument("--cut_quantile", type=float, default=None,
+                   help="staleness_anchor cut: the cut as a quantile of event times")
+    p.add_argument("--task", default=None, choices=["short_horizon", "high_engagement", "availability",
+                                                    "long_horizon"],
+                   help="staleness: what the targets after the show time are (default short_horizon: the next)")
+    p.add_argument("--output", default=None,
+                   help="JSON file (default MODEL_DIR/eval_results_SPLIT.json; staleness: "
+                        "eval_results_staleness_TASK_{SPLIT|cut}.json)")
     p.add_argument("--overwrite", action="store_true", help="replace an existing output file")
     _add_load_flags(p)
     p.set_defaults(func=cmd_evaluate)

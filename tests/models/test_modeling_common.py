@@ -50,6 +50,10 @@ VARIANTS = [
     Variant("learned_positions", GenRecForNextItemPrediction, dict(position_encoding="learned")),
     Variant("no_positions", GenRecForNextItemPrediction, dict(position_encoding="none")),
     Variant("no_time_no_action", GenRecForNextItemPrediction, dict(num_time_buckets=0, num_action_types=0)),
+    # Multi-token prediction: the same head trained on (B, T, K) weighted targets (`mtp_labels` / `mtp_weights`).
+    Variant("mtp_full_softmax", GenRecForNextItemPrediction, dict(objective="mtp", mtp_num_targets=3)),
+    Variant("mtp_sampled_in_batch", GenRecForNextItemPrediction,
+            dict(objective="mtp", mtp_num_targets=3, loss_type="sampled", num_negatives=8, in_batch_negatives=True)),
     Variant("backbone", GenRecModel),
 ]
 HEAD_VARIANTS = [v for v in VARIANTS if v.has_head]
@@ -89,6 +93,12 @@ class GenRecModelTester:
         if labels and self.variant.has_head:
             inputs["labels"] = torch.randint(1, config.vocab_size, shape, generator=g)
             inputs["labels"][:, 0] = -100
+            if config.objective == "mtp":  # K weighted targets per position, some slots empty, slot 0 = labels
+                k = config.mtp_num_targets
+                inputs["mtp_labels"] = torch.randint(1, config.vocab_size, (*shape, k), generator=g)
+                inputs["mtp_labels"][..., 0] = inputs["labels"].clamp(min=0)
+                inputs["mtp_labels"][:, ::2, k - 1] = 0
+                inputs["mtp_weights"] = torch.rand(*shape, k, generator=g) * (inputs["mtp_labels"] > 0)
         return inputs
 
     def loss(self, model, inputs: dict[str, torch.Tensor]) -> torch.Tensor:
@@ -230,7 +240,7 @@ def pack(inputs: dict[str, torch.Tensor], lengths: list[int], capacity: int
     `NextItemCollator(packing=True)` packs them, with `position_ids`; and (padded row, packed row, start) per row."""
     bins = first_fit_decreasing(lengths, capacity)
     width = max(sum(lengths[i] for i in b) for b in bins)
-    packed = {k: torch.full((len(bins), width), -100 if k == "labels" else 0, dtype=v.dtype)
+    packed = {k: torch.full((len(bins), width, *v.shape[2:]), -100 if k == "labels" else 0, dtype=v.dtype)
               for k, v in inputs.items()}
     packed["position_ids"] = torch.zeros(len(bins), width, dtype=torch.long)
     places = []

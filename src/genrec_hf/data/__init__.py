@@ -11,6 +11,7 @@ from .events import LoadedEvents
 from .interactions import SEQUENCE_FEATURES, InteractionData, build_interactions, remap_to_vocab
 from .load import FORMATS, detect_format, load_interactions, read_events
 from .movielens import load_movielens
+from .mtp import MultiTokenTargets
 from .recbole import load_recbole
 from .sequence_text import load_sequence_text
 from .splits import leave_one_out, time_split
@@ -26,6 +27,7 @@ __all__ = [
     "InteractionData",
     "ItemVocab",
     "LoadedEvents",
+    "MultiTokenTargets",
     "NextItemCollator",
     "build_interactions",
     "detect_format",

@@ -131,10 +131,14 @@ class NextItemCollator:
     packing=True (train only): the examples are packed into rows of at most `max_length` events
         (`first_fit_decreasing`), with `position_ids` (0, 1, ... per history, 0 at padding) telling the model where
         each history starts. Labels, supervised positions and so `num_items_in_batch` are those of the padded batch.
+    targets (train only): a `genrec_hf.data.mtp.MultiTokenTargets` for multi-token prediction: each position
+        also gets `mtp_labels` / `mtp_weights` (B, T, K) (0 / 0.0 at empty slots and padding), built per example
+        before any packing (targets never cross users), and `labels` becomes each position's first target (-100
+        where it has none), so `num_items_in_batch` counts the positions the multi-token loss supervises.
     """
 
     def __init__(self, max_length: int, mode: str = "train", padding_side: str = "left",
-                 exclude_history: bool = True, packing: bool = False) -> None:
+                 exclude_history: bool = True, packing: bool = False, targets: Any = None) -> None:
         if max_length < 1:
             raise ValueError(f"max_length={max_length}; expected a positive integer.")
         if mode not in ("train", "eval"):
@@ -144,7 +148,11 @@ class NextItemCollator:
         if packing and mode != "train":
             raise ValueError("packing=True applies to training batches only: an eval row's user embedding is read "
                              "at its last event, which a packed row shares among several users.")
+        if targets is not None and mode != "train":
+            raise ValueError("targets (multi-token prediction) apply to training batches only: evaluation ranks the "
+                             "held-out targets of each row.")
         self.max_length = max_length
+        self.targets = targets
         self.mode = mode
         self.padding_side = padding_side
         self.exclude_history = exclude_history
@@ -153,7 +161,7 @@ class NextItemCollator:
     def __repr__(self) -> str:
         return (f"{type(self).__name__}(max_length={self.max_length}, mode={self.mode!r}, "
                 f"padding_side={self.padding_side!r}, exclude_history={self.exclude_history}, "
-                f"packing={self.packing})")
+                f"packing={self.packing}" + (f", targets={self.targets}" if self.targets is not None else "") + ")")
 
     def __call__(self, rows: Sequence[dict[str, Any]]) -> dict[str, torch.Tensor]:
         if not rows:
@@ -168,7 +176,23 @@ class NextItemCollator:
         keep = self.max_length + 1
         items = list(row["item_ids"])
         times, actions = (_field(row, name, len(items))[-keep:][:-1] for name in ("timestamps", "action_ids"))
-        return items[-keep:][:-1], times, actions, items[-keep:][1:]
+        if self.targets is None:
+            return items[-keep:][:-1], times, actions, items[-keep:][1:]
+        return self._with_multi_targets(row, items[-keep:][:-1], times, actions, keep)
+
+    def _with_multi_targets(self, row: dict[str, Any], inputs: list[int], times: list[int], actions: list[int],
+                            keep: int) -> tuple:
+        """A train example plus its (P, K) multi-token targets and weights; labels = each position's first target."""
+        items = list(row["item_ids"])[-keep:]
+        column = self.targets.reward_column
+        if column is not None and row.get(column) is None:
+            raise ValueError(f"mtp_reward_column={column!r} is not a column of the training rows (they have "
+                             f"{sorted(row)}).")
+        rewards = None if column is None else _field(row, column, len(row["item_ids"]))[-keep:]
+        all_times = _field(row, "timestamps", len(row["item_ids"]))[-keep:]
+        ids, weights = self.targets(items, all_times, rewards, num_positions=len(inputs))
+        labels = np.where(ids[:, 0] > 0, ids[:, 0], IGNORE_INDEX).tolist() if len(inputs) else []
+        return inputs, times, actions, labels, ids, weights
 
     def _eval_example(self, index: int, row: dict[str, Any]) -> tuple[list[int], list[int], list[int], list[int],
                                                                        int, list[int]]:
@@ -183,15 +207,22 @@ class NextItemCollator:
 
     def _collate_train(self, examples: list[tuple]) -> dict[str, torch.Tensor]:
         positions = None
+        if self.targets is not None:  # one slot count for the batch (with only a horizon it varies per example)
+            slots = max([1] + [np.shape(example[4])[1] for example in examples if len(example[0])])
+            examples = [(*example[:4], *(np.pad(np.reshape(a, (len(example[0]), -1)),
+                                                ((0, 0), (0, slots - np.reshape(a, (len(example[0]), -1)).shape[1])))
+                                         for a in example[4:])) for example in examples]
         if self.packing:
             lengths = [len(example[0]) for example in examples]
             bins = first_fit_decreasing(lengths, self.max_length) or [[]]
             positions = [[p for i in indices for p in range(lengths[i])] for indices in bins]
-            examples = [tuple([v for i in indices for v in examples[i][field]] for field in range(4))
+            examples = [tuple([v for i in indices for v in examples[i][field]] for field in range(len(examples[0])))
                         for indices in bins]
         batch = self._pad_inputs(examples)
         width = batch["input_ids"].shape[1]
-        batch["labels"] = self._pad([labels for *_, labels in examples], IGNORE_INDEX, width)
+        batch["labels"] = self._pad([example[3] for example in examples], IGNORE_INDEX, width)
+        if self.targets is not None:
+            batch["mtp_labels"], batch["mtp_weights"] = self._pad_multi_targets(examples, width)
         if positions is not None:
             batch["position_ids"] = self._pad(positions, 0, width)
         return batch
@@ -222,6 +253,20 @@ class NextItemCollator:
     def _pad(self, sequences: list[list[int]], value: int, width: int) -> torch.Tensor:
         return _pad(sequences, value, width, self.padding_side)
 
+    def _pad_multi_targets(self, examples: list[tuple], width: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """(B, T, K) int64 targets and float32 weights, each example's rows on the same side as its inputs."""
+        rows = [(np.asarray(example[4], dtype=np.int64).reshape(len(example[0]), -1),
+                 np.asarray(example[5], dtype=np.float32).reshape(len(example[0]), -1)) for example in examples]
+        slots = max([1] + [ids.shape[1] for ids, _ in rows])
+        ids_out = torch.zeros(len(rows), width, slots, dtype=torch.long)
+        weights_out = torch.zeros(len(rows), width, slots, dtype=torch.float32)
+        for b, (ids, weights) in enumerate(rows):
+            n, k = ids.shape
+            start = width - n if self.padding_side == "left" else 0
+            ids_out[b, start:start + n, :k] = torch.from_numpy(ids)
+            weights_out[b, start:start + n, :k] = torch.from_numpy(weights)
+        return ids_out, weights_out
+
 
 class TaskCollator(NextItemCollator):
     """Task rows (`genrec_hf.data.tasks`) → the same batches as `NextItemCollator`, targets read from the row.
@@ -229,10 +274,14 @@ class TaskCollator(NextItemCollator):
     mode="train": rows carry `labels` aligned with their events (`labels[t]` = target after event t, -100 = none);
         the most recent `max_length` events and their labels are kept (cut longer rows with `label_windows`).
     mode="eval": the context is the row's events (most recent `max_length` as input, all of them excluded with
-        `exclude_history`), `target_ids` the row's targets (B, T) 0-padded and `target_time` its `target_time`.
+        `exclude_history`, and so are a row's optional `consumed_ids`), `target_ids` the row's targets (B, T)
+        0-padded and `target_time` its `target_time`.
     """
 
     def _train_example(self, row: dict[str, Any]) -> tuple[list[int], list[int], list[int], list[int]]:
+        if self.targets is not None:
+            raise ValueError("TaskCollator reads each position's target from the row's labels; multi-token targets "
+                             "(targets=) are built by NextItemCollator over event rows.")
         items, labels = list(row["item_ids"]), list(row["labels"])
         if len(labels) != len(items):
             raise ValueError(f"Row of user {row.get('user_id')!r}: labels has {len(labels)} values for "
@@ -248,7 +297,10 @@ class TaskCollator(NextItemCollator):
             raise ValueError(f"Task eval row {index} (user {row.get('user_id')!r}) has {len(items)} context "
                              f"event(s) and {len(targets)} target(s); expected at least one of each.")
         times, actions = (_field(row, name, len(items))[-self.max_length:] for name in ("timestamps", "action_ids"))
-        return items[-self.max_length:], times, actions, targets, int(row.get("target_time") or 0), items
+        # Items consumed after the context but before the list is shown (a staleness replay's `consumed_ids`) are
+        # history at show time: excluded with it.
+        consumed = list(row.get("consumed_ids") or [])
+        return items[-self.max_length:], times, actions, targets, int(row.get("target_time") or 0), items + consumed
 
 
 def _pad(sequences: list[list[int]], value: int, width: int, side: str) -> torch.Tensor:

@@ -14,6 +14,7 @@ from transformers import TrainingArguments, set_seed
 
 from ..data import InteractionData, NextItemCollator, leave_one_out, sliding_windows, time_split
 from ..data.collators import with_lengths
+from ..data.mtp import MultiTokenTargets, check_reward_column
 from ..evaluation import RankingProtocol
 from ..evaluation.baselines import popularity_metrics, popularity_scores
 from ..integrity import verify_weights, write_manifest
@@ -104,7 +105,9 @@ def _train(recipe: Recipe, args: TrainingArguments, output_dir: Path, checkpoint
     model = build_model(recipe, prepared.data)
     if model.config.vocab_size == len(prepared.data.vocab):  # the sampled softmax's popularity sampler / logQ
         model.set_item_frequencies(popularity_scores(prepared.splits["train"], model.config.vocab_size))
-    collator = NextItemCollator(recipe.data.max_length, mode="train", packing=recipe.data.batching == "packed")
+    targets = multi_token_targets(model.config, prepared)
+    collator = NextItemCollator(recipe.data.max_length, mode="train", packing=recipe.data.batching == "packed",
+                                targets=targets)
     eval_collator = NextItemCollator(recipe.data.max_length, mode="eval",
                                      exclude_history=recipe.evaluation.exclude_history)
     protocol = RankingProtocol(exclude_history=recipe.evaluation.exclude_history)
@@ -147,6 +150,21 @@ def _train(recipe: Recipe, args: TrainingArguments, output_dir: Path, checkpoint
         write_model_card(output_dir, dataset_name=prepared.data.name, training_args=args)
     return TrainOutcome(metrics=metrics, data=prepared.data, model=trainer.model,
                         is_main_process=trainer.is_world_process_zero())
+
+
+def multi_token_targets(config: GenRecConfig, prepared: PreparedData) -> MultiTokenTargets | None:
+    """The multi-token targets `config.objective="mtp"` trains on (None for next-token prediction), after checking
+    that the data has what they read: timestamps for a horizon or a decay, a numeric per-event reward column."""
+    targets = MultiTokenTargets.from_config(config)
+    if targets is None:
+        return None
+    if targets.uses_time and not prepared.data.has_timestamps:
+        raise ValueError(
+            f"objective mtp with mtp_horizon_seconds={targets.horizon_seconds} and mtp_half_life_seconds="
+            f"{targets.half_life_seconds} needs timestamps, but {prepared.data.name} has only the event order; set "
+            "both to null (count-only targets, no decay) or use data with timestamps.")
+    check_reward_column(prepared.train_windows, targets.reward_column)
+    return targets
 
 
 def _parameter_counts(model: GenRecForNextItemPrediction) -> dict[str, int]:

@@ -113,3 +113,100 @@ def sampled_softmax_loss(
         hits[:, 0] = False
         logits = logits.masked_fill(hits, float("-inf"))
     return -F.log_softmax(logits, dim=1)[:, 0].sum()
+
+
+# --- multi-token prediction (paper §4): a weighted set of future targets per position ------------------------------
+#
+# Targets are (N, K) item indices, 0 = no target in that slot, with (N, K) non-negative weights (ignored at 0 slots).
+# Each returns sum_n sum_k w_nk * (-log p(y_nk | x_n)); the caller divides by the number of supervised positions of
+# the whole batch, as for next-token prediction. Vectorised over positions and targets: the (N, V) or (N, S) logits
+# of a position are computed once and shared by its K targets, so memory is that of next-token prediction plus
+# O(N * K).
+
+
+def full_softmax_multi_target_loss(
+    queries: torch.Tensor,
+    item_vectors: torch.Tensor,
+    targets: torch.Tensor,
+    weights: torch.Tensor,
+    *,
+    temperature: float = 1.0,
+    l2_normalize: bool = False,
+) -> torch.Tensor:
+    """Weighted summed cross-entropy of every target of a position under one softmax over the catalog.
+
+    A target's probability is its share of the whole catalog's softmax (the other targets of the position are in
+    the denominator like any item), so K = 1 with weight 1 is `full_softmax_loss` exactly.
+    """
+    logits = score_items(queries, item_vectors, temperature=temperature, l2_normalize=l2_normalize).float()
+    logits[:, 0] = float("-inf")
+    log_probs = torch.log_softmax(logits, dim=1).gather(1, targets)
+    real = targets > 0
+    return -torch.where(real, log_probs * weights.to(log_probs.dtype), torch.zeros_like(log_probs)).sum()
+
+
+def sampled_softmax_multi_target_loss(
+    queries: torch.Tensor,
+    item_vectors: torch.Tensor,
+    targets: torch.Tensor,
+    weights: torch.Tensor,
+    negatives: torch.Tensor,
+    *,
+    in_batch_negatives: bool = False,
+    item_log_q: torch.Tensor | None = None,
+    remove_accidental_hits: bool = True,
+    temperature: float = 1.0,
+    l2_normalize: bool = False,
+) -> torch.Tensor:
+    """Weighted summed sampled-softmax loss: each target of a position against that position's negatives.
+
+    Every positive y_nk is scored against the same candidates as `sampled_softmax_loss` would score the position's
+    next item against: the shared (S,) or per-position (N, S) negatives, plus, with `in_batch_negatives`, the
+    first target of every position of the batch (its next-token label; all N * K targets would make the block
+    N x NK). The other targets of the position are not its negatives: a candidate equal to ANY target of the
+    position is an accidental hit and is masked (`remove_accidental_hits`). `item_log_q` corrects every logit as in
+    `sampled_softmax_loss`. K = 1 with weight 1 is `sampled_softmax_loss` (up to float rounding: the positive is
+    combined with the negatives' log-sum-exp by `logaddexp`).
+    """
+    n, k = targets.shape
+    shared = negatives.dim() == 1
+    real = targets > 0
+    first = targets[:, 0]
+    # One gather for positives and negatives (see `sampled_softmax_loss`: one dense (V, d) gradient, not two).
+    candidate_vectors = item_vectors[torch.cat([targets.reshape(-1), negatives.reshape(-1)])]
+    if l2_normalize:
+        queries = F.normalize(queries, dim=-1)
+        candidate_vectors = F.normalize(candidate_vectors, dim=-1)
+    positive_vectors = candidate_vectors[:n * k].view(n, k, -1)
+    negative_vectors = candidate_vectors[n * k:]
+    positive = score_items(queries.unsqueeze(1), positive_vectors, temperature=temperature).reshape(n, k)
+    if shared:
+        negative_ids = negatives.unsqueeze(0).expand(n, -1)
+        negative = score_items(queries, negative_vectors, temperature=temperature)
+    else:
+        negative_ids = negatives
+        per_position = negative_vectors.view(n, negatives.shape[1], candidate_vectors.shape[-1])
+        negative = score_items(queries.unsqueeze(1), per_position, temperature=temperature).squeeze(1)
+    candidate_ids, logits = [negative_ids], [negative]
+    if in_batch_negatives:
+        logits.append(score_items(queries, positive_vectors[:, 0], temperature=temperature))
+        candidate_ids.append(first.unsqueeze(0).expand(n, -1))
+    logits = torch.cat(logits, dim=1).float()
+    candidate_ids = torch.cat(candidate_ids, dim=1)
+    positive = positive.float()
+    if item_log_q is not None:
+        logits = logits - item_log_q[candidate_ids].float()
+        positive = positive - item_log_q[targets].float()
+    if remove_accidental_hits:
+        # (N, C): the candidate is one of the position's own targets (K comparisons, never an (N, C, K) tensor).
+        hits = torch.zeros_like(candidate_ids, dtype=torch.bool)
+        for slot in range(k):
+            hits |= (candidate_ids == targets[:, slot:slot + 1]) & real[:, slot:slot + 1]
+        logits = logits.masked_fill(hits, float("-inf"))
+    # (N, 1) log-sum-exp of the negatives; a row whose candidates are all hits has none (-inf), computed on zeros
+    # so that its backward stays finite.
+    none_left = (logits == float("-inf")).all(dim=1, keepdim=True)
+    negatives_lse = torch.logsumexp(torch.where(none_left, torch.zeros_like(logits), logits), dim=1, keepdim=True)
+    negatives_lse = torch.where(none_left, torch.full_like(negatives_lse, float("-inf")), negatives_lse)
+    losses = torch.logaddexp(positive, negatives_lse) - positive
+    return torch.where(real, losses * weights.to(losses.dtype), torch.zeros_like(losses)).sum()

@@ -10,6 +10,9 @@ Input conventions (one token per event, all tensors batch × time):
     timestamps      event times in seconds (int64); used for the time-gap bucket feature
     action_ids      action type per event (0 = unknown), when `config.num_action_types > 0`
     labels          already aligned targets: `labels[:, t]` is the item to predict from events ≤ t; -100 = ignore
+    mtp_labels      optional (B, T, K) multi-token targets of each position (0 = empty slot), with `mtp_weights`
+                    (B, T, K): the loss is then the weighted multi-target one over the positions `labels` supervises
+                    (`genrec_hf.data.mtp.MultiTokenTargets` builds both, with `labels` = each position's first target)
     position_ids    optional, for packed rows (several histories in one row, as `NextItemCollator(packing=True)`
                     builds them): each history's positions 0, 1, ..., restarting at 0 where the next one starts (the
                     `transformers.DataCollatorWithFlattening` convention). Attention then never crosses histories
@@ -32,7 +35,8 @@ from transformers.modeling_utils import ALL_ATTENTION_FUNCTIONS
 from transformers.utils import ModelOutput, logging
 
 from .configuration_genrec import GenRecConfig
-from .losses import full_softmax_loss, item_log_probabilities, sample_negatives, sampled_softmax_loss
+from .losses import (full_softmax_loss, full_softmax_multi_target_loss, item_log_probabilities, sample_negatives,
+                     sampled_softmax_loss, sampled_softmax_multi_target_loss)
 from .scoring import TopItems, chunked_topk, score_items
 
 logger = logging.get_logger(__name__)
@@ -700,10 +704,14 @@ class GenRecForNextItemPrediction(GenRecPreTrainedModel):
         num_items_in_batch: int | torch.Tensor | None = None,
         cache: GenRecCache | None = None,
         use_cache: bool | None = None,
+        mtp_labels: torch.Tensor | None = None,
+        mtp_weights: torch.Tensor | None = None,
         **kwargs: Any,
     ) -> GenRecNextItemOutput | tuple:
         """Next-item loss (with `labels`) and user embeddings; `position_ids` (B, T) marks packed rows (several
-        histories per row, see the module docstring): the loss is that of the same histories padded one per row."""
+        histories per row, see the module docstring): the loss is that of the same histories padded one per row.
+        With `mtp_labels` / `mtp_weights` (B, T, K) the loss is the multi-token one (`multi_target_loss_sum`) over
+        the positions `labels` supervises, divided by the same count of supervised positions."""
         output_attentions, output_hidden_states, return_dict = self._resolve_output_flags(
             output_attentions, output_hidden_states, return_dict)
         if attention_mask is None:
@@ -723,7 +731,12 @@ class GenRecForNextItemPrediction(GenRecPreTrainedModel):
         loss = None
         if labels is not None:
             supervised = labels != -100
-            loss_sum = self.loss_sum(self.head(hidden[supervised]), labels[supervised])
+            if mtp_labels is None:
+                loss_sum = self.loss_sum(self.head(hidden[supervised]), labels[supervised])
+            else:
+                self._check_multi_targets(labels, mtp_labels, mtp_weights)
+                loss_sum = self.multi_target_loss_sum(self.head(hidden[supervised]), mtp_labels[supervised],
+                                                      mtp_weights[supervised])
             denominator = num_items_in_batch if num_items_in_batch is not None else supervised.sum().clamp(min=1)
             loss = loss_sum / denominator
         logits = self.score(user_embeddings) if output_logits else None
@@ -734,20 +747,52 @@ class GenRecForNextItemPrediction(GenRecPreTrainedModel):
 
     def loss_sum(self, queries: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
         """Summed next-item loss of (N, d_out) queries against (N,) targets, as configured."""
+        if self.config.loss_type == "full":
+            return full_softmax_loss(queries, self.item_vectors, targets, **self._score_options())
+        return sampled_softmax_loss(queries, self.item_vectors, targets, self._negatives(queries.shape[0]),
+                                    **self._sampled_options())
+
+    def multi_target_loss_sum(self, queries: torch.Tensor, targets: torch.Tensor,
+                              weights: torch.Tensor) -> torch.Tensor:
+        """Summed weighted multi-token loss of (N, d_out) queries against (N, K) targets (0 = empty slot) with
+        (N, K) weights: `-sum w log p(y | x)` under the configured head (full or sampled softmax, same negatives)."""
+        if self.config.loss_type == "full":
+            return full_softmax_multi_target_loss(queries, self.item_vectors, targets, weights,
+                                                  **self._score_options())
+        return sampled_softmax_multi_target_loss(queries, self.item_vectors, targets, weights,
+                                                 self._negatives(queries.shape[0]), **self._sampled_options())
+
+    def _score_options(self) -> dict[str, Any]:
+        return dict(temperature=self.config.score_temperature, l2_normalize=self.config.l2_normalize_scores)
+
+    def _sampled_options(self) -> dict[str, Any]:
         config = self.config
-        common = dict(temperature=config.score_temperature, l2_normalize=config.l2_normalize_scores)
-        if config.loss_type == "full":
-            return full_softmax_loss(queries, self.item_vectors, targets, **common)
+        return dict(in_batch_negatives=config.in_batch_negatives,
+                    item_log_q=self.head.item_log_q if config.uses_logq_correction else None,
+                    remove_accidental_hits=config.remove_accidental_hits, **self._score_options())
+
+    def _negatives(self, num_queries: int) -> torch.Tensor:
+        """The sampled head's negatives for `num_queries` positions: shared (K,) or per position (N, K)."""
+        config = self.config
         k = config.resolved_num_negatives
-        shape = (k,) if config.negative_sharing == "batch" else (queries.shape[0], k)
-        log_q = self.head.item_log_q
-        negatives = sample_negatives(config.vocab_size, shape, device=queries.device,
-                                     item_log_q=log_q if config.negative_sampler == "popularity" else None)
-        return sampled_softmax_loss(
-            queries, self.item_vectors, targets, negatives, in_batch_negatives=config.in_batch_negatives,
-            item_log_q=log_q if config.uses_logq_correction else None,
-            remove_accidental_hits=config.remove_accidental_hits, **common,
-        )
+        shape = (k,) if config.negative_sharing == "batch" else (num_queries, k)
+        return sample_negatives(config.vocab_size, shape, device=self.item_vectors.device,
+                                item_log_q=self.head.item_log_q if config.negative_sampler == "popularity" else None)
+
+    def _check_multi_targets(self, labels: torch.Tensor, mtp_labels: torch.Tensor,
+                             mtp_weights: torch.Tensor | None) -> None:
+        """(B, T, K) multi-token targets and weights that match `labels`, in range, weights finite and >= 0."""
+        if mtp_weights is None or mtp_labels.dim() != 3 or tuple(mtp_labels.shape[:2]) != tuple(labels.shape) \
+                or tuple(mtp_weights.shape) != tuple(mtp_labels.shape):
+            raise ValueError(
+                f"mtp_labels {tuple(mtp_labels.shape)} and mtp_weights "
+                f"{None if mtp_weights is None else tuple(mtp_weights.shape)} must both be (batch, time, K) with "
+                f"(batch, time) = labels' {tuple(labels.shape)}.")
+        _check_range("mtp_labels", mtp_labels, 0, self.config.vocab_size)
+        if not _is_traced() and mtp_weights.numel() and not bool(
+                (torch.isfinite(mtp_weights) & (mtp_weights >= 0)).all()):
+            raise ValueError("mtp_weights must be finite and >= 0 (w = r * exp(-ln2 * dt / beta) with a reward "
+                             "r >= 0).")
 
     def set_item_frequencies(self, counts: torch.Tensor) -> None:
         """Give the sampled softmax the (V,) training count of each item: the popularity sampler draws from it and

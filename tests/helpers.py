@@ -18,6 +18,34 @@ def tiny_config(**overrides):
     return GenRecConfig(**{**base, **overrides})
 
 
+def train_one_step(output_dir, rows: list[dict], collate, batch_size: int, accumulation: int):
+    """One optimizer step of a tiny model through `Trainer` on `rows` in order, `accumulation` micro-batches of
+    `batch_size`; asserts the logged loss is the one-batch loss of all rows and returns the updated model."""
+    import torch
+    from datasets import Dataset
+    from transformers import Trainer, TrainingArguments
+
+    from genrec_hf import GenRecForNextItemPrediction
+
+    torch.manual_seed(0)
+    model = GenRecForNextItemPrediction(tiny_config())
+    args = TrainingArguments(
+        output_dir=str(output_dir), per_device_train_batch_size=batch_size,
+        gradient_accumulation_steps=accumulation, max_steps=1, learning_rate=0.1, optim="sgd",
+        lr_scheduler_type="constant", report_to=[], use_cpu=True, save_strategy="no",
+        remove_unused_columns=False, logging_steps=1, seed=0, data_seed=0, disable_tqdm=True)
+    trainer = Trainer(model=model, args=args, train_dataset=Dataset.from_list(rows), data_collator=collate)
+    trainer._get_train_sampler = lambda *a, **k: torch.utils.data.SequentialSampler(trainer.train_dataset)
+    # Our labels are already aligned (no shift): every non -100 label must count in num_items_in_batch.
+    assert trainer.model_accepts_loss_kwargs and not trainer._loss_shifts_labels
+    initial = GenRecForNextItemPrediction(tiny_config())
+    initial.load_state_dict(model.state_dict())
+    expected = initial(**collate(rows)).loss.item()  # mean over all supervised positions of the rows
+    result = trainer.train()
+    assert abs(result.training_loss - expected) < 1e-5, (result.training_loss, expected)
+    return model
+
+
 def require_shared_data(name: str) -> Path:
     """The real data set `name` (MovieLens / Amazon files kept beside the project), or skip with the reason."""
     path = SHARED_DATA / name

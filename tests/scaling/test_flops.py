@@ -1,4 +1,4 @@
-"""The FLOPs model reproduces the paper's table (PAPER.md §3) within 3%, and counts the backbone honestly."""
+"""The FLOPs model reproduces the paper's FLOPs table (its §3) within 3%, and counts the backbone honestly."""
 
 from __future__ import annotations
 

@@ -1,5 +1,5 @@
 """Every shipped accelerate config parses with accelerate's own schema and says what it promises; cpu_ddp.yaml really
-starts two CPU processes in one gloo group (DESIGN.md §4.8: `--cpu --num_processes 2` silently runs one)."""
+starts two CPU processes in one gloo group (`--cpu --num_processes 2` alone silently runs one)."""
 
 from __future__ import annotations
 

@@ -7,15 +7,12 @@ import json
 
 import pytest
 import torch
-from datasets import Dataset
-from transformers import Trainer, TrainingArguments
 
-from genrec_hf import GenRecForNextItemPrediction
 from genrec_hf.cli import main
 from genrec_hf.data import NextItemCollator
 from genrec_hf.data.mtp import MultiTokenTargets
 
-from tests.helpers import REPO_ROOT, tiny_config
+from tests.helpers import REPO_ROOT, train_one_step
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -36,23 +33,8 @@ def test_mtp_grad_accumulation_matches_full_batch(tmp_path, packing):
     same rows are split into 4 accumulated micro-batches: the update would depend on batch composition."""
     targets = MultiTokenTargets(num_targets=3, half_life_seconds=3600.0, weight_normalization="none")
     collator = NextItemCollator(16, targets=targets, packing=packing)
-    results = {}
-    for batch_size, accumulation in [(8, 1), (2, 4)]:
-        torch.manual_seed(0)
-        model = GenRecForNextItemPrediction(tiny_config())
-        args = TrainingArguments(
-            output_dir=str(tmp_path / f"run{accumulation}"), per_device_train_batch_size=batch_size,
-            gradient_accumulation_steps=accumulation, max_steps=1, learning_rate=0.1, optim="sgd",
-            lr_scheduler_type="constant", report_to=[], use_cpu=True, save_strategy="no",
-            remove_unused_columns=False, logging_steps=1, seed=0, data_seed=0, disable_tqdm=True)
-        trainer = Trainer(model=model, args=args, train_dataset=Dataset.from_list(_rows()), data_collator=collator)
-        trainer._get_train_sampler = lambda *a, **k: torch.utils.data.SequentialSampler(trainer.train_dataset)
-        initial = GenRecForNextItemPrediction(tiny_config())
-        initial.load_state_dict(model.state_dict())
-        expected = initial(**collator(_rows())).loss.item()  # one batch of all 8 rows
-        result = trainer.train()
-        assert abs(result.training_loss - expected) < 1e-5, (result.training_loss, expected)
-        results[accumulation] = model
+    results = {accumulation: train_one_step(tmp_path / f"run{accumulation}", _rows(), collator, batch_size,
+                                            accumulation) for batch_size, accumulation in [(8, 1), (2, 4)]}
     for (name, a), (_, b) in zip(results[1].named_parameters(), results[4].named_parameters()):
         torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-6, msg=name)
 

@@ -60,6 +60,16 @@ def item_log_probabilities(counts: torch.Tensor, alpha: float = 1.0) -> torch.Te
     return torch.log(weights / weights.sum()).float()
 
 
+def _negative_logits(queries: torch.Tensor, negative_vectors: torch.Tensor, negatives: torch.Tensor,
+                     temperature: float) -> tuple[torch.Tensor, torch.Tensor]:
+    """(N, K) ids and logits of each query's negatives: shared (K,) negatives, or per-position (N, K) ones."""
+    n = queries.shape[0]
+    if negatives.dim() == 1:
+        return negatives.unsqueeze(0).expand(n, -1), score_items(queries, negative_vectors, temperature=temperature)
+    per_position = negative_vectors.view(n, negatives.shape[1], negative_vectors.shape[-1])
+    return negatives, score_items(queries.unsqueeze(1), per_position, temperature=temperature).squeeze(1)
+
+
 def sampled_softmax_loss(
     queries: torch.Tensor,
     item_vectors: torch.Tensor,
@@ -83,7 +93,6 @@ def sampled_softmax_loss(
         remove_accidental_hits: Mask candidates equal to the position's own positive (they are not negatives).
     """
     n = queries.shape[0]
-    shared = negatives.dim() == 1
     # One gather for positives and negatives: each gather's backward materialises a dense (V, d) gradient, so
     # separate gathers would double the item-table gradient memory and time of every step.
     candidate_vectors = item_vectors[torch.cat([targets, negatives.reshape(-1)])]
@@ -92,13 +101,7 @@ def sampled_softmax_loss(
         candidate_vectors = F.normalize(candidate_vectors, dim=-1)
     positive_vectors, negative_vectors = candidate_vectors[:n], candidate_vectors[n:]
     positive = score_items(queries.unsqueeze(1), positive_vectors.unsqueeze(1), temperature=temperature).reshape(n, 1)
-    if shared:
-        negative_ids = negatives.unsqueeze(0).expand(n, -1)
-        negative = score_items(queries, negative_vectors, temperature=temperature)
-    else:
-        negative_ids = negatives
-        per_position = negative_vectors.view(n, negatives.shape[1], candidate_vectors.shape[-1])
-        negative = score_items(queries.unsqueeze(1), per_position, temperature=temperature).squeeze(1)
+    negative_ids, negative = _negative_logits(queries, negative_vectors, negatives, temperature)
     candidate_ids = [targets[:, None], negative_ids]
     logits = [positive, negative]
     if in_batch_negatives:
@@ -169,7 +172,6 @@ def sampled_softmax_multi_target_loss(
     combined with the negatives' log-sum-exp by `logaddexp`).
     """
     n, k = targets.shape
-    shared = negatives.dim() == 1
     real = targets > 0
     first = targets[:, 0]
     # One gather for positives and negatives (see `sampled_softmax_loss`: one dense (V, d) gradient, not two).
@@ -180,13 +182,7 @@ def sampled_softmax_multi_target_loss(
     positive_vectors = candidate_vectors[:n * k].view(n, k, -1)
     negative_vectors = candidate_vectors[n * k:]
     positive = score_items(queries.unsqueeze(1), positive_vectors, temperature=temperature).reshape(n, k)
-    if shared:
-        negative_ids = negatives.unsqueeze(0).expand(n, -1)
-        negative = score_items(queries, negative_vectors, temperature=temperature)
-    else:
-        negative_ids = negatives
-        per_position = negative_vectors.view(n, negatives.shape[1], candidate_vectors.shape[-1])
-        negative = score_items(queries.unsqueeze(1), per_position, temperature=temperature).squeeze(1)
+    negative_ids, negative = _negative_logits(queries, negative_vectors, negatives, temperature)
     candidate_ids, logits = [negative_ids], [negative]
     if in_batch_negatives:
         logits.append(score_items(queries, positive_vectors[:, 0], temperature=temperature))

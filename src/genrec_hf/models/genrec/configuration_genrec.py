@@ -10,6 +10,9 @@ import math
 from typing import Any
 
 from transformers import PretrainedConfig
+from transformers.configuration_utils import SubConfigSpec
+
+from .configuration_item_tower import GenRecItemTowerConfig
 
 POSITION_ENCODINGS = ("rope", "learned", "none")
 NORM_TYPES = ("rmsnorm", "layernorm")
@@ -123,9 +126,12 @@ class GenRecConfig(PretrainedConfig):
             scores). Named so to stay clear of `temperature`, which transformers reserves for generation.
         l2_normalize_scores: L2-normalise user and item vectors before the dot product (cosine scores, HSTU setting).
         score_chunk_size: Items scored per chunk in full-catalog loss, ranking and top-k (bounds memory).
+        item_tower_config: Optional `GenRecItemTowerConfig` (or its dict): the cold-start semantic item tower, fusion
+            and collaborative-embedding masking (`item_tower.py`). None = ID embeddings only.
     """
 
     model_type = "genrec"
+    sub_configs_defaults = {"item_tower_config": SubConfigSpec(config_class=GenRecItemTowerConfig, optional=True)}
 
     def __init__(
         self,
@@ -165,8 +171,12 @@ class GenRecConfig(PretrainedConfig):
         l2_normalize_scores: bool = False,
         score_chunk_size: int = 65536,
         pad_token_id: int = 0,
+        item_tower_config: GenRecItemTowerConfig | dict[str, Any] | None = None,
         **kwargs: Any,
     ) -> None:
+        if isinstance(item_tower_config, dict):
+            item_tower_config = GenRecItemTowerConfig(**item_tower_config)
+        self.item_tower_config = item_tower_config
         self.vocab_size = vocab_size
         self.hidden_size = hidden_size
         self.num_hidden_layers = num_hidden_layers

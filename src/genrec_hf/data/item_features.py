@@ -24,7 +24,6 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
-import math
 import re
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
@@ -242,31 +241,67 @@ def _numeric(name: str, values: list[Any]) -> tuple[dict[str, Any], torch.Tensor
 def _text_block(titles: list[str], encoder: str | Path | None, hashing_dim: int
                 ) -> tuple[dict[str, Any], torch.Tensor]:
     if encoder is None or str(encoder) == "hashing":
-        vectors = hashed_tfidf(titles, hashing_dim)
-        return {"name": "title_text", "kind": "dense", "dim": hashing_dim, "source": f"hashed-tfidf-{hashing_dim}"}, \
-            vectors
+        idf = hashed_idf(titles, hashing_dim)
+        block = {"name": "title_text", "kind": "dense", "dim": hashing_dim, "source": "hashing",
+                 "idf": [round(float(v), 5) for v in idf]}
+        return block, hashed_tfidf(titles, idf)
     folder = resolve_text_encoder(encoder)
     vectors = encode_texts(titles, folder)
     return {"name": "title_text", "kind": "dense", "dim": int(vectors.shape[1]), "source": folder.name}, vectors
 
 
-def hashed_tfidf(texts: Sequence[str], dim: int = 256) -> torch.Tensor:
-    """(n, dim) L2-normalised TF-IDF of words and word bigrams hashed into `dim` buckets (md5, so stable across
-    runs); empty texts are zero rows."""
-    docs = []
+def _hashed_terms(text: str, dim: int) -> list[int]:
+    """Buckets of a text's words and word bigrams (md5, so stable across runs and machines)."""
+    words = _WORD.findall(text.lower())
+    terms = words + [f"{a}_{b}" for a, b in zip(words, words[1:])]
+    return [int(hashlib.md5(term.encode()).hexdigest()[:8], 16) % dim for term in terms]
+
+
+def hashed_idf(texts: Sequence[str], dim: int = 256) -> torch.Tensor:
+    """(dim,) inverse document frequency of each hash bucket over the catalog's texts (smoothed, >= 1)."""
+    frequency = torch.zeros(dim)
     for text in texts:
-        words = _WORD.findall(text.lower())
-        docs.append(words + [f"{a}_{b}" for a, b in zip(words, words[1:])])
-    frequency: dict[str, int] = {}
-    for terms in docs:
-        for term in set(terms):
-            frequency[term] = frequency.get(term, 0) + 1
-    out = torch.zeros(len(docs), dim)
-    for row, terms in enumerate(docs):
-        for term in terms:
-            bucket = int(hashlib.md5(term.encode()).hexdigest()[:8], 16) % dim
-            out[row, bucket] += math.log((1 + len(docs)) / (1 + frequency[term])) + 1.0
+        for bucket in set(_hashed_terms(text, dim)):
+            frequency[bucket] += 1
+    return torch.log((1 + len(texts)) / (1 + frequency)) + 1.0
+
+
+def hashed_tfidf(texts: Sequence[str], idf: torch.Tensor | Sequence[float]) -> torch.Tensor:
+    """(n, dim) L2-normalised TF-IDF of words and word bigrams hashed into `len(idf)` buckets, with the catalog's
+    bucket IDF (`hashed_idf`, kept in the schema so a new item's title is encoded the same way); empty text: 0."""
+    idf = torch.as_tensor(idf, dtype=torch.float32)
+    out = torch.zeros(len(texts), idf.shape[0])
+    for row, text in enumerate(texts):
+        for bucket in _hashed_terms(text, idf.shape[0]):
+            out[row, bucket] += idf[bucket]
     return torch.nn.functional.normalize(out, dim=1)
+
+
+def metadata_features(schema: Sequence[Mapping[str, Any]], info: Mapping[str, Any],
+                      text_encoder: str | Path | None = None) -> dict[str, Any]:
+    """An item's raw metadata (the loaders' `item_info` keys: genres, attributes, year, title, or a block name
+    with its value) as `{block name: value}` for `model.add_items`. A title becomes the `title_text` block the way
+    the schema's source made it (hashing with the stored IDF, or the encoder folder `text_encoder`)."""
+    names = {block["name"]: block for block in schema}
+    out: dict[str, Any] = {}
+    for key, value in info.items():
+        if key == "title" and "title_text" in names:
+            block = names["title_text"]
+            if block.get("source") == "hashing":
+                out["title_text"] = hashed_tfidf([str(value)], block["idf"])[0]
+            else:
+                if text_encoder is None:
+                    raise ValueError(f"the model's title_text block was made by {block.get('source')!r}: pass that "
+                                     "encoder folder (text_encoder=..., --text-encoder) to encode new titles.")
+                out["title_text"] = encode_texts([str(value)], text_encoder)[0]
+        elif key in names:
+            out[key] = value
+        elif key in ("title", "item_id"):
+            continue
+        else:
+            raise ValueError(f"unknown feature name {key!r}; this model's feature schema has {sorted(names)} "
+                             "(+ title for title_text).")
+    return out
 
 
 def resolve_text_encoder(encoder: str | Path) -> Path:

@@ -188,7 +188,7 @@ def check_base(adapter_dir: str | Path, config: GenRecConfig, base_dir: str | Pa
     if diffs:
         raise ValueError(f"Adapter {adapter_dir} was trained on base {expected.get('base_dir', '?')!r} and does not "
                          f"fit the base{where}: " + "; ".join(diffs) + ".")
-    if expected.get("weights_sha256") and actual.get("weights_sha256") and \
+    if expected.get("weights_sha256") and actual.get("weights_sha256") and not extended and \
             expected["weights_sha256"] != actual["weights_sha256"]:
         warnings.warn(f"Adapter {adapter_dir} was trained on base weights {expected['weights_sha256'][:12]}…, this "
                       f"base{where} has {actual['weights_sha256'][:12]}… (same shapes; results may differ).")

@@ -241,3 +241,20 @@ def test_cli_trains_adds_items_recommends_and_keeps_adapters(tmp_path, capsys):
     dup.write_text(json.dumps({"item_id": vocab.raw_ids[0]}) + "\n")
     assert _cli("add-items", str(run), str(dup), "--output_dir", str(tmp_path / "g2")) != 0
     assert "already in the catalog" in capsys.readouterr().err
+
+
+def test_text_encoder_mean_pooling_when_installed(data):
+    """The optional encoder path (AutoModel + mean pooling over the attention mask) returning pad-polluted or
+    unnormalised vectors, or failing on an empty title."""
+    try:
+        folder = resolve_text_encoder("minilm")
+    except FileNotFoundError as error:
+        pytest.skip(f"optional text encoder not installed: {error}")
+    from genrec_hf.data.item_features import encode_texts
+
+    vectors = encode_texts(["Toy Story", "Toy Story 2", "GoldenEye", ""], folder)
+    assert vectors.shape == (4, 384) and vectors[3].abs().sum() == 0
+    torch.testing.assert_close(vectors[:3].norm(dim=1), torch.ones(3))
+    assert vectors[0] @ vectors[1] > vectors[0] @ vectors[2]
+    alone = encode_texts(["Toy Story"], folder)  # padding in the batch must not change a row
+    torch.testing.assert_close(alone[0], vectors[0], atol=1e-5, rtol=0)

@@ -121,6 +121,9 @@ class ItemFeatureStore:
             if block is not None:
                 schema.append(block)
                 columns.append(values)
+        if not schema and blocks is not None and not list(blocks):  # blocks=[]: ID / OOV only (an ablation)
+            return cls(raw_ids=raw_ids, schema=[], matrix=torch.zeros(len(raw_ids), 0),
+                       has_metadata=torch.tensor([bool(i) for i in infos], dtype=torch.bool))
         if not schema:
             raise ValueError("no feature block could be built: the items have no genres, attributes, year, title or "
                              "knowledge graph.")

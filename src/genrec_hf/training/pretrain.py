@@ -126,8 +126,9 @@ def _train(recipe: Recipe, args: TrainingArguments, output_dir: Path, checkpoint
     tower_config = None
     if recipe.model.item_tower is not None and not recipe.model.init_from:
         full_raw = (prepared.cold.vocab if prepared.cold is not None else prepared.data.vocab).raw_ids
+        cache = recipe.model.item_features.get("cache")
         store = build_feature_store(recipe.model.item_features, prepared.data, full_raw, recipe.data.source,
-                                    output_dir / FEATURE_CACHE)
+                                    Path(cache) if cache else output_dir / FEATURE_CACHE)
         options = tower_options(recipe.model.item_tower, prepared.splits["train"], prepared.data.has_timestamps,
                                 float(recipe.model.item_features.get("serving_gap", 7 * 24 * 3600)))
         tower_config = store.tower_config(**options).to_dict()

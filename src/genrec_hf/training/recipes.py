@@ -59,7 +59,8 @@ DEFAULT_FINETUNE_ARGUMENTS: dict[str, Any] = {
 }
 FINETUNE_MODES = ("lora", "full", "from_scratch")
 SPLITS = ("leave_one_out", "time", "cold_items", "cold_time")
-ITEM_FEATURE_OPTIONS = {"blocks", "text_encoder", "kg", "min_category_count", "serving_gap", "kg_dim", "hashing_dim"}
+ITEM_FEATURE_OPTIONS = {"blocks", "text_encoder", "kg", "min_category_count", "serving_gap", "kg_dim", "hashing_dim",
+                        "cache"}
 # How training windows become batches: padded to the batch's longest row, grouped by length (Trainer's
 # LengthGroupedSampler, less padding), or packed several per row (no padding, the same loss as padded).
 BATCHING_MODES = ("padded", "grouped", "packed")
@@ -149,7 +150,8 @@ class ModelSection:
     # data's cold-start rate, tower_hidden_size, ...); None = ID embeddings only.
     item_tower: dict[str, Any] | None = None
     # Item feature store options: blocks (genres, attributes, year, title_text, kg), text_encoder (a folder,
-    # "minilm" or "hashing"), kg (a path or "auto": the .kg beside the data), min_category_count, serving_gap.
+    # "minilm" or "hashing"), kg (a path or "auto": the .kg beside the data), min_category_count, serving_gap,
+    # cache (a folder for the built store, shared across runs; default output_dir/item_feature_store).
     item_features: dict[str, Any] = field(default_factory=dict)
 
 
@@ -201,6 +203,9 @@ class Recipe(RecipeBase):
             from ..models.genrec.configuration_item_tower import GenRecItemTowerConfig
 
             options = {k: v for k, v in self.model.item_tower.items() if not (k == "mask_prob" and v == "auto")}
+            if "feature_schema" in options:
+                raise ValueError(f"{source}: model.item_tower.feature_schema comes from the data (model.item_features).")
+            options["feature_schema"] = [{"name": "placeholder", "kind": "dense", "dim": 1}]  # built from the data
             try:
                 GenRecItemTowerConfig(**options)
             except (ValueError, TypeError) as error:

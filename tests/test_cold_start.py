@@ -199,7 +199,7 @@ def test_cli_trains_adds_items_recommends_and_keeps_adapters(tmp_path, capsys):
     from genrec_hf.serving import Recommender
 
     run = tmp_path / "run"
-    recipe = REPO_ROOT / "recipes" / "pretrain" / "genrec-100k-cold-start.yaml"
+    recipe = REPO_ROOT / "recipes" / "cold_start" / "genrec-100k.yaml"
     assert _cli("train", str(recipe), "--output_dir", str(run), "--data.source",
                 "synthetic:num_users=120,num_items=60,seed=2", "--data.max_length", "20",
                 "--training.num_train_epochs", "1", "--training.disable_tqdm", "true",
@@ -258,3 +258,15 @@ def test_text_encoder_mean_pooling_when_installed(data):
     assert vectors[0] @ vectors[1] > vectors[0] @ vectors[2]
     alone = encode_texts(["Toy Story"], folder)  # padding in the batch must not change a row
     torch.testing.assert_close(alone[0], vectors[0], atol=1e-5, rtol=0)
+
+
+def test_shipped_cold_start_recipe_is_valid_and_commented():
+    """A shipped recipe that does not load (a renamed key) or has an unexplained key."""
+    from genrec_hf.training.recipes import load_recipe
+
+    path = REPO_ROOT / "recipes" / "cold_start" / "genrec-100k.yaml"
+    recipe = load_recipe(path)
+    assert recipe.model.item_tower["fusion"] == "sum" and recipe.data.split == "cold_items"
+    for line in path.read_text().splitlines():
+        if line.strip() and not line.lstrip().startswith("#") and ":" in line:
+            assert "#" in line, f"key without a comment: {line!r}"

@@ -24,7 +24,7 @@ from typing import Any
 
 import numpy as np
 import torch
-from datasets import Dataset, DatasetDict
+from datasets import DatasetDict
 
 from ..data.interactions import InteractionData, sequences_from_columns
 from ..data.vocab import ItemVocab

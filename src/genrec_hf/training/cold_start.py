@@ -11,7 +11,6 @@ import logging
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import torch
 
 from ..data import InteractionData, ItemVocab
@@ -100,7 +99,3 @@ def cold_mask_of(vocab_size: int, num_warm: int) -> torch.Tensor:
     mask[num_warm + 1:] = True
     return mask
 
-
-def counts_array(rows: Any, vocab_size: int) -> np.ndarray:
-    items = np.concatenate([np.asarray(r, dtype=np.int64) for r in rows["item_ids"]])
-    return np.bincount(items, minlength=vocab_size)

@@ -18,6 +18,7 @@ Variants (how a new item is scored):
     gate_mask_p    the gate fusion instead of the weighted sum, masking p (the ablated alternative)
 
     python benchmarks/bench_cold_start.py --minutes 1.5 --seeds 0 --out benchmarks/out/cold_start
+    python benchmarks/bench_cold_start.py --table out1/results.json out2/results.json   # one table of several runs
 """
 
 from __future__ import annotations
@@ -107,7 +108,13 @@ def main() -> None:
                         help="the two masking probabilities (default: 0.1 and 0.3)")
     parser.add_argument("--text_encoder", default="hashing", help='"hashing", "minilm" or an encoder folder')
     parser.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "out" / "cold_start")
+    parser.add_argument("--table", nargs="+", type=Path, default=None, metavar="RESULTS_JSON",
+                        help="only print the table of these results.json files together (runs of several calls)")
     args = parser.parse_args()
+    if args.table:
+        merged = {"runs": [row for path in args.table for row in json.loads(path.read_text())["runs"]]}
+        print(table(merged))
+        return
     torch.set_num_threads(1)
     p = {"a": 0.1, "b": 0.3} if args.mask is None else {"a": args.mask[0], "b": args.mask[1]}
     results: dict = {"date": str(date.today()), "machine": machine(), "minutes_per_run": args.minutes,

@@ -270,3 +270,20 @@ def test_shipped_cold_start_recipe_is_valid_and_commented():
     for line in path.read_text().splitlines():
         if line.strip() and not line.lstrip().startswith("#") and ":" in line:
             assert "#" in line, f"key without a comment: {line!r}"
+
+
+def test_every_cold_start_benchmark_variant_is_a_valid_recipe(tmp_path):
+    """A typo in one ablation arm's recipe would surface half an hour into bench_cold_start, not in CI."""
+    import importlib.util
+
+    from genrec_hf.training.recipes import recipe_from_dict
+
+    spec = importlib.util.spec_from_file_location("bench_cold_start", REPO_ROOT / "benchmarks" / "bench_cold_start.py")
+    bench = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(bench)
+    for dataset in bench.DATASETS:
+        for variant in bench.VARIANTS:
+            raw = bench.recipe_for(dataset, variant, 0, 1.0, tmp_path, {"a": 0.1, "b": 0.3}, "hashing")
+            recipe = recipe_from_dict(raw)
+            assert recipe.data.split == "cold_items"
+            assert (recipe.model.item_tower is None) == variant.startswith(("id_mean", "id_knn"))

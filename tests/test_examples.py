@@ -18,6 +18,7 @@ from tests.helpers import REPO_ROOT
         ("finetune_lora.py", ["--epochs", "1", "--data", "synthetic:num_users=120,num_items=60,num_clusters=4"]),
         ("scaling_fit.py", ["--bootstrap", "50", "--users", "300"]),
         ("serve_and_query.py", ["--epochs", "1", "--data", "synthetic:num_users=120,num_items=60,num_clusters=4"]),
+        ("cold_start.py", ["--epochs", "1", "--data", "synthetic:num_users=120,num_items=60,num_clusters=4"]),
     ],
 )
 def test_example_runs(script, args, tmp_path):

@@ -169,18 +169,52 @@ def check_base(adapter_dir: str | Path, config: GenRecConfig, base_dir: str | Pa
     expected = json.loads(path.read_text())
     actual = base_fingerprint(config, base_dir)
     where = f" at {base_dir}" if base_dir is not None else ""
+    extended = _extended_catalog(base_dir, expected)
     diffs = [f"{k}: adapter expects {expected[k]!r}, base{where} has {actual.get(k)!r}"
-             for k in FINGERPRINT_FIELDS if k in expected and expected[k] != actual.get(k)]
-    if expected.get("item_vocab_sha256") and actual.get("item_vocab_sha256") and \
+             for k in FINGERPRINT_FIELDS if k in expected and expected[k] != actual.get(k)
+             and not (extended and k == "vocab_size")]
+    if expected.get("item_vocab_sha256") and actual.get("item_vocab_sha256") and not extended and \
             expected["item_vocab_sha256"] != actual["item_vocab_sha256"]:
         diffs.append("item_vocab.json differs (the item indices would not mean the same items)")
+    if extended and not diffs:
+        tables = _item_table_keys(adapter_dir)
+        if tables:
+            raise ValueError(f"Adapter {adapter_dir} was trained before items were added to the base{where} "
+                             f"(vocab_size {expected.get('vocab_size')} -> {actual.get('vocab_size')}) and holds "
+                             f"per-item tables ({tables[0]}, ...) of the old catalog: it cannot score the new "
+                             "items. Re-train it on the grown base, or train one without train_head item_vectors.")
+        logger.info("adapter %s: trained on a catalog the base extends (add_items); old item indices are kept",
+                    adapter_dir)
     if diffs:
         raise ValueError(f"Adapter {adapter_dir} was trained on base {expected.get('base_dir', '?')!r} and does not "
                          f"fit the base{where}: " + "; ".join(diffs) + ".")
-    if expected.get("weights_sha256") and actual.get("weights_sha256") and \
+    if expected.get("weights_sha256") and actual.get("weights_sha256") and not extended and \
             expected["weights_sha256"] != actual["weights_sha256"]:
         warnings.warn(f"Adapter {adapter_dir} was trained on base weights {expected['weights_sha256'][:12]}…, this "
                       f"base{where} has {actual['weights_sha256'][:12]}… (same shapes; results may differ).")
+
+
+def _extended_catalog(base_dir: str | Path | None, expected: dict[str, Any]) -> bool:
+    """Whether the base folder was grown by `add_items` from the catalog the adapter was trained on (old item
+    indices unchanged: `serving.catalog.add_items_to_folder` records each extension)."""
+    if base_dir is None or not expected.get("item_vocab_sha256"):
+        return False
+    path = Path(base_dir) / "catalog_extensions.json"
+    if not path.is_file():
+        return False
+    return any(entry.get("item_vocab_sha256") == expected["item_vocab_sha256"]
+               and entry.get("vocab_size") == expected.get("vocab_size") for entry in json.loads(path.read_text()))
+
+
+def _item_table_keys(adapter_dir: Path) -> list[str]:
+    """Saved tensors of an adapter that have one row per item (a trained copy of an item table)."""
+    from safetensors import safe_open
+
+    keys: list[str] = []
+    for path in sorted(Path(adapter_dir).glob("*.safetensors")):
+        with safe_open(str(path), "pt") as handle:
+            keys += [k for k in handle.keys() if "item_embeddings" in k or "item_log_q" in k]
+    return keys
 
 
 def save_adapter(model: PeftModel, output_dir: str | Path, *, adapter_name: str | None = None,

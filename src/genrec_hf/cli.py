@@ -159,6 +159,18 @@ def cmd_recommend(args: argparse.Namespace, extra: list[str]) -> int:
     return 0
 
 
+def cmd_add_items(args: argparse.Namespace, extra: list[str]) -> int:
+    """Cold start: grow a saved model's catalog from an items file, without retraining."""
+    from .serving.catalog import add_items_to_folder, read_items_file
+
+    items = read_items_file(args.items)
+    _, vocab = add_items_to_folder(args.model_dir, items, args.output_dir, text_encoder=args.text_encoder,
+                                   overwrite=args.overwrite, verify=not args.no_verify)
+    print(f"added {len(items)} items: {args.output_dir} now serves {vocab.num_items} items "
+          "(new items are scored from their metadata alone)")
+    return 0
+
+
 def cmd_export_embeddings(args: argparse.Namespace, extra: list[str]) -> int:
     from .serving.export import export_embeddings
 
@@ -370,6 +382,19 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--json", action="store_true", help="print JSON instead of a table")
     _add_load_flags(p)
     p.set_defaults(func=cmd_recommend)
+
+    p = sub.add_parser("add-items", help="cold start: add new items to a saved model without retraining",
+                       description="Add items (JSON lines: item_id + title / genres / year / attributes) to a model "
+                                   "trained with an item tower; they are scored from their metadata alone. Writes "
+                                   "the grown model, item_vocab.json and manifest into OUTPUT_DIR.")
+    p.add_argument("model_dir", help="a model folder written by `genrec-hf train` with model.item_tower")
+    p.add_argument("items", help="JSON lines (or a JSON list) of {\"item_id\": ..., metadata...}")
+    p.add_argument("--output_dir", required=True, help="where the grown model is written")
+    p.add_argument("--text_encoder", default=None,
+                   help="encoder folder for titles, when the model's title_text block was made with one")
+    p.add_argument("--overwrite", action="store_true", help="replace a non-empty output_dir")
+    p.add_argument("--no_verify", action="store_true", help="skip the weights manifest check")
+    p.set_defaults(func=cmd_add_items)
 
     p = sub.add_parser("export-embeddings", help="write item and user vectors (safetensors + Parquet + manifest)",
                        description="Item vectors (one row per raw item id) and user vectors (each user's full "

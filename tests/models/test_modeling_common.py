@@ -27,6 +27,11 @@ from tests.helpers import tiny_config
 pytestmark = pytest.mark.usefixtures("one_thread")
 
 
+TOWER_SCHEMA = [dict(name="genres", kind="multi_hot", dim=4, categories=["a", "b", "c", "d"]),
+                dict(name="year", kind="numeric", dim=1, mean=0.0, std=1.0),
+                dict(name="text", kind="dense", dim=3)]
+
+
 @dataclass(frozen=True)
 class Variant:
     """One model class + config overrides (on top of `tests.helpers.tiny_config`)."""
@@ -55,6 +60,13 @@ VARIANTS = [
     Variant("mtp_sampled_in_batch", GenRecForNextItemPrediction,
             dict(objective="mtp", mtp_num_targets=3, loss_type="sampled", num_negatives=8, in_batch_negatives=True)),
     Variant("backbone", GenRecModel),
+    # Cold start (item_tower.py): fused ID/OOV + semantic vectors on both sides, masking in training.
+    Variant("item_tower_sum_masked", GenRecForNextItemPrediction,
+            dict(item_tower_config=dict(feature_schema=TOWER_SCHEMA, mask_prob=0.3))),
+    Variant("item_tower_gate_projected_sampled", GenRecForNextItemPrediction,
+            dict(head_projection_ratio=4, tie_word_embeddings=False, loss_type="sampled", num_negatives=8,
+                 item_tower_config=dict(feature_schema=TOWER_SCHEMA, fusion="gate", mask_prob=0.3))),
+    Variant("item_tower_backbone", GenRecModel, dict(item_tower_config=dict(feature_schema=TOWER_SCHEMA))),
 ]
 HEAD_VARIANTS = [v for v in VARIANTS if v.has_head]
 
@@ -76,7 +88,13 @@ class GenRecModelTester:
 
     def create_model(self, seed: int = 0, **overrides: Any):
         torch.manual_seed(seed)
-        return self.variant.model_class(self.get_config(**overrides)).eval()
+        model = self.variant.model_class(self.get_config(**overrides)).eval()
+        if model.item_tower is not None:  # real feature rows, and every 4th item cold (OOV + features only)
+            vocab = model.config.vocab_size
+            g = torch.Generator().manual_seed(seed)
+            model.item_tower.set_item_features(torch.randn(vocab, model.item_tower.feature_dim, generator=g),
+                                               known=torch.arange(vocab) % 4 != 0)
+        return model
 
     def prepare_inputs(self, seed: int = 0, batch_size: int | None = None, seq_length: int | None = None,
                        labels: bool = False) -> dict[str, torch.Tensor]:
@@ -405,7 +423,13 @@ def test_get_set_embeddings(variant):
     new_output = torch.nn.Linear(model.config.head_output_size, model.config.vocab_size, bias=False)
     model.set_output_embeddings(new_output)
     assert model.get_output_embeddings() is new_output
-    assert model.item_vectors is new_output.weight
+    if model.item_tower is None:
+        assert model.item_vectors is new_output.weight
+    else:  # fused vectors are computed from the table the head holds
+        assert model.head.item_vectors is new_output.weight
+        with torch.no_grad():
+            new_output.weight.mul_(2.0)
+        assert not torch.allclose(model.item_vectors, model.item_tower.output_vectors(new_output.weight / 2))
 
 
 # ---------------------------------------------------------------------------------------------------------------------

@@ -74,6 +74,23 @@ class ItemVocab:
             raise ValueError(f"Unknown item id {str(raw)!r}: not in this vocabulary of {self.num_items} items "
                              "(new items need a vocabulary update or the cold-start item tower).") from None
 
+    def add(self, raw_ids: Iterable[str | int], item_info: dict[str, dict[str, Any]] | None = None) -> list[int]:
+        """Append new items (cold start: `model.add_items`); returns their indices. A duplicate or an id already
+        in the vocabulary is a ValueError naming it."""
+        new = [str(raw) for raw in raw_ids]
+        seen: set[str] = set()
+        for raw in new:
+            if raw in self._index:
+                raise ValueError(f"raw item id {raw!r} is already in the vocabulary (index {self._index[raw]}).")
+            if raw in seen:
+                raise ValueError(f"duplicate raw item id {raw!r} in the items to add.")
+            seen.add(raw)
+        for raw in new:
+            self._index[raw] = len(self._raw) + 1
+            self._raw.append(raw)
+        self.item_info.update({str(k): v for k, v in (item_info or {}).items()})
+        return [self._index[raw] for raw in new]
+
     def encode_many(self, raws: Iterable[str | int]) -> list[int]:
         return [self.encode(raw) for raw in raws]
 

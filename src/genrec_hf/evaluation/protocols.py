@@ -33,6 +33,9 @@ class RankingProtocol:
             `target_time - window < available_since <= target_time` (targets are always ranked).
         availability_window: Width of that window, in the unit of `available_since`.
         description: One line saying what is ranked (goes into metrics.json and the card).
+        target_items: Optional (V,) bool tensor: only targets it marks are scored (e.g. the cold items of a
+            cold-start split); other targets are set to 0 (padding), so a row left without one is counted in
+            `num_users_without_target`. Every item stays rankable: this slices the targets, not the catalog.
 
     More protocols are more data of this kind, not more loops: a staleness replay (context cut Δ before the
     target) is rows built with the cut plus this protocol; a cold/warm item slice is an allowed mask (rank only
@@ -45,6 +48,7 @@ class RankingProtocol:
     available_since: torch.Tensor | None = None
     availability_window: float | None = None
     description: str = "next item after the history (leave-one-out), full catalog"
+    target_items: torch.Tensor | None = None
 
     def __post_init__(self) -> None:
         if (self.available_since is None) != (self.availability_window is None):
@@ -65,6 +69,17 @@ class RankingProtocol:
             return (chunk > times - window) & (chunk <= times)
 
         return allowed
+
+    def targets(self, target_ids: torch.Tensor) -> torch.Tensor:
+        """The batch's targets with those outside `target_items` set to 0 ((B, T); unchanged without a slice)."""
+        if self.target_items is None:
+            return target_ids
+        targets = target_ids[:, None] if target_ids.dim() == 1 else target_ids
+        if targets.numel() and int(targets.max()) >= self.target_items.shape[0]:
+            raise ValueError(f"target_items has {self.target_items.shape[0]} entries but a target is item "
+                             f"{int(targets.max())}: the slice belongs to another catalog.")
+        keep = self.target_items.to(targets.device)[targets] & (targets > 0)
+        return torch.where(keep, targets, torch.zeros_like(targets))
 
     def summary(self) -> str:
         """One line for metrics.json: the ranking rule this protocol applied."""
@@ -110,12 +125,13 @@ def rank_batches(
     try:
         for batch in batches:
             bar.update()
-            device = base.item_vectors.device
+            item_vectors = base.item_vectors  # fused vectors are computed on access: once per batch
+            device = item_vectors.device
             inputs = {key: batch[key].to(device) for key in MODEL_INPUTS if batch.get(key) is not None}
             queries = model(**inputs).user_embeddings
             exclude = batch.get("exclude_ids") if protocol.exclude_history else None
             batch_ranks = rank_targets(
-                queries, base.item_vectors, batch["target_ids"].to(device),
+                queries, item_vectors, protocol.targets(batch["target_ids"].to(device)),
                 exclude_ids=None if exclude is None else exclude.to(device), allowed=protocol.allowed(batch),
                 chunk_size=chunk_size or config.score_chunk_size, temperature=config.score_temperature,
                 l2_normalize=config.l2_normalize_scores)

@@ -19,6 +19,9 @@ from ..evaluation import RankingProtocol
 from ..evaluation.baselines import popularity_metrics, popularity_scores
 from ..integrity import verify_weights, write_manifest
 from ..models.genrec import SIZE_PRESETS, GenRecConfig, GenRecForNextItemPrediction, count_backbone_parameters
+from ..data import ItemVocab
+from ..evaluation.cold_start import ColdStartSplit, cold_time_split, cold_warm_metrics, hold_out_items
+from .cold_start import FEATURE_CACHE, build_feature_store, cold_mask_of, extend_catalog, known_items, tower_options
 from .recipes import Recipe
 from .trainer import (GenRecTrainer, RunFolderLock, check_output_dir, clear_previous_run, require_training_left,
                       resolve_resume_checkpoint, run_training_loss, stopping_callbacks)
@@ -33,14 +36,27 @@ class PreparedData:
     data: InteractionData
     splits: DatasetDict
     train_windows: Dataset
+    cold: ColdStartSplit | None = None  # cold-start split: the model trains on cold.warm_vocab, test adds the rest
+
+    @property
+    def train_vocab(self):
+        """The catalog the model trains with (the warm items of a cold-start split)."""
+        return self.cold.warm_vocab if self.cold is not None else self.data.vocab
 
 
 def prepare_data(recipe: Recipe) -> PreparedData:
     """Load the events, split them and cut the training histories into windows, as the recipe says."""
     section = recipe.data
     data = section.load()
+    cold = None
     if section.split == "leave_one_out":
         splits = leave_one_out(data)
+    elif section.split == "cold_items":
+        cold = hold_out_items(data, section.cold_item_fraction, seed=recipe.seed)
+        splits = cold.splits
+    elif section.split == "cold_time":
+        cold = cold_time_split(data, section.time_split_quantile, cut=section.time_split_cut)
+        splits = cold.splits
     else:
         cut = section.time_split_cut
         splits = time_split(data, cut=cut, quantile=None if cut is not None else section.time_split_quantile)
@@ -50,19 +66,24 @@ def prepare_data(recipe: Recipe) -> PreparedData:
     logger.info("data %s: %d users, %d items; %d training windows, %d validation and %d test users",
                 data.name, len(data.sequences), len(data.vocab) - 1, len(windows), len(splits["validation"]),
                 len(splits["test"]))
-    return PreparedData(data=data, splits=splits, train_windows=windows)
+    return PreparedData(data=data, splits=splits, train_windows=windows, cold=cold)
 
 
-def build_model(recipe: Recipe, data: InteractionData) -> GenRecForNextItemPrediction:
-    """A fresh model of the recipe's preset sized to the catalog, or the `init_from` checkpoint."""
+def build_model(recipe: Recipe, data: InteractionData, vocab: ItemVocab | None = None,
+                item_tower_config: dict[str, Any] | None = None) -> GenRecForNextItemPrediction:
+    """A fresh model of the recipe's preset sized to the catalog (`vocab`, default the data's), or the `init_from`
+    checkpoint; `item_tower_config` adds the cold-start item tower."""
     if recipe.model.init_from:
         verify_weights(recipe.model.init_from)
         return GenRecForNextItemPrediction.from_pretrained(recipe.model.init_from)
+    vocab = vocab if vocab is not None else data.vocab
     overrides = dict(recipe.model.overrides)
-    overrides.setdefault("vocab_size", len(data.vocab))
-    if overrides["vocab_size"] != len(data.vocab):
+    if item_tower_config is not None:
+        overrides["item_tower_config"] = item_tower_config
+    overrides.setdefault("vocab_size", len(vocab))
+    if overrides["vocab_size"] != len(vocab):
         raise ValueError(f"model.overrides.vocab_size={overrides['vocab_size']} but the data has "
-                         f"{len(data.vocab)} item indices (catalog + padding); leave vocab_size out of the recipe.")
+                         f"{len(vocab)} item indices (catalog + padding); leave vocab_size out of the recipe.")
     if "num_action_types" not in SIZE_PRESETS[recipe.model.preset]:  # presets that fix it (sasrec) keep theirs
         overrides.setdefault("num_action_types", data.num_action_types)
     overrides.setdefault("max_position_embeddings", recipe.data.max_length)
@@ -102,9 +123,23 @@ def _train(recipe: Recipe, args: TrainingArguments, output_dir: Path, checkpoint
 
     set_seed(recipe.seed)
     prepared = prepare_data(recipe)
-    model = build_model(recipe, prepared.data)
-    if model.config.vocab_size == len(prepared.data.vocab):  # the sampled softmax's popularity sampler / logQ
-        model.set_item_frequencies(popularity_scores(prepared.splits["train"], model.config.vocab_size))
+    train_vocab = prepared.train_vocab
+    store = None
+    tower_config = None
+    if recipe.model.item_tower is not None and not recipe.model.init_from:
+        full_raw = (prepared.cold.vocab if prepared.cold is not None else prepared.data.vocab).raw_ids
+        cache = recipe.model.item_features.get("cache")
+        store = build_feature_store(recipe.model.item_features, prepared.data, full_raw, recipe.data.source,
+                                    Path(cache) if cache else output_dir / FEATURE_CACHE)
+        options = tower_options(recipe.model.item_tower, prepared.splits["train"], prepared.data.has_timestamps,
+                                float(recipe.model.item_features.get("serving_gap", 7 * 24 * 3600)))
+        tower_config = store.tower_config(**options).to_dict()
+    model = build_model(recipe, prepared.data, train_vocab, tower_config)
+    if model.config.vocab_size == len(train_vocab):  # the sampled softmax's popularity sampler / logQ
+        counts = popularity_scores(prepared.splits["train"], model.config.vocab_size)
+        model.set_item_frequencies(counts)
+        if store is not None:  # feature rows + which items have collaborative signal
+            store.apply_to(model, train_vocab, known=known_items(counts))
     targets = multi_token_targets(model.config, prepared)
     collator = NextItemCollator(recipe.data.max_length, mode="train", packing=recipe.data.batching == "packed",
                                 targets=targets)
@@ -121,7 +156,18 @@ def _train(recipe: Recipe, args: TrainingArguments, output_dir: Path, checkpoint
     )
     train_result = trainer.train(resume_from_checkpoint=checkpoint)
     resumed_step = trainer.run_folder.start_step
-    validation, test = trainer.final_evaluation(prepared.splits["test"])
+    cold_start = None
+    if prepared.cold is not None:  # new items join the catalog without retraining, then cold / warm slices
+        validation, _ = trainer.final_evaluation(prepared.splits["validation"])
+        model = trainer.model
+        train_vocab = extend_catalog(model, train_vocab, prepared.cold.vocab, store)
+        batches = list(trainer.get_eval_dataloader(prepared.splits["test"]))
+        sliced = cold_warm_metrics(model, batches, cold_mask_of(model.config.vocab_size, prepared.cold.num_warm),
+                                   protocol, ks=tuple(recipe.evaluation.ks))
+        test = sliced["all"]
+        cold_start = {**prepared.cold.summary(), "cold": sliced["cold"], "warm": sliced["warm"]}
+    else:
+        validation, test = trainer.final_evaluation(prepared.splits["test"])
     best = trainer.state.best_model_checkpoint
     metrics = {
         "dataset": prepared.data.name,
@@ -138,13 +184,14 @@ def _train(recipe: Recipe, args: TrainingArguments, output_dir: Path, checkpoint
                   "real_events_per_s": train_result.metrics.get("train_real_events_per_s"),
                   "padding_fraction": train_result.metrics.get("train_padding_fraction")},
         "parameters": _parameter_counts(model),
+        **({"cold_start": cold_start} if cold_start is not None else {}),
         "popularity_baseline": {"test": popularity_metrics(prepared.splits, len(prepared.data.vocab), eval_collator,
                                                            ks=tuple(recipe.evaluation.ks), protocol=protocol)},
     }
     if trainer.is_world_process_zero():
         trainer.save_model(str(output_dir))
         write_manifest(output_dir)
-        prepared.data.vocab.save(output_dir)
+        (train_vocab if prepared.cold is not None or store is not None else prepared.data.vocab).save(output_dir)
         (output_dir / "metrics.json").write_text(json.dumps(metrics, indent=2))
         (output_dir / "training_recipe.yaml").write_text(yaml.safe_dump(recipe.to_dict(), sort_keys=False))
         write_model_card(output_dir, dataset_name=prepared.data.name, training_args=args)

@@ -59,6 +59,9 @@ DEFAULT_FINETUNE_ARGUMENTS: dict[str, Any] = {
     **DEFAULT_TRAINING_ARGUMENTS, "num_train_epochs": 10, "save_total_limit": 1, "disable_tqdm": True,
 }
 FINETUNE_MODES = ("lora", "full", "from_scratch")
+SPLITS = ("leave_one_out", "time", "cold_items", "cold_time")
+ITEM_FEATURE_OPTIONS = {"blocks", "text_encoder", "kg", "min_category_count", "serving_gap", "kg_dim", "hashing_dim",
+                        "cache"}
 # How training windows become batches: padded to the batch's longest row, grouped by length (Trainer's
 # LengthGroupedSampler, less padding), or packed several per row (no padding, the same loss as padded).
 BATCHING_MODES = ("padded", "grouped", "packed")
@@ -147,11 +150,19 @@ class ModelSection:
     preset: str = "genrec-2m"  # a name of genrec_hf.SIZE_PRESETS
     overrides: dict[str, Any] = field(default_factory=dict)  # GenRecConfig fields on top of the preset
     init_from: str | None = None  # start from a saved model folder instead of random weights
+    # Cold start (docs/cold_start.md): GenRecItemTowerConfig options (fusion, mask_prob: a number or "auto" = the
+    # data's cold-start rate, tower_hidden_size, ...); None = ID embeddings only.
+    item_tower: dict[str, Any] | None = None
+    # Item feature store options: blocks (genres, attributes, year, title_text, kg), text_encoder (a folder,
+    # "minilm" or "hashing"), kg (a path or "auto": the .kg beside the data), min_category_count, serving_gap,
+    # cache (a folder for the built store, shared across runs; default output_dir/item_feature_store).
+    item_features: dict[str, Any] = field(default_factory=dict)
 
 
 @dataclass
 class PretrainDataSection(DataSection):
-    split: str = "leave_one_out"  # "leave_one_out" or "time"
+    split: str = "leave_one_out"  # leave_one_out | time | cold_items (hold out items) | cold_time (cold-start)
+    cold_item_fraction: float = 0.1  # for split: cold_items, the share of items held out of training entirely
     time_split_quantile: float = 0.9  # for split: time, when no time_split_cut is given
     time_split_cut: int | None = None  # for split: time, a unix timestamp
     window_stride: int | None = None  # sliding-window stride for long training histories (None = max_length)
@@ -190,8 +201,25 @@ class Recipe(RecipeBase):
             GenRecConfig.from_preset(self.model.preset, **self.model.overrides)
         except (ValueError, TypeError, StrictDataclassClassValidationError) as error:
             raise ValueError(f"{source}: model: {error}") from None
-        if self.data.split not in ("leave_one_out", "time"):
-            raise ValueError(f"{source}: data.split={self.data.split!r}; expected 'leave_one_out' or 'time'.")
+        if self.data.split not in SPLITS:
+            raise ValueError(f"{source}: data.split={self.data.split!r}; expected one of {SPLITS}.")
+        if self.model.item_tower is not None:
+            from ..models.genrec.configuration_item_tower import GenRecItemTowerConfig
+
+            options = {k: v for k, v in self.model.item_tower.items() if not (k == "mask_prob" and v == "auto")}
+            if "feature_schema" in options:
+                raise ValueError(f"{source}: model.item_tower.feature_schema comes from the data (model.item_features).")
+            options["feature_schema"] = [{"name": "placeholder", "kind": "dense", "dim": 1}]  # built from the data
+            try:
+                GenRecItemTowerConfig(**options)
+            except (ValueError, TypeError) as error:
+                raise ValueError(f"{source}: model.item_tower: {error}") from None
+            if "item_tower_config" in self.model.overrides:
+                raise ValueError(f"{source}: set the tower in model.item_tower, not model.overrides.item_tower_config.")
+        unknown = sorted(set(self.model.item_features) - ITEM_FEATURE_OPTIONS)
+        if unknown:
+            raise ValueError(f"{source}: model.item_features: unknown option(s) {unknown}; expected some of "
+                             f"{sorted(ITEM_FEATURE_OPTIONS)}.")
         if self.data.batching not in BATCHING_MODES:
             raise ValueError(f"{source}: data.batching={self.data.batching!r}; expected one of {BATCHING_MODES}.")
         clash = sorted(set(GROUPED_TRAINING_KEYS) & set(self.training))

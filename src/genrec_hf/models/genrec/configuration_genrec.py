@@ -10,6 +10,9 @@ import math
 from typing import Any
 
 from transformers import PretrainedConfig
+from transformers.configuration_utils import SubConfigSpec
+
+from .configuration_item_tower import GenRecItemTowerConfig
 
 POSITION_ENCODINGS = ("rope", "learned", "none")
 NORM_TYPES = ("rmsnorm", "layernorm")
@@ -127,6 +130,8 @@ class GenRecConfig(PretrainedConfig):
         score_chunk_size: Items scored per chunk in full-catalog loss, ranking and top-k (bounds memory).
         use_cache: Whether a forward returns its incremental state (`GenRecCache`, output field `cache`) by default;
             off, as training never reuses it. Serving asks for it per call (`use_cache=True`).
+        item_tower_config: Optional `GenRecItemTowerConfig` (or its dict): the cold-start semantic item tower, fusion
+            and collaborative-embedding masking (`item_tower.py`). None = ID embeddings only.
 
     Training objective (paper §4; MTP changes only the training targets, never the head or serving):
         objective: `"ntp"` (next-token prediction: the next event) or `"mtp"` (multi-token prediction: a weighted
@@ -146,6 +151,7 @@ class GenRecConfig(PretrainedConfig):
     """
 
     model_type = "genrec"
+    sub_configs_defaults = {"item_tower_config": SubConfigSpec(config_class=GenRecItemTowerConfig, optional=True)}
 
     def __init__(
         self,
@@ -193,8 +199,12 @@ class GenRecConfig(PretrainedConfig):
         mtp_min_reward: float | None = None,
         mtp_weight_normalization: str = "position",
         pad_token_id: int = 0,
+        item_tower_config: GenRecItemTowerConfig | dict[str, Any] | None = None,
         **kwargs: Any,
     ) -> None:
+        if isinstance(item_tower_config, dict):
+            item_tower_config = GenRecItemTowerConfig(**item_tower_config)
+        self.item_tower_config = item_tower_config
         self.vocab_size = vocab_size
         self.hidden_size = hidden_size
         self.num_hidden_layers = num_hidden_layers

@@ -35,6 +35,7 @@ from transformers.modeling_utils import ALL_ATTENTION_FUNCTIONS
 from transformers.utils import ModelOutput, logging
 
 from .configuration_genrec import GenRecConfig
+from .item_tower import GenRecItemTower, add_items
 from .losses import (full_softmax_loss, full_softmax_multi_target_loss, item_log_probabilities, sample_negatives,
                      sampled_softmax_loss, sampled_softmax_multi_target_loss)
 from .scoring import TopItems, chunked_topk, score_items
@@ -108,6 +109,12 @@ class GenRecEventEmbedding(nn.Module):
             if config.position_encoding == "learned" else None
         )
         self.dropout = nn.Dropout(config.hidden_dropout_prob)
+        tower = config.item_tower_config
+        # Cold start: fused ID/OOV + semantic item vectors (item_tower.py); the head's side reads the same module.
+        self.item_tower = None if tower is None else GenRecItemTower(
+            tower, config.vocab_size, config.hidden_size, config.head_output_size,
+            shared=config.tie_word_embeddings and config.head_output_size == config.hidden_size,
+            initializer_range=config.initializer_range)
 
     def forward(
         self,
@@ -119,6 +126,8 @@ class GenRecEventEmbedding(nn.Module):
         segment_starts: torch.Tensor | None = None,
     ) -> torch.Tensor:
         hidden = self.item_embeddings(input_ids)
+        if self.item_tower is not None:
+            hidden = self.item_tower.input_vectors(input_ids, hidden)
         if self.action_embeddings is not None and action_ids is not None:
             hidden = hidden + self.action_embeddings(action_ids)
         if self.time_gap_embeddings is not None and timestamps is not None:
@@ -448,6 +457,23 @@ class GenRecPreTrainedModel(PreTrainedModel):
         if others.get("action_ids") is not None and self.config.num_action_types:
             _check_range("action_ids", others["action_ids"], 0, self.config.num_action_types)
 
+    @property
+    def item_tower(self) -> GenRecItemTower | None:
+        """The cold-start item tower (features, OOV vectors, fusion), or None for an ID-only model."""
+        return getattr(self, "model", self).embeddings.item_tower
+
+    def resize_token_embeddings(self, new_num_tokens: int | None = None, pad_to_multiple_of: int | None = None,
+                                mean_resizing: bool = True) -> nn.Embedding:
+        embeddings = super().resize_token_embeddings(new_num_tokens, pad_to_multiple_of, mean_resizing)
+        if self.item_tower is not None:  # feature rows and known mask follow the catalog (new rows: not known)
+            self.item_tower.resize(self.config.vocab_size)
+        return embeddings
+
+    def add_items(self, raw_ids: list[str], features: Any = None, *, vocab: Any = None) -> list[int]:
+        """Grow the catalog by `raw_ids` without retraining (scored from `features` alone); see
+        `item_tower.add_items`. Returns the new item indices."""
+        return add_items(self, raw_ids, features, vocab=vocab)
+
     def _resolve_output_flags(
         self, output_attentions: bool | None, output_hidden_states: bool | None, return_dict: bool | None
     ) -> tuple[bool, bool, bool]:
@@ -686,7 +712,10 @@ class GenRecForNextItemPrediction(GenRecPreTrainedModel):
 
     @property
     def item_vectors(self) -> torch.Tensor:
-        """(V, d_out) item output vectors that `user_embeddings` are scored against; row 0 is padding."""
+        """(V, d_out) item output vectors that `user_embeddings` are scored against; row 0 is padding. With an item
+        tower these are the fused vectors ψ(ẽ, z), recomputed on each access (masked at random in training)."""
+        if self.item_tower is not None:
+            return self.item_tower.output_vectors(self.head.item_vectors)
         return self.head.item_vectors
 
     def forward(

@@ -1,0 +1,203 @@
+"""Cold-start ablation: ID-only vs semantic item tower, with and without collaborative-embedding masking.
+
+Protocol (a) of docs/cold_start.md on ML-100K (genres, year, title text, knowledge graph) and Amazon Toys
+(category/brand attribute ids): a random 10% of the items is held out of training entirely; after training they
+join the catalog through `add_items` (no retraining) and the test (each user's last event, full-catalog ranking
+with every item rankable, history excluded, pessimistic ties) is reported separately for users whose target is a
+cold item and users whose target is a warm one. Every run goes through `genrec_hf.training.train` (the recipe runner
+behind `genrec-hf train`) with the same preset, data and wall-clock budget.
+
+Variants (how a new item is scored):
+    id_mean        ID-only model; a new item gets the mean trained ID embedding (transformers' mean resizing idea)
+    id_knn         the same ID-only model; a new item gets the mean ID embedding of the 10 warm items whose feature
+                   rows are most similar (cosine): a strong training-free way to borrow collaborative signal
+    id_oov         item tower without features, masking p: a new item gets the learned OOV vector
+    semantic       features only (fusion "semantic": no ID embeddings)
+    fused          ID + features, weighted sum, no masking
+    fused_mask_p   ID + features, weighted sum, masking with probability p (two values)
+    gate_mask_p    the gate fusion instead of the weighted sum, masking p (the ablated alternative)
+
+    python benchmarks/bench_cold_start.py --minutes 1.5 --seeds 0 --out benchmarks/out/cold_start
+    python benchmarks/bench_cold_start.py --table out1/results.json out2/results.json   # one table of several runs
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import platform
+import shutil
+import time
+from datetime import date
+from pathlib import Path
+
+import torch
+
+from genrec_hf import GenRecForNextItemPrediction
+from genrec_hf.data import ItemVocab, NextItemCollator
+from genrec_hf.data.item_features import ItemFeatureStore, estimate_cold_start_rate, find_kg
+from genrec_hf.evaluation.cold_start import cold_warm_metrics, hold_out_items
+from genrec_hf.training import train
+from genrec_hf.training.recipes import recipe_from_dict
+
+ROOT = Path(__file__).resolve().parents[1]
+DATA = ROOT.parent / "shared" / "data"
+DATASETS = {
+    "ml-100k": dict(source=DATA / "ml-100k", max_length=50, eval_batch=256),
+    "toys": dict(source=DATA / "amazon-toys" / "Toys_and_Games.txt", max_length=50, eval_batch=512),
+}
+VARIANTS = ("id_mean", "id_knn", "id_oov", "semantic", "fused", "fused_mask_a", "fused_mask_b", "gate_mask_a")
+METRICS = ("mrr", "hr@10")
+
+
+def machine() -> str:
+    return f"{platform.machine()}, {torch.get_num_threads()} torch thread(s), torch {torch.__version__}"
+
+
+def recipe_for(dataset: str, variant: str, seed: int, minutes: float, out: Path, p: dict[str, float],
+               text_encoder: str) -> dict:
+    spec = DATASETS[dataset]
+    model: dict = {"preset": "genrec-100k", "overrides": {}}
+    tower = None
+    features: dict = {"text_encoder": text_encoder, "kg": "auto", "min_category_count": 2}
+    if variant == "id_oov":
+        tower, features = {"mask_prob": p["a"]}, {"blocks": []}
+    elif variant == "semantic":
+        tower = {"fusion": "semantic"}
+    elif variant == "fused":
+        tower = {"fusion": "sum", "mask_prob": 0.0}
+    elif variant.startswith("fused_mask_"):
+        tower = {"fusion": "sum", "mask_prob": p[variant[-1]]}
+    elif variant.startswith("gate_mask_"):
+        tower = {"fusion": "gate", "mask_prob": p[variant[-1]]}
+    if tower is not None:
+        model["item_tower"] = tower
+        model["item_features"] = features
+    return {
+        "output_dir": str(out), "seed": seed, "max_train_minutes": minutes, "model": model,
+        "data": {"source": str(spec["source"]), "split": "cold_items", "cold_item_fraction": 0.1,
+                 "max_length": spec["max_length"], "batching": "packed"},
+        "training": {"num_train_epochs": 40, "per_device_train_batch_size": 128,
+                     "per_device_eval_batch_size": spec["eval_batch"], "learning_rate": 0.002,
+                     "lr_scheduler_type": "constant", "use_cpu": True, "disable_tqdm": True, "save_total_limit": 1},
+        "evaluation": {"ks": [10], "early_stopping_patience": 3, "num_examples": 0},
+    }
+
+
+@torch.no_grad()
+def knn_rows(run: Path, store: ItemFeatureStore, num_warm: int, k: int = 10) -> dict:
+    """Re-score the ID-only run with new items' rows = mean ID row of their k most feature-similar warm items."""
+    model = GenRecForNextItemPrediction.from_pretrained(run).eval()
+    vocab = ItemVocab.load(run)
+    feats = torch.nn.functional.normalize(store.matrix_for(vocab), dim=1)
+    similarity = feats[num_warm + 1:] @ feats[1:num_warm + 1].T
+    neighbours = similarity.topk(min(k, num_warm), dim=1).indices + 1
+    tables = {id(t): t for t in (model.get_input_embeddings().weight, model.get_output_embeddings().weight)}
+    for table in tables.values():
+        table[num_warm + 1:] = table[neighbours].mean(dim=1)
+    return model
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--datasets", nargs="+", default=list(DATASETS), choices=list(DATASETS))
+    parser.add_argument("--variants", nargs="+", default=list(VARIANTS), choices=list(VARIANTS))
+    parser.add_argument("--seeds", nargs="+", type=int, default=[0])
+    parser.add_argument("--minutes", type=float, default=1.5, help="training wall-clock budget per run")
+    parser.add_argument("--mask", nargs=2, type=float, default=None, metavar=("P_A", "P_B"),
+                        help="the two masking probabilities (default: 0.1 and 0.3)")
+    parser.add_argument("--text_encoder", default="hashing", help='"hashing", "minilm" or an encoder folder')
+    parser.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "out" / "cold_start")
+    parser.add_argument("--table", nargs="+", type=Path, default=None, metavar="RESULTS_JSON",
+                        help="only print the table of these results.json files together (runs of several calls)")
+    args = parser.parse_args()
+    if args.table:
+        merged = {"runs": [row for path in args.table for row in json.loads(path.read_text())["runs"]]}
+        print(table(merged))
+        return
+    torch.set_num_threads(1)
+    p = {"a": 0.1, "b": 0.3} if args.mask is None else {"a": args.mask[0], "b": args.mask[1]}
+    results: dict = {"date": str(date.today()), "machine": machine(), "minutes_per_run": args.minutes,
+                     "mask_prob": p, "text_encoder": args.text_encoder, "runs": []}
+    args.out.mkdir(parents=True, exist_ok=True)
+    for dataset in args.datasets:
+        for seed in args.seeds:
+            data = recipe_from_dict(recipe_for(dataset, "fused", seed, 1, args.out, p, args.text_encoder)).data.load()
+            split = hold_out_items(data, 0.1, seed=seed)
+            rate = (estimate_cold_start_rate(split.splits["train"]["item_ids"], split.splits["train"]["timestamps"])
+                    if data.has_timestamps else None)
+            store_dir = args.out / f"{dataset}-seed{seed}-features"
+            if not (store_dir / "item_features.json").is_file():
+                ItemFeatureStore.build(split.vocab.raw_ids, data.item_info, text_encoder=args.text_encoder,
+                                       kg_path=find_kg(DATASETS[dataset]["source"]), min_category_count=2
+                                       ).save(store_dir)
+            store = ItemFeatureStore.load(store_dir)
+            results.setdefault("splits", {})[f"{dataset}-seed{seed}"] = {**split.summary(), "cold_start_rate_7d": rate,
+                                                                        "features": [f"{b['name']}[{b['dim']}]"
+                                                                                     for b in store.schema]}
+            for variant in args.variants:
+                if variant == "id_knn":
+                    continue  # scored from the id_mean run below
+                run = args.out / f"{dataset}-seed{seed}-{variant}"
+                if run.exists():
+                    shutil.rmtree(run)
+                raw = recipe_for(dataset, variant, seed, args.minutes, run, p, args.text_encoder)
+                if variant not in ("id_mean", "id_oov"):
+                    raw["model"]["item_features"]["cache"] = str(store_dir)  # built once above
+                recipe = recipe_from_dict(raw)
+                start = time.time()
+                outcome = train(recipe)
+                cold = outcome.metrics["cold_start"]
+                row = {"dataset": dataset, "seed": seed, "variant": variant, "minutes": (time.time() - start) / 60,
+                       "epochs": outcome.metrics["train"]["epochs"],
+                       "cold": {m: cold["cold"].get(m) for m in METRICS}, "warm": {m: cold["warm"].get(m) for m in METRICS},
+                       "cold_users": cold["cold"].get("num_users"), "warm_users": cold["warm"].get("num_users")}
+                results["runs"].append(row)
+                print(json.dumps(row), flush=True)
+                if variant == "id_mean" and "id_knn" in args.variants:
+                    model = knn_rows(run, store, split.num_warm)
+                    collator = NextItemCollator(DATASETS[dataset]["max_length"], mode="eval")
+                    rows = split.splits["test"]
+                    batches = [collator([rows[i] for i in range(s, min(s + 512, len(rows)))])
+                               for s in range(0, len(rows), 512)]
+                    sliced = cold_warm_metrics(model, batches, split.cold_mask(), ks=(10,))
+                    knn = {**row, "variant": "id_knn", "minutes": 0.0,
+                           "cold": {m: sliced["cold"].get(m) for m in METRICS},
+                           "warm": {m: sliced["warm"].get(m) for m in METRICS}}
+                    results["runs"].append(knn)
+                    print(json.dumps(knn), flush=True)
+                (args.out / "results.json").write_text(json.dumps(results, indent=2))
+                for checkpoint in run.glob("checkpoint-*"):
+                    shutil.rmtree(checkpoint, ignore_errors=True)
+    print(table(results))
+    (args.out / "results.md").write_text(table(results))
+
+
+def table(results: dict) -> str:
+    """Markdown: mean over seeds per (dataset, variant), + the goal columns against the best ID-only way."""
+    lines = ["| dataset | variant | seeds | cold MRR | cold HR@10 | warm MRR | cold MRR vs best ID-only | warm MRR vs "
+             "id_mean |", "|---|---|---|---|---|---|---|---|"]
+    by: dict = {}
+    for row in results["runs"]:
+        by.setdefault((row["dataset"], row["variant"]), []).append(row)
+
+    def mean(rows, side, metric):
+        values = [r[side][metric] for r in rows if r[side].get(metric) is not None]
+        return sum(values) / len(values) if values else float("nan")
+
+    for dataset in dict.fromkeys(d for d, _ in by):
+        id_rows = [v for (d, v) in by if d == dataset and v.startswith("id_")]
+        best_id = max((mean(by[(dataset, v)], "cold", "mrr") for v in id_rows), default=float("nan"))
+        warm_ref = mean(by.get((dataset, "id_mean"), []), "warm", "mrr")
+        for (d, variant), rows in by.items():
+            if d != dataset:
+                continue
+            cold_mrr, warm_mrr = mean(rows, "cold", "mrr"), mean(rows, "warm", "mrr")
+            lines.append(f"| {dataset} | {variant} | {len(rows)} | {cold_mrr:.4f} | {mean(rows, 'cold', 'hr@10'):.4f} "
+                         f"| {warm_mrr:.4f} | {100 * (cold_mrr / best_id - 1):+.0f}% | "
+                         f"{100 * (warm_mrr / warm_ref - 1):+.1f}% |")
+    return "\n".join(lines) + "\n"
+
+
+if __name__ == "__main__":
+    main()

@@ -38,6 +38,7 @@ import hashlib
 import json
 import logging
 import math
+import os
 import shutil
 import time
 from dataclasses import dataclass, field
@@ -185,14 +186,11 @@ class LadderRecipe(RecipeBase):
         duplicates = sorted({t for t in tasks.names if tasks.names.count(t) > 1})
         if duplicates:
             raise ValueError(f"{source}: tasks.names lists {duplicates} more than once.")
-        for name, where in ((n, "tasks.params") for n in tasks.params):
-            if name not in tasks.names:
-                raise ValueError(f"{source}: {where} names task {name!r}, which is not in tasks.names "
-                                 f"{tasks.names}.")
-        for name in tasks.modes:
-            if name not in tasks.names:
-                raise ValueError(f"{source}: tasks.modes names task {name!r}, which is not in tasks.names "
-                                 f"{tasks.names}.")
+        for where, named in (("tasks.params", tasks.params), ("tasks.modes", tasks.modes)):
+            for name in named:
+                if name not in tasks.names:
+                    raise ValueError(f"{source}: {where} names task {name!r}, which is not in tasks.names "
+                                     f"{tasks.names}.")
         for name, mode in [("tasks.mode", tasks.mode)] + [(f"tasks.modes.{k}", v) for k, v in tasks.modes.items()]:
             if mode not in LADDER_MODES:
                 raise ValueError(f"{source}: {name}={mode!r}; expected one of {LADDER_MODES}.")
@@ -474,8 +472,6 @@ def _relocated(row: dict[str, str], source: Path, target: Path) -> dict[str, str
 
 
 def _relative(path: Path, csv_path: Path) -> str:
-    import os
-
     return os.path.relpath(path.resolve(), csv_path.parent.resolve())
 
 

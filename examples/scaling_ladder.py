@@ -50,8 +50,8 @@ def main() -> None:
     outcome = run_ladder(recipe)
     print(f"\n{outcome.rows_written} rows written, {outcome.rows_skipped} already there: {outcome.csv_path}")
     for row in outcome.rows:
-        print(f"  {row['preset']:>12}  N = {int(row['backbone_params']):>7,}  {row['task']}  mrr {float(row['mrr']):.4f}"
-              f"  ({row['num_users']} users, ranks in {row['ranks_path']})")
+        print(f"  {row['preset']:>12}  N = {int(row['backbone_params']):>7,}  {row['task']}  "
+              f"mrr {float(row['mrr']):.4f}  ({row['num_users']} users, ranks in {row['ranks_path']})")
     fits = fit_csv(outcome.csv_path, n_bootstrap=args.bootstrap)
     print()
     print(format_table(fits))

@@ -77,7 +77,7 @@ TAIL_COLUMNS = (
 
 @dataclass
 class LadderModelSection:
-    item_embedding_size: int | None = 32  # width of the item vectors at every size (projected head); null = tied, d-wide
+    item_embedding_size: int | None = 32  # item-vector width at every size (projected head); None = tied, d-wide
     overrides: dict[str, Any] = field(default_factory=dict)  # GenRecConfig fields fixed at every size (no shape fields)
 
 

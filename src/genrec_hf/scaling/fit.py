@@ -541,6 +541,11 @@ def fit_scaling(
         notes.append("no bootstrap: intervals and their identification checks skipped")
 
     best_index = int(np.argmax(values))
+    headroom_interval = _interval(boot_headroom, confidence) if boot_converged else None
+    if headroom_interval is not None and headroom_interval[1] < 0:
+        reasons.append(f"the best measured {metric} ({values[best_index]:.4g} at N = {sizes[best_index]:.3g}) lies "
+                       f"above the fitted ceiling's whole interval (headroom up to {headroom_interval[1]:.3g}): a "
+                       "point far off the curve, or a curve that does not rise")
     extrapolations = [
         Extrapolation(name, size, float(offset.predict([size])[0]),
                       _interval(boot_offset_pred[:, j], confidence) if boot_converged else None,
@@ -553,7 +558,7 @@ def fit_scaling(
         criterion=used, delta=delta, preferred=preferred, evidence=_evidence(delta),
         best_value=float(values[best_index]), best_size=float(sizes[best_index]),
         headroom=float(p0 - values[best_index]),
-        headroom_interval=_interval(boot_headroom, confidence) if boot_converged else None,
+        headroom_interval=headroom_interval,
         identified=not reasons, reasons=reasons, bootstrap=mode, n_bootstrap=int(n_bootstrap),
         n_bootstrap_converged=boot_converged, paired=paired, confidence=confidence, extrapolations=extrapolations,
         notes=notes, bootstrap_params=boot_params if boot_converged else None,

@@ -659,7 +659,7 @@ def _run_task(recipe: LadderRecipe, shared: _Shared, preset: str, fraction: floa
     fit = recipe.evaluation.fit_split
     ranks_file = Path(recipe.output_dir) / "ranks" / _run_name(preset, fraction) / f"{task_name}_{fit}.npy"
     ranks_file.parent.mkdir(parents=True, exist_ok=True)
-    np.save(ranks_file, ranks[fit].numpy().astype(np.int64))
+    np.save(ranks_file, ranks[fit].numpy().astype(np.int32))
     chosen = metrics[fit]
     row = {
         "ladder_id": ladder_id, "dataset": shared.data.name, "preset": preset,

@@ -17,6 +17,7 @@ from tests.helpers import REPO_ROOT
         ("quickstart.py", ["--epochs", "1", "--data", "synthetic:num_users=120,num_items=60,num_clusters=4"]),
         ("finetune_lora.py", ["--epochs", "1", "--data", "synthetic:num_users=120,num_items=60,num_clusters=4"]),
         ("scaling_fit.py", ["--bootstrap", "50", "--users", "300"]),
+        ("scaling_ladder.py", ["--users", "120", "--epochs", "1", "--bootstrap", "20"]),
         ("serve_and_query.py", ["--epochs", "1", "--data", "synthetic:num_users=120,num_items=60,num_clusters=4"]),
         ("cold_start.py", ["--epochs", "1", "--data", "synthetic:num_users=120,num_items=60,num_clusters=4"]),
     ],

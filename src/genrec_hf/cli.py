@@ -1,4 +1,4 @@
-"""`genrec-hf` command line: train, finetune, evaluate, recommend, export-embeddings, serve, card, scaling fit.
+"""`genrec-hf` command line: train, finetune, evaluate, recommend, export-embeddings, serve, card, scaling fit/run.
 
 Every command has `--help`. Errors a user can fix (missing file, bad column, unknown item, unwritable folder,
 unreadable weights) are printed as one clear line and exit with status 2; `--debug` shows the traceback instead.
@@ -249,7 +249,8 @@ def cmd_scaling_fit(args: argparse.Namespace, extra: list[str]) -> int:
             raise ValueError(f"--extrapolate {text!r}: expected a size such as 1e9 or NAME=SIZE such as "
                              "xl=1e9.") from None
     fits = fit_csv(args.results, args.task, metric=args.metric, n_bootstrap=args.bootstrap, seed=args.seed,
-                   confidence=args.confidence, criterion=args.criterion, extrapolate_sizes=named)
+                   confidence=args.confidence, criterion=args.criterion, extrapolate_sizes=named,
+                   size_column=args.size_column)
     if args.json:
         print(json.dumps({task: fit.to_dict() for task, fit in fits.items()}, indent=2))
     else:
@@ -258,6 +259,21 @@ def cmd_scaling_fit(args: argparse.Namespace, extra: list[str]) -> int:
         from .scaling.plot import plot_fits
 
         print(f"plot written to {plot_fits(fits, args.plot)}", file=sys.stderr)
+    return 0
+
+
+def cmd_scaling_run(args: argparse.Namespace, extra: list[str]) -> int:
+    from .scaling.ladder import load_ladder_recipe, run_ladder
+
+    overrides = _parse_overrides(extra)
+    if args.output_dir:
+        overrides["output_dir"] = args.output_dir
+    recipe = load_ladder_recipe(args.recipe, overrides)
+    outcome = run_ladder(recipe)
+    print(f"{outcome.rows_written} rows written, {outcome.rows_skipped} already there: {outcome.csv_path}")
+    if outcome.data_axis_csv_path:
+        print(f"data-size axis: {outcome.data_axis_csv_path} (fit with --size-column train_events)")
+    print(f"fit: genrec-hf scaling fit {outcome.csv_path} --plot {outcome.csv_path.with_suffix('.png')}")
     return 0
 
 
@@ -464,7 +480,19 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--extrapolate", action="append", metavar="[NAME=]SIZE",
                    help="also predict at this backbone size (repeatable); 10x and 100x the largest are always shown")
     p.add_argument("--seed", type=int, default=0, help="bootstrap seed")
+    p.add_argument("--size-column", "--size_column", dest="size_column", default="backbone_params",
+                   help="column of the sizes (default backbone_params; train_events for a ladder's data-size axis)")
     p.set_defaults(func=cmd_scaling_fit)
+
+    p = scaling.add_parser("run", help="train a ladder of backbone sizes and write the results CSV the fit reads",
+                           description="Pre-train every preset of a ladder recipe with everything but the backbone "
+                                       "size fixed (item-vector width included), fine-tune or evaluate every task "
+                                       "on the same users, and append one row per (size, task) with per-user ranks "
+                                       "to the results CSV. Resumable: finished rows are skipped. Recipe keys can be "
+                                       "overridden as --section.key value.")
+    p.add_argument("recipe", help="YAML ladder recipe, e.g. recipes/scaling/ladder.yaml")
+    p.add_argument("--output_dir", help="where the bases, task runs, ranks and results.csv go")
+    p.set_defaults(func=cmd_scaling_run, allow_extra=True)
     return parser
 
 

@@ -87,6 +87,18 @@ def test_log_linear_points_leave_the_ceiling_unidentified():
     assert fit_scaling(SIZES, offset_points(1, p0=1.2), n_bootstrap=0, metric="loss_gain").identified
 
 
+def test_a_point_far_above_the_curve_leaves_the_ceiling_unidentified():
+    """Catches a 'ceiling' below what was measured: one size far above the others (seen in a real ladder where one
+    size escaped a plateau the others stopped on) bends the fit flat under it; P0 must not be reported as a
+    ceiling when the whole headroom interval is negative."""
+    values = np.full(len(SIZES), 0.05) + np.random.default_rng(0).normal(0, 0.001, len(SIZES))
+    values[1] = 0.18
+    fit = fit_scaling(SIZES, values, n_bootstrap=200)
+    assert fit.headroom_interval[1] < 0
+    assert not fit.identified and any("above the fitted ceiling" in r for r in fit.reasons)
+    assert fit_scaling(SIZES, offset_points(0), n_bootstrap=200).identified  # a clean bend stays identified
+
+
 def test_per_user_metrics_average_to_metrics_from_ranks():
     """Catches a per-user definition that drifts from the evaluation's (then user resamples centre elsewhere), and
     multi-target rows (0 = padding) scored wrongly."""

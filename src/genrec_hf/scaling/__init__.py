@@ -1,7 +1,8 @@
 """Scaling: FLOPs accounting per token (full / sampled / projected heads); offset power-law fits of a metric against
 backbone size, with the ceiling P0, headroom and bootstrap intervals (`fit_scaling`, `fit_csv`).
 
-The size-ladder runner joins this room.
+The size-ladder runner that writes the CSV these fits read is `genrec_hf.scaling.ladder` (`run_ladder`,
+`LadderRecipe`; `genrec-hf scaling run`), imported on its own since it needs the training stack.
 """
 
 from .fit import (

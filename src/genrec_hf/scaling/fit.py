@@ -137,6 +137,7 @@ class ScalingFit:
     extrapolations: list[Extrapolation]
     notes: list[str] = field(default_factory=list)
     bootstrap_params: np.ndarray | None = field(default=None, repr=False)  # (B, 3): p0, a, log10 n0 per refit
+    size_name: str = "backbone size"  # what the sizes count (a data-size fit: "train_events")
 
     def predict_interval(self, sizes: Sequence[float] | np.ndarray) -> tuple[np.ndarray, np.ndarray] | None:
         """Pointwise percentile band of the offset law at `sizes` from the bootstrap refits (None without them)."""
@@ -540,6 +541,11 @@ def fit_scaling(
         notes.append("no bootstrap: intervals and their identification checks skipped")
 
     best_index = int(np.argmax(values))
+    headroom_interval = _interval(boot_headroom, confidence) if boot_converged else None
+    if headroom_interval is not None and headroom_interval[1] < 0:
+        reasons.append(f"the best measured {metric} ({values[best_index]:.4g} at N = {sizes[best_index]:.3g}) lies "
+                       f"above the fitted ceiling's whole interval (headroom up to {headroom_interval[1]:.3g}): a "
+                       "point far off the curve, or a curve that does not rise")
     extrapolations = [
         Extrapolation(name, size, float(offset.predict([size])[0]),
                       _interval(boot_offset_pred[:, j], confidence) if boot_converged else None,
@@ -552,7 +558,7 @@ def fit_scaling(
         criterion=used, delta=delta, preferred=preferred, evidence=_evidence(delta),
         best_value=float(values[best_index]), best_size=float(sizes[best_index]),
         headroom=float(p0 - values[best_index]),
-        headroom_interval=_interval(boot_headroom, confidence) if boot_converged else None,
+        headroom_interval=headroom_interval,
         identified=not reasons, reasons=reasons, bootstrap=mode, n_bootstrap=int(n_bootstrap),
         n_bootstrap_converged=boot_converged, paired=paired, confidence=confidence, extrapolations=extrapolations,
         notes=notes, bootstrap_params=boot_params if boot_converged else None,
@@ -564,6 +570,7 @@ def fit_csv(
     task: str | Sequence[str] | None = None,
     *,
     metric: str = "mrr",
+    size_column: str = "backbone_params",
     **kwargs: Any,
 ) -> dict[str, ScalingFit]:
     """`fit_scaling` per task of a results CSV, in file order (or the order of `task`).
@@ -571,6 +578,8 @@ def fit_csv(
     Columns: `backbone_params` (N, transformer blocks only), `task`, the metric column (`mrr` by default; any other
     numeric column such as `hr@10` can be named) and optionally `ranks_path`: a .pt / .npy / .json file of that
     size's per-user 1-based ranks, relative to the CSV's folder, for intervals over users. Other columns are ignored.
+    `size_column` fits against another positive column instead of `backbone_params` (the scaling ladder's data-size
+    axis: `train_events` or `train_users`).
     """
     import pandas as pd
 
@@ -581,13 +590,14 @@ def fit_csv(
         frame = pd.read_csv(path)
     except (pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError) as error:
         raise ValueError(f"{path} is not a readable CSV: {error}") from None
-    missing = [c for c in (*REQUIRED_COLUMNS, metric) if c not in frame.columns]
+    required = (size_column, *REQUIRED_COLUMNS[1:])
+    missing = [c for c in (*required, metric) if c not in frame.columns]
     if missing:
         raise ValueError(f"{path} lacks column{'s' if len(missing) > 1 else ''} {', '.join(map(repr, missing))}; "
-                         f"it has {', '.join(map(repr, frame.columns))}. Required: backbone_params, task and the "
+                         f"it has {', '.join(map(repr, frame.columns))}. Required: {size_column}, task and the "
                          f"metric ({metric!r}); optional: {RANKS_COLUMN}.")
     frame["task"] = frame["task"].astype(str)
-    for column in ("backbone_params", metric):
+    for column in (size_column, metric):
         numeric = pd.to_numeric(frame[column], errors="coerce")
         bad = numeric.isna() & frame[column].notna()
         if bad.any():
@@ -608,13 +618,15 @@ def fit_csv(
         if RANKS_COLUMN in rows.columns:
             given = rows[RANKS_COLUMN].notna() & (rows[RANKS_COLUMN].astype(str).str.strip() != "")
             if given.any() and not given.all():
-                absent = rows.loc[~given, "backbone_params"].tolist()
+                absent = rows.loc[~given, size_column].tolist()
                 raise ValueError(f"{path}: task {name!r} has {RANKS_COLUMN} for some sizes but not for "
                                  f"{', '.join(f'{s:g}' for s in absent)}; give it for every size or none.")
             if given.all():
                 ranks = [load_ranks(_resolve(path, str(p).strip())) for p in rows[RANKS_COLUMN]]
-        fits[name] = fit_scaling(rows["backbone_params"].to_numpy(float), rows[metric].to_numpy(float), task=name,
+        fits[name] = fit_scaling(rows[size_column].to_numpy(float), rows[metric].to_numpy(float), task=name,
                                  metric=metric, ranks=ranks, **kwargs)
+        if size_column != "backbone_params":
+            fits[name].size_name = size_column
     return fits
 
 
@@ -641,7 +653,7 @@ def format_table(fits: Mapping[str, ScalingFit] | Sequence[ScalingFit]) -> str:
         o = fit.offset
         level = f"{fit.confidence:.0%} CI, {fit.bootstrap} bootstrap" if fit.bootstrap != "none" else "no intervals"
         lines = [
-            f"task {fit.task} · {fit.metric} vs backbone size ({len(fit.sizes)} sizes "
+            f"task {fit.task} · {fit.metric} vs {fit.size_name} ({len(fit.sizes)} sizes "
             f"{_fmt(min(fit.sizes), 3)}–{_fmt(max(fit.sizes), 3)}; {level})",
             f"  offset law  P0 {_with_interval(o.p0, o.p0_interval)}   a {_with_interval(o.a, o.a_interval)}   "
             f"N0 {_with_interval(o.n0, o.n0_interval, 3)}",

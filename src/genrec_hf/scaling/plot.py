@@ -54,7 +54,7 @@ def plot_fits(fits: Mapping[str, ScalingFit] | Sequence[ScalingFit], path: str |
             ax.axhline(fit.offset.p0, color="C2", linestyle=":", label=f"P0 = {fit.offset.p0:.3g}")
         ax.scatter(sizes, fit.values, color="black", zorder=3, label="measured")
         ax.set_xscale("log")
-        ax.set_xlabel("backbone parameters N")
+        ax.set_xlabel("backbone parameters N" if fit.size_name == "backbone size" else fit.size_name)
         ax.set_ylabel(fit.metric)
         status = f"prefers {fit.preferred}" + ("" if fit.identified else ", P0 not identified")
         ax.set_title(f"{fit.task} ({status})", fontsize=10)

@@ -62,11 +62,14 @@ class FinetuneOutcome:
     task: TaskData
 
 
-def finetune(recipe: FinetuneRecipe, base_dir: str | Path, *, overwrite_output_dir: bool = False) -> FinetuneOutcome:
+def finetune(recipe: FinetuneRecipe, base_dir: str | Path, *, overwrite_output_dir: bool = False,
+             task: TaskData | None = None, data_name: str | None = None) -> FinetuneOutcome:
     """Train a task on top of the base in `base_dir` as the recipe's `mode` says; save the result and metrics.
 
     The run holds the output folder's lock throughout; `overwrite_output_dir` first removes what an earlier run of
-    the package wrote there (other files are kept).
+    the package wrote there (other files are kept). `task` (with `data_name`, the data set's name for the metrics
+    and card) replaces loading `recipe.data` and building `recipe.task`: a caller that fine-tunes many bases on one
+    task (the scaling ladder) builds it once, already in the bases' item vocabulary, and may thin its training rows.
     """
     base_dir = Path(base_dir)
     output_dir = Path(recipe.output_dir)
@@ -76,10 +79,11 @@ def finetune(recipe: FinetuneRecipe, base_dir: str | Path, *, overwrite_output_d
         check_output_dir(output_dir, overwrite_output_dir, resuming=False)
         if overwrite_output_dir and lock.enabled:
             clear_previous_run(output_dir)
-        return _finetune(recipe, base_dir, output_dir)
+        return _finetune(recipe, base_dir, output_dir, task, data_name)
 
 
-def _finetune(recipe: FinetuneRecipe, base_dir: Path, output_dir: Path) -> FinetuneOutcome:
+def _finetune(recipe: FinetuneRecipe, base_dir: Path, output_dir: Path, task: TaskData | None = None,
+              data_name: str | None = None) -> FinetuneOutcome:
     set_seed(recipe.seed)
     verify_weights(base_dir)
     base = GenRecForNextItemPrediction.from_pretrained(str(base_dir))
@@ -88,17 +92,20 @@ def _finetune(recipe: FinetuneRecipe, base_dir: Path, output_dir: Path) -> Finet
     if recipe.data.max_length > base.config.max_position_embeddings:
         raise ValueError(f"data.max_length={recipe.data.max_length} exceeds the base's max_position_embeddings="
                          f"{base.config.max_position_embeddings}.")
-    data = recipe.data.load()
     vocab_file = base_dir / "item_vocab.json"
-    if vocab_file.is_file():
-        data = remap_to_vocab(data, ItemVocab.load(base_dir))
-    elif len(data.vocab) != base.config.vocab_size:
-        raise ValueError(f"The data has {len(data.vocab)} item indices but the base {base_dir} has vocab_size="
-                         f"{base.config.vocab_size}, and the base has no item_vocab.json to map ids with.")
-    task = build_task(recipe.task.name, data, **recipe.task.params)
+    if task is None:
+        data = recipe.data.load()
+        if vocab_file.is_file():
+            data = remap_to_vocab(data, ItemVocab.load(base_dir))
+        elif len(data.vocab) != base.config.vocab_size:
+            raise ValueError(f"The data has {len(data.vocab)} item indices but the base {base_dir} has vocab_size="
+                             f"{base.config.vocab_size}, and the base has no item_vocab.json to map ids with.")
+        task = build_task(recipe.task.name, data, **recipe.task.params)
+        data_name = data.name
+    data_name = data_name or recipe.data.source
     train_rows = label_windows(task.train, recipe.data.max_length)
     ks = tuple(recipe.evaluation.ks)
-    logger.info("task %s on %s: %d training windows, %d validation and %d test users", task.name, data.name,
+    logger.info("task %s on %s: %d training windows, %d validation and %d test users", task.name, data_name,
                 len(train_rows), len(task.validation), len(task.test))
 
     eval_collator = TaskCollator(recipe.data.max_length, mode="eval", exclude_history=task.protocol.exclude_history)
@@ -132,7 +139,7 @@ def _finetune(recipe: FinetuneRecipe, base_dir: Path, output_dir: Path) -> Finet
     model = trainer.model
 
     metrics: dict[str, Any] = {
-        "dataset": data.name,
+        "dataset": data_name,
         "task": task.name,
         "task_description": task.protocol.description,
         "task_params": task.params,
@@ -165,7 +172,7 @@ def _finetune(recipe: FinetuneRecipe, base_dir: Path, output_dir: Path) -> Finet
         metrics["peak_rss_mb"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
         (output_dir / "metrics.json").write_text(json.dumps(metrics, indent=2, default=str))
         (output_dir / "finetune_recipe.yaml").write_text(yaml.safe_dump(recipe.to_dict(), sort_keys=False))
-        _write_card(output_dir, data.name)
+        _write_card(output_dir, data_name)
     return FinetuneOutcome(metrics=metrics, model=model, task=task)
 
 

@@ -28,6 +28,10 @@ MTP_WEIGHT_NORMALIZATIONS = ("position", "none")
 # excluding the event embedding and the decoding head, as in the paper. A test checks each is within
 # ±10% of its name. Shapes follow the usual depth/width balance of small decoder LMs (head dim 64–128).
 SIZE_PRESETS: dict[str, dict[str, Any]] = {
+    # The bottom rungs (d=32, head dim 16) exist so that a CPU ladder spans two orders of magnitude below genrec-2m.
+    "genrec-10k": dict(hidden_size=32, num_hidden_layers=1, num_attention_heads=2, intermediate_size=64),
+    "genrec-25k": dict(hidden_size=32, num_hidden_layers=2, num_attention_heads=2, intermediate_size=88),
+    "genrec-50k": dict(hidden_size=32, num_hidden_layers=4, num_attention_heads=2, intermediate_size=88),
     "genrec-100k": dict(hidden_size=64, num_hidden_layers=2, num_attention_heads=2, intermediate_size=160),
     "genrec-500k": dict(hidden_size=128, num_hidden_layers=3, num_attention_heads=2, intermediate_size=256),
     "genrec-2m": dict(hidden_size=256, num_hidden_layers=3, num_attention_heads=4, intermediate_size=512),
@@ -57,6 +61,9 @@ SIZE_PRESETS: dict[str, dict[str, Any]] = {
 
 # Parameters each preset's number promises (used by the ±10% size test and the scaling ladder).
 PRESET_NOMINAL_SIZES: dict[str, int] = {
+    "genrec-10k": 10_000,
+    "genrec-25k": 25_000,
+    "genrec-50k": 50_000,
     "genrec-100k": 100_000,
     "genrec-500k": 500_000,
     "genrec-2m": 2_000_000,

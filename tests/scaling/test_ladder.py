@@ -1,0 +1,278 @@
+"""The scaling-ladder runner: recipe checks, CSV schema, fixed item-vector width, paired ranks, resumability."""
+
+from __future__ import annotations
+
+import csv
+import json
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from genrec_hf.scaling import ladder as ladder_module
+from genrec_hf.scaling.ladder import MARKER, LadderRecipe, csv_columns, load_ladder_recipe, run_ladder
+from genrec_hf.training.recipes import recipe_from_dict
+
+from tests.helpers import REPO_ROOT
+
+TINY_DATA = "synthetic:num_users=120,num_items=60,num_clusters=4"
+PRESETS = ["genrec-10k", "genrec-25k", "genrec-50k", "genrec-100k"]
+
+
+def tiny_raw(output_dir: Path, **changes) -> dict:
+    raw = {
+        "output_dir": str(output_dir),
+        "presets": list(PRESETS),
+        "max_train_minutes": None,
+        "data": {"source": TINY_DATA, "max_length": 20, "batching": "padded"},
+        "model": {"item_embedding_size": 16},
+        "tasks": {"names": ["short_horizon", "long_horizon"], "mode": "lora", "modes": {"short_horizon": "zero_shot"},
+                  "max_train_minutes": None,
+                  "training": {"num_train_epochs": 1, "use_cpu": True, "disable_tqdm": True}},
+        "training": {"num_train_epochs": 1, "use_cpu": True, "disable_tqdm": True, "per_device_train_batch_size": 64},
+        "evaluation": {"ks": [10], "early_stopping_patience": None},
+    }
+    for key, value in changes.items():
+        raw[key] = value
+    return raw
+
+
+def tiny_recipe(output_dir: Path, **changes) -> LadderRecipe:
+    return recipe_from_dict(tiny_raw(output_dir, **changes), source="test", kind=LadderRecipe)
+
+
+def read_rows(path: Path) -> tuple[list[str], list[dict[str, str]]]:
+    with path.open(newline="") as handle:
+        reader = csv.DictReader(handle)
+        return list(reader.fieldnames or []), list(reader)
+
+
+@pytest.fixture(scope="module")
+def finished_ladder(tmp_path_factory):
+    import torch
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        out = tmp_path_factory.mktemp("ladder") / "run"
+        recipe = tiny_recipe(out)
+        outcome = run_ladder(recipe)
+    finally:
+        torch.set_num_threads(threads)
+    return recipe, outcome
+
+
+def test_shipped_ladder_recipes_are_valid():
+    paths = sorted((REPO_ROOT / "recipes" / "scaling").glob("*.yaml"))
+    assert paths
+    for path in paths:
+        recipe = load_ladder_recipe(path)
+        assert len(recipe.presets) >= 6
+        text = path.read_text()
+        assert f"genrec-hf scaling run recipes/scaling/{path.name}" in text
+        for line in text.splitlines():
+            if line.strip() and not line.lstrip().startswith("#") and ":" in line:
+                assert "#" in line, f"{path.name}: key without a comment: {line!r}"
+
+
+def test_csv_schema_and_one_row_per_size_and_task(finished_ladder):
+    from genrec_hf import GenRecConfig, count_backbone_parameters
+
+    recipe, outcome = finished_ladder
+    header, rows = read_rows(outcome.csv_path)
+    assert header == csv_columns([10])
+    assert outcome.rows_written == len(rows) == len(PRESETS) * 2
+    assert {(r["preset"], r["task"]) for r in rows} == {(p, t) for p in PRESETS for t in ("short_horizon",
+                                                                                          "long_horizon")}
+    for row in rows:
+        expected = count_backbone_parameters(GenRecConfig.from_preset(row["preset"], vocab_size=10))
+        assert int(row["backbone_params"]) == expected  # transformer blocks only, as the fit expects
+        assert 0.0 < float(row["mrr"]) <= 1.0
+        assert row["mode"] == ("zero_shot" if row["task"] == "short_horizon" else "lora")
+        assert row["ladder_id"] == recipe.ladder_id()
+    # every size is evaluated on the same users: the same count per task
+    for task in ("short_horizon", "long_horizon"):
+        assert len({r["num_users"] for r in rows if r["task"] == task}) == 1
+
+
+def test_saved_ranks_reproduce_the_row_and_feed_a_paired_user_bootstrap(finished_ladder):
+    from genrec_hf.scaling import fit_csv, load_ranks, per_user_metric
+
+    _, outcome = finished_ladder
+    _, rows = read_rows(outcome.csv_path)
+    for row in rows:
+        ranks = load_ranks(outcome.csv_path.parent / row["ranks_path"])
+        assert ranks.shape[0] == int(row["num_users"])
+        assert np.nanmean(per_user_metric(ranks, "mrr")) == pytest.approx(float(row["mrr"]), abs=1e-9)
+    fits = fit_csv(outcome.csv_path, n_bootstrap=20)
+    assert set(fits) == {"short_horizon", "long_horizon"}
+    assert all(f.bootstrap == "ranks" and f.paired for f in fits.values())
+
+
+def test_item_embedding_width_is_fixed_while_the_blocks_grow(finished_ladder):
+    from genrec_hf import GenRecForNextItemPrediction
+
+    recipe, outcome = finished_ladder
+    widths, hidden = set(), []
+    for preset in PRESETS:
+        model = GenRecForNextItemPrediction.from_pretrained(Path(recipe.output_dir) / "sizes" / preset / "base")
+        widths.add(tuple(model.item_vectors.shape[1:]))
+        assert model.config.head_output_size == 16 and not model.config.tie_word_embeddings
+        hidden.append(model.config.hidden_size)
+    assert widths == {(16,)}  # the items are scored in one fixed 16-d space at every size
+    assert len(set(hidden)) > 1
+    _, rows = read_rows(outcome.csv_path)
+    assert {r["item_embedding_size"] for r in rows} == {"16"}
+
+
+def test_finished_sizes_are_skipped_not_retrained(finished_ladder, monkeypatch):
+    recipe, outcome = finished_ladder
+    before = outcome.csv_path.read_bytes()
+    weights = Path(recipe.output_dir) / "sizes" / "genrec-25k" / "base" / "model.safetensors"
+    stamp = weights.stat().st_mtime_ns
+
+    def forbidden(*args, **kwargs):
+        raise AssertionError("a finished size was trained again")
+
+    monkeypatch.setattr(ladder_module, "_pretrain", forbidden)
+    monkeypatch.setattr(ladder_module, "_run_task", forbidden)
+    again = run_ladder(tiny_recipe(Path(recipe.output_dir)))
+    assert (again.rows_written, again.rows_skipped) == (0, len(PRESETS) * 2)
+    assert outcome.csv_path.read_bytes() == before
+    assert weights.stat().st_mtime_ns == stamp
+
+
+def test_interrupted_task_resumes_without_retraining_the_base(tmp_path, monkeypatch, one_thread):
+    out = tmp_path / "run"
+    recipe = tiny_recipe(out, presets=["genrec-10k"])
+    real_run_task = ladder_module._run_task
+
+    def interrupted(recipe, shared, preset, fraction, task, *args, **kwargs):
+        if task == "long_horizon":
+            (out / "sizes" / preset / task).mkdir(parents=True, exist_ok=True)
+            (out / "sizes" / preset / task / MARKER).write_text("{}")
+            (out / "sizes" / preset / task / "half-written.bin").write_text("x")
+            raise KeyboardInterrupt
+        return real_run_task(recipe, shared, preset, fraction, task, *args, **kwargs)
+
+    monkeypatch.setattr(ladder_module, "_run_task", interrupted)
+    with pytest.raises(KeyboardInterrupt):
+        run_ladder(recipe)
+    _, rows = read_rows(out / "results.csv")
+    assert [r["task"] for r in rows] == ["short_horizon"]
+    first = rows[0]
+    monkeypatch.setattr(ladder_module, "_run_task", real_run_task)
+    monkeypatch.setattr(ladder_module, "_pretrain", lambda *a, **k: pytest.fail("finished base trained again"))
+    outcome = run_ladder(tiny_recipe(out, presets=["genrec-10k"]))
+    _, rows = read_rows(outcome.csv_path)
+    assert [r["task"] for r in rows] == ["short_horizon", "long_horizon"]
+    assert rows[0] == first  # the finished row is untouched
+    assert not (out / "sizes" / "genrec-10k" / "long_horizon" / "half-written.bin").exists()
+
+
+def test_interrupted_pretraining_restarts_cleanly_but_a_users_folder_is_refused(tmp_path, one_thread):
+    out = tmp_path / "run"
+    base = out / "sizes" / "genrec-10k" / "base"
+    base.mkdir(parents=True)
+    (out / MARKER).write_text("{}")
+    (out / "sizes" / "genrec-10k" / MARKER).write_text("{}")
+    (base / MARKER).write_text("{}")
+    (base / "checkpoint-3").mkdir()  # what a killed pre-training leaves: no ladder_base.json
+    recipe = tiny_recipe(out, presets=["genrec-10k"], tasks={"names": ["short_horizon"], "mode": "zero_shot"})
+    outcome = run_ladder(recipe)
+    assert outcome.rows_written == 1
+    assert (base / "ladder_base.json").is_file() and not (base / "checkpoint-3").exists()
+
+    other = tmp_path / "users-run"
+    user_base = other / "sizes" / "genrec-10k" / "base"
+    user_base.mkdir(parents=True)
+    (other / MARKER).write_text("{}")
+    (user_base / "my_model.safetensors").write_text("precious")
+    with pytest.raises(FileExistsError, match="not written by the scaling ladder"):
+        run_ladder(tiny_recipe(other, presets=["genrec-10k"], tasks={"names": ["short_horizon"],
+                                                                     "mode": "zero_shot"}))
+    assert (user_base / "my_model.safetensors").read_text() == "precious"
+
+
+def test_output_dir_of_someone_else_and_csv_of_another_ladder_are_refused(tmp_path, finished_ladder):
+    mine = tmp_path / "mine"
+    mine.mkdir()
+    (mine / "notes.txt").write_text("keep")
+    with pytest.raises(FileExistsError, match="not written by the scaling ladder"):
+        run_ladder(tiny_recipe(mine))
+    recipe, outcome = finished_ladder
+    copy = tmp_path / "copy"
+    copy.mkdir()
+    shutil.copy(outcome.csv_path, copy / "results.csv")
+    changed = tiny_recipe(tmp_path / "fresh", seed=1, results_csv=str(copy / "results.csv"))  # another setting
+    with pytest.raises(ValueError, match="holds rows of another ladder"):
+        run_ladder(changed)
+
+
+def test_data_axis_rows_share_the_evaluation_users(tmp_path, one_thread):
+    from genrec_hf.scaling import fit_csv
+
+    out = tmp_path / "run"
+    recipe = tiny_recipe(out, presets=["genrec-10k"], tasks={"names": ["short_horizon"], "mode": "zero_shot"},
+                         data_axis={"preset": "genrec-10k", "fractions": [0.2, 0.4, 0.7]})
+    outcome = run_ladder(recipe)
+    header, rows = read_rows(outcome.data_axis_csv_path)
+    assert header == csv_columns([10])
+    assert sorted(float(r["data_fraction"]) for r in rows) == [0.2, 0.4, 0.7, 1.0]
+    events = [int(r["train_events"]) for r in sorted(rows, key=lambda r: float(r["data_fraction"]))]
+    assert events == sorted(events) and len(set(events)) == 4
+    assert len({r["num_users"] for r in rows}) == 1  # fewer training users, the same evaluation users
+    fits = fit_csv(outcome.data_axis_csv_path, size_column="train_events", n_bootstrap=10)
+    assert fits["short_horizon"].size_name == "train_events" and fits["short_horizon"].paired
+
+
+@pytest.mark.parametrize(
+    ("changes", "message"),
+    [
+        ({"presets": ["genrec-3k"]}, r"presets: unknown preset\(s\) \['genrec-3k'\]"),
+        ({"presets": ["genrec-10k", "genrec-10k"]}, r"lists \['genrec-10k'\] more than once"),
+        ({"presets": []}, r"presets is empty"),
+        ({"presets": ["genrec-10k", "sasrec"]}, r"preset 'sasrec' also sets"),
+        ({"presets": "genrec-10k"}, r"presets='genrec-10k' has the wrong type: expected a list of str"),
+        ({"model": {"overrides": {"hidden_size": 64}}}, r"block shape is what the presets vary"),
+        ({"model": {"overrides": {"vocab_size": 64}}}, r"takes from the data"),
+        ({"model": {"item_embedding_size": 16, "overrides": {"head_projection_ratio": 2}}},
+         r"which model.item_embedding_size=16 decides"),
+        ({"model": {"item_embedding_size": 48}}, r"item_embedding_size=48 does not divide the hidden_size 32"),
+        ({"model": {"item_embedding_size": 0}}, r"item_embedding_size=0; expected a positive integer"),
+        ({"model": {"overrides": {"hidden_dropout_prob": 1.5}}}, r"hidden_dropout_prob=1.5 is invalid"),
+        ({"tasks": {"names": ["nope"]}}, r"task.name='nope'; registered tasks are"),
+        ({"tasks": {"names": []}}, r"tasks.names is empty"),
+        ({"tasks": {"mode": "frozen"}}, r"tasks.mode='frozen'; expected one of"),
+        ({"tasks": {"names": ["short_horizon"], "modes": {"long_horizon": "full"}}},
+         r"tasks.modes names task 'long_horizon', which is not in tasks.names"),
+        ({"tasks": {"names": ["short_horizon"], "params": {"short_horizon": {"window": 3}}}},
+         r"task 'short_horizon' has no parameter\(s\) \['window'\]"),
+        ({"tasks": {"training": {"learning_rat": 1.0}}}, r"unknown TrainingArguments field\(s\) \['learning_rat'\]"),
+        ({"tasks": {"max_train_minutes": 0}}, r"tasks.max_train_minutes=0"),
+        ({"data_axis": {"preset": "genrec-2m", "fractions": [0.5]}}, r"data_axis.preset='genrec-2m' is not one of"),
+        ({"data_axis": {"preset": "genrec-10k", "fractions": [1.5]}}, r"must lie in \(0, 1\)"),
+        ({"data_axis": {"preset": None, "fractions": [0.5]}}, r"data_axis.preset is null"),
+        ({"evaluation": {"fit_split": "train"}}, r"evaluation.fit_split='train'"),
+        ({"data": {"source": TINY_DATA, "batching": "stacked"}}, r"data.batching='stacked'"),
+        ({"max_train_minutes": -1.0}, r"max_train_minutes=-1.0"),
+        ({"sizes": ["genrec-10k"]}, r"unknown top-level key\(s\) \['sizes'\]"),
+    ],
+)
+def test_bad_recipes_name_the_key(tmp_path, changes, message):
+    raw = {**tiny_raw(tmp_path), **changes}  # a changed section replaces the tiny one (defaults elsewhere)
+    with pytest.raises(ValueError, match=message):
+        recipe_from_dict(raw, source="test", kind=LadderRecipe)
+
+
+def test_cli_run_errors_are_one_line(tmp_path, capsys):
+    from genrec_hf.cli import main
+
+    assert main(["scaling", "run", str(tmp_path / "missing.yaml")]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("genrec-hf scaling: error: Ladder recipe") and "\n" not in err
+    path = tmp_path / "ladder.yaml"
+    path.write_text(json.dumps(tiny_raw(tmp_path / "out")))
+    assert main(["scaling", "run", str(path), "--presets", "[genrec-7k]"]) == 2
+    assert "unknown preset(s) ['genrec-7k']" in capsys.readouterr().err

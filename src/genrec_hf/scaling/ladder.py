@@ -49,7 +49,7 @@ import numpy as np
 from torch.utils.data import DataLoader
 
 from ..training.recipes import (DEFAULT_FINETUNE_ARGUMENTS, DEFAULT_TRAINING_ARGUMENTS, BATCHING_MODES, DataSection,
-                                EvaluationSection, FinetuneRecipe, LoraSection, RecipeBase, apply_overrides,
+                                EvaluationSection, FinetuneRecipe, LoraSection, RecipeBase, load_recipe,
                                 recipe_from_dict)
 
 logger = logging.getLogger(__name__)
@@ -281,19 +281,11 @@ class LadderRecipe(RecipeBase):
 
 def load_ladder_recipe(path: str | Path, overrides: dict[str, str] | None = None) -> LadderRecipe:
     """Read and validate a ladder recipe (unknown keys and wrongly typed values are errors naming them)."""
-    import yaml
-
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"Ladder recipe {path} does not exist (expected a YAML file such as "
                                 "recipes/scaling/ladder.yaml).")
-    try:
-        raw = yaml.safe_load(path.read_text()) or {}
-    except (yaml.YAMLError, UnicodeDecodeError) as error:
-        raise ValueError(f"{path}: not a valid YAML recipe: {error}") from None
-    if not isinstance(raw, dict):
-        raise ValueError(f"{path}: a ladder recipe must be a YAML mapping of sections, got {type(raw).__name__}.")
-    return recipe_from_dict(apply_overrides(raw, overrides or {}), source=str(path), kind=LadderRecipe)
+    return load_recipe(path, overrides, kind=LadderRecipe)
 
 
 # --- folders and the CSV ---------------------------------------------------------------------------------------------

@@ -207,6 +207,21 @@ def test_paired_bootstrap_interval_brackets_the_difference_only_when_real():
         paired_bootstrap(ranks, ranks[:10])
 
 
+def test_per_user_metric_means_equal_the_ranking_metrics():
+    """Catches a bootstrap over NDCG@K / HR@K whose per-user values disagree with `metrics_from_ranks` (an off-by-one
+    in the discount or the cut-off would make compare_runs' NDCG interval describe another metric)."""
+    from genrec_hf.evaluation import per_user_metric
+    from genrec_hf.evaluation.metrics import metrics_from_ranks
+
+    ranks = torch.tensor([1, 2, 3, 10, 11, 50, 1682, 1, 7])  # ranks at and around every cut-off
+    expected = metrics_from_ranks(ranks, ks=(1, 10, 50))
+    for name in ("mrr", "hr@1", "hr@10", "ndcg@1", "ndcg@10", "ndcg@50"):
+        assert per_user_metric(name)(ranks).double().mean().item() == pytest.approx(expected[name]), name
+    for bad in ("ndcg", "ndcg@0", "recall@10", "MRR"):
+        with pytest.raises(ValueError, match="expected 'mrr', 'hr@K' or 'ndcg@K'"):
+            per_user_metric(bad)
+
+
 def test_rank_batches_feed_evaluate_model(tiny_model):
     """Catches `evaluate_model` averaging something else than the per-user ranks of `rank_batches`, and (B,)
     targets of hand-made batches being refused."""

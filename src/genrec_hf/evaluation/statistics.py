@@ -4,7 +4,26 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
+import re
+
 import torch
+
+
+def per_user_metric(name: str) -> Callable[[torch.Tensor], torch.Tensor]:
+    """The per-user value behind a single-target ranking metric, for `paired_bootstrap(metric=...)`.
+
+    "mrr" -> 1/rank, "hr@K" -> [rank <= K], "ndcg@K" -> [rank <= K] / log2(1 + rank): the means over users equal
+    `metrics_from_ranks` of the same (U,) 1-based ranks.
+    """
+    if name == "mrr":
+        return lambda ranks: 1.0 / ranks
+    match = re.fullmatch(r"(hr|ndcg)@([1-9][0-9]*)", name)
+    if match is None:
+        raise ValueError(f"metric {name!r}: expected 'mrr', 'hr@K' or 'ndcg@K' with K a positive integer.")
+    kind, k = match.group(1), int(match.group(2))
+    if kind == "hr":
+        return lambda ranks: (ranks <= k).double()
+    return lambda ranks: (ranks <= k).double() / torch.log2(1.0 + ranks.double())
 
 
 def paired_bootstrap(

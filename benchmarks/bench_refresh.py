@@ -18,6 +18,13 @@ correlation between cost and stability across every (size, length, method) point
 
     python benchmarks/bench_refresh.py --data path/to/ml-100k --sizes genrec-25k genrec-100k genrec-500k genrec-2m \
         --max-lengths 50 200 --seeds 0 1 --out benchmarks/results_refresh.md
+
+More seeds later, without retraining the earlier ones: run only the new seeds with `--merge OLD.json` (the earlier
+run's JSON). `previous` is seeded on its own (100), so it is retrained identically; the merge checks its MRR
+matches, pools the per-seed MRR, CPU, overlap and τ vs previous, and keeps the earlier across-seed pairs (their
+top-10 lists were not saved, so pairs between an old and a new seed are not measured; `across_seeds_pairs` says
+which pairs each across-seed number averages). A JSON from before per-seed values were saved holds each method's
+2-seed MRR as mean ± spread, which gives both values exactly (`--merge-seeds` names those 2 seeds).
 """
 
 from __future__ import annotations
@@ -168,7 +175,11 @@ def run(args: argparse.Namespace) -> list[dict]:
                 runs = outputs[method]
                 pairs = [(i, j) for i in range(len(runs)) for j in range(i + 1, len(runs))]
                 results.append({
-                    **point, "method": method,
+                    **point, "method": method, "seeds": list(args.seeds),
+                    "mrr_by_seed": [r["mrr"] for r in runs], "cpu_s_by_seed": [r["cpu"] for r in runs],
+                    "overlap_vs_previous_by_seed": [overlap(r["top"], prev_top) for r in runs],
+                    "tau_vs_previous_by_seed": [kendall(r["scores"], prev_scores) for r in runs],
+                    "across_seeds_pairs": [[args.seeds[i], args.seeds[j]] for i, j in pairs],
                     "cpu_s": float(np.mean([r["cpu"] for r in runs])),
                     "mrr_mean": float(np.mean([r["mrr"] for r in runs])),
                     "mrr_spread": float(np.ptp([r["mrr"] for r in runs])),
@@ -183,6 +194,59 @@ def run(args: argparse.Namespace) -> list[dict]:
     return results
 
 
+def _per_seed(point: dict, key: str, seeds: list[int]) -> list[float] | None:
+    """A point's per-seed values of `key` ('mrr', 'cpu_s', ...), or None where only their mean was saved."""
+    if f"{key}_by_seed" in point:
+        return list(point[f"{key}_by_seed"])
+    if key == "mrr" and len(seeds) == 2:  # two values are mean ± spread/2 exactly (which seed is which is lost)
+        return [point["mrr_mean"] - point["mrr_spread"] / 2, point["mrr_mean"] + point["mrr_spread"] / 2]
+    return None
+
+
+def merge(old: list[dict], new: list[dict], old_seeds: list[int] | None) -> list[dict]:
+    """Pool the seeds of two runs of the same points (same sizes, lengths, methods and `previous`)."""
+    def key(point: dict) -> tuple:
+        return point["dataset"], point["preset"], point["max_length"], point["method"]
+
+    index = {key(p): p for p in old}
+    merged = []
+    for point in new:
+        before = index.get(key(point))
+        if before is None:
+            raise SystemExit(f"--merge: the earlier run has no point {key(point)}; run the same sizes and lengths.")
+        if abs(before["previous_mrr"] - point["previous_mrr"]) > 1e-6:
+            raise SystemExit(f"--merge: `previous` differs at {key(point)} (MRR {before['previous_mrr']:.6f} vs "
+                             f"{point['previous_mrr']:.6f}): the runs are not the same setup.")
+        seeds_before = before.get("seeds") or old_seeds
+        if not seeds_before:
+            raise SystemExit("--merge: the earlier JSON does not record its seeds; name them with --merge-seeds.")
+        if set(seeds_before) & set(point["seeds"]):
+            raise SystemExit(f"--merge: seeds {sorted(set(seeds_before) & set(point['seeds']))} are in both runs.")
+        n_old, n_new = len(seeds_before), len(point["seeds"])
+        out = {**point, "seeds": list(seeds_before) + list(point["seeds"])}
+        for name in ("mrr", "cpu_s", "overlap_vs_previous", "tau_vs_previous"):
+            old_values = _per_seed(before, name, seeds_before)
+            mean_key = "mrr_mean" if name == "mrr" else name
+            if old_values is not None:
+                out[f"{name}_by_seed"] = old_values + list(point[f"{name}_by_seed"])
+                out[mean_key] = float(np.mean(out[f"{name}_by_seed"]))
+            else:  # only the earlier mean is known: weight it by its seeds
+                out.pop(f"{name}_by_seed", None)
+                out[mean_key] = float((before[mean_key] * n_old + np.sum(point[f"{name}_by_seed"])) / (n_old + n_new))
+        if "mrr_by_seed" in out:
+            out["mrr_spread"] = float(np.ptp(out["mrr_by_seed"]))
+        old_pairs = before.get("across_seeds_pairs") or [[a, b] for i, a in enumerate(seeds_before)
+                                                         for b in seeds_before[i + 1:]]
+        new_pairs = point["across_seeds_pairs"]
+        for name in ("overlap_across_seeds", "tau_across_seeds"):
+            parts = [(before[name], len(old_pairs)), (point[name], len(new_pairs))]
+            parts = [(v, n) for v, n in parts if v is not None and n]
+            out[name] = (float(sum(v * n for v, n in parts) / sum(n for _, n in parts))) if parts else None
+        out["across_seeds_pairs"] = old_pairs + new_pairs
+        merged.append(out)
+    return merged
+
+
 def write_report(results: list[dict], args: argparse.Namespace, path: Path) -> None:
     from scipy.stats import spearmanr
 
@@ -193,6 +257,11 @@ def write_report(results: list[dict], args: argparse.Namespace, path: Path) -> N
              "| size | N | max len | method | CPU s | MRR (mean, spread over seeds) | previous MRR | overlap@10 vs "
              "previous | τ vs previous | overlap@10 across seeds | τ across seeds |",
              "|---|---|---|---|---|---|---|---|---|---|---|"]
+    if args.merge:
+        seeds = sorted({s for r in results for s in r.get("seeds", [])})
+        pairs = sorted({tuple(p) for r in results for p in r.get("across_seeds_pairs", [])})
+        lines[2] += (f" with the seeds of `{args.merge}` merged in: MRR spread and the vs-previous columns over "
+                     f"seeds {seeds}, across-seed columns over the pairs {[list(p) for p in pairs]}")
     fmt = lambda v: "–" if v is None else f"{v:.3f}"  # noqa: E731
     for r in results:
         lines.append(f"| {r['preset']} | {r['backbone_params']:,} | {r['max_length']} | {r['method']} | "
@@ -225,9 +294,17 @@ def main() -> None:
     parser.add_argument("--tau-items", type=int, default=200, help="items in the fixed sample Kendall τ reads")
     parser.add_argument("--workdir", type=Path, default=Path("runs/bench_refresh"))
     parser.add_argument("--out", type=Path, default=Path("benchmarks/results_refresh.md"))
+    parser.add_argument("--merge", type=Path, default=None, metavar="OLD.json",
+                        help="pool this run's seeds with an earlier run's JSON of the same points")
+    parser.add_argument("--merge-seeds", nargs="+", type=int, default=None,
+                        help="the seeds of --merge's run, when its JSON does not record them")
     args = parser.parse_args()
+    old = json.loads(args.merge.read_text()) if args.merge else None  # read first: --out may be the same file
     args.workdir.mkdir(parents=True, exist_ok=True)
     results = run(args)
+    if old is not None:
+        (args.out.with_name(args.out.stem + "_unmerged.json")).write_text(json.dumps(results, indent=2))
+        results = merge(old, results, args.merge_seeds)
     write_report(results, args, args.out)
     print(f"written to {args.out}")
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import csv
 import json
 import shutil
+import time
 from pathlib import Path
 
 import numpy as np
@@ -171,6 +172,42 @@ def test_interrupted_task_resumes_without_retraining_the_base(tmp_path, monkeypa
     assert not (out / "sizes" / "genrec-10k" / "long_horizon" / "half-written.bin").exists()
 
 
+def test_budget_clock_boxes_pretraining_and_fine_tunes_and_labels_the_stop(tmp_path, monkeypatch, one_thread):
+    """`budget_clock: cpu` must reach both time boxes and the stop label, not only the recipe check: the ladder
+    once accepted the key and ran every box (and judged `pretrain_stop`) on the wall clock."""
+    from genrec_hf.training import trainer as trainer_module
+
+    clocks = []
+
+    class Recording(trainer_module.TimeBudgetCallback):
+        def __init__(self, max_minutes, clock="wall"):
+            clocks.append(clock)
+            super().__init__(max_minutes, clock)
+
+    class SlowWall:  # wall time races ahead (a loaded machine); CPU time does not
+        calls = 0
+
+        @classmethod
+        def monotonic(cls):
+            cls.calls += 1
+            return cls.calls * 1e4
+
+        process_time = staticmethod(time.process_time)
+
+    monkeypatch.setattr(trainer_module, "TimeBudgetCallback", Recording)
+    monkeypatch.setattr(ladder_module, "time", SlowWall)
+    raw = tiny_raw(tmp_path / "run", presets=["genrec-10k"], budget_clock="cpu", max_train_minutes=60.0)
+    raw["tasks"] = {**raw["tasks"], "names": ["long_horizon"], "modes": {}, "max_train_minutes": 60.0}
+    recipe = recipe_from_dict(raw, source="test", kind=LadderRecipe)
+    assert recipe.finetune_recipe("long_horizon", tmp_path / "t").budget_clock == "cpu"
+    outcome = run_ladder(recipe)
+    assert clocks == ["cpu", "cpu"]  # pre-training box, then the fine-tune's
+    (row,) = outcome.rows
+    assert row["pretrain_stop"] == "epochs"  # one epoch ran; the 60 CPU-minute box was never reached
+    info = json.loads((tmp_path / "run" / "sizes" / "genrec-10k" / "base" / ladder_module.BASE_DONE).read_text())
+    assert info["budget_clock"] == "cpu" and 0 < info["cpu_seconds"] < 60 * 60
+
+
 def test_interrupted_pretraining_restarts_cleanly_but_a_users_folder_is_refused(tmp_path, one_thread):
     out = tmp_path / "run"
     base = out / "sizes" / "genrec-10k" / "base"
@@ -257,6 +294,7 @@ def test_data_axis_rows_share_the_evaluation_users(tmp_path, one_thread):
         ({"evaluation": {"fit_split": "train"}}, r"evaluation.fit_split='train'"),
         ({"data": {"source": TINY_DATA, "batching": "stacked"}}, r"data.batching='stacked'"),
         ({"max_train_minutes": -1.0}, r"max_train_minutes=-1.0"),
+        ({"budget_clock": "gpu"}, r"budget_clock='gpu'; expected one of \['cpu', 'wall'\]"),
         ({"sizes": ["genrec-10k"]}, r"unknown top-level key\(s\) \['sizes'\]"),
     ],
 )

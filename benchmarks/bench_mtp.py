@@ -262,7 +262,8 @@ def main() -> None:
     parser.add_argument("--datasets", nargs="+", default=list(DATASETS), choices=list(DATASETS))
     parser.add_argument("--tasks", nargs="+", default=["short_horizon"], choices=list(TASKS),
                         help="replayed tasks (long_horizon trains every model on the log cut before its windows)")
-    parser.add_argument("--ks", nargs="+", type=int, default=[1, 3, 5, 10], help="MTP target counts K")
+    parser.add_argument("--ks", nargs="*", type=int, default=[1, 3, 5, 10],
+                        help="MTP target counts K (none: only ntp and the --extra rows, in their order)")
     parser.add_argument("--half-lives", nargs="+", type=parse_duration, default=[3600, 86400],
                         help="MTP half-lives beta (durations: 1h, 24h, ...)")
     parser.add_argument("--extra", nargs="*", default=[],

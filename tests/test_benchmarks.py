@@ -54,6 +54,9 @@ def test_every_mtp_row_is_a_valid_recipe_with_its_options():
     reward = load_recipe(bench.RECIPE, grid["mtp-k5-b24h-reward-ratings"]).model.overrides
     assert reward["mtp_reward_column"] == "ratings" and reward["mtp_half_life_seconds"] == 86400
     assert reward["mtp_weight_normalization"] == "position"
+    # `--ks` with no value: only ntp and the extra rows, trained in the order given
+    assert list(bench.variants([], [86400], ["mtp-k5-b24h-reward-ratings", "mtp-k5-b24h"])) == [
+        "ntp", "mtp-k5-b24h-reward-ratings", "mtp-k5-b24h"]
     with pytest.raises(ValueError, match="mtp-k5-b24h-summ"):
         bench.variant_overrides("mtp-k5-b24h-summ")
 

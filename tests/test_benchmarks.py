@@ -61,3 +61,59 @@ def test_refresh_merge_pools_seeds_and_refuses_another_setup():
         merge(old, [{**new[0], "previous_mrr": 0.06}], [0, 1])
     with pytest.raises(SystemExit, match=r"seeds \[1\] are in both runs"):
         merge(old, [{**new[0], "seeds": [1]}], [0, 1])
+
+
+def test_every_mtp_row_is_a_valid_recipe_with_its_options():
+    """A typo in an `--extra` row name silently training the default MTP (position-normalised, no reward), or
+    `-sum` / `-reward-<column>` not reaching the config: the paper's plain-sum and reward rows would be mislabelled."""
+    bench = _module("bench_mtp")
+    grid = bench.variants([5], [3600, 86400], ["mtp-k5-b24h-sum", "mtp-k5-b24h-reward-ratings"])
+    assert list(grid) == ["ntp", "mtp-k5-b1h", "mtp-k5-b24h", "mtp-k5-b24h-sum", "mtp-k5-b24h-reward-ratings"]
+    for name, overrides in grid.items():
+        recipe = load_recipe(bench.RECIPE, overrides)  # validates the config
+        fields = recipe.model.overrides
+        assert fields["objective"] == ("ntp" if name == "ntp" else "mtp"), name
+    assert load_recipe(bench.RECIPE, grid["mtp-k5-b24h-sum"]).model.overrides["mtp_weight_normalization"] == "none"
+    reward = load_recipe(bench.RECIPE, grid["mtp-k5-b24h-reward-ratings"]).model.overrides
+    assert reward["mtp_reward_column"] == "ratings" and reward["mtp_half_life_seconds"] == 86400
+    assert reward["mtp_weight_normalization"] == "position"
+    # `--ks` with no value: only ntp and the extra rows, trained in the order given
+    assert list(bench.variants([], [86400], ["mtp-k5-b24h-reward-ratings", "mtp-k5-b24h"])) == [
+        "ntp", "mtp-k5-b24h-reward-ratings", "mtp-k5-b24h"]
+    with pytest.raises(ValueError, match="mtp-k5-b24h-summ"):
+        bench.variant_overrides("mtp-k5-b24h-summ")
+
+
+def test_mtp_bench_pairs_set_valued_rows_on_the_best_rank():
+    """Bug caught: the paired bootstrap fed `ranks[:, 0]` (the first target's rank). For the set-valued long-horizon
+    task the user's MRR term is 1 / best rank, so the intervals would not be those of the reported MRR."""
+    import torch
+
+    from genrec_hf.evaluation import metrics_from_ranks
+
+    bench = _module("bench_mtp")
+    ranks = torch.tensor([[5, 2, 0], [0, 0, 0], [3, 0, 0], [7, 9, 4]])
+    best = bench.best_ranks(ranks)
+    assert best == [2, 3, 4]  # the user without a target is left out, as metrics_from_ranks does
+    assert sum(1 / r for r in best) / len(best) == pytest.approx(metrics_from_ranks(ranks)["mrr"])
+    assert bench.best_ranks(torch.tensor([4, 1])) == [4, 1] and bench.best_ranks(None) == []
+
+
+def test_mtp_bench_trains_before_the_long_horizon_windows():
+    """Bug caught: long-horizon rows from models trained on the whole log, whose later events are the long-horizon
+    test targets (an MTP model learns exactly those as targets). The cut log ends where each test context ends."""
+    from genrec_hf.data import load_interactions
+    from genrec_hf.data.tasks import build_task
+
+    bench = _module("bench_mtp")
+    full = load_interactions("synthetic:num_users=150,num_items=80,num_clusters=5")
+    cut, info = bench.before_long_horizon_windows(full)
+    task = build_task("long_horizon", full)
+    assert len(task.test) == info["long_horizon_users"] > 0
+    contexts = {str(r["user_id"]): r["item_ids"] for r in task.test}
+    rows = {str(r["user_id"]): r for r in cut.sequences}
+    whole = {str(r["user_id"]): r["item_ids"] for r in full.sequences}
+    for user, row in rows.items():
+        assert row["item_ids"] == contexts.get(user, whole[user])  # users the task drops keep every event
+        assert len(row["timestamps"]) == len(row["ratings"]) == len(row["item_ids"])
+    assert cut.vocab == full.vocab and info["events"] < info["events_full"]

@@ -372,8 +372,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="staleness replay of cached serving, e.g. 0,1h,24h,48h: each list is computed from the "
                         "user state DELTA old, items consumed in between are excluded (docs/evaluation.md)")
     p.add_argument("--staleness_anchor", choices=["request", "cut"], default="request",
-                   help="request (default): each --split target is shown at its own time from the state DELTA "
-                        "before it; cut: one cache refresh at --cut, lists shown DELTA later, targets after that")
+                   help="request (default): each --split request (at the target's time; long_horizon: at the "
+                        "context's end, its window unchanged) is served from the state DELTA before it; cut: one "
+                        "cache refresh at --cut, lists shown DELTA later, targets after that")
     p.add_argument("--cut", type=int, default=None,
                    help="staleness_anchor cut: the cache time (unix seconds; default: the model's time-split cut)")
     p.add_argument("--cut_quantile", type=float, default=None,

@@ -166,3 +166,24 @@ def test_request_replay_zero_is_leave_one_out_and_consumed_items_stay_excluded()
                               torch.tensor([row["item_ids"] + row["consumed_ids"]]))
     assert result["staleness"]["24h"]["mrr"] == pytest.approx(1.0 / rank.item())
     assert result["staleness"]["24h"]["num_users_without_context"] == 3
+
+
+def test_request_replay_long_horizon_is_stale_from_the_context_end():
+    """Bug caught: the long-horizon request shown at its first target's time, which lies at least `start_days`
+    after the context, so the cache at T − Δ held the whole context for every Δ below that (0, 1 h, 24 h and 48 h
+    replayed the same rows and NTP's staleness cost read 0%). The window stays where the task put it."""
+    D = 24 * H
+    events = [("u", "A", 0, 3.0), ("u", "B", 100, 3.0), ("u", "C", 2 * D, 3.0), ("u", "D", 2 * D + 2 * H, 3.0),
+              ("u", "E", 3 * D + 2 * H, 3.0)]
+    data = build_interactions(pd.DataFrame(events, columns=["user_id", "item_id", "timestamp", "rating"]),
+                              name="window", min_user_events=1)
+    params = {"task": "long_horizon", "start_days": 1.0, "end_days": 10.0}
+    zero = request_replay(data, 0, **params)
+    assert _by_user(zero, data) == {"u": (["A", "B", "C", "D"], ["E"], [])}
+    assert zero.stats["request_at"] == "context_end" and zero.protocol.set_valued
+    hour = request_replay(data, "1h", **params)  # D, the request, came 2 h after C: consumed
+    assert _by_user(hour, data) == {"u": (["A", "B", "C"], ["E"], ["D"])}
+    day = request_replay(data, "24h", **params)
+    assert _by_user(day, data) == {"u": (["A", "B"], ["E"], ["C", "D"])}
+    assert day.rows[0]["target_time"] == 3 * D + 2 * H  # the window and its first target's time are not moved
+    assert request_replay(data, "1h").stats["request_at"] == "target_time"

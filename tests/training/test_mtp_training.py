@@ -84,3 +84,28 @@ def test_evaluate_staleness_bad_flags(tmp_path, capsys):
     assert "1y" in capsys.readouterr().err
     assert main(["evaluate", str(folder), "--data", TINY_DATA, "--cut", "5"]) == 2
     assert "add --staleness" in capsys.readouterr().err
+
+
+def test_train_on_given_data_not_the_recipe_source(tmp_path):
+    """Bug caught: `train` could only read `recipe.data.source`, so a benchmark that must train on a log cut before
+    its held-out windows (bench_mtp's long-horizon rows) had to train on the whole log, whose later events are the
+    long-horizon test targets (a leak that favours MTP, which learns those events as targets)."""
+    import dataclasses
+
+    from genrec_hf.data import load_interactions
+    from genrec_hf.training import train
+    from genrec_hf.training.recipes import load_recipe
+
+    full = load_interactions(TINY_DATA)
+    cut = full.sequences.map(lambda row: {c: row[c][:-3] for c in ("item_ids", "timestamps", "action_ids",
+                                                                    "ratings")})
+    given = dataclasses.replace(full, sequences=cut, name="tiny, last 3 events cut")
+    recipe = load_recipe(REPO_ROOT / "recipes/pretrain/genrec-500k-mtp.yaml", {
+        "output_dir": str(tmp_path / "run"), "data.source": "synthetic", "data.max_length": "20",
+        "training.max_steps": "2", "training.disable_tqdm": "true", "evaluation.num_examples": "0",
+        "model.overrides.hidden_size": "16", "model.overrides.intermediate_size": "32",
+        "model.overrides.num_attention_heads": "2"})  # the source is never read: the default log has 1,000 items
+    outcome = train(recipe, data=given)
+    assert outcome.data is given and outcome.metrics["dataset"] == "tiny, last 3 events cut"
+    assert outcome.model.config.vocab_size == len(full.vocab)  # the given log's vocabulary, not the default's
+    assert outcome.metrics["test"]["num_users"] == 150

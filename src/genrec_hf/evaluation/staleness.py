@@ -4,11 +4,16 @@ Production lists are often computed from a cached user state and shown hours lat
 already be consumed when the list is shown. The replay reproduces that with a staleness Δ, in one of two ways:
 
 * `anchor="request"` (default): every held-out target of an eval split (leave-one-out test, or a task's rows) is a
-  request shown at the target's time T; the cached state is the context **up to T − Δ**, and the context's events
-  after T − Δ are the items **consumed in between**. Δ = 0 is the split's usual evaluation; every user keeps its
-  target, and users whose whole context is within Δ of T have no cached state: counted in
-  `num_users_without_context` and left out. Works with any model (a leave-one-out model does not leak: the context
-  is a subset of the usual one).
+  request shown at a time T; the cached state is the context **up to T − Δ**, and the context's events after
+  T − Δ are the items **consumed in between**. T is the target's time for the single-target tasks (next event,
+  high engagement, availability). For the set-valued `long_horizon` task, whose target is the set of new items in
+  a window `start_days`-`end_days` after the context's last event, T is that event's time (the request the window
+  belongs to), not the first target's time: that one lies at least `start_days` (7) after the context, so every Δ
+  below it would replay the full context. Δ = 0 is the split's usual evaluation; every user
+  keeps its target (the window is not moved), and users whose whole context is within Δ of T have no cached
+  state: counted in `num_users_without_context` and left out. Works with any model (a leave-one-out model does
+  not leak: the context is a subset of the usual one; the long-horizon targets, though, lie inside the training
+  events of a model trained on the whole log).
 * `anchor="cut"`: one global cache refresh at the cut t; the state is the events **before t**, the list is shown
   at **t + Δ**, and the targets are the events **at or after t + Δ** (the next one, or the set within a window, per
   task). Users without an event at or after t + Δ are counted in `num_users_without_target`, users without an
@@ -216,7 +221,8 @@ ANCHORS = ("request", "cut")
 def request_replay(data: Any, delta: int | str, *, task: str = "short_horizon", split: str = "test",
                    exclude_history: bool = True, **task_params: Any) -> StalenessReplay:
     """`anchor="request"`: the `split` rows of `task` (leave-one-out for `short_horizon`, else the task builder's),
-    each shown at its `target_time` T from the cached context up to T − Δ (module docstring)."""
+    each shown at its request time T from the cached context up to T − Δ: T is the target's time, or for
+    `long_horizon` the context's last event, which the target window is measured from (module docstring)."""
     if task not in STALENESS_TASKS:
         raise ValueError(f"staleness task={task!r}; expected one of {STALENESS_TASKS}.")
     if split not in ("validation", "test"):
@@ -230,27 +236,31 @@ def request_replay(data: Any, delta: int | str, *, task: str = "short_horizon", 
 
         source = leave_one_out(data, required=(split,))[split].with_format("numpy")
         protocol = RankingProtocol(exclude_history=exclude_history, description="next event")
+        request_at = "target_time"
 
-        def context_and_target(row: dict[str, Any]) -> tuple[dict[str, np.ndarray], list[int], int]:
+        def context_and_target(row: dict[str, Any]) -> tuple[dict[str, np.ndarray], list[int], int, int]:
             events = {name: np.asarray(row[name])[:-1] for name in ("item_ids", "timestamps", "action_ids")}
-            return events, [int(row["item_ids"][-1])], int(row["timestamps"][-1])
+            return events, [int(row["item_ids"][-1])], int(row["timestamps"][-1]), int(row["timestamps"][-1])
     else:
         from ..data.tasks import build_task
 
         built = build_task(task, data, exclude_history=exclude_history, **task_params)
         source, protocol = getattr(built, split).with_format("numpy"), built.protocol
+        window = task == "long_horizon"  # targets in a window measured from the context's end: the request is there
+        request_at = "context_end" if window else "target_time"
 
-        def context_and_target(row: dict[str, Any]) -> tuple[dict[str, np.ndarray], list[int], int]:
+        def context_and_target(row: dict[str, Any]) -> tuple[dict[str, np.ndarray], list[int], int, int]:
             events = {name: np.asarray(row[name]) for name in ("item_ids", "timestamps", "action_ids")}
-            return events, [int(t) for t in row["target_ids"]], int(row["target_time"])
+            request = int(events["timestamps"][-1]) if window else int(row["target_time"])
+            return events, [int(t) for t in row["target_ids"]], int(row["target_time"]), request
 
     columns: dict[str, list] = {name: [] for name in REPLAY_FEATURES}
     no_context = 0
     for row in source:
-        events, targets, target_time = context_and_target(row)
-        # The cache holds the events up to T − Δ (all of them for Δ = 0, ties with the target included).
+        events, targets, target_time, request = context_and_target(row)
+        # The cache holds the events up to T − Δ (all of them for Δ = 0, ties with the request included).
         cached = int(len(events["item_ids"]) if delta == 0
-                     else np.searchsorted(events["timestamps"], target_time - delta, side="right"))
+                     else np.searchsorted(events["timestamps"], request - delta, side="right"))
         if cached == 0:
             no_context += 1
             continue
@@ -261,12 +271,15 @@ def request_replay(data: Any, delta: int | str, *, task: str = "short_horizon", 
         columns["target_time"].append(target_time)
         columns["consumed_ids"].append(list(dict.fromkeys(events["item_ids"][cached:].tolist())))
     rows = Dataset.from_dict(columns, features=REPLAY_FEATURES)
-    description = (f"staleness replay: each {split} target shown from the state {format_duration(delta)} before it "
-                   f"(items consumed in between excluded), {protocol.description}")
+    shown = (f"each {split} target shown from the state {format_duration(delta)} before it" if request_at ==
+             "target_time" else f"each {split} window requested from the state {format_duration(delta)} before the "
+             "context's end")
+    description = f"staleness replay: {shown} (items consumed in between excluded), {protocol.description}"
     protocol = RankingProtocol(exclude_history=protocol.exclude_history, set_valued=protocol.set_valued,
                                available_since=protocol.available_since,
                                availability_window=protocol.availability_window, description=description)
-    stats = {"anchor": "request", "split": split, "task": task, "num_users_with_target": len(rows),
+    stats = {"anchor": "request", "split": split, "task": task, "request_at": request_at,
+             "num_users_with_target": len(rows),
              "num_users_without_target": 0, "num_users_without_context": no_context,
              "mean_consumed_in_between": float(np.mean([len(c) for c in columns["consumed_ids"]]))
              if len(rows) else 0.0}

@@ -44,10 +44,11 @@ class PreparedData:
         return self.cold.warm_vocab if self.cold is not None else self.data.vocab
 
 
-def prepare_data(recipe: Recipe) -> PreparedData:
-    """Load the events, split them and cut the training histories into windows, as the recipe says."""
+def prepare_data(recipe: Recipe, data: InteractionData | None = None) -> PreparedData:
+    """Load the events (or take `data`, already loaded), split them and cut the training histories into windows,
+    as the recipe says."""
     section = recipe.data
-    data = section.load()
+    data = section.load() if data is None else data
     cold = None
     if section.split == "leave_one_out":
         splits = leave_one_out(data)
@@ -99,8 +100,12 @@ class TrainOutcome:
 
 
 def train(recipe: Recipe, *, overwrite_output_dir: bool = False,
-          resume_from_checkpoint: str | bool | None = None) -> TrainOutcome:
+          resume_from_checkpoint: str | bool | None = None, data: InteractionData | None = None) -> TrainOutcome:
     """Run a recipe end to end: data, Trainer with best-checkpoint selection, final evaluation, save, card.
+
+    `data` (an already-loaded `InteractionData`, e.g. a benchmark's log cut before its held-out windows) replaces
+    the events of `recipe.data.source`; the rest of the data section (split, windows, batching) applies to it, and
+    `metrics.json` names it (`dataset`), while `training_recipe.yaml` still records the recipe's source.
 
     The run holds the output folder's lock throughout (a second run into it is refused). `resume_from_checkpoint`
     True resumes from the newest complete checkpoint of the folder; a resume with no training left is an error.
@@ -115,14 +120,15 @@ def train(recipe: Recipe, *, overwrite_output_dir: bool = False,
             require_training_left(checkpoint, args)
         elif overwrite_output_dir and lock.enabled:
             clear_previous_run(output_dir)
-        return _train(recipe, args, output_dir, checkpoint)
+        return _train(recipe, args, output_dir, checkpoint, data)
 
 
-def _train(recipe: Recipe, args: TrainingArguments, output_dir: Path, checkpoint: str | None) -> TrainOutcome:
+def _train(recipe: Recipe, args: TrainingArguments, output_dir: Path, checkpoint: str | None,
+           data: InteractionData | None = None) -> TrainOutcome:
     from ..cards import ModelCardCallback, write_model_card
 
     set_seed(recipe.seed)
-    prepared = prepare_data(recipe)
+    prepared = prepare_data(recipe, data)
     train_vocab = prepared.train_vocab
     store = None
     tower_config = None

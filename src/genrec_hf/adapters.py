@@ -30,6 +30,7 @@ it finds the base the adapter names, verifies both folders' weights (`integrity`
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import json
 import logging
@@ -405,19 +406,43 @@ def adapter_item_vectors(model: PeftModel, adapter_name: str) -> torch.Tensor:
     tower = base.item_tower
     if tower is None:
         return ids
+    if not tower_has_lora(model):
+        return tower.output_vectors(ids)
+    with only_adapter(model, adapter_name):  # the tower's LoRA is this adapter's (or none for "__base__")
+        return tower.output_vectors(ids)
+
+
+def tower_has_lora(model: torch.nn.Module) -> bool:
+    """Whether some adapter of `model` puts LoRA on the item tower (`lora_config(item_tower="lora")`)."""
     from peft.tuners.lora import LoraLayer
 
-    if not any(isinstance(module, LoraLayer) for module in tower.modules()):
-        return tower.output_vectors(ids)
-    # The tower's LoRA layers see the V feature rows as a batch: PEFT's per-row adapter selection (the mixed-batch
-    # mechanism, eval mode only) picks `adapter_name`'s LoRA ("__base__": none) without changing the active adapter.
-    was_training = model.training
-    model.eval()
+    base = model.get_base_model() if isinstance(model, PeftModel) else model
+    tower = getattr(base, "item_tower", None)
+    return tower is not None and any(isinstance(module, LoraLayer) for module in tower.modules())
+
+
+@contextlib.contextmanager
+def only_adapter(model: PeftModel, adapter_name: str):
+    """Run the body with `adapter_name` the active adapter (`"__base__"`: adapters disabled), then put the active
+    adapter and every parameter's requires_grad back.
+
+    PEFT's per-row `adapter_names` cannot serve an adapter with LoRA on the item tower: the tower's layers run on
+    the catalog's feature rows, not on the batch's rows. Serving such an adapter switches the active one instead."""
+    if adapter_name == "__base__":
+        with model.disable_adapter():
+            yield model
+        return
+    if adapter_name not in model.peft_config:
+        raise ValueError(f"No adapter named {adapter_name!r}; this model has {sorted(model.peft_config)}.")
+    previous = model.active_adapter
+    flags = {name: param.requires_grad for name, param in model.named_parameters()}
+    model.set_adapter(adapter_name, inference_mode=True)
     try:
-        with model._enable_peft_forward_hooks(adapter_names=[adapter_name] * ids.shape[0]):
-            return tower.output_vectors(ids)
+        yield model
     finally:
-        model.train(was_training)
+        model.set_adapter(previous, inference_mode=True)
+        for name, param in model.named_parameters():
+            param.requires_grad_(flags.get(name, False))
 
 
 @torch.no_grad()
@@ -435,7 +460,17 @@ def score_mixed_batch(model: PeftModel, batch: dict[str, torch.Tensor], adapter_
     inputs = {key: batch[key] for key in ("input_ids", "attention_mask", "timestamps", "action_ids") if key in batch}
     was_training = model.training
     try:
-        queries = model.eval()(**inputs, adapter_names=list(adapter_names)).user_embeddings
+        if tower_has_lora(model):  # per-row adapter_names cannot reach the tower's LoRA: one group at a time
+            queries = None
+            for name in dict.fromkeys(adapter_names):
+                rows = torch.tensor([i for i, n in enumerate(adapter_names) if n == name])
+                with only_adapter(model.eval(), name):
+                    part = model(**{key: value[rows] for key, value in inputs.items()}).user_embeddings
+                if queries is None:
+                    queries = part.new_zeros(len(adapter_names), part.shape[-1])
+                queries[rows.to(part.device)] = part
+        else:
+            queries = model.eval()(**inputs, adapter_names=list(adapter_names)).user_embeddings
     finally:
         model.train(was_training)
     batch_size = queries.shape[0]

@@ -298,6 +298,14 @@ def test_lora_on_the_item_tower_adapts_it_and_round_trips(tmp_path):
     torch.testing.assert_close(adapter_item_vectors(loaded, "__base__"), vectors)
     top = score_mixed_batch(loaded, {"input_ids": ids}, ["task", "__base__", "task", "__base__"], k=40)
     torch.testing.assert_close(top.scores[0], logits[0, 1:].sort(descending=True).values)
+    with loaded.disable_adapter():
+        base_logits = loaded(input_ids=ids, output_logits=True).logits
+    torch.testing.assert_close(top.scores[1], base_logits[1, 1:].sort(descending=True).values)
+    from genrec_hf.serving import Recommender
+
+    recommender = Recommender(loaded, ItemVocab([f"i{i}" for i in range(1, 41)]))
+    query = recommender.encode_queries([ids[0].tolist()], task="task")
+    torch.testing.assert_close(query @ recommender.item_vectors("task")[1:].T, logits[:1, 1:])
     with pytest.raises(ValueError, match="has none"):
         attach_adapter(GenRecForNextItemPrediction(tiny_config()), lora_config(r=2, item_tower="lora"))
     with pytest.raises(ValueError, match="item_tower='fine'"):

@@ -17,6 +17,12 @@ Variants (how a new item is scored):
     fused_mask_p   ID + features, weighted sum, masking with probability p (two values)
     gate_mask_p    the gate fusion instead of the weighted sum, masking p (the ablated alternative)
 
+Every run keeps its per-user test ranks (`cold_start_ranks.json`, the id_knn arm's too), so the table carries, per
+seed, a 95% paired bootstrap interval over test users (`genrec_hf.evaluation.paired_bootstrap`, the one behind
+benchmarks/compare_runs.py) for the relative cold-slice MRR difference of each tower arm against the best ID-only
+arm of that seed, and for the warm-slice difference against id_mean and against fused (no masking). The users
+resampled are the ones whose target is in the slice; both arms are ranked on the same users, same split.
+
     python benchmarks/bench_cold_start.py --minutes 1.5 --seeds 0 --out benchmarks/out/cold_start
     python benchmarks/bench_cold_start.py --table out1/results.json out2/results.json   # one table of several runs
 """
@@ -25,6 +31,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import platform
 import shutil
 import time
@@ -36,8 +43,11 @@ import torch
 from genrec_hf import GenRecForNextItemPrediction
 from genrec_hf.data import ItemVocab, NextItemCollator
 from genrec_hf.data.item_features import ItemFeatureStore, estimate_cold_start_rate, find_kg
-from genrec_hf.evaluation.cold_start import cold_warm_metrics, hold_out_items
+from genrec_hf.evaluation import paired_bootstrap
+from genrec_hf.evaluation.cold_start import (cold_warm_ranks, cold_warm_slices, hold_out_items, load_cold_start_ranks,
+                                             save_cold_start_ranks)
 from genrec_hf.training import train
+from genrec_hf.training.cold_start import COLD_START_RANKS
 from genrec_hf.training.recipes import recipe_from_dict
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -115,8 +125,10 @@ def main() -> None:
                         help="only print the table of these results.json files together (runs of several calls)")
     args = parser.parse_args()
     if args.table:
-        merged = {"runs": [row for path in args.table for row in json.loads(path.read_text())["runs"]]}
+        merged = {"runs": [{**row, "base": str(path.parent)} for path in args.table
+                           for row in json.loads(path.read_text())["runs"]]}
         print(table(merged))
+        print(interval_table(merged))
         return
     torch.set_num_threads(1)
     p = {"a": 0.1, "b": 0.3} if args.mask is None else {"a": args.mask[0], "b": args.mask[1]}
@@ -148,13 +160,16 @@ def main() -> None:
                 if variant not in ("id_mean", "id_oov"):
                     raw["model"]["item_features"]["cache"] = str(store_dir)  # built once above
                 recipe = recipe_from_dict(raw)
-                start = time.time()
+                start, cpu_start, load_start = time.time(), time.process_time(), os.getloadavg()[0]
                 outcome = train(recipe)
                 cold = outcome.metrics["cold_start"]
                 row = {"dataset": dataset, "seed": seed, "variant": variant, "minutes": (time.time() - start) / 60,
+                       "cpu_minutes": (time.process_time() - cpu_start) / 60, "clock": args.clock,
+                       "load_avg_1min": [load_start, os.getloadavg()[0]],
                        "epochs": outcome.metrics["train"]["epochs"],
                        "cold": {m: cold["cold"].get(m) for m in METRICS}, "warm": {m: cold["warm"].get(m) for m in METRICS},
-                       "cold_users": cold["cold"].get("num_users"), "warm_users": cold["warm"].get("num_users")}
+                       "cold_users": cold["cold"].get("num_users"), "warm_users": cold["warm"].get("num_users"),
+                       "ranks": str((run / COLD_START_RANKS).relative_to(args.out))}
                 results["runs"].append(row)
                 print(json.dumps(row), flush=True)
                 if variant == "id_mean" and "id_knn" in args.variants:
@@ -163,23 +178,31 @@ def main() -> None:
                     rows = split.splits["test"]
                     batches = [collator([rows[i] for i in range(s, min(s + 512, len(rows)))])
                                for s in range(0, len(rows), 512)]
-                    sliced = cold_warm_metrics(model, batches, split.cold_mask(), ks=(10,))
-                    knn = {**row, "variant": "id_knn", "minutes": 0.0,
+                    ranks = cold_warm_ranks(model, batches)
+                    sliced = cold_warm_slices(*ranks, split.cold_mask(), ks=(10,))
+                    knn_dir = args.out / f"{dataset}-seed{seed}-id_knn"
+                    knn_dir.mkdir(exist_ok=True)
+                    save_cold_start_ranks(knn_dir / COLD_START_RANKS, *ranks, split.num_warm)
+                    knn = {**row, "variant": "id_knn", "minutes": 0.0, "cpu_minutes": 0.0,
                            "cold": {m: sliced["cold"].get(m) for m in METRICS},
-                           "warm": {m: sliced["warm"].get(m) for m in METRICS}}
+                           "warm": {m: sliced["warm"].get(m) for m in METRICS},
+                           "ranks": str((knn_dir / COLD_START_RANKS).relative_to(args.out))}
                     results["runs"].append(knn)
                     print(json.dumps(knn), flush=True)
                 (args.out / "results.json").write_text(json.dumps(results, indent=2))
                 for checkpoint in run.glob("checkpoint-*"):
                     shutil.rmtree(checkpoint, ignore_errors=True)
-    print(table(results))
-    (args.out / "results.md").write_text(table(results))
+    for row in results["runs"]:
+        row["base"] = str(args.out)
+    text = table(results) + "\n" + interval_table(results)
+    print(text)
+    (args.out / "results.md").write_text(text)
 
 
 def table(results: dict) -> str:
     """Markdown: mean over seeds per (dataset, variant), + the goal columns against the best ID-only way."""
-    lines = ["| dataset | variant | seeds | cold MRR | cold HR@10 | warm MRR | cold MRR vs best ID-only | warm MRR vs "
-             "id_mean |", "|---|---|---|---|---|---|---|---|"]
+    lines = ["| dataset | variant | seeds | epochs | cold MRR | cold HR@10 | warm MRR | cold MRR vs best ID-only | "
+             "warm MRR vs id_mean |", "|---|---|---|---|---|---|---|---|---|"]
     by: dict = {}
     for row in results["runs"]:
         by.setdefault((row["dataset"], row["variant"]), []).append(row)
@@ -196,9 +219,67 @@ def table(results: dict) -> str:
             if d != dataset:
                 continue
             cold_mrr, warm_mrr = mean(rows, "cold", "mrr"), mean(rows, "warm", "mrr")
-            lines.append(f"| {dataset} | {variant} | {len(rows)} | {cold_mrr:.4f} | {mean(rows, 'cold', 'hr@10'):.4f} "
+            epochs = " / ".join(f"{r['epochs']:.1f}" for r in rows)
+            lines.append(f"| {dataset} | {variant} | {len(rows)} | {epochs} | {cold_mrr:.4f} | "
+                         f"{mean(rows, 'cold', 'hr@10'):.4f} "
                          f"| {warm_mrr:.4f} | {100 * (cold_mrr / best_id - 1):+.0f}% | "
                          f"{100 * (warm_mrr / warm_ref - 1):+.1f}% |")
+    return "\n".join(lines) + "\n"
+
+
+def paired_intervals(results: dict, samples: int = 2000) -> list[dict]:
+    """Per (dataset, seed): each tower arm's relative MRR difference with a 95% paired bootstrap interval over the
+    test users of the slice (`paired_bootstrap`): cold slice vs the seed's best ID-only arm (by cold MRR), warm
+    slice vs id_mean and vs fused (no masking). Rows need `ranks` (a cold_start_ranks.json relative to `base`)."""
+    by: dict = {}
+    for row in results["runs"]:
+        if row.get("ranks"):
+            by.setdefault((row["dataset"], row["seed"]), {})[row["variant"]] = row
+    out = []
+    for (dataset, seed), arms in by.items():
+        ranks = {v: load_cold_start_ranks(Path(r.get("base", ".")) / r["ranks"]) for v, r in arms.items()}
+        reference = next(iter(ranks.values()))
+        for variant, loaded in ranks.items():
+            if not torch.equal(loaded["targets"], reference["targets"]):
+                raise ValueError(f"{dataset} seed {seed}: {variant} was ranked on other test rows than "
+                                 f"{next(iter(ranks))}; paired intervals need the same split.")
+            if loaded["targets"].shape[1] != 1:
+                raise ValueError(f"{dataset} seed {seed}: {variant} has several targets per row; expected one.")
+        cold = reference["cold"]
+        id_arms = [v for v in ranks if v.startswith("id_")]
+        if not id_arms:
+            continue
+        best_id = max(id_arms, key=lambda v: arms[v]["cold"]["mrr"])
+        for variant in ranks:
+            if variant.startswith("id_"):
+                continue
+            entry = {"dataset": dataset, "seed": seed, "variant": variant, "best_id": best_id,
+                     "epochs": arms[variant]["epochs"], "cold_users": int(cold.sum()),
+                     "warm_users": int((~cold).sum())}
+            entry["cold_vs_best_id"] = paired_bootstrap(ranks[best_id]["ranks"][cold, 0],
+                                                        ranks[variant]["ranks"][cold, 0], num_samples=samples)
+            for name in ("id_mean", "fused"):
+                if name in ranks and name != variant:
+                    entry[f"warm_vs_{name}"] = paired_bootstrap(ranks[name]["ranks"][~cold, 0],
+                                                                ranks[variant]["ranks"][~cold, 0], num_samples=samples)
+            out.append(entry)
+    return out
+
+
+def interval_table(results: dict, samples: int = 2000) -> str:
+    """Markdown: one row per (dataset, seed, tower arm) with the paired bootstrap intervals of `paired_intervals`."""
+    def cell(result: dict | None, digits: int = 0) -> str:
+        if result is None:
+            return "–"
+        return (f"{result['b']:.4f} vs {result['a']:.4f}: {result['relative']:+.{digits}%} "
+                f"[{result['relative_low']:+.{digits}%}, {result['relative_high']:+.{digits}%}]")
+
+    lines = ["| dataset | seed | variant | epochs | cold users | cold MRR vs best ID-only [95% CI] | warm users | "
+             "warm MRR vs id_mean [95% CI] | warm MRR vs fused [95% CI] |", "|---|---|---|---|---|---|---|---|---|"]
+    for e in paired_intervals(results, samples):
+        lines.append(f"| {e['dataset']} | {e['seed']} | {e['variant']} | {e['epochs']:.1f} | {e['cold_users']} | "
+                     f"{cell(e['cold_vs_best_id'])} ({e['best_id']}) | {e['warm_users']} | "
+                     f"{cell(e.get('warm_vs_id_mean'), 1)} | {cell(e.get('warm_vs_fused'), 1)} |")
     return "\n".join(lines) + "\n"
 
 

@@ -17,7 +17,8 @@ from genrec_hf.data import ItemVocab, NextItemCollator, generate_synthetic
 from genrec_hf.data.item_features import (ItemFeatureStore, check_schema, estimate_cold_start_rate, hashed_tfidf,
                                           metadata_features, resolve_text_encoder)
 from genrec_hf.evaluation import metrics_from_ranks
-from genrec_hf.evaluation.cold_start import cold_time_split, cold_warm_metrics, hold_out_items
+from genrec_hf.evaluation.cold_start import (cold_time_split, cold_warm_metrics, cold_warm_ranks, hold_out_items,
+                                             load_cold_start_ranks, save_cold_start_ranks, slice_ranks)
 from genrec_hf.evaluation.protocols import RankingProtocol, rank_batches
 from genrec_hf.training.cold_start import extend_catalog
 
@@ -171,6 +172,69 @@ def test_cold_warm_metrics_are_slices_of_the_one_ranking_path(data):
         RankingProtocol(target_items=torch.ones(3, dtype=torch.bool)).targets(torch.tensor([5]))
 
 
+def test_per_user_cold_start_ranks_match_a_sliced_pass_and_round_trip(data, tmp_path):
+    """Paired intervals read per-user ranks: ranks sliced after one pass that differ from a `target_items` pass,
+    rows out of test-split order, or a saved file that loses which users have a cold target would pair or count the
+    wrong users."""
+    split = hold_out_items(data, 0.2, seed=3)
+    torch.manual_seed(0)
+    model = GenRecForNextItemPrediction(tiny_config(vocab_size=len(split.vocab), max_position_embeddings=50,
+                                                    num_action_types=data.num_action_types)).eval()
+    collator = NextItemCollator(50, mode="eval")
+    rows = split.splits["test"]
+    batches = [collator([rows[i] for i in range(s, min(s + 64, len(rows)))]) for s in range(0, len(rows), 64)]
+    ranks, targets = cold_warm_ranks(model, batches)
+    assert targets[:, 0].tolist() == [row[-1] for row in rows["item_ids"]]
+    cold = split.cold_mask()
+    warm = ~cold
+    warm[0] = False
+    for mask in (cold, warm):
+        assert torch.equal(slice_ranks(ranks, targets, mask),
+                           rank_batches(model, batches, RankingProtocol(target_items=mask)))
+    loaded = load_cold_start_ranks(save_cold_start_ranks(tmp_path / "ranks.json", ranks, targets, split.num_warm))
+    assert torch.equal(loaded["ranks"], ranks) and torch.equal(loaded["targets"], targets)
+    assert torch.equal(loaded["cold"], cold[targets[:, 0]]) and 0 < int(loaded["cold"].sum()) < len(rows)
+    with pytest.raises(ValueError, match="another catalog"):
+        slice_ranks(ranks, targets, cold[:5])
+
+
+def test_bench_cold_start_intervals_pair_the_users_of_each_slice(tmp_path):
+    """The ablation's intervals: resampling all users (not the slice's), unpaired arms, a reference other than the
+    seed's best ID-only arm (by cold MRR), or arms ranked on different test rows paired silently."""
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("bench_cold_start", REPO_ROOT / "benchmarks" / "bench_cold_start.py")
+    bench = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(bench)
+    targets = torch.tensor([[1], [2], [9], [10], [3], [11]])  # num_warm 8: rows 2, 3, 5 have a cold target
+    arms = {"id_mean": [1, 2, 100, 100, 1, 100], "id_knn": [1, 2, 50, 50, 1, 25],
+            "fused": [1, 1, 10, 20, 1, 20], "fused_mask_a": [2, 2, 5, 5, 2, 5]}
+    runs = []
+    for variant, ranks in arms.items():
+        (tmp_path / variant).mkdir()
+        save_cold_start_ranks(tmp_path / variant / "r.json", torch.tensor(ranks)[:, None], targets, 8)
+        reciprocal = 1.0 / torch.tensor(ranks, dtype=torch.float64)
+        runs.append({"dataset": "d", "seed": 0, "variant": variant, "epochs": 1.0,
+                     "cold": {"mrr": reciprocal[[2, 3, 5]].mean().item()},
+                     "warm": {"mrr": reciprocal[[0, 1, 4]].mean().item()},
+                     "ranks": f"{variant}/r.json", "base": str(tmp_path)})
+    entries = bench.paired_intervals({"runs": runs}, samples=200)
+    assert [e["variant"] for e in entries] == ["fused", "fused_mask_a"]
+    entry = entries[1]
+    assert entry["best_id"] == "id_knn" and (entry["cold_users"], entry["warm_users"]) == (3, 3)
+    cold = entry["cold_vs_best_id"]
+    assert cold["a"] == pytest.approx((1 / 50 + 1 / 50 + 1 / 25) / 3) and cold["b"] == pytest.approx(1 / 5)
+    assert cold["relative_low"] <= cold["relative"] <= cold["relative_high"]
+    assert entry["warm_vs_id_mean"]["a"] == pytest.approx((1 + 0.5 + 1) / 3)
+    assert entry["warm_vs_fused"]["a"] == pytest.approx(1.0) and entry["warm_vs_fused"]["b"] == pytest.approx(0.5)
+    assert "fused_mask_a" in bench.interval_table({"runs": runs}, samples=50)
+    (tmp_path / "other").mkdir()
+    save_cold_start_ranks(tmp_path / "other" / "r.json", torch.ones(6, 1, dtype=torch.long), targets.flip(0), 8)
+    runs.append({**runs[-1], "variant": "gate_mask_a", "ranks": "other/r.json"})
+    with pytest.raises(ValueError, match="other test rows"):
+        bench.paired_intervals({"runs": runs}, samples=10)
+
+
 def test_id_only_models_get_mean_rows_for_new_items():
     """The ID-only baseline must serve new items with the mean trained embedding (not random rows), or the
     cold-start comparison is against a strawman."""
@@ -209,6 +273,9 @@ def test_cli_trains_adds_items_recommends_and_keeps_adapters(tmp_path, capsys):
     assert cold["cold"]["num_users"] == cold["test_users_cold_target"] > 0
     assert cold["warm"]["num_users"] == cold["test_users_warm_target"] > 0
     assert (run / "item_feature_store" / "item_features.json").is_file()
+    saved = load_cold_start_ranks(run / "cold_start_ranks.json")  # per-user ranks, for paired intervals
+    assert int(saved["cold"].sum()) == cold["cold"]["num_users"]
+    assert metrics_from_ranks(saved["ranks"][saved["cold"]], (10,))["mrr"] == pytest.approx(cold["cold"]["mrr"])
     vocab = ItemVocab.load(run)
     model = GenRecForNextItemPrediction.from_pretrained(run)
     assert len(vocab) == model.config.vocab_size

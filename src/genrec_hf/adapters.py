@@ -10,6 +10,13 @@ What is trained per task:
       deep-copies it, so the adapter gets its own *output* vectors while the input embeddings stay the frozen base
       ones (deliberately untied). It costs V × d_out parameters per adapter — large next to LoRA — so it is opt-in.
 
+The cold-start item tower (`model.item_tower`: φ_sem, OOV vectors, fusion ψ) is a base part: `item_tower="frozen"`
+(default) keeps it out of every adapter — also when a tower layer shares a projection's name (the gate fusion's
+`gate_proj`) — so the adapter scores with the base's item vectors; `item_tower="lora"` adds LoRA to the tower's
+Linear layers (φ_sem's layers and output projections, the gate fusion's `gate_proj`), so the adapter also adapts
+how items are represented from their features (new items added later included). The OOV vectors and the
+weighted-sum fusion weights stay frozen in both.
+
 Wrapping the whole `head` in `modules_to_save` is avoided on purpose: PEFT's mixed-batch forward (`adapter_names=`)
 only supports Linear/Embedding/Conv leaves, so the head's leaves are wrapped instead, and mixed batches work.
 Item vectors are read through `.weight`, not a forward call, so a mixed batch is scored per adapter group with
@@ -23,9 +30,11 @@ it finds the base the adapter names, verifies both folders' weights (`integrity`
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import json
 import logging
+import re
 import shutil
 import warnings
 from collections.abc import Sequence
@@ -44,6 +53,13 @@ logger = logging.getLogger(__name__)
 
 DEFAULT_TARGET_MODULES = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
 HEAD_PARTS = {"projection": "head.projection", "item_vectors": "head.item_embeddings"}
+ITEM_TOWER_MODES = ("frozen", "lora")
+# Every module of the cold-start item tower (model.embeddings.item_tower): excluded from LoRA unless item_tower="lora".
+TOWER_MODULES = r"(?:.*\.)?item_tower(?:\..*)?"
+# The tower's Linear layers (item_tower.py): φ_sem is Sequential([Linear, GELU, Dropout] * (layers - 1)), so its
+# Linear layers sit at indices 0, 3, 6, ...; then the input / output projections and the gate fusion's gate_proj.
+_TOWER_LINEARS = (r"(?:.*\.)?item_tower\.(?:semantic_mlp\.(?:" + "|".join(str(3 * i) for i in range(64)) + r")"
+                  r"|semantic_input_proj|semantic_output_proj|(?:input|output)_fusion\.gate_proj)")
 BASE_FINGERPRINT_FILE = "genrec_base.json"
 # Config fields that change the shape or meaning of weights an adapter is trained against.
 FINGERPRINT_FIELDS = ("model_type", "vocab_size", "hidden_size", "num_hidden_layers", "num_attention_heads",
@@ -74,6 +90,7 @@ def lora_config(
     target_modules: Sequence[str] | None = None,
     layers: Sequence[int] | None = None,
     train_head: bool | str | Sequence[str] = True,
+    item_tower: str = "frozen",
 ) -> LoraConfig:
     """A `peft.LoraConfig` for GenRec: LoRA on the named projections + task-specific head parts.
 
@@ -83,6 +100,11 @@ def lora_config(
         layers: Decoder layer indices to adapt (None = all).
         train_head: Head parts trained in full per adapter (`modules_to_save`): True = `"projection"` (a no-op on
             heads without a projection), `"item_vectors"`, `"all"`, a list of those, or False for LoRA only.
+        item_tower: The cold-start item tower (module docstring): `"frozen"` (default) excludes all of it from the
+            adapter; `"lora"` also puts LoRA (same r, alpha, dropout) on its Linear layers. `layers` restricts the
+            backbone projections only (with `"lora"` they are folded into one target regex, so `attach_adapter`
+            cannot range-check them: `check_lora_layers` does, as the finetune runner calls it). `"lora"` needs a
+            base with an item tower (`attach_adapter` checks).
     """
     target_modules = DEFAULT_TARGET_MODULES if target_modules is None else target_modules
     bad = sorted(set(target_modules) - set(DEFAULT_TARGET_MODULES))
@@ -91,12 +113,34 @@ def lora_config(
                          f"{list(DEFAULT_TARGET_MODULES)}.")
     if r < 1:
         raise ValueError(f"LoRA rank r={r}; expected a positive integer.")
+    if item_tower not in ITEM_TOWER_MODES:
+        raise ValueError(f"item_tower={item_tower!r}; expected one of {ITEM_TOWER_MODES} (frozen: the item tower is "
+                         "not adapted; lora: LoRA on its Linear layers too).")
+    if item_tower == "lora":
+        # One regex (PEFT full-matches it against module names): the backbone projections, restricted to `layers`
+        # here because PEFT's layers_to_transform would drop the tower (it has no `layers.N.` in its name), or the
+        # tower's Linear layers.
+        names = "|".join(re.escape(name) for name in target_modules)
+        layer = (r"(?:.*\.)?layers\.(?:" + "|".join(str(int(i)) for i in layers) + r")\.(?:.*\.)?"
+                 if layers is not None else r"(?:.*\.)?")
+        targets: list[str] | str = rf"(?!{TOWER_MODULES}$)(?:{layer}(?:{names}))|{_TOWER_LINEARS}"
+        layers_to_transform = layers_pattern = None
+        exclude = None
+    else:
+        targets = list(target_modules)
+        layers_to_transform = list(layers) if layers is not None else None
+        layers_pattern = "layers" if layers is not None else None
+        exclude = TOWER_MODULES
     return LoraConfig(
-        task_type=None, r=r, lora_alpha=alpha, lora_dropout=dropout, target_modules=list(target_modules),
-        layers_to_transform=list(layers) if layers is not None else None,
-        layers_pattern="layers" if layers is not None else None,
+        task_type=None, r=r, lora_alpha=alpha, lora_dropout=dropout, target_modules=targets,
+        exclude_modules=exclude, layers_to_transform=layers_to_transform, layers_pattern=layers_pattern,
         modules_to_save=_head_modules(train_head) or None, bias="none",
     )
+
+
+def adapts_item_tower(config: LoraConfig) -> bool:
+    """Whether an adapter config (of `lora_config(item_tower="lora")`) puts LoRA on the item tower."""
+    return isinstance(config.target_modules, str) and "item_tower" in config.target_modules
 
 
 def check_lora_layers(layers: int | Sequence[int] | None, config: GenRecConfig) -> None:
@@ -122,14 +166,20 @@ def attach_adapter(model: GenRecForNextItemPrediction | PeftModel, config: LoraC
     base_config = model.get_base_model().config if isinstance(model, PeftModel) else getattr(model, "config", None)
     if base_config is not None:
         check_lora_layers(config.layers_to_transform, base_config)
+        if adapts_item_tower(config) and getattr(base_config, "item_tower_config", None) is None:
+            raise ValueError("item_tower='lora' adapts the cold-start item tower, but this base has none "
+                             "(config.item_tower_config is None): use item_tower='frozen'.")
     if isinstance(model, PeftModel):
-        model.add_adapter(adapter_name, config)
+        with warnings.catch_warnings():
+            warnings.filterwarnings("ignore", message=".*no modules were excluded.*")  # an ID-only base: no tower
+            model.add_adapter(adapter_name, config)
         model.set_adapter(adapter_name)
         return model
     if not isinstance(model, GenRecForNextItemPrediction):
         raise TypeError(f"attach_adapter expects a GenRecForNextItemPrediction, got {type(model).__name__}.")
     with warnings.catch_warnings():
         warnings.filterwarnings("ignore", message=".*tied.*")
+        warnings.filterwarnings("ignore", message=".*no modules were excluded.*")  # an ID-only base: no tower
         return get_peft_model(model, config, adapter_name=adapter_name)
 
 
@@ -317,6 +367,7 @@ def load_adapters(base: str | Path | GenRecForNextItemPrediction, adapters: dict
         try:
             with warnings.catch_warnings():
                 warnings.filterwarnings("ignore", message=".*tied.*")
+                warnings.filterwarnings("ignore", message=".*no modules were excluded.*")  # ID-only base
                 if peft_model is None:
                     peft_model = PeftModel.from_pretrained(model, str(adapter_dir), adapter_name=name,
                                                            is_trainable=is_trainable)
@@ -338,13 +389,60 @@ def load_adapters(base: str | Path | GenRecForNextItemPrediction, adapters: dict
 
 
 def adapter_item_vectors(model: PeftModel, adapter_name: str) -> torch.Tensor:
-    """The (V, d_out) item output vectors adapter `adapter_name` scores with (`"__base__"` = the frozen base)."""
-    table = model.get_base_model().head.item_embeddings
+    """The (V, d_out) item output vectors adapter `adapter_name` scores with (`"__base__"` = the frozen base).
+
+    With an item tower these are the fused vectors ψ(ẽ, z) of that adapter's ID table, through the adapter's LoRA on
+    the tower when it has one (`item_tower="lora"`), the base tower otherwise: the vectors `model.item_vectors`
+    gives with that adapter active (the raw ID table would score new items by their unused ID rows)."""
+    base = model.get_base_model()
+    table = base.head.item_embeddings
     if isinstance(table, ModulesToSaveWrapper):
         if adapter_name != "__base__" and adapter_name in table.modules_to_save:
-            return table.modules_to_save[adapter_name].weight
-        return table.original_module.weight
-    return table.weight
+            ids = table.modules_to_save[adapter_name].weight
+        else:
+            ids = table.original_module.weight
+    else:
+        ids = table.weight
+    tower = base.item_tower
+    if tower is None:
+        return ids
+    if not tower_has_lora(model):
+        return tower.output_vectors(ids)
+    with only_adapter(model, adapter_name):  # the tower's LoRA is this adapter's (or none for "__base__")
+        return tower.output_vectors(ids)
+
+
+def tower_has_lora(model: torch.nn.Module) -> bool:
+    """Whether some adapter of `model` puts LoRA on the item tower (`lora_config(item_tower="lora")`)."""
+    from peft.tuners.lora import LoraLayer
+
+    base = model.get_base_model() if isinstance(model, PeftModel) else model
+    tower = getattr(base, "item_tower", None)
+    return tower is not None and any(isinstance(module, LoraLayer) for module in tower.modules())
+
+
+@contextlib.contextmanager
+def only_adapter(model: PeftModel, adapter_name: str):
+    """Run the body with `adapter_name` the active adapter (`"__base__"`: adapters disabled), then put the active
+    adapter and every parameter's requires_grad back.
+
+    PEFT's per-row `adapter_names` cannot serve an adapter with LoRA on the item tower: the tower's layers run on
+    the catalog's feature rows, not on the batch's rows. Serving such an adapter switches the active one instead."""
+    if adapter_name == "__base__":
+        with model.disable_adapter():
+            yield model
+        return
+    if adapter_name not in model.peft_config:
+        raise ValueError(f"No adapter named {adapter_name!r}; this model has {sorted(model.peft_config)}.")
+    previous = model.active_adapter
+    flags = {name: param.requires_grad for name, param in model.named_parameters()}
+    model.set_adapter(adapter_name, inference_mode=True)
+    try:
+        yield model
+    finally:
+        model.set_adapter(previous, inference_mode=True)
+        for name, param in model.named_parameters():
+            param.requires_grad_(flags.get(name, False))
 
 
 @torch.no_grad()
@@ -362,7 +460,17 @@ def score_mixed_batch(model: PeftModel, batch: dict[str, torch.Tensor], adapter_
     inputs = {key: batch[key] for key in ("input_ids", "attention_mask", "timestamps", "action_ids") if key in batch}
     was_training = model.training
     try:
-        queries = model.eval()(**inputs, adapter_names=list(adapter_names)).user_embeddings
+        if tower_has_lora(model):  # per-row adapter_names cannot reach the tower's LoRA: one group at a time
+            queries = None
+            for name in dict.fromkeys(adapter_names):
+                rows = torch.tensor([i for i, n in enumerate(adapter_names) if n == name])
+                with only_adapter(model.eval(), name):
+                    part = model(**{key: value[rows] for key, value in inputs.items()}).user_embeddings
+                if queries is None:
+                    queries = part.new_zeros(len(adapter_names), part.shape[-1])
+                queries[rows.to(part.device)] = part
+        else:
+            queries = model.eval()(**inputs, adapter_names=list(adapter_names)).user_embeddings
     finally:
         model.train(was_training)
     batch_size = queries.shape[0]

@@ -227,3 +227,86 @@ def test_set_item_features_rejects_wrong_shapes_and_nan():
         tower.set_item_features(torch.full((41, 8), float("nan")))
     with pytest.raises(ValueError, match="known-items mask"):
         tower.set_item_features(known=torch.ones(3, dtype=torch.bool))
+
+
+def _train_adapter(model, steps: int = 4) -> None:
+    opt = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=2e-2)
+    model.train()
+    g = torch.Generator().manual_seed(1)
+    for _ in range(steps):
+        ids = torch.randint(1, 41, (6, 8), generator=g)
+        model(input_ids=ids[:, :-1], labels=ids[:, 1:]).loss.backward()
+        opt.step()
+        opt.zero_grad()
+    model.eval()
+
+
+@pytest.mark.parametrize("fusion", ["sum", "gate"])
+def test_lora_adapter_keeps_the_item_tower_frozen(fusion):
+    """The default adapter (item_tower="frozen") must leave the tower alone. Caught bug: the LoRA target names are
+    suffixes, and the gate fusion's `gate_proj` shares the MLP projection's name, so an adapter meant for the
+    backbone silently put LoRA on the tower's gate and changed every item's vector."""
+    from genrec_hf.adapters import adapter_item_vectors, attach_adapter, lora_config
+
+    model = tower_model(fusion=fusion)
+    state = {k: v.clone() for k, v in model.item_tower.state_dict().items()}
+    vectors = model.item_vectors.detach().clone()
+    adapter = attach_adapter(model, lora_config(r=2))
+    assert not [n for n, _ in adapter.named_modules() if "item_tower" in n and "lora_" in n]
+    assert not [n for n, p in adapter.named_parameters() if p.requires_grad and "item_tower" in n]
+    assert any("layers.0" in n and "lora_" in n for n, _ in adapter.named_modules())  # the backbone is adapted
+    _train_adapter(adapter)
+    tower = adapter.get_base_model().item_tower
+    for key, value in tower.state_dict().items():
+        assert torch.equal(value, state[key]), key
+    torch.testing.assert_close(adapter.get_base_model().item_vectors, vectors, rtol=0, atol=0)  # adapter active
+    # Served (Recommender tasks, mixed batches) with the fused vectors too, not the raw ID table.
+    torch.testing.assert_close(adapter_item_vectors(adapter, "default"), vectors)
+
+
+def test_lora_on_the_item_tower_adapts_it_and_round_trips(tmp_path):
+    """item_tower="lora" must put LoRA on the tower's Linear layers (φ_sem's, the projection, the gate) and nothing
+    else of it, keep `layers` for the backbone only, change the item vectors, leave the base untouched and reload
+    to the same scores. Caught bugs: a pattern that misses φ_sem's layers (nothing adapted) or picks its GELU /
+    Dropout (PEFT refuses), `layers` dropping the tower (PEFT's layers_to_transform needs `layers.N.` in a name),
+    tower LoRA weights not saved with the adapter, served item vectors (`adapter_item_vectors`, mixed batches)
+    without the adapter's tower; and an ID-only base accepting item_tower="lora" silently."""
+    from genrec_hf.adapters import (adapter_item_vectors, attach_adapter, load_adapters, lora_config, save_adapter,
+                                    score_mixed_batch)
+
+    model = tower_model(fusion="gate", num_tower_layers=3)
+    model.save_pretrained(tmp_path / "base")
+    vectors = model.item_vectors.detach().clone()
+    adapter = attach_adapter(model, lora_config(r=2, item_tower="lora", layers=[1]))
+    adapted = {n.split(".lora_A")[0] for n, _ in adapter.named_modules() if n.endswith("lora_A")}
+    tower = {n.split("item_tower.")[1] for n in adapted if "item_tower" in n}
+    assert tower == {"semantic_mlp.0", "semantic_mlp.3", "semantic_input_proj", "input_fusion.gate_proj"}
+    backbone = adapted - {n for n in adapted if "item_tower" in n}
+    assert backbone and all(".layers.1." in n for n in backbone)  # `layers` still restricts the backbone
+    assert any(n.endswith("mlp.gate_proj") for n in backbone)
+    _train_adapter(adapter)
+    base = adapter.get_base_model()
+    assert (base.item_vectors - vectors).abs().max() > 1e-4  # the tower is adapted
+    with adapter.disable_adapter():
+        torch.testing.assert_close(base.item_vectors, vectors, rtol=0, atol=0)  # the base is not
+    ids = torch.randint(1, 41, (4, 7), generator=torch.Generator().manual_seed(5))
+    logits = adapter(input_ids=ids, output_logits=True).logits
+    save_adapter(adapter, tmp_path / "lora", base_dir=tmp_path / "base")
+    loaded = load_adapters(GenRecForNextItemPrediction.from_pretrained(tmp_path / "base"), {"task": tmp_path / "lora"})
+    torch.testing.assert_close(loaded(input_ids=ids, output_logits=True).logits, logits)
+    torch.testing.assert_close(adapter_item_vectors(loaded, "task"), loaded.get_base_model().item_vectors)
+    torch.testing.assert_close(adapter_item_vectors(loaded, "__base__"), vectors)
+    top = score_mixed_batch(loaded, {"input_ids": ids}, ["task", "__base__", "task", "__base__"], k=40)
+    torch.testing.assert_close(top.scores[0], logits[0, 1:].sort(descending=True).values)
+    with loaded.disable_adapter():
+        base_logits = loaded(input_ids=ids, output_logits=True).logits
+    torch.testing.assert_close(top.scores[1], base_logits[1, 1:].sort(descending=True).values)
+    from genrec_hf.serving import Recommender
+
+    recommender = Recommender(loaded, ItemVocab([f"i{i}" for i in range(1, 41)]))
+    query = recommender.encode_queries([ids[0].tolist()], task="task")
+    torch.testing.assert_close(query @ recommender.item_vectors("task")[1:].T, logits[:1, 1:])
+    with pytest.raises(ValueError, match="has none"):
+        attach_adapter(GenRecForNextItemPrediction(tiny_config()), lora_config(r=2, item_tower="lora"))
+    with pytest.raises(ValueError, match="item_tower='fine'"):
+        lora_config(item_tower="fine")

@@ -232,6 +232,11 @@ class Recommender:
     def _forward(self, inputs: dict[str, Any], task: str) -> Any:
         with self._forward_lock:
             if self.tasks:
+                from ..adapters import only_adapter, tower_has_lora
+            if self.tasks and tower_has_lora(self.model):  # LoRA on the item tower: switch, not per-row
+                with only_adapter(self.model, task):
+                    return self.model(**inputs)
+            if self.tasks:
                 return self.model(**inputs, adapter_names=[task] * inputs["input_ids"].shape[0])
             return self.base_model(**inputs)
 

@@ -18,6 +18,7 @@ from ..data.item_features import ItemFeatureStore, estimate_cold_start_rate, fin
 
 logger = logging.getLogger(__name__)
 FEATURE_CACHE = "item_feature_store"  # under the run's output_dir
+COLD_START_RANKS = "cold_start_ranks.json"  # per-user test ranks of a cold-start split (under output_dir)
 
 
 def build_feature_store(options: dict[str, Any], data: InteractionData, raw_ids: list[str], source: str,

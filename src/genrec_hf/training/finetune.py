@@ -12,7 +12,7 @@ A finetune recipe (YAML, unknown keys are errors):
     keep_checkpoints:    keep Trainer's checkpoint-* folders (default false: the output holds only the result)
     task:       {name: a genrec_hf.data.tasks.TASKS name, params: {task keyword arguments}}
     data:       {source, format, column_map, min_user_events, k_core, max_length}
-    lora:       {r, alpha, dropout, target_modules, layers, train_head}   (used by mode: lora)
+    lora:       {r, alpha, dropout, target_modules, layers, train_head, item_tower}   (used by mode: lora)
     training:   any transformers.TrainingArguments field (on top of DEFAULT_FINETUNE_ARGUMENTS)
     evaluation: {ks, metric_for_best_model, early_stopping_patience, zero_shot}
 
@@ -118,7 +118,7 @@ def _finetune(recipe: FinetuneRecipe, base_dir: Path, output_dir: Path, task: Ta
         section = recipe.lora
         model: torch.nn.Module = attach_adapter(base, lora_config(
             r=section.r, alpha=section.alpha, dropout=section.dropout, target_modules=section.target_modules,
-            layers=section.layers, train_head=section.train_head))
+            layers=section.layers, train_head=section.train_head, item_tower=section.item_tower))
     elif recipe.mode == "full":
         model = base
     else:

@@ -20,8 +20,9 @@ from ..evaluation.baselines import popularity_metrics, popularity_scores
 from ..integrity import verify_weights, write_manifest
 from ..models.genrec import SIZE_PRESETS, GenRecConfig, GenRecForNextItemPrediction, count_backbone_parameters
 from ..data import ItemVocab
-from ..evaluation.cold_start import ColdStartSplit, cold_time_split, cold_warm_metrics, hold_out_items
-from .cold_start import FEATURE_CACHE, build_feature_store, cold_mask_of, extend_catalog, known_items, tower_options
+from ..evaluation.cold_start import (ColdStartSplit, cold_time_split, cold_warm_ranks, cold_warm_slices, hold_out_items,
+                                     save_cold_start_ranks)
+from .cold_start import COLD_START_RANKS, FEATURE_CACHE, build_feature_store, cold_mask_of, extend_catalog, known_items, tower_options
 from .recipes import Recipe
 from .trainer import (GenRecTrainer, RunFolderLock, check_output_dir, clear_previous_run, require_training_left,
                       resolve_resume_checkpoint, run_training_loss, stopping_callbacks)
@@ -168,8 +169,9 @@ def _train(recipe: Recipe, args: TrainingArguments, output_dir: Path, checkpoint
         model = trainer.model
         train_vocab = extend_catalog(model, train_vocab, prepared.cold.vocab, store)
         batches = list(trainer.get_eval_dataloader(prepared.splits["test"]))
-        sliced = cold_warm_metrics(model, batches, cold_mask_of(model.config.vocab_size, prepared.cold.num_warm),
-                                   protocol, ks=tuple(recipe.evaluation.ks))
+        cold_ranks = cold_warm_ranks(model, batches, protocol)  # kept per user: COLD_START_RANKS
+        sliced = cold_warm_slices(*cold_ranks, cold_mask_of(model.config.vocab_size, prepared.cold.num_warm),
+                                  ks=tuple(recipe.evaluation.ks))
         test = sliced["all"]
         cold_start = {**prepared.cold.summary(), "cold": sliced["cold"], "warm": sliced["warm"]}
     else:
@@ -199,6 +201,8 @@ def _train(recipe: Recipe, args: TrainingArguments, output_dir: Path, checkpoint
         write_manifest(output_dir)
         (train_vocab if prepared.cold is not None or store is not None else prepared.data.vocab).save(output_dir)
         (output_dir / "metrics.json").write_text(json.dumps(metrics, indent=2))
+        if cold_start is not None:  # per-user test ranks, for paired comparisons of runs on the same split
+            save_cold_start_ranks(output_dir / COLD_START_RANKS, *cold_ranks, prepared.cold.num_warm)
         (output_dir / "training_recipe.yaml").write_text(yaml.safe_dump(recipe.to_dict(), sort_keys=False))
         write_model_card(output_dir, dataset_name=prepared.data.name, training_args=args)
     return TrainOutcome(metrics=metrics, data=prepared.data, model=trainer.model,

@@ -252,6 +252,7 @@ class LoraSection:
     target_modules: list[str] | None = None  # projection names to adapt (None = all of adapters.DEFAULT_TARGET_MODULES)
     layers: list[int] | None = None  # decoder layers to adapt (None = all)
     train_head: Any = True  # True | False | "projection" | "item_vectors" | "all" | list
+    item_tower: str = "frozen"  # cold-start item tower: frozen (not adapted) | lora (LoRA on its Linear layers too)
 
 
 @dataclass
@@ -292,7 +293,7 @@ class FinetuneRecipe(RecipeBase):
         lora = self.lora
         try:
             lora_config(r=lora.r, alpha=lora.alpha, dropout=lora.dropout, target_modules=lora.target_modules,
-                        layers=lora.layers, train_head=lora.train_head)
+                        layers=lora.layers, train_head=lora.train_head, item_tower=lora.item_tower)
         except (ValueError, TypeError) as error:
             raise ValueError(f"{source}: lora: {error}") from None
 

@@ -149,9 +149,8 @@ def test_cold_time_split_marks_items_first_seen_after_the_cut(data):
         assert stamps[-1] >= cut > stamps[-2] and max(row[:-1]) <= split.num_warm
 
 
-def test_cold_warm_metrics_are_slices_of_the_one_ranking_path(data):
-    """Cold / warm metrics computed by a second ranking loop (or with cold items removed from the catalog) would
-    not be comparable to the overall number; they must be the same ranks, split by target."""
+def _held_out_model_and_test_batches(data):
+    """20% of the items held out (seed 3), an untrained tiny model over the grown catalog, the test rows in batches."""
     split = hold_out_items(data, 0.2, seed=3)
     torch.manual_seed(0)
     model = GenRecForNextItemPrediction(tiny_config(vocab_size=len(split.vocab), max_position_embeddings=50,
@@ -159,6 +158,13 @@ def test_cold_warm_metrics_are_slices_of_the_one_ranking_path(data):
     collator = NextItemCollator(50, mode="eval")
     rows = split.splits["test"]
     batches = [collator([rows[i] for i in range(s, min(s + 64, len(rows)))]) for s in range(0, len(rows), 64)]
+    return split, model, rows, batches
+
+
+def test_cold_warm_metrics_are_slices_of_the_one_ranking_path(data):
+    """Cold / warm metrics computed by a second ranking loop (or with cold items removed from the catalog) would
+    not be comparable to the overall number; they must be the same ranks, split by target."""
+    split, model, rows, batches = _held_out_model_and_test_batches(data)
     mask = split.cold_mask()
     out = cold_warm_metrics(model, batches, mask, ks=(10,))
     ranks = rank_batches(model, batches)[:, 0]
@@ -176,13 +182,7 @@ def test_per_user_cold_start_ranks_match_a_sliced_pass_and_round_trip(data, tmp_
     """Paired intervals read per-user ranks: ranks sliced after one pass that differ from a `target_items` pass,
     rows out of test-split order, or a saved file that loses which users have a cold target would pair or count the
     wrong users."""
-    split = hold_out_items(data, 0.2, seed=3)
-    torch.manual_seed(0)
-    model = GenRecForNextItemPrediction(tiny_config(vocab_size=len(split.vocab), max_position_embeddings=50,
-                                                    num_action_types=data.num_action_types)).eval()
-    collator = NextItemCollator(50, mode="eval")
-    rows = split.splits["test"]
-    batches = [collator([rows[i] for i in range(s, min(s + 64, len(rows)))]) for s in range(0, len(rows), 64)]
+    split, model, rows, batches = _held_out_model_and_test_batches(data)
     ranks, targets = cold_warm_ranks(model, batches)
     assert targets[:, 0].tolist() == [row[-1] for row in rows["item_ids"]]
     cold = split.cold_mask()

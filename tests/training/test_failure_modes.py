@@ -68,12 +68,12 @@ def test_second_run_started_into_the_same_folder_is_refused(tmp_path, monkeypatc
     out = tmp_path / "shared"
     second: dict = {}
 
-    def race(recipe):  # the second run starts while the first is loading its data
+    def race(recipe, data=None):  # the second run starts while the first is loading its data
         if not second:
             second["started"] = True
             second["code"] = _train(out, 1)
             second["err"] = capsys.readouterr().err
-        return real_prepare(recipe)
+        return real_prepare(recipe, data)
 
     monkeypatch.setattr(pretrain, "prepare_data", race)
     assert _train(out, 1) == 0
@@ -124,7 +124,7 @@ def test_unwritable_output_dir_fails_before_loading_data(tmp_path, monkeypatch, 
     trained model is saved, after the whole run."""
     blocker = tmp_path / "a-file"
     blocker.write_text("not a folder")
-    monkeypatch.setattr(pretrain, "prepare_data", lambda recipe: pytest.fail("data loaded before the folder check"))
+    monkeypatch.setattr(pretrain, "prepare_data", lambda recipe, data=None: pytest.fail("data loaded before the folder check"))
     assert _train(blocker / "out", 1) == 2
     (line,) = _error_lines(capsys.readouterr().err)
     assert "cannot create or write the output folder" in line and str(blocker / "out") in line

@@ -124,7 +124,8 @@ def test_unwritable_output_dir_fails_before_loading_data(tmp_path, monkeypatch, 
     trained model is saved, after the whole run."""
     blocker = tmp_path / "a-file"
     blocker.write_text("not a folder")
-    monkeypatch.setattr(pretrain, "prepare_data", lambda recipe, data=None: pytest.fail("data loaded before the folder check"))
+    monkeypatch.setattr(pretrain, "prepare_data",
+                        lambda recipe, data=None: pytest.fail("data loaded before the folder check"))
     assert _train(blocker / "out", 1) == 2
     (line,) = _error_lines(capsys.readouterr().err)
     assert "cannot create or write the output folder" in line and str(blocker / "out") in line

@@ -106,6 +106,8 @@ result = trainer.train()
 if trainer.is_world_process_zero():
     torch.save({{k: v.detach().clone() for k, v in model.state_dict().items()}}, out + "/weights.pt")
     json.dump({{"world_size": args.world_size, "loss": result.training_loss}}, open(out + "/info.json", "w"))
+if torch.distributed.is_initialized():  # tear down explicitly: a rank left to interpreter shutdown can abort
+    torch.distributed.destroy_process_group()
 """
 
 

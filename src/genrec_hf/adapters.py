@@ -143,6 +143,17 @@ def adapts_item_tower(config: LoraConfig) -> bool:
     return isinstance(config.target_modules, str) and "item_tower" in config.target_modules
 
 
+@contextlib.contextmanager
+def _quiet_peft(tied: bool = True):
+    """Silence PEFT's expected warnings: "no modules were excluded" (an ID-only base has no item tower to exclude)
+    and, with `tied`, the tied-weights notice of wrapping a head whose item vectors are tied to the input table."""
+    with warnings.catch_warnings():
+        if tied:
+            warnings.filterwarnings("ignore", message=".*tied.*")
+        warnings.filterwarnings("ignore", message=".*no modules were excluded.*")
+        yield
+
+
 def check_lora_layers(layers: int | Sequence[int] | None, config: GenRecConfig) -> None:
     """Raise `ValueError` naming the value and the range when a layer index is not a decoder layer of the base."""
     if layers is None:
@@ -170,16 +181,13 @@ def attach_adapter(model: GenRecForNextItemPrediction | PeftModel, config: LoraC
             raise ValueError("item_tower='lora' adapts the cold-start item tower, but this base has none "
                              "(config.item_tower_config is None): use item_tower='frozen'.")
     if isinstance(model, PeftModel):
-        with warnings.catch_warnings():
-            warnings.filterwarnings("ignore", message=".*no modules were excluded.*")  # an ID-only base: no tower
+        with _quiet_peft(tied=False):
             model.add_adapter(adapter_name, config)
         model.set_adapter(adapter_name)
         return model
     if not isinstance(model, GenRecForNextItemPrediction):
         raise TypeError(f"attach_adapter expects a GenRecForNextItemPrediction, got {type(model).__name__}.")
-    with warnings.catch_warnings():
-        warnings.filterwarnings("ignore", message=".*tied.*")
-        warnings.filterwarnings("ignore", message=".*no modules were excluded.*")  # an ID-only base: no tower
+    with _quiet_peft():
         return get_peft_model(model, config, adapter_name=adapter_name)
 
 
@@ -365,9 +373,7 @@ def load_adapters(base: str | Path | GenRecForNextItemPrediction, adapters: dict
         check_base(adapter_dir, model.config, base_dir)
         verify_weights(adapter_dir, verify)
         try:
-            with warnings.catch_warnings():
-                warnings.filterwarnings("ignore", message=".*tied.*")
-                warnings.filterwarnings("ignore", message=".*no modules were excluded.*")  # ID-only base
+            with _quiet_peft():
                 if peft_model is None:
                     peft_model = PeftModel.from_pretrained(model, str(adapter_dir), adapter_name=name,
                                                            is_trainable=is_trainable)

@@ -292,6 +292,7 @@ def test_data_axis_rows_share_the_evaluation_users(tmp_path, one_thread):
         ({"data_axis": {"preset": "genrec-10k", "fractions": [1.5]}}, r"must lie in \(0, 1\)"),
         ({"data_axis": {"preset": None, "fractions": [0.5]}}, r"data_axis.preset is null"),
         ({"evaluation": {"fit_split": "train"}}, r"evaluation.fit_split='train'"),
+        ({"evaluation": {"cold_slice_max_events": -1}}, r"evaluation.cold_slice_max_events=-1; expected a count"),
         ({"data": {"source": TINY_DATA, "batching": "stacked"}}, r"data.batching='stacked'"),
         ({"max_train_minutes": -1.0}, r"max_train_minutes=-1.0"),
         ({"budget_clock": "gpu"}, r"budget_clock='gpu'; expected one of \['cpu', 'wall'\]"),
@@ -314,3 +315,66 @@ def test_cli_run_errors_are_one_line(tmp_path, capsys):
     path.write_text(json.dumps(tiny_raw(tmp_path / "out")))
     assert main(["scaling", "run", str(path), "--presets", "[genrec-7k]"]) == 2
     assert "unknown preset(s) ['genrec-7k']" in capsys.readouterr().err
+
+
+def test_cold_slice_ranks_keep_only_targets_of_rare_items():
+    from genrec_hf.scaling.ladder import cold_slice_ranks
+
+    counts = np.array([0, 9, 0, 2, 5])  # item 0 is padding: never cold, whatever its count
+    ranks = np.array([[3, 0], [1, 7], [4, 2], [6, 6]])
+    targets = np.array([[1, 0], [2, 1], [3, 4], [0, 0]])  # row 3 is padding only
+    rows, sliced = cold_slice_ranks(ranks, targets, counts, max_events=2)
+    assert rows.tolist() == [1, 2]  # row 0's only target (item 1) has 9 events
+    assert sliced.tolist() == [[1, 0], [4, 0]]  # warm targets' ranks are dropped, tied ranks kept as they are
+    rows, _ = cold_slice_ranks(ranks, targets, counts, max_events=0)
+    assert rows.tolist() == [1]
+    rows, sliced = cold_slice_ranks(ranks[:, :1], targets, counts, max_events=5)  # narrower ranks are padded
+    assert rows.tolist() == [1, 2] and sliced.tolist() == [[1, 0], [4, 0]]
+    with pytest.raises(ValueError, match="3 ranked rows for 4 target rows"):
+        cold_slice_ranks(ranks[:3], targets, counts, max_events=2)
+
+
+def test_cold_slice_rows_score_the_rare_targets_and_are_healed_without_training(tmp_path, monkeypatch, one_thread):
+    from genrec_hf.scaling import fit_csv
+
+    out = tmp_path / "run"
+    presets = ["genrec-10k", "genrec-25k", "genrec-50k", "genrec-100k"]
+    changes = {"presets": presets, "tasks": {"names": ["short_horizon"], "mode": "zero_shot"}}
+    shared = ladder_module._prepare_shared(tiny_recipe(out, **changes))
+    task = shared.tasks["short_horizon"]
+    target_counts = np.array([shared.item_counts[t[0]] for t in task.test["target_ids"]])
+    limit = int(np.median(target_counts))  # a slice that holds some test users and not all
+    cold_users = np.flatnonzero(target_counts <= limit)
+    assert 0 < cold_users.size < len(target_counts)
+    recipe = tiny_recipe(out, **changes, evaluation={"ks": [10], "early_stopping_patience": None,
+                                                     "cold_slice_max_events": limit})
+    outcome = run_ladder(recipe)
+    _, rows = read_rows(outcome.csv_path)
+    assert sorted((r["preset"], r["task"]) for r in rows) == sorted(
+        (p, t) for p in presets for t in ("short_horizon", "short_horizon/cold"))
+    by_key = {(r["preset"], r["task"]): r for r in rows}
+    for preset in presets:
+        whole, cold = by_key[preset, "short_horizon"], by_key[preset, "short_horizon/cold"]
+        parent_ranks = np.load(outcome.csv_path.parent / whole["ranks_path"])[:, 0]
+        assert int(cold["num_users"]) == cold_users.size
+        assert float(cold["mrr"]) == pytest.approx(np.mean(1.0 / parent_ranks[cold_users]), abs=1e-9)
+        assert cold["test_mrr"] == cold["mrr"] and cold["validation_mrr"] == ""
+        assert cold["backbone_params"] == whole["backbone_params"]
+    assert fit_csv(outcome.csv_path, task="short_horizon/cold", n_bootstrap=10)["short_horizon/cold"].paired
+    # the counts are the events pre-training trained on: they add up to the bases' train_events, padding never counts
+    assert shared.item_counts[0] == 0 and int(shared.item_counts.sum()) == int(rows[0]["train_events"])
+
+    # an interruption between a task's row and its slice: the next run derives the slice from the saved ranks
+    header, _ = read_rows(outcome.csv_path)
+    with outcome.csv_path.open("w", newline="") as handle:
+        writer = csv.DictWriter(handle, fieldnames=header)
+        writer.writeheader()
+        writer.writerows(r for r in rows if not (r["preset"] == "genrec-25k" and r["task"].endswith("/cold")))
+    monkeypatch.setattr(ladder_module, "_pretrain", lambda *a, **k: pytest.fail("a base was trained again"))
+    monkeypatch.setattr(ladder_module, "_run_task", lambda *a, **k: pytest.fail("a task was run again"))
+    again = run_ladder(recipe)
+    assert again.rows_written == 1
+    _, healed = read_rows(again.csv_path)
+    restored = next(r for r in healed if (r["preset"], r["task"]) == ("genrec-25k", "short_horizon/cold"))
+    assert {k: v for k, v in restored.items() if k != "finished_at"} == \
+        {k: v for k, v in by_key["genrec-25k", "short_horizon/cold"].items() if k != "finished_at"}

@@ -26,6 +26,11 @@ pre-trained again, and a size or task interrupted mid-way (its folder carries th
 record) is cleared and redone. A folder without the ladder's marker is never written into. Rows written by a
 different ladder (other fixed settings, see `ladder_id`) make the CSV an error rather than a mix.
 
+Optional cold slice (`evaluation.cold_slice_max_events: K`): beside every (size, task) row, a `<task>/cold` row
+scores the same saved ranks on the test targets whose item had at most K events in the backbones' pre-training
+data (K = 0: items no backbone saw), the paper's cold-start slice on an ID-only ladder. It is derived from the
+saved ranks, without a model, so a resumed ladder adds a missing slice row without training anything.
+
 Optional data-size axis (`data_axis`): one preset is also trained on nested fractions of the training users (the
 same evaluation users), written to a second CSV with the same columns, fitted against `train_events`
 (`genrec-hf scaling fit data_axis.csv --size-column train_events`).
@@ -62,6 +67,7 @@ SHAPE_FIELDS = ("hidden_size", "num_hidden_layers", "num_attention_heads", "inte
 # Set by the ladder itself: the data decides these, or item_embedding_size does.
 LADDER_SET_FIELDS = ("vocab_size", "max_position_embeddings", "num_action_types")
 HEAD_FIELDS = ("head_projection_ratio", "tie_word_embeddings")
+COLD_SLICE = "/cold"  # suffix of a task's cold-slice rows (`evaluation.cold_slice_max_events`)
 MARKER = ".genrec_ladder"  # written first into every folder the ladder creates: "ours, may be cleared if unfinished"
 BASE_DONE = "ladder_base.json"  # written last into a finished base folder
 BASE_COLUMNS = (
@@ -109,6 +115,9 @@ class DataAxisSection:
 class LadderEvaluationSection(EvaluationSection):
     fit_split: str = "test"  # split whose MRR is the `mrr` column and whose per-user ranks are saved
     batch_size: int = 256  # users per ranking batch
+    # Also a `<task>/cold` row per (size, task): the test targets whose item had at most this many events in the
+    # pre-training data (0 = never seen); None = no cold slice.
+    cold_slice_max_events: int | None = None
 
 
 @dataclass
@@ -210,6 +219,10 @@ class LadderRecipe(RecipeBase):
         if self.evaluation.batch_size < 1:
             raise ValueError(f"{source}: evaluation.batch_size={self.evaluation.batch_size}; expected a positive "
                              "integer.")
+        cold = self.evaluation.cold_slice_max_events
+        if cold is not None and cold < 0:
+            raise ValueError(f"{source}: evaluation.cold_slice_max_events={cold}; expected a count of pre-training "
+                             "events >= 0 (0 = items no backbone saw) or null (no cold slice).")
         axis = self.data_axis
         if axis.preset is not None:
             if axis.preset not in self.presets:
@@ -393,6 +406,8 @@ class _Shared:
     tasks: dict[str, Any]
     cut: dict[str, int]
     user_order: list[str]
+    item_counts: np.ndarray  # (V,) events per item in the pre-training data of all users (the cold slice's count)
+    targets: dict[tuple[str, str], np.ndarray] = field(default_factory=dict)  # (task, split) -> (U, T) target ids
 
 
 @dataclass
@@ -446,8 +461,25 @@ def run_ladder(recipe: LadderRecipe) -> LadderOutcome:
                 logger.info("%s %s (%s): %s mrr %.4f on %d users; row appended to %s (%.1f min so far)", label,
                             task, row["mode"], row["split"], row["mrr"], row["num_users"], table.path,
                             (time.monotonic() - start) / 60)
+        if recipe.evaluation.cold_slice_max_events is not None:
+            for table in (results, axis_results):  # after the runs: also heals a slice an interruption left out
+                if table is None:
+                    continue
+                for preset, fraction in runs:
+                    for task in recipe.tasks.names:
+                        if not table.has(preset, fraction, task) or table.has(preset, fraction, task + COLD_SLICE):
+                            continue
+                        if shared is None:
+                            shared = _prepare_shared(recipe)
+                        row = _cold_slice_row(recipe, shared, table.rows[(preset, round(fraction, 6), task)],
+                                              table.path)
+                        if row is not None:
+                            table.append(row)
+                            written += 1
         if axis_results is not None and recipe.data_axis.preset:
-            for task in recipe.tasks.names:  # the data axis's full-data point is the size-axis run of its preset
+            slices = [t + COLD_SLICE for t in recipe.tasks.names] if recipe.evaluation.cold_slice_max_events \
+                is not None else []
+            for task in recipe.tasks.names + slices:  # the data axis's full-data point is the size-axis run
                 if not axis_results.has(recipe.data_axis.preset, 1.0, task) and \
                         results.has(recipe.data_axis.preset, 1.0, task):
                     axis_results.append(_relocated(results.rows[(recipe.data_axis.preset, 1.0, task)],
@@ -456,6 +488,70 @@ def run_ladder(recipe: LadderRecipe) -> LadderOutcome:
                 "--plot scaling.png", written, skipped, (time.monotonic() - start) / 60, results.path)
     return LadderOutcome(csv_path=results.path, data_axis_csv_path=axis_results.path if axis_results else None,
                          rows_written=written, rows_skipped=skipped, rows=list(results.rows.values()))
+
+
+def cold_slice_ranks(ranks: np.ndarray, targets: np.ndarray, item_counts: np.ndarray,
+                     max_events: int) -> tuple[np.ndarray, np.ndarray]:
+    """The cold slice of (U, T) 1-based `ranks` (0 = padding) of the (U, T) `targets`: (rows, sliced) where `rows`
+    indexes the users with at least one target whose item has at most `max_events` in the (V,) `item_counts`, and
+    `sliced` is their ranks with every other target's rank set to 0 (the same rule as a `target_items` pass)."""
+    import torch
+
+    from ..evaluation.cold_start import slice_ranks
+
+    ranks, targets = np.atleast_2d(np.asarray(ranks)), np.atleast_2d(np.asarray(targets))
+    if ranks.shape[0] != targets.shape[0]:
+        raise ValueError(f"{ranks.shape[0]} ranked rows for {targets.shape[0]} target rows: the ranks belong to "
+                         "another split.")
+    width = max(ranks.shape[1], targets.shape[1])
+    ranks = np.pad(ranks, ((0, 0), (0, width - ranks.shape[1])))
+    targets = np.pad(targets, ((0, 0), (0, width - targets.shape[1])))
+    cold = torch.as_tensor(np.asarray(item_counts) <= max_events)
+    cold[0] = False  # padding
+    sliced = slice_ranks(torch.as_tensor(ranks, dtype=torch.long), torch.as_tensor(targets, dtype=torch.long),
+                         cold).numpy()
+    rows = np.flatnonzero((sliced > 0).any(axis=1))
+    return rows, sliced[rows]
+
+
+def _split_targets(recipe: LadderRecipe, task: Any, split: str) -> np.ndarray:
+    """(U, T) target ids of a task split in ranking order, as the ranking path sees them (collated, protocol)."""
+    from ..data.collators import TaskCollator
+    from ..evaluation.metrics import pad_ranks
+
+    collator = TaskCollator(recipe.data.max_length, mode="eval", exclude_history=task.protocol.exclude_history)
+    loader = DataLoader(getattr(task, split), batch_size=recipe.evaluation.batch_size, collate_fn=collator)
+    return pad_ranks([task.protocol.targets(batch["target_ids"]) for batch in loader]).numpy()
+
+
+def _cold_slice_row(recipe: LadderRecipe, shared: _Shared, parent: dict[str, str],
+                    csv_path: Path) -> dict[str, Any] | None:
+    """The `<task>/cold` row of a finished (size, task) row, from its saved ranks (None when no target is cold)."""
+    from ..evaluation.metrics import metrics_from_ranks
+
+    task_name, fit = parent["task"], parent["split"]
+    limit = recipe.evaluation.cold_slice_max_events
+    ranks = np.load(csv_path.parent / parent["ranks_path"], allow_pickle=False)
+    if (task_name, fit) not in shared.targets:
+        shared.targets[task_name, fit] = _split_targets(recipe, shared.tasks[task_name], fit)
+    rows, sliced = cold_slice_ranks(ranks, shared.targets[task_name, fit], shared.item_counts, limit)
+    if rows.size == 0:
+        logger.info("%s %s: no %s target has <= %d pre-training events; no cold-slice row", parent["preset"],
+                    task_name, fit, limit)
+        return None
+    ranks_file = (csv_path.parent / parent["ranks_path"]).with_name(f"{task_name}_cold_{fit}.npy")
+    np.save(ranks_file, sliced.astype(np.int32))
+    metrics = metrics_from_ranks(sliced, list(recipe.evaluation.ks))
+    row: dict[str, Any] = {**parent, "task": task_name + COLD_SLICE, "mrr": metrics["mrr"],
+                           "num_users": int(metrics["num_users"]), "validation_mrr": None, "test_mrr": None,
+                           f"{fit}_mrr": metrics["mrr"], "ranks_path": _relative(ranks_file, csv_path),
+                           "finished_at": _now()}
+    for k in recipe.evaluation.ks:
+        for name in ("hr", "ndcg", "recall"):
+            row[f"{name}@{k}"] = metrics.get(f"{name}@{k}")
+    logger.info("%s %s: cold slice (targets with <= %d pre-training events) mrr %.4f on %d users", parent["preset"],
+                task_name, limit, row["mrr"], row["num_users"])
+    return row
 
 
 def _relocated(row: dict[str, str], source: Path, target: Path) -> dict[str, str]:
@@ -493,10 +589,21 @@ def _prepare_shared(recipe: LadderRecipe) -> _Shared:
     users = [str(u) for u in data.sequences["user_id"]]
     rng = np.random.default_rng(recipe.seed)
     order = [users[i] for i in rng.permutation(len(users))]  # nested user subsets for the data axis
+    shared = _Shared(data=data, tasks=tasks, cut=cut, user_order=order, item_counts=np.zeros(0, dtype=np.int64))
+    shared.item_counts = _item_counts(_pretraining_data(shared, None), len(data.vocab))
     logger.info("ladder data %s: %d users, %d items; tasks %s (test users %s); built in %.1f s", data.name,
                 len(users), len(data.vocab) - 1, list(tasks), [len(t.test) for t in tasks.values()],
                 time.monotonic() - started)
-    return _Shared(data=data, tasks=tasks, cut=cut, user_order=order)
+    return shared
+
+
+def _item_counts(pre: Any, vocab_size: int) -> np.ndarray:
+    """(V,) events per item that pre-training trains on (its leave-one-out train split; index 0 is padding)."""
+    from ..data import leave_one_out
+
+    rows = leave_one_out(pre)["train"]["item_ids"]
+    items = np.concatenate([np.asarray(r, dtype=np.int64) for r in rows]) if rows else np.zeros(0, np.int64)
+    return np.bincount(items, minlength=vocab_size)
 
 
 def _training_users(shared: _Shared, fraction: float) -> set[str] | None:

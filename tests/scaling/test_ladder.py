@@ -378,3 +378,42 @@ def test_cold_slice_rows_score_the_rare_targets_and_are_healed_without_training(
     restored = next(r for r in healed if (r["preset"], r["task"]) == ("genrec-25k", "short_horizon/cold"))
     assert {k: v for k, v in restored.items() if k != "finished_at"} == \
         {k: v for k, v in by_key["genrec-25k", "short_horizon/cold"].items() if k != "finished_at"}
+
+
+def test_item_tower_ladder_gives_every_size_the_same_tower_and_scores_unseen_items_by_features(tmp_path, one_thread):
+    import torch
+
+    from genrec_hf import GenRecForNextItemPrediction
+
+    out = tmp_path / "run"
+    tower = {"fusion": "sum", "mask_prob": 0.1, "tower_hidden_size": 16}
+    recipe = tiny_recipe(out, presets=["genrec-10k", "genrec-25k"], tasks={"names": ["short_horizon"], "mode": "lora",
+                                                                            "max_train_minutes": None,
+                                                                            "training": {"num_train_epochs": 1,
+                                                                                         "use_cpu": True,
+                                                                                         "disable_tqdm": True}},
+                         model={"item_embedding_size": 16, "item_tower": tower,
+                                "item_features": {"text_encoder": "hashing", "hashing_dim": 32}})
+    outcome = run_ladder(recipe)
+    _, rows = read_rows(outcome.csv_path)
+    assert {(r["preset"], r["task"]) for r in rows} == {(p, "short_horizon") for p in ("genrec-10k", "genrec-25k")}
+    shared = ladder_module._prepare_shared(recipe)
+    unseen = torch.as_tensor(shared.item_counts == 0)
+    unseen[0] = False
+    assert unseen.any()  # the tiny log has an item that only appears after the task anchors
+    schemas, known = [], []
+    for preset in ("genrec-10k", "genrec-25k"):
+        model = GenRecForNextItemPrediction.from_pretrained(out / "sizes" / preset / "base")
+        assert model.item_tower is not None and model.config.item_tower_config.mask_prob == 0.1
+        schemas.append(model.config.item_tower_config.feature_schema)
+        known.append(model.item_tower.item_known.clone())
+        assert model.item_tower.item_features.abs().sum() > 0  # the feature rows were copied in, not left at zero
+    assert schemas[0] == schemas[1]  # one feature store and one tower config at every size
+    assert torch.equal(known[0], known[1])
+    # items pre-training never trained on are the tower's OOV items: only their features tell them apart
+    assert not known[0][unseen].any() and known[0][1:][~unseen[1:]].all()
+    assert recipe.ladder_id() != tiny_recipe(out).ladder_id()  # a tower ladder's rows never mix with an ID-only one's
+    assert "item_tower" not in tiny_recipe(out).fixed_settings()["model"]  # off: ladders from before it still resume
+    bad = tiny_raw(tmp_path, model={"item_embedding_size": 16, "item_tower": {"fusion": "concat"}})
+    with pytest.raises(ValueError, match=r"model.item_tower: GenRecItemTowerConfig.fusion='concat' is invalid"):
+        recipe_from_dict(bad, source="test", kind=LadderRecipe)

@@ -57,7 +57,7 @@ from torch.utils.data import DataLoader
 
 from ..training.recipes import (DEFAULT_FINETUNE_ARGUMENTS, DEFAULT_TRAINING_ARGUMENTS, BATCHING_MODES, DataSection,
                                 EvaluationSection, FinetuneRecipe, LoraSection, RecipeBase, load_recipe,
-                                recipe_from_dict)
+                                recipe_from_dict, validate_item_tower)
 
 logger = logging.getLogger(__name__)
 
@@ -87,6 +87,10 @@ TAIL_COLUMNS = (
 class LadderModelSection:
     item_embedding_size: int | None = 32  # item-vector width at every size (projected head); None = tied, d-wide
     overrides: dict[str, Any] = field(default_factory=dict)  # GenRecConfig fields fixed at every size (no shape fields)
+    # The cold-start item tower at every size (docs/cold_start.md; the options of a pre-training recipe's
+    # model.item_tower, mask_prob "auto" = the pre-training data's cold-start rate); None = ID embeddings only.
+    item_tower: dict[str, Any] | None = None
+    item_features: dict[str, Any] = field(default_factory=dict)  # feature-store options, as in a pre-training recipe
 
 
 @dataclass
@@ -164,6 +168,7 @@ class LadderRecipe(RecipeBase):
                 raise ValueError(f"{source}: preset {preset!r} also sets {extra}, not only the block shape "
                                  f"{list(SHAPE_FIELDS)}; a ladder varies the backbone size alone.")
         model = self.model
+        validate_item_tower(model.item_tower, model.item_features, model.overrides, source)
         bad = sorted(set(model.overrides) & set(SHAPE_FIELDS))
         if bad:
             raise ValueError(f"{source}: model.overrides sets {bad}: the block shape is what the presets vary; "
@@ -278,6 +283,9 @@ class LadderRecipe(RecipeBase):
         for key in ("output_dir", "results_csv", "presets", "data_axis"):
             settings.pop(key)
         settings["tasks"].pop("names")
+        for key in ("item_tower", "item_features"):  # off (ID embeddings only): the id of a ladder without them
+            if not settings["model"][key]:
+                settings["model"].pop(key)
         settings["tasks"]["params"] = {k: v for k, v in sorted(settings["tasks"]["params"].items())}
         settings["tasks"]["modes"] = {k: v for k, v in sorted(settings["tasks"]["modes"].items())}
         settings["training_defaults"] = {**DEFAULT_TRAINING_ARGUMENTS, **self.training}
@@ -407,6 +415,8 @@ class _Shared:
     cut: dict[str, int]
     user_order: list[str]
     item_counts: np.ndarray  # (V,) events per item in the pre-training data of all users (the cold slice's count)
+    store: Any = None  # the item feature store of `model.item_tower` (None = ID embeddings only) ...
+    tower_config: dict[str, Any] | None = None  # ... and the tower config every size gets
     targets: dict[tuple[str, str], np.ndarray] = field(default_factory=dict)  # (task, split) -> (U, T) target ids
 
 
@@ -590,7 +600,21 @@ def _prepare_shared(recipe: LadderRecipe) -> _Shared:
     rng = np.random.default_rng(recipe.seed)
     order = [users[i] for i in rng.permutation(len(users))]  # nested user subsets for the data axis
     shared = _Shared(data=data, tasks=tasks, cut=cut, user_order=order, item_counts=np.zeros(0, dtype=np.int64))
-    shared.item_counts = _item_counts(_pretraining_data(shared, None), len(data.vocab))
+    pre = _pretraining_data(shared, None)
+    shared.item_counts = _item_counts(pre, len(data.vocab))
+    if recipe.model.item_tower is not None:  # one store and one tower config for every size and data fraction
+        from ..data import leave_one_out
+        from ..training.cold_start import FEATURE_CACHE, build_feature_store, tower_options
+
+        features = recipe.model.item_features
+        cache = features.get("cache")
+        shared.store = build_feature_store(features, data, data.vocab.raw_ids, recipe.data.source,
+                                           Path(cache) if cache else Path(recipe.output_dir) / FEATURE_CACHE)
+        options = tower_options(recipe.model.item_tower, leave_one_out(pre)["train"], data.has_timestamps,
+                                float(features.get("serving_gap", 7 * 24 * 3600)))
+        shared.tower_config = shared.store.tower_config(**options).to_dict()
+        logger.info("ladder item tower: %s fusion, mask_prob %s, features %s", shared.tower_config["fusion"],
+                    shared.tower_config["mask_prob"], [b["name"] for b in shared.tower_config["feature_schema"]])
     logger.info("ladder data %s: %d users, %d items; tasks %s (test users %s); built in %.1f s", data.name,
                 len(users), len(data.vocab) - 1, list(tasks), [len(t.test) for t in tasks.values()],
                 time.monotonic() - started)
@@ -673,9 +697,15 @@ def _pretrain(recipe: LadderRecipe, shared: _Shared, preset: str, fraction: floa
         fixed = {"train_sampling_strategy": "group_by_length", "length_column_name": LENGTH_COLUMN}
     data = shared.data
     config = GenRecConfig(**recipe.config_fields(preset, vocab_size=len(data.vocab),
-                                                 num_action_types=data.num_action_types))
+                                                 num_action_types=data.num_action_types),
+                          item_tower_config=shared.tower_config)
     model = GenRecForNextItemPrediction(config)
-    model.set_item_frequencies(popularity_scores(splits["train"], config.vocab_size))
+    counts = popularity_scores(splits["train"], config.vocab_size)
+    model.set_item_frequencies(counts)
+    if shared.store is not None:  # feature rows; items without training events score through the OOV vector
+        from ..training.cold_start import known_items
+
+        shared.store.apply_to(model, data.vocab, known=known_items(counts))
     backbone = count_backbone_parameters(model)
     logger.info("%s (%d backbone parameters, item vectors %d wide): pre-training on %d users' events before the "
                 "task anchors (%d windows), time box %s min (%s clock)", label, backbone, config.head_output_size,

@@ -145,6 +145,28 @@ class RecipeBase:
 # --- pre-training ---------------------------------------------------------------------------------------------------
 
 
+def validate_item_tower(item_tower: dict[str, Any] | None, item_features: dict[str, Any],
+                        overrides: dict[str, Any], source: str) -> None:
+    """Check a `model.item_tower` / `model.item_features` pair (the tower's schema comes from the data later)."""
+    if item_tower is not None:
+        from ..models.genrec.configuration_item_tower import GenRecItemTowerConfig
+
+        options = {k: v for k, v in item_tower.items() if not (k == "mask_prob" and v == "auto")}
+        if "feature_schema" in options:
+            raise ValueError(f"{source}: model.item_tower.feature_schema comes from the data (model.item_features).")
+        options["feature_schema"] = [{"name": "placeholder", "kind": "dense", "dim": 1}]  # built from the data
+        try:
+            GenRecItemTowerConfig(**options)
+        except (ValueError, TypeError) as error:
+            raise ValueError(f"{source}: model.item_tower: {error}") from None
+        if "item_tower_config" in overrides:
+            raise ValueError(f"{source}: set the tower in model.item_tower, not model.overrides.item_tower_config.")
+    unknown = sorted(set(item_features) - ITEM_FEATURE_OPTIONS)
+    if unknown:
+        raise ValueError(f"{source}: model.item_features: unknown option(s) {unknown}; expected some of "
+                         f"{sorted(ITEM_FEATURE_OPTIONS)}.")
+
+
 @dataclass
 class ModelSection:
     preset: str = "genrec-2m"  # a name of genrec_hf.SIZE_PRESETS
@@ -203,23 +225,7 @@ class Recipe(RecipeBase):
             raise ValueError(f"{source}: model: {error}") from None
         if self.data.split not in SPLITS:
             raise ValueError(f"{source}: data.split={self.data.split!r}; expected one of {SPLITS}.")
-        if self.model.item_tower is not None:
-            from ..models.genrec.configuration_item_tower import GenRecItemTowerConfig
-
-            options = {k: v for k, v in self.model.item_tower.items() if not (k == "mask_prob" and v == "auto")}
-            if "feature_schema" in options:
-                raise ValueError(f"{source}: model.item_tower.feature_schema comes from the data (model.item_features).")
-            options["feature_schema"] = [{"name": "placeholder", "kind": "dense", "dim": 1}]  # built from the data
-            try:
-                GenRecItemTowerConfig(**options)
-            except (ValueError, TypeError) as error:
-                raise ValueError(f"{source}: model.item_tower: {error}") from None
-            if "item_tower_config" in self.model.overrides:
-                raise ValueError(f"{source}: set the tower in model.item_tower, not model.overrides.item_tower_config.")
-        unknown = sorted(set(self.model.item_features) - ITEM_FEATURE_OPTIONS)
-        if unknown:
-            raise ValueError(f"{source}: model.item_features: unknown option(s) {unknown}; expected some of "
-                             f"{sorted(ITEM_FEATURE_OPTIONS)}.")
+        validate_item_tower(self.model.item_tower, self.model.item_features, self.model.overrides, source)
         if self.data.batching not in BATCHING_MODES:
             raise ValueError(f"{source}: data.batching={self.data.batching!r}; expected one of {BATCHING_MODES}.")
         clash = sorted(set(GROUPED_TRAINING_KEYS) & set(self.training))

@@ -248,7 +248,7 @@ def cmd_scaling_fit(args: argparse.Namespace, extra: list[str]) -> int:
         except ValueError:
             raise ValueError(f"--extrapolate {text!r}: expected a size such as 1e9 or NAME=SIZE such as "
                              "xl=1e9.") from None
-    fits = fit_csv(args.results, args.task, metric=args.metric, n_bootstrap=args.bootstrap, seed=args.seed,
+    fits = fit_csv(args.results[0] if len(args.results) == 1 else args.results, args.task, metric=args.metric, n_bootstrap=args.bootstrap, seed=args.seed,
                    confidence=args.confidence, criterion=args.criterion, extrapolate_sizes=named,
                    size_column=args.size_column)
     if args.json:
@@ -466,7 +466,8 @@ def build_parser() -> argparse.ArgumentParser:
                                        "(columns backbone_params, task, the metric; optional ranks_path to per-user "
                                        "ranks for intervals over users), with bootstrap intervals, the preferred law "
                                        "and headroom = P0 - best measured value.")
-    p.add_argument("results", help="results CSV, one row per (task, backbone size)")
+    p.add_argument("results", nargs="+", help="results CSV, one row per (task, backbone size); several CSVs are "
+                   "training seeds of one ladder: fitted at the per-size mean, intervals resample the seeds too")
     p.add_argument("--task", nargs="+", action="extend", default=None,
                    help="fit only these tasks, after the CSV or repeated (default: every task in the CSV)")
     p.add_argument("--metric", default="mrr", help="metric column to fit (default mrr)")

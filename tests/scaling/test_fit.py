@@ -254,3 +254,89 @@ def test_cli_plot_without_matplotlib_names_the_extra(tmp_path, capsys, monkeypat
     assert main(["scaling", "fit", str(path), "--task", "A", "B", "--plot", str(tmp_path / "x.png")]) == 2
     assert 'pip install "genrec-hf[plot]"' in capsys.readouterr().err
     assert not (tmp_path / "x.png").exists()
+
+
+def test_one_seed_column_is_the_single_seed_fit_exactly():
+    """Catches the seed pooling changing single-seed results (an extra random draw, a different mean): values of
+    shape (sizes, 1) with one rank array per size give the very same fit and intervals as the plain call."""
+    sizes = np.round(np.geomspace(2e5, 5e7, 5))
+    ranks = _paired_ranks(400, sizes)
+    values = np.array([np.mean(1.0 / r) for r in ranks])
+    plain = fit_scaling(sizes, values, ranks=ranks, n_bootstrap=40)
+    column = fit_scaling(sizes, values[:, None], ranks=[[r] for r in ranks], n_bootstrap=40)
+    assert column.bootstrap == plain.bootstrap == "ranks" and column.seed_values is None
+    assert column.offset.p0_interval == plain.offset.p0_interval
+    assert column.headroom_interval == plain.headroom_interval
+
+
+def test_pooled_seeds_fit_the_mean_and_put_seed_noise_into_the_intervals():
+    """Catches pooling that fits one seed, flattens the seeds into extra points, or resamples users only: the point
+    estimates are those of the per-size means, and when two seeds disagree the band is far wider than one seed's."""
+    sizes = np.round(np.geomspace(2e5, 5e7, 5))
+    ranks = _paired_ranks(800, sizes)
+    worse = [r * 3 for r in ranks]  # a second training seed that ranks every target 3x lower, same users
+    seeds = np.array([[np.mean(1.0 / a), np.mean(1.0 / b)] for a, b in zip(ranks, worse)])
+    pooled = fit_scaling(sizes, seeds, ranks=[[a, b] for a, b in zip(ranks, worse)], n_bootstrap=80)
+    means = fit_scaling(sizes, seeds.mean(axis=1), n_bootstrap=0)
+    assert pooled.bootstrap == "ranks+seeds" and pooled.paired
+    assert pooled.values == pytest.approx(seeds.mean(axis=1).tolist())
+    assert pooled.offset.p0 == pytest.approx(means.offset.p0) and pooled.seed_values == seeds.tolist()
+    single = fit_scaling(sizes, seeds[:, 0], ranks=ranks, n_bootstrap=80)
+    grid = sizes[[0, -1]]
+    width = lambda fit: np.subtract(*fit.predict_interval(grid)[::-1])  # noqa: E731
+    assert np.all(width(pooled) > 2 * width(single))
+    without_ranks = fit_scaling(sizes, seeds, n_bootstrap=80)
+    assert without_ranks.bootstrap == "seeds" and without_ranks.offset.p0 == pytest.approx(means.offset.p0)
+    with pytest.raises(ValueError, match="1 per-seed rank arrays at size 200000 for 2 seed value"):
+        fit_scaling(sizes, seeds, ranks=[[a] for a in ranks], n_bootstrap=10)
+    with pytest.raises(ValueError, match="cover \\[799, 800\\] users"):
+        fit_scaling(sizes, seeds, ranks=[[a, b[:-1]] for a, b in zip(ranks, worse)], n_bootstrap=10)
+    with pytest.raises(ValueError, match="non-finite value nan at point 1, seed column 1"):
+        fit_scaling(sizes, np.where(np.arange(10).reshape(5, 2) == 3, np.nan, seeds), n_bootstrap=0)
+
+
+def test_several_csvs_are_pooled_as_seeds_and_mismatches_are_named(tmp_path, capsys):
+    """Catches `scaling fit a.csv b.csv` fitting only the first file, or pooling ladders that do not match (other
+    sizes, the same seed twice, ranks in one file only) without saying which file is off."""
+    sizes = np.round(np.geomspace(2e5, 5e7, 5))
+    paths = []
+    for seed in range(3):
+        ranks = [r + seed for r in _paired_ranks(300, sizes, seed=seed)]
+        folder = tmp_path / f"s{seed}"
+        folder.mkdir()
+        rows = []
+        for i, (size, r) in enumerate(zip(sizes, ranks)):
+            np.save(folder / f"r{i}.npy", r)
+            rows.append(dict(task="A", backbone_params=f"{size:.0f}", mrr=np.mean(1.0 / r), seed=seed,
+                             ranks_path=f"r{i}.npy"))
+        write_csv(folder / "results.csv", rows)
+        paths.append(folder / "results.csv")
+    fit = fit_csv(paths, n_bootstrap=30)["A"]
+    singles = [fit_csv(p, n_bootstrap=0)["A"].values for p in paths]
+    assert fit.bootstrap == "ranks+seeds" and len(fit.seed_values[0]) == 3
+    assert fit.values == pytest.approx(np.mean(singles, axis=0).tolist())
+    assert main(["scaling", "fit", *map(str, paths), "--bootstrap", "20"]) == 0
+    assert "mean of 3 seeds; 95% CI, ranks+seeds bootstrap" in capsys.readouterr().out
+    try:
+        import matplotlib  # noqa: F401
+    except ImportError:
+        pass
+    else:  # the plot draws each seed's points beside the means
+        image = tmp_path / "pooled.png"
+        assert main(["scaling", "fit", *map(str, paths), "--bootstrap", "10", "--plot", str(image)]) == 0
+        assert image.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+    with pytest.raises(ValueError, match="name one file twice"):
+        fit_csv([paths[0], paths[0]])
+    text = paths[2].read_text().splitlines()
+    (tmp_path / "s2" / "short.csv").write_text("\n".join(text[:-1]) + "\n")  # one size fewer
+    with pytest.raises(ValueError, match="short.csv has sizes .* pooled seeds need the same sizes"):
+        fit_csv([paths[0], tmp_path / "s2" / "short.csv"], n_bootstrap=0)
+    (tmp_path / "s0" / "same_seed.csv").write_text(paths[0].read_text())
+    with pytest.raises(ValueError, match="both hold seed 0"):
+        fit_csv([paths[0], tmp_path / "s0" / "same_seed.csv"], n_bootstrap=0)
+    header, *body = paths[1].read_text().splitlines()
+    (tmp_path / "s1" / "no_ranks.csv").write_text("\n".join([header.replace(",ranks_path", "")] +
+                                                            [b.rsplit(",", 1)[0] for b in body]) + "\n")
+    with pytest.raises(ValueError, match="no_ranks.csv gives no ranks_path"):
+        fit_csv([paths[0], tmp_path / "s1" / "no_ranks.csv"], n_bootstrap=0)

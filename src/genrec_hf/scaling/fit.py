@@ -129,7 +129,7 @@ class ScalingFit:
     headroom_interval: tuple[float, float] | None
     identified: bool
     reasons: list[str]
-    bootstrap: str  # "ranks", "residuals" or "none"
+    bootstrap: str  # "ranks", "ranks+seeds", "seeds", "residuals" or "none"
     n_bootstrap: int
     n_bootstrap_converged: int
     paired: bool | None  # ranks bootstrap: the same users resampled at every size
@@ -138,6 +138,7 @@ class ScalingFit:
     notes: list[str] = field(default_factory=list)
     bootstrap_params: np.ndarray | None = field(default=None, repr=False)  # (B, 3): p0, a, log10 n0 per refit
     size_name: str = "backbone size"  # what the sizes count (a data-size fit: "train_events")
+    seed_values: list[list[float]] | None = None  # (sizes, seeds) per-seed values; `values` are their means
 
     def predict_interval(self, sizes: Sequence[float] | np.ndarray) -> tuple[np.ndarray, np.ndarray] | None:
         """Pointwise percentile band of the offset law at `sizes` from the bootstrap refits (None without them)."""
@@ -375,7 +376,7 @@ def fit_scaling(
     *,
     task: str | None = None,
     metric: str = "mrr",
-    ranks: Sequence[np.ndarray] | None = None,
+    ranks: Sequence[np.ndarray | Sequence[np.ndarray]] | None = None,
     n_bootstrap: int = 1000,
     confidence: float = 0.95,
     seed: int = 0,
@@ -391,7 +392,12 @@ def fit_scaling(
 
     `ranks`, when given, holds each size's per-user 1-based ranks (same order as `sizes`): intervals then resample
     users (the same user indices at every size when all sizes have the same number of users, i.e. were evaluated on
-    the same users in the same order); otherwise they resample the offset fit's residuals. `upper_bound` is the
+    the same users in the same order); otherwise they resample the offset fit's residuals.
+
+    Repeated training seeds: `values` of shape (sizes, seeds) are fitted at their per-size means, and the intervals
+    also resample the seeds (with replacement, the same draw at every size), so training noise is in them, not only
+    evaluation noise. With ranks, give each size a list of per-seed rank arrays on the same users ("ranks+seeds");
+    without ranks the seeds alone are resampled ("seeds"). `upper_bound` is the
     metric's largest possible value ("auto": 1 for mrr / hr@K / ndcg@K / recall@K, else none); a ceiling above it
     is not identified. `n_bootstrap=0` skips the intervals.
     """
@@ -405,16 +411,30 @@ def fit_scaling(
         raise ValueError(f"a_bounds must be 0 < low < high; got {a_bounds!r}.")
     if min_points < OFFSET_PARAMS:
         raise ValueError(f"min_points must be >= {OFFSET_PARAMS} (the offset law's parameters); got {min_points}.")
+    seed_values = np.asarray(values, dtype=float)
+    if seed_values.ndim == 2:
+        if seed_values.shape[1] < 1:
+            raise ValueError(f"values of shape {seed_values.shape}: expected (sizes, seeds) with at least one seed.")
+        bad = np.argwhere(~np.isfinite(seed_values))
+        if len(bad):
+            raise ValueError(f"non-finite value {seed_values[tuple(bad[0])]} at point {bad[0][0]}, seed column "
+                             f"{bad[0][1]}{f' for task {task!r}' if task is not None else ''}.")
+        values = seed_values.mean(axis=1)
+    elif seed_values.ndim > 2:
+        raise ValueError(f"values of shape {seed_values.shape}: expected (sizes,) or (sizes, seeds).")
+    else:
+        seed_values = seed_values.reshape(-1, 1)
+    n_seeds = seed_values.shape[1]
     sizes, values = _check_inputs(sizes, values, task, min_points)
     if upper_bound == "auto":
         upper_bound = 1.0 if _BOUNDED_METRIC.match(metric) else None
     order = np.argsort(sizes)
-    sizes, values = sizes[order], values[order]
+    sizes, values, seed_values = sizes[order], values[order], seed_values[order]
     if ranks is not None:
         if len(ranks) != len(order):
             raise ValueError(f"{len(ranks)} rank arrays for {len(order)} sizes"
                              f"{f' of task {task!r}' if task is not None else ''}.")
-        ranks = [np.asarray(ranks[i]) for i in order]
+        ranks = [_seed_ranks(ranks[i], n_seeds, sizes[j], task) for j, i in enumerate(order)]
     n = len(sizes)
     rng = np.random.default_rng(seed)
     notes: list[str] = []
@@ -461,23 +481,33 @@ def fit_scaling(
     boot_converged = 0
     p0_at_bound_share = 0.0
     if n_bootstrap:
+        # One seed draw for every size (resampling the training runs); with one seed it is that seed every time.
+        seed_draw = (rng.integers(0, n_seeds, size=(n_bootstrap, n_seeds)) if n_seeds > 1
+                     else np.zeros((n_bootstrap, 1), dtype=np.int64))
         if ranks is not None:
-            mode = "ranks"
-            per_user = [per_user_metric(r, metric) for r in ranks]
-            for size, user_values, value in zip(sizes, per_user, values):
-                mean = float(np.nanmean(user_values))
-                if abs(mean - value) > max(1e-3, 1e-2 * abs(value)):
-                    warnings.warn(f"{metric} {value:.6g} at size {size:g}{f' of task {task!r}' if task else ''} "
-                                  f"differs from the mean over its per-user ranks ({mean:.6g}); are the ranks from "
-                                  "the same evaluation?", stacklevel=2)
-            counts = {len(u) for u in per_user}
+            mode = "ranks+seeds" if n_seeds > 1 else "ranks"
+            per_user = [np.stack([per_user_metric(r, metric) for r in seeds]) for seeds in ranks]  # (S, U) per size
+            for size, user_values, value_row in zip(sizes, per_user, seed_values):
+                for seed_index, (row, value) in enumerate(zip(user_values, value_row)):
+                    mean = float(np.nanmean(row))
+                    if abs(mean - value) > max(1e-3, 1e-2 * abs(value)):
+                        which = f", seed column {seed_index}" if n_seeds > 1 else ""
+                        warnings.warn(f"{metric} {value:.6g} at size {size:g}{f' of task {task!r}' if task else ''}"
+                                      f"{which} differs from the mean over its per-user ranks ({mean:.6g}); are the "
+                                      "ranks from the same evaluation?", stacklevel=2)
+            counts = {u.shape[1] for u in per_user}
             paired = len(counts) == 1
-            if paired:
-                indices = rng.integers(0, counts.pop(), size=(n_bootstrap, per_user[0].shape[0]))
-                samples = np.stack([np.nanmean(u[indices], axis=1) for u in per_user], axis=1)
-            else:
-                samples = np.stack([np.nanmean(u[rng.integers(0, len(u), size=(n_bootstrap, len(u)))], axis=1)
-                                    for u in per_user], axis=1)
+            shared_users = rng.integers(0, counts.pop(), size=(n_bootstrap, per_user[0].shape[1])) if paired else None
+            columns = []
+            for u in per_user:
+                users = shared_users if paired else rng.integers(0, u.shape[1], size=(n_bootstrap, u.shape[1]))
+                by_seed = np.nanmean(u[:, users], axis=2)  # (S, B): each seed's mean over the drawn users
+                columns.append(np.take_along_axis(by_seed.T, seed_draw, axis=1).mean(axis=1))
+            samples = np.stack(columns, axis=1)
+            log_samples = samples
+        elif n_seeds > 1:
+            mode = "seeds"
+            samples = np.stack([row[seed_draw].mean(axis=1) for row in seed_values], axis=1)
             log_samples = samples
         else:
             mode = "residuals"
@@ -562,11 +592,26 @@ def fit_scaling(
         identified=not reasons, reasons=reasons, bootstrap=mode, n_bootstrap=int(n_bootstrap),
         n_bootstrap_converged=boot_converged, paired=paired, confidence=confidence, extrapolations=extrapolations,
         notes=notes, bootstrap_params=boot_params if boot_converged else None,
+        seed_values=seed_values.tolist() if n_seeds > 1 else None,
     )
 
 
+def _seed_ranks(given: np.ndarray | Sequence[np.ndarray], n_seeds: int, size: float,
+                task: str | None) -> list[np.ndarray]:
+    """One size's ranks as a list with one array per seed (a bare array is one seed), checked against the values."""
+    where = f" at size {size:g}{f' of task {task!r}' if task is not None else ''}"
+    seeds = [np.asarray(given)] if isinstance(given, np.ndarray) else [np.asarray(r) for r in given]
+    if len(seeds) != n_seeds:
+        raise ValueError(f"{len(seeds)} per-seed rank arrays{where} for {n_seeds} seed value(s).")
+    users = {r.shape[0] for r in seeds}
+    if len(users) > 1:
+        raise ValueError(f"the seeds' ranks{where} cover {sorted(users)} users: repeated runs must be evaluated on "
+                         "the same users.")
+    return seeds
+
+
 def fit_csv(
-    path: str | Path,
+    path: str | Path | Sequence[str | Path],
     task: str | Sequence[str] | None = None,
     *,
     metric: str = "mrr",
@@ -580,10 +625,60 @@ def fit_csv(
     size's per-user 1-based ranks, relative to the CSV's folder, for intervals over users. Other columns are ignored.
     `size_column` fits against another positive column instead of `backbone_params` (the scaling ladder's data-size
     axis: `train_events` or `train_users`).
+
+    Several CSVs are several training seeds of one ladder (the same tasks and sizes, evaluated on the same users):
+    each task is fitted at the per-size mean over the CSVs, and its intervals resample the seeds as well as the users.
     """
+    paths = [Path(path)] if isinstance(path, (str, Path)) else [Path(p) for p in path]
+    if not paths:
+        raise ValueError("no results CSV given.")
+    if len(set(p.resolve() for p in paths)) != len(paths):
+        raise ValueError(f"results CSVs {[str(p) for p in paths]} name one file twice; each CSV is one seed.")
+    frames = [_read_results(p, size_column, metric) for p in paths]
+    if len(frames) > 1 and all("seed" in f.columns for f in frames):
+        seen: dict[Any, Path] = {}
+        for p, frame in zip(paths, frames):
+            for value in frame["seed"].dropna().unique().tolist():
+                if value in seen:
+                    raise ValueError(f"{p} and {seen[value]} both hold seed {value}: pooled CSVs must be different "
+                                     "training seeds of one ladder.")
+                seen[value] = p
+    available = list(dict.fromkeys(frames[0]["task"]))
+    wanted = available if task is None else [task] if isinstance(task, str) else list(task)
+    for p, frame in zip(paths, frames):
+        have = set(frame["task"])
+        unknown = [t for t in wanted if t not in have]
+        if unknown:
+            raise ValueError(f"unknown task {', '.join(map(repr, unknown))} in {p}; its tasks are "
+                             f"{', '.join(map(repr, dict.fromkeys(frame['task'])))}.")
+    fits = {}
+    for name in wanted:
+        points = [_task_points(p, frame, name, size_column, metric) for p, frame in zip(paths, frames)]
+        sizes = points[0][0]
+        for p, (other, _, _) in zip(paths[1:], points[1:]):
+            if not np.array_equal(other, sizes):
+                raise ValueError(f"task {name!r}: {p} has sizes {[f'{v:g}' for v in other]}, {paths[0]} has "
+                                 f"{[f'{v:g}' for v in sizes]}; pooled seeds need the same sizes.")
+        with_ranks = [r is not None for _, _, r in points]
+        if any(with_ranks) and not all(with_ranks):
+            lacking = [str(p) for p, has in zip(paths, with_ranks) if not has]
+            raise ValueError(f"task {name!r}: {', '.join(lacking)} give{'s' if len(lacking) == 1 else ''} no "
+                             f"{RANKS_COLUMN}; pooled seeds need per-user ranks in every CSV or in none.")
+        if len(points) == 1:
+            values, ranks = points[0][1], points[0][2]
+        else:
+            values = np.column_stack([v for _, v, _ in points])
+            ranks = [[r[i] for _, _, r in points] for i in range(len(sizes))] if all(with_ranks) else None
+        fits[name] = fit_scaling(sizes, values, task=name, metric=metric, ranks=ranks, **kwargs)
+        if size_column != "backbone_params":
+            fits[name].size_name = size_column
+    return fits
+
+
+def _read_results(path: Path, size_column: str, metric: str) -> Any:
+    """A results CSV as a DataFrame, its size and metric columns numeric (errors name the file, row and column)."""
     import pandas as pd
 
-    path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"results CSV {path} does not exist.")
     try:
@@ -605,29 +700,25 @@ def fit_csv(
             raise ValueError(f"{path}: column {column!r} holds {frame[column].iloc[row]!r} (row {row + 2} of the "
                              "file), not a number.")
         frame[column] = numeric
-    available = list(dict.fromkeys(frame["task"]))
-    wanted = available if task is None else [task] if isinstance(task, str) else list(task)
-    unknown = [t for t in wanted if t not in available]
-    if unknown:
-        raise ValueError(f"unknown task {', '.join(map(repr, unknown))} in {path}; its tasks are "
-                         f"{', '.join(map(repr, available))}.")
-    fits = {}
-    for name in wanted:
-        rows = frame[frame["task"] == name]
-        ranks = None
-        if RANKS_COLUMN in rows.columns:
-            given = rows[RANKS_COLUMN].notna() & (rows[RANKS_COLUMN].astype(str).str.strip() != "")
-            if given.any() and not given.all():
-                absent = rows.loc[~given, size_column].tolist()
-                raise ValueError(f"{path}: task {name!r} has {RANKS_COLUMN} for some sizes but not for "
-                                 f"{', '.join(f'{s:g}' for s in absent)}; give it for every size or none.")
-            if given.all():
-                ranks = [load_ranks(_resolve(path, str(p).strip())) for p in rows[RANKS_COLUMN]]
-        fits[name] = fit_scaling(rows[size_column].to_numpy(float), rows[metric].to_numpy(float), task=name,
-                                 metric=metric, ranks=ranks, **kwargs)
-        if size_column != "backbone_params":
-            fits[name].size_name = size_column
-    return fits
+    return frame
+
+
+def _task_points(path: Path, frame: Any, name: str, size_column: str,
+                 metric: str) -> tuple[np.ndarray, np.ndarray, list[np.ndarray] | None]:
+    """One task's (sizes, values, per-size ranks or None) from a results frame, in file order."""
+    rows = frame[frame["task"] == name]
+    ranks = None
+    if RANKS_COLUMN in rows.columns:
+        given = rows[RANKS_COLUMN].notna() & (rows[RANKS_COLUMN].astype(str).str.strip() != "")
+        if given.any() and not given.all():
+            absent = rows.loc[~given, size_column].tolist()
+            raise ValueError(f"{path}: task {name!r} has {RANKS_COLUMN} for some sizes but not for "
+                             f"{', '.join(f'{s:g}' for s in absent)}; give it for every size or none.")
+        if given.all():
+            ranks = [load_ranks(_resolve(path, str(p).strip())) for p in rows[RANKS_COLUMN]]
+    sizes, values = rows[size_column].to_numpy(float), rows[metric].to_numpy(float)
+    order = np.argsort(sizes, kind="stable")  # by size (as the fit orders them), so pooled seeds align
+    return sizes[order], values[order], None if ranks is None else [ranks[i] for i in order]
 
 
 def _resolve(csv_path: Path, ranks_path: str) -> Path:
@@ -652,9 +743,10 @@ def format_table(fits: Mapping[str, ScalingFit] | Sequence[ScalingFit]) -> str:
     for fit in fits.values() if isinstance(fits, Mapping) else fits:
         o = fit.offset
         level = f"{fit.confidence:.0%} CI, {fit.bootstrap} bootstrap" if fit.bootstrap != "none" else "no intervals"
+        seeds = f"mean of {len(fit.seed_values[0])} seeds; " if fit.seed_values else ""
         lines = [
             f"task {fit.task} · {fit.metric} vs {fit.size_name} ({len(fit.sizes)} sizes "
-            f"{_fmt(min(fit.sizes), 3)}–{_fmt(max(fit.sizes), 3)}; {level})",
+            f"{_fmt(min(fit.sizes), 3)}–{_fmt(max(fit.sizes), 3)}; {seeds}{level})",
             f"  offset law  P0 {_with_interval(o.p0, o.p0_interval)}   a {_with_interval(o.a, o.a_interval)}   "
             f"N0 {_with_interval(o.n0, o.n0_interval, 3)}",
             f"  RMSE ×1e-3  offset {o.rmse * 1e3:.2f}  vs  log {fit.log.rmse * 1e3:.2f}   "

@@ -52,7 +52,12 @@ def plot_fits(fits: Mapping[str, ScalingFit] | Sequence[ScalingFit], path: str |
                 label=f"log-linear (RMSE {fit.log.rmse * 1e3:.2f}e-3)")
         if fit.identified:
             ax.axhline(fit.offset.p0, color="C2", linestyle=":", label=f"P0 = {fit.offset.p0:.3g}")
-        ax.scatter(sizes, fit.values, color="black", zorder=3, label="measured")
+        if fit.seed_values:
+            seeds = np.asarray(fit.seed_values)
+            ax.scatter(np.repeat(sizes, seeds.shape[1]), seeds.ravel(), color="grey", s=10, alpha=0.6, zorder=2,
+                       label=f"each of {seeds.shape[1]} seeds")
+        ax.scatter(sizes, fit.values, color="black", zorder=3,
+                   label="mean over seeds" if fit.seed_values else "measured")
         ax.set_xscale("log")
         ax.set_xlabel("backbone parameters N" if fit.size_name == "backbone size" else fit.size_name)
         ax.set_ylabel(fit.metric)

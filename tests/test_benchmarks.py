@@ -9,13 +9,15 @@ import importlib.util
 import subprocess
 import sys
 
+import numpy as np
+import pandas as pd
 import pytest
 
 from genrec_hf.training.recipes import load_recipe
 
 from tests.helpers import REPO_ROOT
 
-SCRIPTS = sorted((REPO_ROOT / "benchmarks").glob("bench_*.py"))
+SCRIPTS = sorted([*(REPO_ROOT / "benchmarks").glob("bench_*.py"), REPO_ROOT / "benchmarks" / "scaling_report.py"])
 
 
 def _module(name: str):
@@ -117,3 +119,29 @@ def test_mtp_bench_trains_before_the_long_horizon_windows():
         assert row["item_ids"] == contexts.get(user, whole[user])  # users the task drops keep every event
         assert len(row["timestamps"]) == len(row["ratings"]) == len(row["item_ids"])
     assert cut.vocab == full.vocab and info["events"] < info["events_full"]
+
+
+def test_scaling_report_pools_seeds_and_compares_the_headroom_rankings(tmp_path):
+    """Catches a report that drops a seed, pools nothing, or ranks tasks by the wrong headroom."""
+    report = _module("scaling_report").report
+    rng = np.random.default_rng(0)
+    sizes = [10_000, 30_000, 100_000, 300_000, 1_000_000]
+    folders = []
+    for seed in range(2):
+        folder = tmp_path / f"s{seed}"
+        (folder / "ranks").mkdir(parents=True)
+        rows = []
+        for task, ceiling in (("A", 0.3), ("B", 0.6)):
+            for size in sizes:
+                target = ceiling - (size / 30) ** -0.3  # an offset law, so each seed's ceiling is identified
+                ranks = rng.geometric(min(0.99, target * 1.3), size=400).clip(min=1)
+                np.save(folder / "ranks" / f"{task}{size}.npy", ranks)
+                rows.append({"task": task, "preset": f"p{size}", "backbone_params": size, "seed": seed,
+                             "num_users": 400, "mrr": float(np.mean(1.0 / ranks)),
+                             "ranks_path": f"ranks/{task}{size}.npy"})
+        pd.DataFrame(rows).to_csv(folder / "results.csv", index=False)
+        folders.append(folder)
+    text = report(folders, bootstrap=20, plot=None, name="toy")
+    assert "seed 0, seed 1" in text and "| A | pooled (ranks+seeds) |" in text and "| B | seed 1 |" in text
+    assert text.count(" / ") >= 2 * len(sizes)  # both seeds' values in every cell
+    assert "Kendall τ of the headroom ranking, seed 0 vs seed 1" in text

@@ -145,3 +145,30 @@ def test_scaling_report_pools_seeds_and_compares_the_headroom_rankings(tmp_path)
     assert "seed 0, seed 1" in text and "| A | pooled (ranks+seeds) |" in text and "| B | seed 1 |" in text
     assert text.count(" / ") >= 2 * len(sizes)  # both seeds' values in every cell
     assert "Kendall τ of the headroom ranking, seed 0 vs seed 1" in text
+
+
+def test_ladder_task_rerun_reuses_the_bases_and_reproduces_zero_shot_rows(tmp_path, monkeypatch, one_thread):
+    """Catches a task re-run that trains a base again, reads another size's base, or evaluates other users: on a
+    zero-shot ladder, re-running zero-shot must give the very same rows; a LoRA re-run fine-tunes every task."""
+    import csv
+
+    from genrec_hf.scaling import ladder as ladder_module
+    from genrec_hf.scaling.ladder import run_ladder
+
+    from tests.scaling.test_ladder import tiny_recipe
+
+    ladder = tmp_path / "ladder"
+    outcome = run_ladder(tiny_recipe(ladder, presets=["genrec-10k", "genrec-25k"],
+                                     tasks={"names": ["short_horizon"], "mode": "zero_shot"}))
+    bench = _module("bench_ladder_tasks")
+    monkeypatch.setattr(ladder_module, "_pretrain", lambda *a, **k: pytest.fail("a base was trained again"))
+    read = lambda path: {r["preset"]: r for r in csv.DictReader(path.open())}  # noqa: E731
+    original = read(outcome.csv_path)
+    again = read(bench.run(ladder, tmp_path / "zero", "zero_shot", None))
+    assert set(again) == {"genrec-10k", "genrec-25k"}
+    for preset, row in again.items():
+        assert row["mode"] == "zero_shot" and row["num_users"] == original[preset]["num_users"]
+        assert float(row["mrr"]) == pytest.approx(float(original[preset]["mrr"]), abs=1e-12)
+    assert float(again["genrec-10k"]["mrr"]) != float(again["genrec-25k"]["mrr"])  # each size its own base
+    lora = read(bench.run(ladder, tmp_path / "lora", "lora", 1))
+    assert all(r["mode"] == "lora" and int(r["finetune_steps"]) > 0 for r in lora.values())

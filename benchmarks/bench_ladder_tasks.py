@@ -1,0 +1,83 @@
+"""Re-run the task stage of a finished scaling ladder under another task setting, reusing its pre-trained bases.
+
+Does a task's curve over sizes depend on how the task is adapted? The ladder's rows use one adapter setting (e.g.
+a one-epoch LoRA). This script evaluates the same bases with the tasks zero-shot (the base as it is) or with a
+longer fine-tune, on the same users, and writes a results CSV of the ladder's columns (with its own ladder_id) that
+`genrec-hf scaling fit` reads; the cold-slice rows follow the ladder recipe. No base is trained again.
+
+    python benchmarks/bench_ladder_tasks.py --ladder runs/scaling/ladder-epochs-s0 --mode zero_shot \\
+        --out runs/scaling/ladder-epochs-s0-zero-shot
+    python benchmarks/bench_ladder_tasks.py --ladder runs/scaling/ladder-epochs-s0 --mode lora --epochs 3 \\
+        --out runs/scaling/ladder-epochs-s0-lora3
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+from pathlib import Path
+
+from genrec_hf.scaling import ladder as ladder_module
+from genrec_hf.scaling.ladder import BASE_DONE, LadderRecipe, ResultsCSV, csv_columns
+from genrec_hf.training.recipes import recipe_from_dict
+
+logger = logging.getLogger("bench_ladder_tasks")
+
+
+def task_recipe(ladder: Path, out: Path, mode: str, epochs: float | None) -> LadderRecipe:
+    """The ladder's own recipe with the task stage changed (and its outputs under `out`)."""
+    saved = ladder / "ladder_recipe.json"
+    if not saved.is_file():
+        raise SystemExit(f"{ladder}: no ladder_recipe.json (expected the output_dir of `genrec-hf scaling run`).")
+    raw = json.loads(saved.read_text())
+    raw.update(output_dir=str(out), results_csv=None, data_axis={"preset": None, "fractions": []})
+    raw["tasks"].update(mode=mode, modes={})
+    if epochs is not None:
+        raw["tasks"]["training"] = {**raw["tasks"].get("training", {}), "num_train_epochs": epochs}
+    return recipe_from_dict(raw, source=str(saved), kind=LadderRecipe)
+
+
+def run(ladder: Path, out: Path, mode: str, epochs: float | None) -> Path:
+    recipe = task_recipe(ladder, out, mode, epochs)
+    ladder_module._claim(out)
+    ladder_id = recipe.ladder_id()
+    table = ResultsCSV(recipe.csv_path(), csv_columns(list(recipe.evaluation.ks)), ladder_id)
+    (out / "ladder_recipe.json").write_text(json.dumps({**recipe.to_dict(), "bases_from": str(ladder)}, indent=2))
+    shared = ladder_module._prepare_shared(recipe)
+    for index, preset in enumerate(recipe.presets, 1):
+        base_dir = ladder / "sizes" / preset / "base"
+        if not (base_dir / BASE_DONE).is_file():
+            logger.warning("%s: no finished base in %s, skipped", preset, base_dir)
+            continue
+        base_info = json.loads((base_dir / BASE_DONE).read_text())
+        run_dir = out / "sizes" / preset
+        ladder_module._claim(run_dir)
+        for task in recipe.tasks.names:
+            if not table.has(preset, 1.0, task):
+                label = f"[{index}/{len(recipe.presets)}] {preset}"
+                table.append(ladder_module._run_task(recipe, shared, preset, 1.0, task, run_dir, base_dir, base_info,
+                                                     table.path, ladder_id, label))
+            if recipe.evaluation.cold_slice_max_events is not None and \
+                    not table.has(preset, 1.0, task + ladder_module.COLD_SLICE):
+                row = ladder_module._cold_slice_row(recipe, shared, table.rows[(preset, 1.0, task)], table.path)
+                if row is not None:
+                    table.append(row)
+    return table.path
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--ladder", type=Path, required=True, help="a finished ladder's output_dir (its bases)")
+    parser.add_argument("--mode", choices=["zero_shot", "lora", "full"], required=True,
+                        help="how every task is adapted to each base")
+    parser.add_argument("--epochs", type=float, default=None,
+                        help="fine-tune epochs per (size, task) (default: the ladder's own)")
+    parser.add_argument("--out", type=Path, required=True, help="folder of the new task runs, ranks and CSV")
+    args = parser.parse_args()
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    print(f"written to {run(args.ladder, args.out, args.mode, args.epochs)}")
+
+
+if __name__ == "__main__":
+    main()

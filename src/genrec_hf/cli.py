@@ -537,6 +537,16 @@ def main(argv: list[str] | None = None) -> int:
             raise
         print(f"genrec-hf {args.command}: error: {_one_line(error, args)}", file=sys.stderr)
         return 2
+    finally:
+        _teardown_distributed()
+
+
+def _teardown_distributed() -> None:
+    """Destroy the process group a distributed command started: a rank left to interpreter shutdown can abort
+    ("terminate called without an active exception")."""
+    torch = sys.modules.get("torch")  # never imported for it: a command that did not load torch started no group
+    if torch is not None and torch.distributed.is_available() and torch.distributed.is_initialized():
+        torch.distributed.destroy_process_group()
 
 
 if __name__ == "__main__":

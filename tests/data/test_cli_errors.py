@@ -119,3 +119,17 @@ def test_train_recipe_that_is_a_list_or_binary_is_one_line(tmp_path, capsys, con
     assert main(["train", str(recipe)]) == 2
     line = error_line(capsys, "train")
     assert str(recipe) in line and message in line
+
+
+def test_a_process_group_left_by_a_command_is_destroyed_on_return(tmp_path, capsys):
+    """Catches a distributed command that leaves its process group to interpreter shutdown, where a rank can abort
+    with 'terminate called without an active exception' (seen in the 2-process DDP tests)."""
+    import torch.distributed as dist
+
+    dist.init_process_group("gloo", init_method=f"file://{tmp_path / 'rendezvous'}", rank=0, world_size=1)
+    try:
+        assert main(["scaling", "fit", str(tmp_path / "missing.csv")]) == 2  # even a command that fails
+        assert not dist.is_initialized()
+    finally:
+        if dist.is_initialized():
+            dist.destroy_process_group()

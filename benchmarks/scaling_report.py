@@ -111,6 +111,14 @@ def _ranking(fits: dict, labels: list[str]) -> list[str]:
     for (i, a), (j, b) in itertools.combinations(enumerate(headrooms), 2):
         tau = kendalltau(a, b).statistic
         lines.append(f"- Kendall τ of the headroom ranking, {labels[i]} vs {labels[j]}: {tau:+.2f}")
+    # The paper's other view, which needs no identified ceiling: the gain of the largest size over the smallest.
+    gains = [[seed_fits[t].values[-1] / seed_fits[t].values[0] - 1 for t in tasks] for seed_fits in per_seed]
+    for label, values in zip(labels, gains):
+        order = sorted(zip(tasks, values), key=lambda item: -item[1])
+        lines.append(f"- {label}, gain of the largest size over the smallest: "
+                     + " > ".join(f"{t} ({100 * g:+.1f}%)" for t, g in order))
+    for (i, a), (j, b) in itertools.combinations(enumerate(gains), 2):
+        lines.append(f"- Kendall τ of the gain ranking, {labels[i]} vs {labels[j]}: {kendalltau(a, b).statistic:+.2f}")
     return lines
 
 
@@ -134,7 +142,7 @@ def report(ladders: list[Path], *, bootstrap: int, plot: Path | None, name: str)
     out += _size_table(frames, bases, "backbone_params")
     fit_lines, fits = _fit_table(csvs, labels, "backbone_params", bootstrap)
     out += ["", "## Fits (offset power law vs log-linear)", ""] + fit_lines
-    out += ["", "## Headroom ranking of the tasks, per seed", ""] + _ranking(fits, labels)
+    out += ["", "## Ranking of the tasks by headroom and by gain, per seed", ""] + _ranking(fits, labels)
     axes = [folder / "results_data_axis.csv" for folder in ladders]
     if all(path.is_file() for path in axes):
         axis_frames = [pd.read_csv(path) for path in axes]

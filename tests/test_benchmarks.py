@@ -144,7 +144,7 @@ def test_scaling_report_pools_seeds_and_compares_the_headroom_rankings(tmp_path)
     text = report(folders, bootstrap=20, plot=None, name="toy")
     assert "seed 0, seed 1" in text and "| A | pooled (ranks+seeds) |" in text and "| B | seed 1 |" in text
     assert text.count(" / ") >= 2 * len(sizes)  # both seeds' values in every cell
-    assert "Kendall τ of the headroom ranking, seed 0 vs seed 1" in text
+    assert "Kendall τ of the headroom ranking, seed 0 vs seed 1" in text and "Kendall τ of the gain ranking" in text
 
 
 def test_ladder_task_rerun_reuses_the_bases_and_reproduces_zero_shot_rows(tmp_path, monkeypatch, one_thread):

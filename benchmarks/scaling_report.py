@@ -46,8 +46,10 @@ def _reason(fit) -> str:
 
 def _size_table(frames: list[pd.DataFrame], bases: list[dict[str, float]], size_column: str) -> list[str]:
     sizes = sorted(frames[0][size_column].unique())
-    label = {row[size_column]: row["preset"] if size_column == "backbone_params" else f"{row[size_column]:,}"
-             for _, row in frames[0].iterrows()}
+    events = {f: np.mean([frame[frame[size_column] == f]["train_events"].iloc[0] for frame in frames])
+              for f in sizes} if size_column == "data_fraction" else {}
+    label = {row[size_column]: row["preset"] if size_column == "backbone_params"
+             else f"{row[size_column]:g} ({events[row[size_column]]:,.0f} events)" for _, row in frames[0].iterrows()}
     head = "| task (test users) | " + " | ".join(str(label[s]) for s in sizes) + " | largest vs smallest |"
     lines = [head, "|" + "---|" * (len(sizes) + 2)]
     if any(bases):
@@ -146,9 +148,12 @@ def report(ladders: list[Path], *, bootstrap: int, plot: Path | None, name: str)
     axes = [folder / "results_data_axis.csv" for folder in ladders]
     if all(path.is_file() for path in axes):
         axis_frames = [pd.read_csv(path) for path in axes]
-        out += ["", "## Data-size axis (one preset on nested fractions of the training users)", ""]
-        out += _size_table(axis_frames, [{} for _ in axes], "train_events")
-        axis_lines, _ = _fit_table(axes, labels, "train_events", bootstrap)
+        # Fitted against the fraction of training users: each seed draws its own users, so the event counts
+        # differ by seed while the fractions are shared (the law is the same up to N0's unit).
+        out += ["", "## Data-size axis (one preset on nested fractions of the training users; fitted against the "
+                "fraction, events are the mean over seeds)", ""]
+        out += _size_table(axis_frames, [{} for _ in axes], "data_fraction")
+        axis_lines, _ = _fit_table(axes, labels, "data_fraction", bootstrap)
         out += [""] + axis_lines
     if plot is not None:
         from genrec_hf.scaling.plot import plot_fits

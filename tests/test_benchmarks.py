@@ -140,11 +140,16 @@ def test_scaling_report_pools_seeds_and_compares_the_headroom_rankings(tmp_path)
                              "num_users": 400, "mrr": float(np.mean(1.0 / ranks)),
                              "ranks_path": f"ranks/{task}{size}.npy"})
         pd.DataFrame(rows).to_csv(folder / "results.csv", index=False)
+        axis = [{**r, "data_fraction": f, "train_events": int(f * 1000) + 2 * seed}  # each seed drew its own users
+                for r, f in zip(rows[:5], (0.125, 0.25, 0.5, 0.75, 1.0))]
+        pd.DataFrame(axis).to_csv(folder / "results_data_axis.csv", index=False)
         folders.append(folder)
     text = report(folders, bootstrap=20, plot=None, name="toy")
     assert "seed 0, seed 1" in text and "| A | pooled (ranks+seeds) |" in text and "| B | seed 1 |" in text
     assert text.count(" / ") >= 2 * len(sizes)  # both seeds' values in every cell
     assert "Kendall τ of the headroom ranking, seed 0 vs seed 1" in text and "Kendall τ of the gain ranking" in text
+    axis = text[text.index("## Data-size axis"):]
+    assert "0.125 (126 events)" in axis and "| A | pooled (ranks+seeds) |" in axis  # pooled on the shared fractions
 
 
 def test_ladder_task_rerun_reuses_the_bases_and_reproduces_zero_shot_rows(tmp_path, monkeypatch, one_thread):

@@ -32,7 +32,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import shutil
 import time
 from datetime import date
@@ -47,6 +46,7 @@ from genrec_hf.evaluation import paired_bootstrap
 from genrec_hf.evaluation.cold_start import (cold_warm_ranks, cold_warm_slices, hold_out_items, load_cold_start_ranks,
                                              save_cold_start_ranks)
 from genrec_hf.training import train
+from genrec_hf.training.throughput import machine_summary
 from genrec_hf.training.cold_start import COLD_START_RANKS
 from genrec_hf.training.recipes import recipe_from_dict
 
@@ -58,10 +58,6 @@ DATASETS = {
 }
 VARIANTS = ("id_mean", "id_knn", "id_oov", "semantic", "fused", "fused_mask_a", "fused_mask_b", "gate_mask_a")
 METRICS = ("mrr", "hr@10")
-
-
-def machine() -> str:
-    return f"{platform.machine()}, {torch.get_num_threads()} torch thread(s), torch {torch.__version__}"
 
 
 def recipe_for(dataset: str, variant: str, seed: int, minutes: float, out: Path, p: dict[str, float],
@@ -132,7 +128,7 @@ def main() -> None:
         return
     torch.set_num_threads(1)
     p = {"a": 0.1, "b": 0.3} if args.mask is None else {"a": args.mask[0], "b": args.mask[1]}
-    results: dict = {"date": str(date.today()), "machine": machine(), "minutes_per_run": args.minutes,
+    results: dict = {"date": str(date.today()), "machine": machine_summary(), "minutes_per_run": args.minutes,
                      "mask_prob": p, "text_encoder": args.text_encoder, "runs": []}
     args.out.mkdir(parents=True, exist_ok=True)
     for dataset in args.datasets:

@@ -23,7 +23,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import resource
 import shlex
 import subprocess
@@ -89,14 +88,6 @@ def run_case(head: str, items: int, dim: int, tokens: int, repeats: int, threads
             "gflops_per_s": strict["total"] * tokens / seconds / 1e9}
 
 
-def machine() -> str:
-    model = next((line.split(":", 1)[1].strip() for line in Path("/proc/cpuinfo").read_text().splitlines()
-                  if line.startswith("model name")), platform.processor())
-    import torch
-
-    return f"{os.cpu_count()} CPU cores (nproc), {model}, {platform.system()} {platform.machine()}, torch {torch.__version__}"
-
-
 def load() -> str:
     return " ".join(f"{x:.2f}" for x in os.getloadavg())
 
@@ -144,7 +135,9 @@ def main() -> None:
                 print(f"d={dim} V={items:.0e} {head:18s} {r['seconds']:.4f}s peak {r['peak_mib']:.0f} MiB "
                       f"({r['gflops_per_s']:.1f} GFLOP/s)  load {load()}", flush=True)
                 (args.out / "results.json").write_text(json.dumps(results, indent=2))
-    info = {"command": command, "machine": machine(), "load_before": load_before, "load_after": load(),
+    from genrec_hf.training.throughput import machine_summary
+
+    info = {"command": command, "machine": machine_summary(), "load_before": load_before, "load_after": load(),
             "minutes": (time.time() - started) / 60, "date": datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC")}
     (args.out / "results.json").write_text(json.dumps({"info": info, "results": results}, indent=2))
     write_report(results, args, info)

@@ -39,9 +39,7 @@ import dataclasses
 import json
 import logging
 import os
-import platform
 import re
-import subprocess
 import time
 from datetime import date
 from pathlib import Path
@@ -51,6 +49,7 @@ import torch
 from genrec_hf.evaluation import metrics_from_ranks, paired_bootstrap
 from genrec_hf.evaluation.staleness import cut_at_quantile, format_duration, parse_duration, staleness_ranks
 from genrec_hf.training import train
+from genrec_hf.training.throughput import machine_summary
 from genrec_hf.training.recipes import load_recipe
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -59,13 +58,6 @@ DATASETS = {"synthetic": "synthetic", "ml-100k": str(DATA / "ml-100k")}
 RECIPE = ROOT / "recipes" / "pretrain" / "genrec-500k-mtp.yaml"
 PAPER = ("paper (task B, short horizon): NTP staleness cost -31% MRR at 24 h, -41% at 48 h; MTP (5 events) vs NTP "
          "at 48 h: +22.1% / +27.8% / +27.9% (tasks A / B / C)")
-
-
-def machine() -> str:
-    cpu = next((line.split(":", 1)[1].strip() for line in Path("/proc/cpuinfo").read_text().splitlines()
-                if line.startswith("model name")), platform.processor())
-    cores = subprocess.run(["nproc"], capture_output=True, text=True).stdout.strip()
-    return f"{cpu}, {cores} cores, torch {torch.__version__}, {torch.get_num_threads()} thread(s)"
 
 
 TASKS = ("short_horizon", "long_horizon")
@@ -331,7 +323,7 @@ def main() -> None:
            else "leave-one-out, each test request ranked from the state Δ before it")
     if "long_horizon" in args.tasks:
         how += "; trained on each user's events before the long-horizon test window"
-    header = (f"Date {date.today()}; machine: {machine()}; {args.preset}, {budget} training per model, "
+    header = (f"Date {date.today()}; machine: {machine_summary()}; {args.preset}, {budget} training per model, "
               f"{how}; {PAPER}.")
     text = header + "\n\n" + table(results, labels, args.tasks) + "\n"
     (args.out / "results.md").write_text(text)

@@ -16,18 +16,16 @@ from __future__ import annotations
 
 import argparse
 import json
-import platform
-import subprocess
 import time
 from datetime import date
 from pathlib import Path
 
-import torch
 
 from genrec_hf.evaluation.baselines import popularity_metrics
 from genrec_hf.data import NextItemCollator, leave_one_out, load_interactions
 from genrec_hf.training.recipes import load_recipe
 from genrec_hf.training import train
+from genrec_hf.training.throughput import machine_summary
 
 ROOT = Path(__file__).resolve().parents[1]
 DATA = ROOT.parent / "shared" / "data"
@@ -71,13 +69,6 @@ HEADS: dict[str, dict[str, str]] = {  # name: recipe overrides (the model's ship
     "hstu-128": {**SAMPLED, "model.overrides.num_negatives": "128", "model.overrides.l2_normalize_scores": "true",
                  "model.overrides.score_temperature": "0.05"},
 }
-
-
-def machine() -> str:
-    cpu = next((line.split(":", 1)[1].strip() for line in Path("/proc/cpuinfo").read_text().splitlines()
-                if line.startswith("model name")), platform.processor())
-    cores = subprocess.run(["nproc"], capture_output=True, text=True).stdout.strip()
-    return f"{cpu}, {cores} cores, torch {torch.__version__}"
 
 
 def run_popularity(source: Path) -> dict:
@@ -131,7 +122,7 @@ def main() -> None:
                 results.setdefault(dataset, {})[name] = result
                 (args.out / "results.json").write_text(json.dumps(results, indent=2, default=str))
 
-    lines = [f"Date {date.today()}; machine: {machine()}; budget {args.minutes} {args.clock} min training per model.",
+    lines = [f"Date {date.today()}; machine: {machine_summary()}; budget {args.minutes} {args.clock} min training per model.",
              "", "| dataset | model | MRR | HR@10 | NDCG@10 | epochs | train+eval time (s) |",
              "|---|---|---|---|---|---|---|"]
     for dataset, by_model in results.items():

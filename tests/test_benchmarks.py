@@ -177,3 +177,13 @@ def test_ladder_task_rerun_reuses_the_bases_and_reproduces_zero_shot_rows(tmp_pa
     assert float(again["genrec-10k"]["mrr"]) != float(again["genrec-25k"]["mrr"])  # each size its own base
     lora = read(bench.run(ladder, tmp_path / "lora", "lora", 1))
     assert all(r["mode"] == "lora" and int(r["finetune_steps"]) > 0 for r in lora.values())
+
+
+def test_machine_summary_counts_the_cores_not_the_omp_threads(monkeypatch):
+    """Catches a report header that says '1 cores' for a one-thread run (`nproc` honours OMP_NUM_THREADS)."""
+    import os
+
+    from genrec_hf.training.throughput import machine_summary
+
+    monkeypatch.setenv("OMP_NUM_THREADS", "1")
+    assert f"{os.cpu_count()} CPU cores" in machine_summary()

@@ -74,3 +74,20 @@ class ThroughputCallback(TrainerCallback):
             return {}
         return {f"{prefix}real_events_per_s": real / seconds if seconds > 0 else float("nan"),
                 f"{prefix}padding_fraction": 1.0 - real / positions}
+
+
+def machine_summary() -> str:
+    """One line for a benchmark report's header: CPU model, logical cores, torch version and intra-op threads.
+
+    Cores come from `os.cpu_count()`: `nproc` reports OMP_NUM_THREADS when it is set (1 core for a one-thread run).
+    """
+    import os
+    import platform
+    from pathlib import Path
+
+    cpuinfo = Path("/proc/cpuinfo")
+    lines = cpuinfo.read_text().splitlines() if cpuinfo.is_file() else []
+    model = next((line.split(":", 1)[1].strip() for line in lines if line.startswith("model name")),
+                 platform.processor() or platform.machine())
+    return (f"{model}, {os.cpu_count()} CPU cores, {platform.system()} {platform.machine()}, torch "
+            f"{torch.__version__}, {torch.get_num_threads()} thread(s)")

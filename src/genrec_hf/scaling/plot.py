@@ -58,6 +58,11 @@ def plot_fits(fits: Mapping[str, ScalingFit] | Sequence[ScalingFit], path: str |
                        label=f"each of {seeds.shape[1]} seeds")
         ax.scatter(sizes, fit.values, color="black", zorder=3,
                    label="mean over seeds" if fit.seed_values else "measured")
+        shown = np.concatenate([np.asarray(fit.values), np.ravel(fit.seed_values or [])]
+                               + ([np.array([fit.offset.p0])] if fit.identified else []))
+        low, high = float(shown.min()), float(shown.max())
+        margin = max(high - low, 1e-3 * max(abs(high), 1e-12))
+        ax.set_ylim(max(low - margin, 0.0) if low >= 0 else low - margin, high + margin)  # the points, not a band
         ax.set_xscale("log")
         ax.set_xlabel("backbone parameters N" if fit.size_name == "backbone size" else fit.size_name)
         ax.set_ylabel(fit.metric)

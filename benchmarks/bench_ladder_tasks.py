@@ -18,15 +18,14 @@ import json
 import logging
 from pathlib import Path
 
-from genrec_hf.scaling import ladder as ladder_module
-from genrec_hf.scaling.ladder import BASE_DONE, LadderRecipe, ResultsCSV, csv_columns
-from genrec_hf.training.recipes import recipe_from_dict
-
 logger = logging.getLogger("bench_ladder_tasks")
 
 
-def task_recipe(ladder: Path, out: Path, mode: str, epochs: float | None) -> LadderRecipe:
-    """The ladder's own recipe with the task stage changed (and its outputs under `out`)."""
+def task_recipe(ladder: Path, out: Path, mode: str, epochs: float | None):
+    """The ladder's own `LadderRecipe` with the task stage changed (and its outputs under `out`)."""
+    from genrec_hf.scaling.ladder import LadderRecipe
+    from genrec_hf.training.recipes import recipe_from_dict
+
     saved = ladder / "ladder_recipe.json"
     if not saved.is_file():
         raise SystemExit(f"{ladder}: no ladder_recipe.json (expected the output_dir of `genrec-hf scaling run`).")
@@ -39,6 +38,10 @@ def task_recipe(ladder: Path, out: Path, mode: str, epochs: float | None) -> Lad
 
 
 def run(ladder: Path, out: Path, mode: str, epochs: float | None) -> Path:
+    """Evaluate (or fine-tune and evaluate) every task on every finished base of `ladder`; returns the CSV path."""
+    from genrec_hf.scaling import ladder as ladder_module
+    from genrec_hf.scaling.ladder import BASE_DONE, ResultsCSV, csv_columns
+
     recipe = task_recipe(ladder, out, mode, epochs)
     ladder_module._claim(out)
     ladder_id = recipe.ladder_id()

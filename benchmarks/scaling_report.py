@@ -19,9 +19,6 @@ import math
 from pathlib import Path
 
 import numpy as np
-import pandas as pd
-
-from genrec_hf.scaling import fit_csv
 
 
 def _short(value: float) -> str:
@@ -44,7 +41,7 @@ def _reason(fit) -> str:
     return "no: " + text[:40]
 
 
-def _size_table(frames: list[pd.DataFrame], bases: list[dict[str, float]], size_column: str) -> list[str]:
+def _size_table(frames: list, bases: list[dict[str, float]], size_column: str) -> list[str]:
     sizes = sorted(frames[0][size_column].unique())
     events = {f: np.mean([frame[frame[size_column] == f]["train_events"].iloc[0] for frame in frames])
               for f in sizes} if size_column == "data_fraction" else {}
@@ -78,6 +75,8 @@ def _row(name: str, per_seed: list[list[float]]) -> str:
 
 
 def _fit_table(csvs: list[Path], labels: list[str], size_column: str, bootstrap: int) -> tuple[list[str], dict]:
+    from genrec_hf.scaling import fit_csv
+
     lines = ["| task | seeds | P0 [95% CI] | a | RMSE ×1e-3 offset vs log | AIC prefers (Δ) | headroom [CI] | "
              "P0 identified? |", "|---|---|---|---|---|---|---|---|"]
     per_seed = [fit_csv(path, size_column=size_column, n_bootstrap=bootstrap) for path in csvs]
@@ -125,6 +124,9 @@ def _ranking(fits: dict, labels: list[str]) -> list[str]:
 
 
 def report(ladders: list[Path], *, bootstrap: int, plot: Path | None, name: str) -> str:
+    """The markdown report of one or more seeds' ladder folders (module docstring)."""
+    import pandas as pd
+
     labels, frames, bases, csvs = [], [], [], []
     for folder in ladders:
         csv = folder / "results.csv"

@@ -61,11 +61,8 @@ def run(ladder: Path, out: Path, mode: str, epochs: float | None) -> Path:
                 label = f"[{index}/{len(recipe.presets)}] {preset}"
                 table.append(ladder_module._run_task(recipe, shared, preset, 1.0, task, run_dir, base_dir, base_info,
                                                      table.path, ladder_id, label))
-            if recipe.evaluation.cold_slice_max_events is not None and \
-                    not table.has(preset, 1.0, task + ladder_module.COLD_SLICE):
-                row = ladder_module._cold_slice_row(recipe, shared, table.rows[(preset, 1.0, task)], table.path)
-                if row is not None:
-                    table.append(row)
+    if recipe.evaluation.cold_slice_max_events is not None:
+        ladder_module.add_cold_slices(recipe, table, [(p, 1.0) for p in recipe.presets], shared)
     return table.path
 
 

@@ -330,6 +330,8 @@ def test_cold_slice_ranks_keep_only_targets_of_rare_items():
     assert rows.tolist() == [1]
     rows, sliced = cold_slice_ranks(ranks[:, :1], targets, counts, max_events=5)  # narrower ranks are padded
     assert rows.tolist() == [1, 2] and sliced.tolist() == [[1, 0], [4, 0]]
+    rows, sliced = cold_slice_ranks(np.array([3, 1, 4, 6]), targets[:, 0], counts, max_events=2)  # (U,) ranks
+    assert rows.tolist() == [1, 2] and sliced.tolist() == [[1], [4]]
     with pytest.raises(ValueError, match="3 ranked rows for 4 target rows"):
         cold_slice_ranks(ranks[:3], targets, counts, max_events=2)
 

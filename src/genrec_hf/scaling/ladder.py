@@ -473,19 +473,9 @@ def run_ladder(recipe: LadderRecipe) -> LadderOutcome:
                             (time.monotonic() - start) / 60)
         if recipe.evaluation.cold_slice_max_events is not None:
             for table in (results, axis_results):  # after the runs: also heals a slice an interruption left out
-                if table is None:
-                    continue
-                for preset, fraction in runs:
-                    for task in recipe.tasks.names:
-                        if not table.has(preset, fraction, task) or table.has(preset, fraction, task + COLD_SLICE):
-                            continue
-                        if shared is None:
-                            shared = _prepare_shared(recipe)
-                        row = _cold_slice_row(recipe, shared, table.rows[(preset, round(fraction, 6), task)],
-                                              table.path)
-                        if row is not None:
-                            table.append(row)
-                            written += 1
+                if table is not None:
+                    added, shared = add_cold_slices(recipe, table, runs, shared)
+                    written += added
         if axis_results is not None and recipe.data_axis.preset:
             slices = [t + COLD_SLICE for t in recipe.tasks.names] if recipe.evaluation.cold_slice_max_events \
                 is not None else []
@@ -500,16 +490,34 @@ def run_ladder(recipe: LadderRecipe) -> LadderOutcome:
                          rows_written=written, rows_skipped=skipped, rows=list(results.rows.values()))
 
 
+def add_cold_slices(recipe: LadderRecipe, table: ResultsCSV, runs: list[tuple[str, float]],
+                    shared: _Shared | None = None) -> tuple[int, _Shared | None]:
+    """Append the missing `<task>/cold` row of every (preset, fraction) in `runs` whose task row `table` holds;
+    returns how many were written and the shared data (prepared only if a slice was missing)."""
+    written = 0
+    for preset, fraction in runs:
+        for task in recipe.tasks.names:
+            if not table.has(preset, fraction, task) or table.has(preset, fraction, task + COLD_SLICE):
+                continue
+            if shared is None:
+                shared = _prepare_shared(recipe)
+            row = _cold_slice_row(recipe, shared, table.rows[(preset, round(fraction, 6), task)], table.path)
+            if row is not None:
+                table.append(row)
+                written += 1
+    return written, shared
+
+
 def cold_slice_ranks(ranks: np.ndarray, targets: np.ndarray, item_counts: np.ndarray,
                      max_events: int) -> tuple[np.ndarray, np.ndarray]:
-    """The cold slice of (U, T) 1-based `ranks` (0 = padding) of the (U, T) `targets`: (rows, sliced) where `rows`
+    """The cold slice of (U, T) or (U,) 1-based `ranks` (0 = padding) of the `targets`: (rows, sliced) where `rows`
     indexes the users with at least one target whose item has at most `max_events` in the (V,) `item_counts`, and
     `sliced` is their ranks with every other target's rank set to 0 (the same rule as a `target_items` pass)."""
     import torch
 
     from ..evaluation.cold_start import slice_ranks
 
-    ranks, targets = np.atleast_2d(np.asarray(ranks)), np.atleast_2d(np.asarray(targets))
+    ranks, targets = (a[:, None] if a.ndim == 1 else a for a in (np.asarray(ranks), np.asarray(targets)))
     if ranks.shape[0] != targets.shape[0]:
         raise ValueError(f"{ranks.shape[0]} ranked rows for {targets.shape[0]} target rows: the ranks belong to "
                          "another split.")

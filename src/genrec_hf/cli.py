@@ -248,7 +248,7 @@ def cmd_scaling_fit(args: argparse.Namespace, extra: list[str]) -> int:
         except ValueError:
             raise ValueError(f"--extrapolate {text!r}: expected a size such as 1e9 or NAME=SIZE such as "
                              "xl=1e9.") from None
-    fits = fit_csv(args.results[0] if len(args.results) == 1 else args.results, args.task, metric=args.metric, n_bootstrap=args.bootstrap, seed=args.seed,
+    fits = fit_csv(args.results, args.task, metric=args.metric, n_bootstrap=args.bootstrap, seed=args.seed,
                    confidence=args.confidence, criterion=args.criterion, extrapolate_sizes=named,
                    size_column=args.size_column)
     if args.json:

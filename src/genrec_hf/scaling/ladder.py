@@ -608,17 +608,18 @@ def _prepare_shared(recipe: LadderRecipe) -> _Shared:
     rng = np.random.default_rng(recipe.seed)
     order = [users[i] for i in rng.permutation(len(users))]  # nested user subsets for the data axis
     shared = _Shared(data=data, tasks=tasks, cut=cut, user_order=order, item_counts=np.zeros(0, dtype=np.int64))
-    pre = _pretraining_data(shared, None)
-    shared.item_counts = _item_counts(pre, len(data.vocab))
+    from ..data import leave_one_out
+
+    trained = leave_one_out(_pretraining_data(shared, None))["train"]  # the events pre-training trains on
+    shared.item_counts = _item_counts(trained, len(data.vocab))
     if recipe.model.item_tower is not None:  # one store and one tower config for every size and data fraction
-        from ..data import leave_one_out
         from ..training.cold_start import FEATURE_CACHE, build_feature_store, tower_options
 
         features = recipe.model.item_features
         cache = features.get("cache")
         shared.store = build_feature_store(features, data, data.vocab.raw_ids, recipe.data.source,
                                            Path(cache) if cache else Path(recipe.output_dir) / FEATURE_CACHE)
-        options = tower_options(recipe.model.item_tower, leave_one_out(pre)["train"], data.has_timestamps,
+        options = tower_options(recipe.model.item_tower, trained, data.has_timestamps,
                                 float(features.get("serving_gap", 7 * 24 * 3600)))
         shared.tower_config = shared.store.tower_config(**options).to_dict()
         logger.info("ladder item tower: %s fusion, mask_prob %s, features %s", shared.tower_config["fusion"],
@@ -629,11 +630,9 @@ def _prepare_shared(recipe: LadderRecipe) -> _Shared:
     return shared
 
 
-def _item_counts(pre: Any, vocab_size: int) -> np.ndarray:
-    """(V,) events per item that pre-training trains on (its leave-one-out train split; index 0 is padding)."""
-    from ..data import leave_one_out
-
-    rows = leave_one_out(pre)["train"]["item_ids"]
+def _item_counts(trained: Any, vocab_size: int) -> np.ndarray:
+    """(V,) events per item in the rows pre-training trains on (its leave-one-out train split; 0 is padding)."""
+    rows = trained["item_ids"]
     items = np.concatenate([np.asarray(r, dtype=np.int64) for r in rows]) if rows else np.zeros(0, np.int64)
     return np.bincount(items, minlength=vocab_size)
 

@@ -102,6 +102,13 @@ class Recommender:
         self.config = base.config
         self.vocab = vocab
         self.tasks: tuple[str, ...] = tuple(getattr(model, "peft_config", {}) or ())
+        if self.tasks:
+            from ..adapters import tower_has_lora
+
+            # LoRA on the item tower cannot be served per row (adapter_names): switch the active adapter instead
+            self._switch_adapters = tower_has_lora(model)
+        else:
+            self._switch_adapters = False
         self.index_kind = None if index in (None, "exact") else index
         self.index_options = dict(index_options or {})
         self._indexes: dict[str, FaissIndex] = {}
@@ -231,9 +238,9 @@ class Recommender:
 
     def _forward(self, inputs: dict[str, Any], task: str) -> Any:
         with self._forward_lock:
-            if self.tasks:
-                from ..adapters import only_adapter, tower_has_lora
-            if self.tasks and tower_has_lora(self.model):  # LoRA on the item tower: switch, not per-row
+            if self._switch_adapters:
+                from ..adapters import only_adapter
+
                 with only_adapter(self.model, task):
                     return self.model(**inputs)
             if self.tasks:

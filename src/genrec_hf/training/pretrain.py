@@ -22,7 +22,8 @@ from ..models.genrec import SIZE_PRESETS, GenRecConfig, GenRecForNextItemPredict
 from ..data import ItemVocab
 from ..evaluation.cold_start import (ColdStartSplit, cold_time_split, cold_warm_ranks, cold_warm_slices, hold_out_items,
                                      save_cold_start_ranks)
-from .cold_start import COLD_START_RANKS, FEATURE_CACHE, build_feature_store, cold_mask_of, extend_catalog, known_items, tower_options
+from .cold_start import (COLD_START_RANKS, FEATURE_CACHE, build_feature_store, cold_mask_of, extend_catalog,
+                         known_items, tower_options)
 from .recipes import Recipe
 from .trainer import (GenRecTrainer, RunFolderLock, check_output_dir, clear_previous_run, require_training_left,
                       resolve_resume_checkpoint, run_training_loss, stopping_callbacks)

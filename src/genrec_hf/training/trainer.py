@@ -403,17 +403,18 @@ def clear_previous_run(output_dir: str | Path) -> list[str]:
     every other file, and return the removed names (also logged).
 
     Removed: checkpoint-* and the staging folder, model / adapter weights and configs, item_vocab.json,
-    metrics.json, cold_start_ranks.json, the recipes, training_args.bin, eval_results_*.json, a README.md model card written by the
-    package, and the remote-code `.py` files beside config.json.
+    metrics.json, cold_start_ranks.json, the recipes, training_args.bin, eval_results_*.json, a README.md model card
+    written by the package, and the remote-code `.py` files beside config.json.
     """
+    from .cold_start import COLD_START_RANKS
+
     output_dir = Path(output_dir)
     if not output_dir.is_dir():
         return []
     files = {"model.safetensors", "model.safetensors.index.json", "pytorch_model.bin", "pytorch_model.bin.index.json",
              "config.json", "generation_config.json", "item_vocab.json", "metrics.json", "training_recipe.yaml",
              "finetune_recipe.yaml", "training_args.bin", "adapter_model.safetensors", "adapter_model.bin",
-             "adapter_config.json", "genrec_base.json", "genrec_weights.json",
-             "cold_start_ranks.json"}  # (training.cold_start.COLD_START_RANKS)
+             "adapter_config.json", "genrec_base.json", "genrec_weights.json", COLD_START_RANKS}
     code = _package_file_names() if (output_dir / "config.json").is_file() else set()
     removed = []
     for path in sorted(output_dir.iterdir()):

@@ -46,6 +46,17 @@ def train_one_step(output_dir, rows: list[dict], collate, batch_size: int, accum
     return model
 
 
+def benchmark_module(name: str):
+    """The benchmark script `benchmarks/<topic>/<name>.py` imported as a module (the scripts are not a package)."""
+    import importlib.util
+
+    (path,) = (REPO_ROOT / "benchmarks").glob(f"*/{name}.py")
+    spec = importlib.util.spec_from_file_location(name, path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
 def require_shared_data(name: str) -> Path:
     """The real data set `name` (MovieLens / Amazon files kept beside the project), or skip with the reason."""
     path = SHARED_DATA / name

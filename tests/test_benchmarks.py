@@ -5,7 +5,6 @@ A typo in a head's overrides would otherwise surface an hour into a benchmark ru
 
 from __future__ import annotations
 
-import importlib.util
 import subprocess
 import sys
 
@@ -15,16 +14,9 @@ import pytest
 
 from genrec_hf.training.recipes import load_recipe
 
-from tests.helpers import REPO_ROOT
+from tests.helpers import REPO_ROOT, benchmark_module
 
-SCRIPTS = sorted([*(REPO_ROOT / "benchmarks").glob("bench_*.py"), REPO_ROOT / "benchmarks" / "scaling_report.py"])
-
-
-def _module(name: str):
-    spec = importlib.util.spec_from_file_location(name, REPO_ROOT / "benchmarks" / f"{name}.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+SCRIPTS = sorted((REPO_ROOT / "benchmarks").glob("*/*.py"))  # every script of every topic folder
 
 
 @pytest.mark.parametrize("script", SCRIPTS, ids=lambda p: p.name)
@@ -35,7 +27,7 @@ def test_every_benchmark_has_help(script):
 
 
 def test_every_quality_head_is_a_valid_recipe():
-    heads = _module("bench_quality").HEADS
+    heads = benchmark_module("bench_quality").HEADS
     assert "full" in heads and heads["full"] == {}
     for name, overrides in heads.items():
         recipe = load_recipe(REPO_ROOT / "recipes" / "pretrain" / "genrec-100k.yaml", overrides)  # validates config
@@ -43,7 +35,7 @@ def test_every_quality_head_is_a_valid_recipe():
 
 
 def test_refresh_merge_pools_seeds_and_refuses_another_setup():
-    merge = _module("bench_refresh").merge
+    merge = benchmark_module("bench_refresh").merge
     # An earlier 2-seed point saved before per-seed values existed: MRR 0.02 and 0.04 as mean ± spread.
     old = [{"dataset": "d", "preset": "p", "max_length": 50, "method": "full", "previous_mrr": 0.05,
             "mrr_mean": 0.03, "mrr_spread": 0.02, "cpu_s": 10.0, "overlap_vs_previous": 0.5, "tau_vs_previous": 0.8,
@@ -68,7 +60,7 @@ def test_refresh_merge_pools_seeds_and_refuses_another_setup():
 def test_every_mtp_row_is_a_valid_recipe_with_its_options():
     """A typo in an `--extra` row name silently training the default MTP (position-normalised, no reward), or
     `-sum` / `-reward-<column>` not reaching the config: the paper's plain-sum and reward rows would be mislabelled."""
-    bench = _module("bench_mtp")
+    bench = benchmark_module("bench_mtp")
     grid = bench.variants([5], [3600, 86400], ["mtp-k5-b24h-sum", "mtp-k5-b24h-reward-ratings"])
     assert list(grid) == ["ntp", "mtp-k5-b1h", "mtp-k5-b24h", "mtp-k5-b24h-sum", "mtp-k5-b24h-reward-ratings"]
     for name, overrides in grid.items():
@@ -93,7 +85,7 @@ def test_mtp_bench_pairs_set_valued_rows_on_the_best_rank():
 
     from genrec_hf.evaluation import metrics_from_ranks
 
-    bench = _module("bench_mtp")
+    bench = benchmark_module("bench_mtp")
     ranks = torch.tensor([[5, 2, 0], [0, 0, 0], [3, 0, 0], [7, 9, 4]])
     best = bench.best_ranks(ranks)
     assert best == [2, 3, 4]  # the user without a target is left out, as metrics_from_ranks does
@@ -107,7 +99,7 @@ def test_mtp_bench_trains_before_the_long_horizon_windows():
     from genrec_hf.data import load_interactions
     from genrec_hf.data.tasks import build_task
 
-    bench = _module("bench_mtp")
+    bench = benchmark_module("bench_mtp")
     full = load_interactions("synthetic:num_users=150,num_items=80,num_clusters=5")
     cut, info = bench.before_long_horizon_windows(full)
     task = build_task("long_horizon", full)
@@ -123,7 +115,7 @@ def test_mtp_bench_trains_before_the_long_horizon_windows():
 
 def test_scaling_report_pools_seeds_and_compares_the_headroom_rankings(tmp_path):
     """Catches a report that drops a seed, pools nothing, or ranks tasks by the wrong headroom."""
-    report = _module("scaling_report").report
+    report = benchmark_module("scaling_report").report
     rng = np.random.default_rng(0)
     sizes = [10_000, 30_000, 100_000, 300_000, 1_000_000]
     folders = []
@@ -165,7 +157,7 @@ def test_ladder_task_rerun_reuses_the_bases_and_reproduces_zero_shot_rows(tmp_pa
     ladder = tmp_path / "ladder"
     outcome = run_ladder(tiny_recipe(ladder, presets=["genrec-10k", "genrec-25k"],
                                      tasks={"names": ["short_horizon"], "mode": "zero_shot"}))
-    bench = _module("bench_ladder_tasks")
+    bench = benchmark_module("bench_ladder_tasks")
     monkeypatch.setattr(ladder_module, "_pretrain", lambda *a, **k: pytest.fail("a base was trained again"))
     read = lambda path: {r["preset"]: r for r in csv.DictReader(path.open())}  # noqa: E731
     original = read(outcome.csv_path)

@@ -22,7 +22,7 @@ from genrec_hf.evaluation.cold_start import (cold_time_split, cold_warm_metrics,
 from genrec_hf.evaluation.protocols import RankingProtocol, rank_batches
 from genrec_hf.training.cold_start import extend_catalog
 
-from tests.helpers import REPO_ROOT, tiny_config
+from tests.helpers import REPO_ROOT, benchmark_module, tiny_config
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -201,11 +201,7 @@ def test_per_user_cold_start_ranks_match_a_sliced_pass_and_round_trip(data, tmp_
 def test_bench_cold_start_intervals_pair_the_users_of_each_slice(tmp_path):
     """The ablation's intervals: resampling all users (not the slice's), unpaired arms, a reference other than the
     seed's best ID-only arm (by cold MRR), or arms ranked on different test rows paired silently."""
-    import importlib.util
-
-    spec = importlib.util.spec_from_file_location("bench_cold_start", REPO_ROOT / "benchmarks" / "bench_cold_start.py")
-    bench = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(bench)
+    bench = benchmark_module("bench_cold_start")
     targets = torch.tensor([[1], [2], [9], [10], [3], [11]])  # num_warm 8: rows 2, 3, 5 have a cold target
     arms = {"id_mean": [1, 2, 100, 100, 1, 100], "id_knn": [1, 2, 50, 50, 1, 25],
             "fused": [1, 1, 10, 20, 1, 20], "fused_mask_a": [2, 2, 5, 5, 2, 5]}
@@ -341,13 +337,9 @@ def test_shipped_cold_start_recipe_is_valid_and_commented():
 
 def test_every_cold_start_benchmark_variant_is_a_valid_recipe(tmp_path):
     """A typo in one ablation arm's recipe would surface half an hour into bench_cold_start, not in CI."""
-    import importlib.util
-
     from genrec_hf.training.recipes import recipe_from_dict
 
-    spec = importlib.util.spec_from_file_location("bench_cold_start", REPO_ROOT / "benchmarks" / "bench_cold_start.py")
-    bench = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(bench)
+    bench = benchmark_module("bench_cold_start")
     for dataset in bench.DATASETS:
         for variant in bench.VARIANTS:
             raw = bench.recipe_for(dataset, variant, 0, 1.0, tmp_path, {"a": 0.1, "b": 0.3}, "hashing")

@@ -20,7 +20,7 @@ HTTP cases talk to a uvicorn server on 127.0.0.1 only, started and stopped by th
   add_items  the cold-start row of `freshness` on its own: one metadata row → `model.add_items` → fused table
   grid       the older grid: presets × catalogs × top-k kinds × modes × batches, recommend from histories
 
-    python benchmarks/bench_serving.py --parts state,topk,requests,freshness \\
+    python benchmarks/serving/bench_serving.py --parts state,topk,requests,freshness \\
         --presets genrec-2m,genrec-8m,genrec-30m --items 10000,100000,1000000 --out benchmarks/out/serving
 
 Every table records `os.getloadavg()` when it was measured. Needs the `serve` and `ann` extras

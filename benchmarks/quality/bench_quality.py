@@ -7,8 +7,8 @@ quality at equal compute even when other jobs share the cores. `--heads` adds th
 axis (issue: efficient decoding): each named head below is a set of `GenRecConfig` overrides on top of the
 model's recipe.
 
-    python benchmarks/bench_quality.py --minutes 6 --out benchmarks/out/quality
-    python benchmarks/bench_quality.py --datasets ml-100k --models genrec-100k --heads full uniform-1% uniform-128 \\
+    python benchmarks/quality/bench_quality.py --minutes 6 --out benchmarks/out/quality
+    python benchmarks/quality/bench_quality.py --datasets ml-100k --models genrec-100k --heads full uniform-1% uniform-128 \\
         popularity-128 popularity-128-proj4
 """
 
@@ -27,7 +27,7 @@ from genrec_hf.training.recipes import load_recipe
 from genrec_hf.training import train
 from genrec_hf.training.throughput import machine_summary
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 DATA = ROOT.parent / "shared" / "data"
 DATASETS = {
     # name: (source, max_length): ML-100K histories are long (median ~65), Toys short (median ~6).

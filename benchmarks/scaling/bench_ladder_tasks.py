@@ -5,9 +5,9 @@ a one-epoch LoRA). This script evaluates the same bases with the tasks zero-shot
 longer fine-tune, on the same users, and writes a results CSV of the ladder's columns (with its own ladder_id) that
 `genrec-hf scaling fit` reads; the cold-slice rows follow the ladder recipe. No base is trained again.
 
-    python benchmarks/bench_ladder_tasks.py --ladder runs/scaling/ladder-epochs-s0 --mode zero_shot \\
+    python benchmarks/scaling/bench_ladder_tasks.py --ladder runs/scaling/ladder-epochs-s0 --mode zero_shot \\
         --out runs/scaling/ladder-epochs-s0-zero-shot
-    python benchmarks/bench_ladder_tasks.py --ladder runs/scaling/ladder-epochs-s0 --mode lora --epochs 3 \\
+    python benchmarks/scaling/bench_ladder_tasks.py --ladder runs/scaling/ladder-epochs-s0 --mode lora --epochs 3 \\
         --out runs/scaling/ladder-epochs-s0-lora3
 """
 

@@ -6,7 +6,7 @@ process (for a clean peak RSS): frozen base zero-shot, LoRA r ∈ `--ranks`, ful
 a markdown table (MRR, HR@10, trainable params, wall time, peak RSS, checkpoint size) and the serving cost of N
 tasks (N adapters + 1 base vs N full models).
 
-    python benchmarks/bench_adapters.py --datasets synthetic path/to/ml-100k --out benchmarks/results_adapters.md
+    python benchmarks/adapters/bench_adapters.py --datasets synthetic path/to/ml-100k --out benchmarks/results_adapters.md
 """
 
 from __future__ import annotations
@@ -25,7 +25,7 @@ from pathlib import Path
 import torch
 import yaml
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 TASK_NAMES = ("short_horizon", "long_horizon", "availability", "high_engagement")
 
 
@@ -115,7 +115,7 @@ def main() -> None:
     load = ", ".join(f"{x:.1f}" for x in os.getloadavg())
     lines = [f"# Adapters vs full fine-tune vs scratch ({date.today()}, {platform.machine()}, "
              f"{os.cpu_count()} CPUs, load average {load} at start, torch {torch.__version__})", "",
-             f"Command: `python benchmarks/bench_adapters.py {' '.join(sys.argv[1:])}`", "",
+             f"Command: `python benchmarks/adapters/bench_adapters.py {' '.join(sys.argv[1:])}`", "",
              f"Base: `{args.preset}` pre-trained {args.pretrain_epochs} epochs (cap 3 min) on events before every "
              f"task's validation anchor; fine-tune: ≤{args.epochs} epochs, early stopping 2, ≤{args.minutes} min, "
              "best validation MRR kept. Test metrics under each task's protocol (`genrec_hf.data.tasks`).", ""]

@@ -5,7 +5,7 @@ A GenRec preset is trained (AdamW, forward + backward + step) on batches of hist
 for each head, in the same run. The full softmax needs a batch × V logit matrix and a dense V × d gradient each
 step; the sampled + projected head scores 1 % of the catalog in a d/8-wide space.
 
-    python benchmarks/bench_large_catalog.py --preset genrec-2m --items 1000000 --out benchmarks/out/large_catalog
+    python benchmarks/heads/bench_large_catalog.py --preset genrec-2m --items 1000000 --out benchmarks/out/large_catalog
 """
 
 from __future__ import annotations

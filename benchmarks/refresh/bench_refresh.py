@@ -16,7 +16,7 @@ the top-10 lists and Kendall τ of the scores on a fixed item sample against `pr
 a refresh) and between seeds of the same method (what changes for no reason but the seed). Then the Spearman
 correlation between cost and stability across every (size, length, method) point.
 
-    python benchmarks/bench_refresh.py --data path/to/ml-100k --sizes genrec-25k genrec-100k genrec-500k genrec-2m \
+    python benchmarks/refresh/bench_refresh.py --data path/to/ml-100k --sizes genrec-25k genrec-100k genrec-500k genrec-2m \
         --max-lengths 50 200 --seeds 0 1 --out benchmarks/results_refresh.md
 
 More seeds later, without retraining the earlier ones: run only the new seeds with `--merge OLD.json` (the earlier
@@ -251,7 +251,7 @@ def write_report(results: list[dict], args: argparse.Namespace, path: Path) -> N
     from scipy.stats import spearmanr
 
     lines = [f"# Full retrain vs LoRA refresh: cost and stability ({date.today()}, {platform.machine()})", "",
-             f"Command: `python benchmarks/bench_refresh.py --data {args.data} --sizes {' '.join(args.sizes)} "
+             f"Command: `python benchmarks/refresh/bench_refresh.py --data {args.data} --sizes {' '.join(args.sizes)} "
              f"--max-lengths {' '.join(map(str, args.max_lengths))} --seeds {' '.join(map(str, args.seeds))} "
              f"--epochs {args.epochs:g} --lora-epochs {args.lora_epochs:g}`", "",
              "| size | N | max len | method | CPU s | MRR (mean, spread over seeds) | previous MRR | overlap@10 vs "

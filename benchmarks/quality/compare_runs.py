@@ -6,14 +6,14 @@ difference against the first model with a 95% paired-bootstrap interval (users r
 users for both models). A single run on ML-100K (943 users) has an MRR standard error of about ±7%, so "+5%" from
 one run means nothing until its interval excludes 0.
 
-    python benchmarks/compare_runs.py --data path/to/ml-100k \\
+    python benchmarks/quality/compare_runs.py --data path/to/ml-100k \\
         benchmarks/out/quality/ml-100k/sasrec benchmarks/out/quality/ml-100k/genrec-100k
 
 Several seeds: give each model as a comma-separated list of its runs' folders, one per seed in the same order; the
 users of all seeds are pooled (seed 0's users, then seed 1's), so the interval resamples users of every seed, each
 paired with the same user and seed of the other model (the seeds themselves are not resampled).
 
-    python benchmarks/compare_runs.py --data path/to/ml-100k out/s0/sasrec,out/s1/sasrec out/s0/genrec-100k,out/s1/genrec-100k
+    python benchmarks/quality/compare_runs.py --data path/to/ml-100k out/s0/sasrec,out/s1/sasrec out/s0/genrec-100k,out/s1/genrec-100k
 """
 
 from __future__ import annotations

@@ -15,7 +15,7 @@ Method:
   * FLOPs: `genrec_hf.scaling.flops.flops_per_token(..., backbone_flops=0)` (head + loss only), in the strict matmul
     convention (`head_factor=6`, = what the kernels execute) and, for the ratio, the paper's (`head_factor=12`).
 
-    python benchmarks/bench_head.py --tokens 256 --threads 1
+    python benchmarks/heads/bench_head.py --tokens 256 --threads 1
 """
 
 from __future__ import annotations
@@ -101,7 +101,7 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=3, help="timed steps per case (median reported)")
     parser.add_argument("--threads", type=int, default=1, help="torch intra-op threads per case")
     parser.add_argument("--out", type=Path, default=Path("benchmarks/out/head"), help="raw results.json folder")
-    parser.add_argument("--report", type=Path, default=Path("benchmarks/results_head.md"))
+    parser.add_argument("--report", type=Path, default=Path("benchmarks/out/head/results_head.md"))
     parser.add_argument("--plot", type=Path, default=Path("benchmarks/plots/head_speedup.png"))
     parser.add_argument("--from-json", type=Path, help="rebuild report and plot from a saved results.json")
     parser.add_argument("--case", nargs=3, metavar=("HEAD", "ITEMS", "DIM"), help=argparse.SUPPRESS)

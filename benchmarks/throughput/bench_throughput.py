@@ -23,7 +23,7 @@ Reported per case:
 the warm-up, not the timed steps). `--eval_cost` also times one full-catalog validation pass over every user
 (what each epoch's evaluation costs) beside the time of one training epoch at the measured rate.
 
-    python benchmarks/bench_throughput.py --datasets /path/to/ml-100k:200 /path/to/Toys_and_Games.txt:50 \\
+    python benchmarks/throughput/bench_throughput.py --datasets /path/to/ml-100k:200 /path/to/Toys_and_Games.txt:50 \\
         --presets sasrec genrec-100k genrec-500k genrec-2m --batching padded grouped packed --threads 1 --steps 20
 """
 
@@ -40,7 +40,7 @@ from pathlib import Path
 
 import torch
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 DEFAULT_DATASETS = [f"{ROOT.parent / 'shared/data/ml-100k'}:200",
                     f"{ROOT.parent / 'shared/data/amazon-toys/Toys_and_Games.txt'}:50"]
 

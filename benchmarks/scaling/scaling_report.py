@@ -5,8 +5,8 @@ Each ladder folder is one seed of the same ladder (`genrec-hf scaling run ... --
 `results.csv` (and optionally `results_data_axis.csv`) with the per-user ranks they point at, and optionally
 `bases/<preset>.json` (the ladder's `ladder_base.json` of each size: its next-event validation MRR).
 
-    python benchmarks/scaling_report.py --ladders benchmarks/scaling/ml100k-epochs-s0 \\
-        benchmarks/scaling/ml100k-epochs-s1 benchmarks/scaling/ml100k-epochs-s2 \\
+    python benchmarks/scaling/scaling_report.py --ladders runs/scaling/ml100k-epochs-s0 \\
+        runs/scaling/ml100k-epochs-s1 runs/scaling/ml100k-epochs-s2 \\
         --plot benchmarks/plots/scaling_ladder_ml100k_epochs_seeds.png --out benchmarks/scaling/ml100k-epochs.md
 """
 

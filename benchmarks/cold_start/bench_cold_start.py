@@ -19,12 +19,12 @@ Variants (how a new item is scored):
 
 Every run keeps its per-user test ranks (`cold_start_ranks.json`, the id_knn arm's too), so the table carries, per
 seed, a 95% paired bootstrap interval over test users (`genrec_hf.evaluation.paired_bootstrap`, the one behind
-benchmarks/compare_runs.py) for the relative cold-slice MRR difference of each tower arm against the best ID-only
+benchmarks/quality/compare_runs.py) for the relative cold-slice MRR difference of each tower arm against the best ID-only
 arm of that seed, and for the warm-slice difference against id_mean and against fused (no masking). The users
 resampled are the ones whose target is in the slice; both arms are ranked on the same users, same split.
 
-    python benchmarks/bench_cold_start.py --minutes 1.5 --seeds 0 --out benchmarks/out/cold_start
-    python benchmarks/bench_cold_start.py --table out1/results.json out2/results.json   # one table of several runs
+    python benchmarks/cold_start/bench_cold_start.py --minutes 1.5 --seeds 0 --out benchmarks/out/cold_start
+    python benchmarks/cold_start/bench_cold_start.py --table out1/results.json out2/results.json   # one table of several runs
 """
 
 from __future__ import annotations
@@ -50,7 +50,7 @@ from genrec_hf.training.throughput import machine_summary
 from genrec_hf.training.cold_start import COLD_START_RANKS
 from genrec_hf.training.recipes import recipe_from_dict
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 DATA = ROOT.parent / "shared" / "data"
 DATASETS = {
     "ml-100k": dict(source=DATA / "ml-100k", max_length=50, eval_batch=256),

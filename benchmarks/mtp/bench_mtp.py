@@ -25,11 +25,11 @@ Rows: "ntp", one MTP row per (K, beta) of `--ks` x `--half-lives`, and `--extra`
 The table gives MRR per Δ and task, NTP's own staleness cost, and each MTP row's relative change vs NTP of the same
 seeds, with a paired bootstrap 95% interval that resamples the users of those seeds (pooled), not training runs.
 
-    python benchmarks/bench_mtp.py --out benchmarks/out/mtp
-    python benchmarks/bench_mtp.py --datasets synthetic --ks 5 --half-lives 1h --minutes 0.5   # a quick look
-    python benchmarks/bench_mtp.py --datasets synthetic --tasks short_horizon long_horizon --ks 5 \
+    python benchmarks/mtp/bench_mtp.py --out benchmarks/out/mtp
+    python benchmarks/mtp/bench_mtp.py --datasets synthetic --ks 5 --half-lives 1h --minutes 0.5   # a quick look
+    python benchmarks/mtp/bench_mtp.py --datasets synthetic --tasks short_horizon long_horizon --ks 5 \
         --half-lives 1h 24h --extra mtp-k5-b24h-sum --minutes 1 --clock cpu --out benchmarks/out/mtp-tasks
-    python benchmarks/bench_mtp.py --render benchmarks/out/mtp-tasks/results.json ...   # table + plot only
+    python benchmarks/mtp/bench_mtp.py --render benchmarks/out/mtp-tasks/results.json ...   # table + plot only
 """
 
 from __future__ import annotations
@@ -52,7 +52,7 @@ from genrec_hf.training import train
 from genrec_hf.training.throughput import machine_summary
 from genrec_hf.training.recipes import load_recipe
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 DATA = ROOT.parent / "shared" / "data"
 DATASETS = {"synthetic": "synthetic", "ml-100k": str(DATA / "ml-100k")}
 RECIPE = ROOT / "recipes" / "pretrain" / "genrec-500k-mtp.yaml"

@@ -38,13 +38,16 @@ def main() -> None:
     recipe = recipe_from_dict({
         "output_dir": str(Path(args.workdir)),
         "presets": ["genrec-10k", "genrec-25k", "genrec-50k", "genrec-100k"],
-        "max_train_minutes": 1.0,  # time box per size
-        "model": {"item_embedding_size": 16},  # item vectors 16-wide at every size: only the blocks grow
-        "data": {"source": f"synthetic:num_users={args.users},num_items=200,num_clusters=8", "max_length": 30},
+        "item_embedding_size": 16,  # item vectors 16-wide at every size: only the blocks grow
+        "pretrain": {  # a pre-training recipe, the same at every size
+            "max_train_minutes": 1.0,  # time box per size
+            "data": {"source": f"synthetic:num_users={args.users},num_items=200,num_clusters=8", "max_length": 30},
+            "training": {"num_train_epochs": args.epochs, "learning_rate": 0.005, "use_cpu": True,
+                         "disable_tqdm": True, "per_device_train_batch_size": 64},
+            "evaluation": {"early_stopping_patience": None},
+        },
         "tasks": {"names": ["short_horizon"], "mode": "zero_shot"},  # the pre-trained base, as it is
-        "training": {"num_train_epochs": args.epochs, "learning_rate": 0.005, "use_cpu": True,
-                     "disable_tqdm": True, "per_device_train_batch_size": 64},
-        "evaluation": {"ks": [10], "early_stopping_patience": None},
+        "evaluation": {"ks": [10]},
     }, source="examples/scaling_ladder.py", kind=LadderRecipe)
 
     outcome = run_ladder(recipe)

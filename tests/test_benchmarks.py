@@ -64,13 +64,12 @@ def test_every_mtp_row_is_a_valid_recipe_with_its_options():
     grid = bench.variants([5], [3600, 86400], ["mtp-k5-b24h-sum", "mtp-k5-b24h-reward-ratings"])
     assert list(grid) == ["ntp", "mtp-k5-b1h", "mtp-k5-b24h", "mtp-k5-b24h-sum", "mtp-k5-b24h-reward-ratings"]
     for name, overrides in grid.items():
-        recipe = load_recipe(bench.RECIPE, overrides)  # validates the config
-        fields = recipe.model.overrides
-        assert fields["objective"] == ("ntp" if name == "ntp" else "mtp"), name
-    assert load_recipe(bench.RECIPE, grid["mtp-k5-b24h-sum"]).model.overrides["mtp_weight_normalization"] == "none"
-    reward = load_recipe(bench.RECIPE, grid["mtp-k5-b24h-reward-ratings"]).model.overrides
-    assert reward["mtp_reward_column"] == "ratings" and reward["mtp_half_life_seconds"] == 86400
-    assert reward["mtp_weight_normalization"] == "position"
+        recipe = load_recipe(bench.RECIPE, overrides)  # validates the objective section
+        assert recipe.objective.type == ("ntp" if name == "ntp" else "mtp"), name
+    assert load_recipe(bench.RECIPE, grid["mtp-k5-b24h-sum"]).objective.weight_normalization == "none"
+    reward = load_recipe(bench.RECIPE, grid["mtp-k5-b24h-reward-ratings"]).objective
+    assert reward.reward_column == "ratings" and reward.half_life_seconds == 86400
+    assert reward.weight_normalization == "position"
     # `--ks` with no value: only ntp and the extra rows, trained in the order given
     assert list(bench.variants([], [86400], ["mtp-k5-b24h-reward-ratings", "mtp-k5-b24h"])) == [
         "ntp", "mtp-k5-b24h-reward-ratings", "mtp-k5-b24h"]
@@ -149,16 +148,16 @@ def test_ladder_task_rerun_reuses_the_bases_and_reproduces_zero_shot_rows(tmp_pa
     zero-shot ladder, re-running zero-shot must give the very same rows; a LoRA re-run fine-tunes every task."""
     import csv
 
-    from genrec_hf.scaling import ladder as ladder_module
     from genrec_hf.scaling.ladder import run_ladder
+    from genrec_hf.scaling.ladder import runner as ladder_runner
 
     from tests.scaling.test_ladder import tiny_recipe
 
     ladder = tmp_path / "ladder"
-    outcome = run_ladder(tiny_recipe(ladder, presets=["genrec-10k", "genrec-25k"],
-                                     tasks={"names": ["short_horizon"], "mode": "zero_shot"}))
+    outcome = run_ladder(tiny_recipe(ladder, presets=["genrec-10k", "genrec-25k"], tasks__names=["short_horizon"],
+                                     tasks__mode="zero_shot", tasks__modes={}))
     bench = benchmark_module("bench_ladder_tasks")
-    monkeypatch.setattr(ladder_module, "_pretrain", lambda *a, **k: pytest.fail("a base was trained again"))
+    monkeypatch.setattr(ladder_runner, "_pretrain", lambda *a, **k: pytest.fail("a base was trained again"))
     read = lambda path: {r["preset"]: r for r in csv.DictReader(path.open())}  # noqa: E731
     original = read(outcome.csv_path)
     again = read(bench.run(ladder, tmp_path / "zero", "zero_shot", None))

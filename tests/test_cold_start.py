@@ -17,10 +17,12 @@ from genrec_hf.data import ItemVocab, NextItemCollator, generate_synthetic
 from genrec_hf.data.item_features import (ItemFeatureStore, check_schema, estimate_cold_start_rate, hashed_tfidf,
                                           metadata_features, resolve_text_encoder)
 from genrec_hf.evaluation import metrics_from_ranks
-from genrec_hf.evaluation.cold_start import (cold_time_split, cold_warm_metrics, cold_warm_ranks, hold_out_items,
-                                             load_cold_start_ranks, save_cold_start_ranks, slice_ranks)
-from genrec_hf.evaluation.protocols import RankingProtocol, rank_batches
-from genrec_hf.training.cold_start import extend_catalog
+from genrec_hf.data.cold_splits import cold_time_split, hold_out_items
+from genrec_hf.data.protocol import RankingProtocol
+from genrec_hf.evaluation.cold_slices import (cold_warm_metrics, cold_warm_ranks, load_cold_start_ranks,
+                                              save_cold_start_ranks, slice_ranks)
+from genrec_hf.evaluation.protocols import rank_batches
+from genrec_hf.training.item_tower import extend_catalog
 
 from tests.helpers import REPO_ROOT, benchmark_module, tiny_config
 
@@ -329,7 +331,7 @@ def test_shipped_cold_start_recipe_is_valid_and_commented():
 
     path = REPO_ROOT / "recipes" / "cold_start" / "genrec-100k.yaml"
     recipe = load_recipe(path)
-    assert recipe.model.item_tower["fusion"] == "sum" and recipe.data.split == "cold_items"
+    assert recipe.model.item_tower.fusion == "sum" and recipe.data.split == "cold_items"
     for line in path.read_text().splitlines():
         if line.strip() and not line.lstrip().startswith("#") and ":" in line:
             assert "#" in line, f"key without a comment: {line!r}"

@@ -43,11 +43,11 @@ from genrec_hf import GenRecForNextItemPrediction
 from genrec_hf.data import ItemVocab, NextItemCollator
 from genrec_hf.data.item_features import ItemFeatureStore, estimate_cold_start_rate, find_kg
 from genrec_hf.evaluation import paired_bootstrap
-from genrec_hf.evaluation.cold_start import (cold_warm_ranks, cold_warm_slices, hold_out_items, load_cold_start_ranks,
-                                             save_cold_start_ranks)
+from genrec_hf.data.cold_splits import hold_out_items
+from genrec_hf.evaluation.cold_slices import (COLD_START_RANKS, cold_warm_ranks, cold_warm_slices,
+                                              load_cold_start_ranks, save_cold_start_ranks)
 from genrec_hf.training import train
 from genrec_hf.training.throughput import machine_summary
-from genrec_hf.training.cold_start import COLD_START_RANKS
 from genrec_hf.training.recipes import recipe_from_dict
 
 ROOT = Path(__file__).resolve().parents[2]

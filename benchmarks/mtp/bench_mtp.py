@@ -19,7 +19,7 @@ log an MTP model would learn exactly those events as targets); the short-horizon
 test of that cut log, so both tasks come from the same models.
 
 Rows: "ntp", one MTP row per (K, beta) of `--ks` x `--half-lives`, and `--extra` rows named
-`mtp-k{K}-b{beta}[-sum][-reward-{column}]` (`-sum`: `mtp_weight_normalization: none`, the paper's plain sum;
+`mtp-k{K}-b{beta}[-sum][-reward-{column}]` (`-sum`: `objective.weight_normalization: none`, the paper's plain sum;
 `-reward-ratings`: w = rating * decay).
 
 The table gives MRR per Δ and task, NTP's own staleness cost, and each MTP row's relative change vs NTP of the same
@@ -67,17 +67,17 @@ _VARIANT = re.compile(r"mtp-k(\d+)-b([0-9.]+[smhdw]?)(-sum)?(?:-reward-(\w+))?")
 def variant_overrides(name: str) -> dict[str, str]:
     """Recipe overrides of a row name: `ntp`, or `mtp-k{K}-b{beta}[-sum][-reward-{column}]`."""
     if name == "ntp":
-        return {"model.overrides.objective": "ntp"}
+        return {"objective.type": "ntp"}
     match = _VARIANT.fullmatch(name)
     if not match:
         raise ValueError(f"row {name!r}: expected ntp or mtp-k<K>-b<half-life>[-sum][-reward-<column>], e.g. "
                          "mtp-k5-b24h-sum or mtp-k5-b24h-reward-ratings.")
     k, beta, plain, reward = match.groups()
-    out = {"model.overrides.objective": "mtp", "model.overrides.mtp_num_targets": k,
-           "model.overrides.mtp_half_life_seconds": str(parse_duration(beta)),
-           "model.overrides.mtp_weight_normalization": "none" if plain else "position"}
+    out = {"objective.type": "mtp", "objective.num_targets": k,
+           "objective.half_life_seconds": str(parse_duration(beta)),
+           "objective.weight_normalization": "none" if plain else "position"}
     if reward:
-        out["model.overrides.mtp_reward_column"] = reward
+        out["objective.reward_column"] = reward
     return out
 
 

@@ -31,39 +31,19 @@ def task_recipe(ladder: Path, out: Path, mode: str, epochs: float | None):
         raise SystemExit(f"{ladder}: no ladder_recipe.json (expected the output_dir of `genrec-hf scaling run`).")
     raw = json.loads(saved.read_text())
     raw.update(output_dir=str(out), results_csv=None, data_axis={"preset": None, "fractions": []})
+    raw.pop("bases_from", None)
     raw["tasks"].update(mode=mode, modes={})
+    finetune = raw["tasks"]["finetune"]
     if epochs is not None:
-        raw["tasks"]["training"] = {**raw["tasks"].get("training", {}), "num_train_epochs": epochs}
+        finetune["training"] = {**finetune.get("training", {}), "num_train_epochs": epochs}
     return recipe_from_dict(raw, source=str(saved), kind=LadderRecipe)
 
 
 def run(ladder: Path, out: Path, mode: str, epochs: float | None) -> Path:
     """Evaluate (or fine-tune and evaluate) every task on every finished base of `ladder`; returns the CSV path."""
-    from genrec_hf.scaling import ladder as ladder_module
-    from genrec_hf.scaling.ladder import BASE_DONE, ResultsCSV, csv_columns
+    from genrec_hf.scaling.ladder import rerun_tasks
 
-    recipe = task_recipe(ladder, out, mode, epochs)
-    ladder_module._claim(out)
-    ladder_id = recipe.ladder_id()
-    table = ResultsCSV(recipe.csv_path(), csv_columns(list(recipe.evaluation.ks)), ladder_id)
-    (out / "ladder_recipe.json").write_text(json.dumps({**recipe.to_dict(), "bases_from": str(ladder)}, indent=2))
-    shared = ladder_module._prepare_shared(recipe)
-    for index, preset in enumerate(recipe.presets, 1):
-        base_dir = ladder / "sizes" / preset / "base"
-        if not (base_dir / BASE_DONE).is_file():
-            logger.warning("%s: no finished base in %s, skipped", preset, base_dir)
-            continue
-        base_info = json.loads((base_dir / BASE_DONE).read_text())
-        run_dir = out / "sizes" / preset
-        ladder_module._claim(run_dir)
-        for task in recipe.tasks.names:
-            if not table.has(preset, 1.0, task):
-                label = f"[{index}/{len(recipe.presets)}] {preset}"
-                table.append(ladder_module._run_task(recipe, shared, preset, 1.0, task, run_dir, base_dir, base_info,
-                                                     table.path, ladder_id, label))
-    if recipe.evaluation.cold_slice_max_events is not None:
-        ladder_module.add_cold_slices(recipe, table, [(p, 1.0) for p in recipe.presets], shared)
-    return table.path
+    return rerun_tasks(task_recipe(ladder, out, mode, epochs), bases_from=ladder)
 
 
 def main() -> None:

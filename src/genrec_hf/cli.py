@@ -18,31 +18,10 @@ from safetensors import SafetensorError
 logger = logging.getLogger("genrec_hf")
 
 
-def _parse_overrides(extra: list[str]) -> dict[str, str]:
-    """`--section.key value` / `--section.key=value` pairs → {"section.key": "value"}."""
-    overrides: dict[str, str] = {}
-    i = 0
-    while i < len(extra):
-        token = extra[i]
-        if not token.startswith("--"):
-            raise ValueError(f"Unexpected argument {token!r}: overrides look like --training.learning_rate 1e-3.")
-        key = token[2:]
-        if "=" in key:
-            key, value = key.split("=", 1)
-            i += 1
-        else:
-            if i + 1 >= len(extra):
-                raise ValueError(f"Override {token} needs a value.")
-            value = extra[i + 1]
-            i += 2
-        overrides[key] = value
-    return overrides
-
-
 def cmd_train(args: argparse.Namespace, extra: list[str]) -> int:
-    from .training import load_recipe, train
+    from .training import load_recipe, parse_override_args, train
 
-    overrides = _parse_overrides(extra)
+    overrides = parse_override_args(extra)
     if args.output_dir:
         overrides["output_dir"] = args.output_dir
     recipe = load_recipe(args.recipe, overrides)
@@ -86,9 +65,9 @@ def _label(item_id: str, title: str | None) -> str:
 
 
 def cmd_finetune(args: argparse.Namespace, extra: list[str]) -> int:
-    from .training import run_finetune
+    from .training import parse_override_args, run_finetune
 
-    overrides = _parse_overrides(extra)
+    overrides = parse_override_args(extra)
     if args.output_dir:
         overrides["output_dir"] = args.output_dir
     metrics = run_finetune(args.base_dir, args.recipe, mode=args.mode, overrides=overrides,
@@ -264,8 +243,9 @@ def cmd_scaling_fit(args: argparse.Namespace, extra: list[str]) -> int:
 
 def cmd_scaling_run(args: argparse.Namespace, extra: list[str]) -> int:
     from .scaling.ladder import load_ladder_recipe, run_ladder
+    from .training import parse_override_args
 
-    overrides = _parse_overrides(extra)
+    overrides = parse_override_args(extra)
     if args.output_dir:
         overrides["output_dir"] = args.output_dir
     recipe = load_ladder_recipe(args.recipe, overrides)

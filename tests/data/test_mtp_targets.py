@@ -149,20 +149,50 @@ def test_horizon_only_batches_pad_to_the_widest_example():
 
 
 @pytest.mark.parametrize(("fields", "message"), [
-    (dict(mtp_num_targets=0), r"mtp_num_targets=0 is invalid"),
-    (dict(mtp_num_targets=-3), r"mtp_num_targets=-3 is invalid"),
-    (dict(mtp_half_life_seconds=-3600.0), r"mtp_half_life_seconds=-3600.0 is invalid"),
-    (dict(mtp_horizon_seconds=0), r"mtp_horizon_seconds=0 is invalid"),
-    (dict(mtp_num_targets=None), r"mtp_num_targets=None is invalid.*at least one"),
-    (dict(mtp_min_reward=3.0), r"mtp_min_reward=3.0 is invalid.*mtp_reward_column"),
-    (dict(objective="nxt"), r"objective='nxt' is invalid"),
-    (dict(mtp_weight_normalization="sum"), r"mtp_weight_normalization='sum' is invalid"),
+    (dict(num_targets=0), r"num_targets=0 is invalid"),
+    (dict(num_targets=-3), r"num_targets=-3 is invalid"),
+    (dict(half_life_seconds=-3600.0), r"half_life_seconds=-3600.0 is invalid"),
+    (dict(horizon_seconds=0), r"horizon_seconds=0 is invalid"),
+    (dict(num_targets=None), r"num_targets=None is invalid.*at least one"),
+    (dict(min_reward=3.0), r"min_reward=3.0 is invalid.*reward_column"),
+    (dict(weight_normalization="sum"), r"weight_normalization='sum' is invalid"),
 ])
-def test_bad_mtp_config_names_the_value(fields, message):
+def test_bad_mtp_targets_name_the_value(fields, message):
     """A bad K, a negative half-life or a threshold without a reward column accepted, then failing (or training
     nonsense) deep inside a run."""
     with pytest.raises(ValueError, match=message):
-        GenRecConfig(**fields)
+        MultiTokenTargets(**fields)
+
+
+@pytest.mark.parametrize(("section", "message"), [
+    ({"type": "nxt"}, r"objective.type='nxt'; expected one of \['mtp', 'ntp'\]"),
+    ({"type": "mtp", "num_targets": 0}, r"objective: num_targets=0 is invalid"),
+    ({"type": "mtp", "min_reward": 3.0}, r"objective: min_reward=3.0 is invalid"),
+    ({"type": "ntp", "num_targets": 0}, r"objective: num_targets=0 is invalid"),  # checked whatever the type
+])
+def test_the_recipe_objective_section_is_checked_before_any_work(section, message):
+    """The objective section reaching the collator unchecked: a typo in `type` silently training NTP, or a bad K
+    of an NTP recipe waiting until someone switches it to MTP."""
+    from genrec_hf.training.recipes import recipe_from_dict
+
+    with pytest.raises(ValueError, match=message):
+        recipe_from_dict({"objective": section})
+
+
+def test_old_checkpoints_with_objective_fields_still_load(tmp_path):
+    """Configs saved before the objective left the model config carry `objective` / `mtp_*`: they must load (and
+    re-save without them), not fail on unknown fields or keep training-only keys forever."""
+    import json
+
+    config = GenRecConfig(vocab_size=11)
+    config.save_pretrained(tmp_path)
+    saved = json.loads((tmp_path / "config.json").read_text())
+    saved.update(objective="mtp", mtp_num_targets=3, mtp_reward_column="ratings")
+    (tmp_path / "config.json").write_text(json.dumps(saved))
+    loaded = GenRecConfig.from_pretrained(tmp_path)
+    assert loaded.vocab_size == 11 and not hasattr(loaded, "objective") and not hasattr(loaded, "mtp_num_targets")
+    loaded.save_pretrained(tmp_path / "again")
+    assert "objective" not in json.loads((tmp_path / "again" / "config.json").read_text())
 
 
 def test_reward_column_absent_non_numeric_or_negative():
@@ -170,15 +200,15 @@ def test_reward_column_absent_non_numeric_or_negative():
     from datasets import Dataset, Features, Sequence, Value
 
     data = generate_synthetic(num_users=20, num_items=30, num_clusters=3)
-    with pytest.raises(ValueError, match=r"mtp_reward_column='watch_time' is not a column.*'ratings'"):
+    with pytest.raises(ValueError, match=r"reward_column='watch_time' is not a column.*'ratings'"):
         check_reward_column(data.sequences, "watch_time")
     text = Dataset.from_dict({"item_ids": [[1, 2]], "labels_text": [["a", "b"]]},
                              features=Features({"item_ids": Sequence(Value("int64")),
                                                 "labels_text": Sequence(Value("string"))}))
-    with pytest.raises(ValueError, match=r"mtp_reward_column='labels_text' is not a per-event numeric column"):
+    with pytest.raises(ValueError, match=r"reward_column='labels_text' is not a per-event numeric column"):
         check_reward_column(text, "labels_text")
     negative = Dataset.from_dict({"item_ids": [[1, 2]], "score": [[1.0, -2.0]]})
-    with pytest.raises(ValueError, match=r"mtp_reward_column='score' holds -2.0"):
+    with pytest.raises(ValueError, match=r"reward_column='score' holds -2.0"):
         check_reward_column(negative, "score")
     check_reward_column(data.sequences, "ratings")  # fine
 
@@ -198,16 +228,17 @@ def test_pretrain_refuses_a_horizon_without_timestamps(tmp_path):
     'one event', so it is an error naming the values."""
     import dataclasses
 
-    from genrec_hf.training.pretrain import PreparedData, multi_token_targets
+    from genrec_hf.training.pipeline import RunData, multi_token_targets
+    from genrec_hf.training.recipes import recipe_from_dict
 
     data = generate_synthetic(num_users=20, num_items=30, num_clusters=3)
     data = dataclasses.replace(data, has_timestamps=False)
     splits = time_split(generate_synthetic(num_users=20, num_items=30, num_clusters=3), quantile=0.9)
-    prepared = PreparedData(data=data, splits=splits, train_windows=splits["train"])
-    with pytest.raises(ValueError, match=r"mtp_half_life_seconds=3600.0 needs timestamps"):
-        multi_token_targets(GenRecConfig(objective="mtp"), prepared)
-    assert multi_token_targets(GenRecConfig(objective="mtp", mtp_half_life_seconds=None), prepared) is not None
-    assert multi_token_targets(GenRecConfig(), prepared) is None
-    with pytest.raises(ValueError, match=r"mtp_reward_column='rating' is not a column"):
-        multi_token_targets(GenRecConfig(objective="mtp", mtp_half_life_seconds=None, mtp_reward_column="rating"),
-                            prepared)
+    run = RunData(data=data, splits=splits, train_windows=splits["train"])
+    recipe = lambda **objective: recipe_from_dict({"objective": objective})  # noqa: E731
+    with pytest.raises(ValueError, match=r"half_life_seconds=3600.0 needs timestamps"):
+        multi_token_targets(recipe(type="mtp"), run)
+    assert multi_token_targets(recipe(type="mtp", half_life_seconds=None), run) is not None
+    assert multi_token_targets(recipe(), run) is None
+    with pytest.raises(ValueError, match=r"reward_column='rating' is not a column"):
+        multi_token_targets(recipe(type="mtp", half_life_seconds=None, reward_column="rating"), run)

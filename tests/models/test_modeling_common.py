@@ -39,6 +39,7 @@ class Variant:
     name: str
     model_class: type
     overrides: dict[str, Any] = field(default_factory=dict)
+    mtp_targets: int = 0  # > 0: training batches carry this many weighted targets per position (multi-token)
 
     @property
     def has_head(self) -> bool:
@@ -56,9 +57,9 @@ VARIANTS = [
     Variant("no_positions", GenRecForNextItemPrediction, dict(position_encoding="none")),
     Variant("no_time_no_action", GenRecForNextItemPrediction, dict(num_time_buckets=0, num_action_types=0)),
     # Multi-token prediction: the same head trained on (B, T, K) weighted targets (`mtp_labels` / `mtp_weights`).
-    Variant("mtp_full_softmax", GenRecForNextItemPrediction, dict(objective="mtp", mtp_num_targets=3)),
+    Variant("mtp_full_softmax", GenRecForNextItemPrediction, mtp_targets=3),
     Variant("mtp_sampled_in_batch", GenRecForNextItemPrediction,
-            dict(objective="mtp", mtp_num_targets=3, loss_type="sampled", num_negatives=8, in_batch_negatives=True)),
+            dict(loss_type="sampled", num_negatives=8, in_batch_negatives=True), mtp_targets=3),
     Variant("backbone", GenRecModel),
     # Cold start (item_tower.py): fused ID/OOV + semantic vectors on both sides, masking in training.
     Variant("item_tower_sum_masked", GenRecForNextItemPrediction,
@@ -111,8 +112,8 @@ class GenRecModelTester:
         if labels and self.variant.has_head:
             inputs["labels"] = torch.randint(1, config.vocab_size, shape, generator=g)
             inputs["labels"][:, 0] = -100
-            if config.objective == "mtp":  # K weighted targets per position, some slots empty, slot 0 = labels
-                k = config.mtp_num_targets
+            if self.variant.mtp_targets:  # K weighted targets per position, some slots empty, slot 0 = labels
+                k = self.variant.mtp_targets
                 inputs["mtp_labels"] = torch.randint(1, config.vocab_size, (*shape, k), generator=g)
                 inputs["mtp_labels"][..., 0] = inputs["labels"].clamp(min=0)
                 inputs["mtp_labels"][:, ::2, k - 1] = 0

@@ -5,15 +5,15 @@ from __future__ import annotations
 import csv
 import json
 import shutil
-import time
 from pathlib import Path
 
 import numpy as np
 import pytest
 
-from genrec_hf.scaling import ladder as ladder_module
-from genrec_hf.scaling.ladder import MARKER, LadderRecipe, csv_columns, load_ladder_recipe, run_ladder
-from genrec_hf.training.recipes import recipe_from_dict
+from genrec_hf.scaling.ladder import BASE_DONE, MARKER, LadderRecipe, csv_columns, load_ladder_recipe, run_ladder
+from genrec_hf.scaling.ladder import runner as ladder_runner
+from genrec_hf.scaling.ladder.shared import prepare_shared
+from genrec_hf.training.recipes import apply_overrides, recipe_from_dict
 
 from tests.helpers import REPO_ROOT
 
@@ -21,22 +21,28 @@ TINY_DATA = "synthetic:num_users=120,num_items=60,num_clusters=4"
 PRESETS = ["genrec-10k", "genrec-25k", "genrec-50k", "genrec-100k"]
 
 
+TINY_FINETUNE = {"max_train_minutes": None, "evaluation": {"early_stopping_patience": None},
+                 "training": {"num_train_epochs": 1, "use_cpu": True, "disable_tqdm": True}}
+
+
 def tiny_raw(output_dir: Path, **changes) -> dict:
+    """A tiny ladder recipe; `changes` set keys by dotted path (`pretrain.model.overrides`) or replace a section."""
     raw = {
         "output_dir": str(output_dir),
         "presets": list(PRESETS),
-        "max_train_minutes": None,
-        "data": {"source": TINY_DATA, "max_length": 20, "batching": "padded"},
-        "model": {"item_embedding_size": 16},
+        "item_embedding_size": 16,
+        "pretrain": {
+            "max_train_minutes": None,
+            "data": {"source": TINY_DATA, "max_length": 20, "batching": "padded"},
+            "training": {"num_train_epochs": 1, "use_cpu": True, "disable_tqdm": True,
+                         "per_device_train_batch_size": 64},
+            "evaluation": {"early_stopping_patience": None},
+        },
         "tasks": {"names": ["short_horizon", "long_horizon"], "mode": "lora", "modes": {"short_horizon": "zero_shot"},
-                  "max_train_minutes": None,
-                  "training": {"num_train_epochs": 1, "use_cpu": True, "disable_tqdm": True}},
-        "training": {"num_train_epochs": 1, "use_cpu": True, "disable_tqdm": True, "per_device_train_batch_size": 64},
-        "evaluation": {"ks": [10], "early_stopping_patience": None},
+                  "finetune": TINY_FINETUNE},
+        "evaluation": {"ks": [10]},
     }
-    for key, value in changes.items():
-        raw[key] = value
-    return raw
+    return apply_overrides(raw, {key.replace("__", "."): value for key, value in changes.items()})
 
 
 def tiny_recipe(output_dir: Path, **changes) -> LadderRecipe:
@@ -136,8 +142,8 @@ def test_finished_sizes_are_skipped_not_retrained(finished_ladder, monkeypatch):
     def forbidden(*args, **kwargs):
         raise AssertionError("a finished size was trained again")
 
-    monkeypatch.setattr(ladder_module, "_pretrain", forbidden)
-    monkeypatch.setattr(ladder_module, "_run_task", forbidden)
+    monkeypatch.setattr(ladder_runner, "_pretrain", forbidden)
+    monkeypatch.setattr(ladder_runner, "_run_task", forbidden)
     again = run_ladder(tiny_recipe(Path(recipe.output_dir)))
     assert (again.rows_written, again.rows_skipped) == (0, len(PRESETS) * 2)
     assert outcome.csv_path.read_bytes() == before
@@ -147,7 +153,7 @@ def test_finished_sizes_are_skipped_not_retrained(finished_ladder, monkeypatch):
 def test_interrupted_task_resumes_without_retraining_the_base(tmp_path, monkeypatch, one_thread):
     out = tmp_path / "run"
     recipe = tiny_recipe(out, presets=["genrec-10k"])
-    real_run_task = ladder_module._run_task
+    real_run_task = ladder_runner._run_task
 
     def interrupted(recipe, shared, preset, fraction, task, *args, **kwargs):
         if task == "long_horizon":
@@ -157,14 +163,14 @@ def test_interrupted_task_resumes_without_retraining_the_base(tmp_path, monkeypa
             raise KeyboardInterrupt
         return real_run_task(recipe, shared, preset, fraction, task, *args, **kwargs)
 
-    monkeypatch.setattr(ladder_module, "_run_task", interrupted)
+    monkeypatch.setattr(ladder_runner, "_run_task", interrupted)
     with pytest.raises(KeyboardInterrupt):
         run_ladder(recipe)
     _, rows = read_rows(out / "results.csv")
     assert [r["task"] for r in rows] == ["short_horizon"]
     first = rows[0]
-    monkeypatch.setattr(ladder_module, "_run_task", real_run_task)
-    monkeypatch.setattr(ladder_module, "_pretrain", lambda *a, **k: pytest.fail("finished base trained again"))
+    monkeypatch.setattr(ladder_runner, "_run_task", real_run_task)
+    monkeypatch.setattr(ladder_runner, "_pretrain", lambda *a, **k: pytest.fail("finished base trained again"))
     outcome = run_ladder(tiny_recipe(out, presets=["genrec-10k"]))
     _, rows = read_rows(outcome.csv_path)
     assert [r["task"] for r in rows] == ["short_horizon", "long_horizon"]
@@ -184,27 +190,19 @@ def test_budget_clock_boxes_pretraining_and_fine_tunes_and_labels_the_stop(tmp_p
             clocks.append(clock)
             super().__init__(max_minutes, clock)
 
-    class SlowWall:  # wall time races ahead (a loaded machine); CPU time does not
-        calls = 0
-
-        @classmethod
-        def monotonic(cls):
-            cls.calls += 1
-            return cls.calls * 1e4
-
-        process_time = staticmethod(time.process_time)
-
+    racing = iter(range(1, 10**9))  # wall time races ahead (a loaded machine); CPU time does not
     monkeypatch.setattr(trainer_module, "TimeBudgetCallback", Recording)
-    monkeypatch.setattr(ladder_module, "time", SlowWall)
-    raw = tiny_raw(tmp_path / "run", presets=["genrec-10k"], budget_clock="cpu", max_train_minutes=60.0)
-    raw["tasks"] = {**raw["tasks"], "names": ["long_horizon"], "modes": {}, "max_train_minutes": 60.0}
-    recipe = recipe_from_dict(raw, source="test", kind=LadderRecipe)
+    monkeypatch.setitem(trainer_module.BUDGET_CLOCKS, "wall", lambda: next(racing) * 1e4)
+    recipe = tiny_recipe(tmp_path / "run", presets=["genrec-10k"], budget_clock="cpu",
+                         pretrain__max_train_minutes=60.0, tasks__names=["long_horizon"], tasks__modes={},
+                         tasks__finetune__max_train_minutes=60.0)
     assert recipe.finetune_recipe("long_horizon", tmp_path / "t").budget_clock == "cpu"
+    assert recipe.pretrain_recipe("genrec-10k", tmp_path / "b").budget_clock == "cpu"
     outcome = run_ladder(recipe)
     assert clocks == ["cpu", "cpu"]  # pre-training box, then the fine-tune's
     (row,) = outcome.rows
     assert row["pretrain_stop"] == "epochs"  # one epoch ran; the 60 CPU-minute box was never reached
-    info = json.loads((tmp_path / "run" / "sizes" / "genrec-10k" / "base" / ladder_module.BASE_DONE).read_text())
+    info = json.loads((tmp_path / "run" / "sizes" / "genrec-10k" / "base" / BASE_DONE).read_text())
     assert info["budget_clock"] == "cpu" and 0 < info["cpu_seconds"] < 60 * 60
 
 
@@ -216,7 +214,8 @@ def test_interrupted_pretraining_restarts_cleanly_but_a_users_folder_is_refused(
     (out / "sizes" / "genrec-10k" / MARKER).write_text("{}")
     (base / MARKER).write_text("{}")
     (base / "checkpoint-3").mkdir()  # what a killed pre-training leaves: no ladder_base.json
-    recipe = tiny_recipe(out, presets=["genrec-10k"], tasks={"names": ["short_horizon"], "mode": "zero_shot"})
+    recipe = tiny_recipe(out, presets=["genrec-10k"], tasks__names=["short_horizon"], tasks__mode="zero_shot",
+                         tasks__modes={})
     outcome = run_ladder(recipe)
     assert outcome.rows_written == 1
     assert (base / "ladder_base.json").is_file() and not (base / "checkpoint-3").exists()
@@ -227,8 +226,8 @@ def test_interrupted_pretraining_restarts_cleanly_but_a_users_folder_is_refused(
     (other / MARKER).write_text("{}")
     (user_base / "my_model.safetensors").write_text("precious")
     with pytest.raises(FileExistsError, match="not written by the scaling ladder"):
-        run_ladder(tiny_recipe(other, presets=["genrec-10k"], tasks={"names": ["short_horizon"],
-                                                                     "mode": "zero_shot"}))
+        run_ladder(tiny_recipe(other, presets=["genrec-10k"], tasks__names=["short_horizon"],
+                               tasks__mode="zero_shot", tasks__modes={}))
     assert (user_base / "my_model.safetensors").read_text() == "precious"
 
 
@@ -251,8 +250,8 @@ def test_data_axis_rows_share_the_evaluation_users(tmp_path, one_thread):
     from genrec_hf.scaling import fit_csv
 
     out = tmp_path / "run"
-    recipe = tiny_recipe(out, presets=["genrec-10k"], tasks={"names": ["short_horizon"], "mode": "zero_shot"},
-                         data_axis={"preset": "genrec-10k", "fractions": [0.2, 0.4, 0.7]})
+    recipe = tiny_recipe(out, presets=["genrec-10k"], tasks__names=["short_horizon"], tasks__mode="zero_shot",
+                         tasks__modes={}, data_axis={"preset": "genrec-10k", "fractions": [0.2, 0.4, 0.7]})
     outcome = run_ladder(recipe)
     header, rows = read_rows(outcome.data_axis_csv_path)
     assert header == csv_columns([10])
@@ -272,35 +271,42 @@ def test_data_axis_rows_share_the_evaluation_users(tmp_path, one_thread):
         ({"presets": []}, r"presets is empty"),
         ({"presets": ["genrec-10k", "sasrec"]}, r"preset 'sasrec' also sets"),
         ({"presets": "genrec-10k"}, r"presets='genrec-10k' has the wrong type: expected a list of str"),
-        ({"model": {"overrides": {"hidden_size": 64}}}, r"block shape is what the presets vary"),
-        ({"model": {"overrides": {"vocab_size": 64}}}, r"takes from the data"),
-        ({"model": {"item_embedding_size": 16, "overrides": {"head_projection_ratio": 2}}},
-         r"which model.item_embedding_size=16 decides"),
-        ({"model": {"item_embedding_size": 48}}, r"item_embedding_size=48 does not divide the hidden_size 32"),
-        ({"model": {"item_embedding_size": 0}}, r"item_embedding_size=0; expected a positive integer"),
-        ({"model": {"overrides": {"hidden_dropout_prob": 1.5}}}, r"hidden_dropout_prob=1.5 is invalid"),
-        ({"tasks": {"names": ["nope"]}}, r"task.name='nope'; registered tasks are"),
-        ({"tasks": {"names": []}}, r"tasks.names is empty"),
-        ({"tasks": {"mode": "frozen"}}, r"tasks.mode='frozen'; expected one of"),
-        ({"tasks": {"names": ["short_horizon"], "modes": {"long_horizon": "full"}}},
+        ({"pretrain.model.overrides": {"hidden_size": 64}}, r"block shape is what the presets vary"),
+        ({"pretrain.model.overrides": {"vocab_size": 64}}, r"takes from the data"),
+        ({"pretrain.model.overrides": {"head_projection_ratio": 2}}, r"which item_embedding_size=16 decides"),
+        ({"item_embedding_size": 48}, r"item_embedding_size=48 does not divide the hidden_size 32"),
+        ({"item_embedding_size": 0}, r"item_embedding_size=0; expected a positive integer"),
+        ({"pretrain.model.overrides": {"hidden_dropout_prob": 1.5}}, r"hidden_dropout_prob=1.5 is invalid"),
+        ({"pretrain.model.preset": "genrec-2m"}, r"pretrain.model.preset is set by the ladder \(one per size"),
+        ({"pretrain.seed": 3}, r"pretrain.seed is set by the ladder \(from the top-level seed"),
+        ({"pretrain.evaluation.ks": [5]}, r"pretrain.evaluation.ks is set by the ladder \(from evaluation.ks"),
+        ({"tasks.finetune.mode": "full"}, r"tasks.finetune.mode is set by the ladder \(from tasks.mode"),
+        ({"tasks.finetune.data": {"max_length": 5}}, r"tasks.finetune.data is set by the ladder \(from pretrain.data"),
+        ({"pretrain.data.split": "time"}, r"pretrain.data.split='time'; the ladder pre-trains"),
+        ({"tasks.names": ["nope"], "tasks.modes": {}}, r"task.name='nope'; registered tasks are"),
+        ({"tasks.names": [], "tasks.modes": {}}, r"tasks.names is empty"),
+        ({"tasks.mode": "frozen"}, r"tasks.mode='frozen'; expected one of"),
+        ({"tasks.names": ["short_horizon"], "tasks.modes": {"long_horizon": "full"}},
          r"tasks.modes names task 'long_horizon', which is not in tasks.names"),
-        ({"tasks": {"names": ["short_horizon"], "params": {"short_horizon": {"window": 3}}}},
+        ({"tasks.names": ["short_horizon"], "tasks.params": {"short_horizon": {"window": 3}}},
          r"task 'short_horizon' has no parameter\(s\) \['window'\]"),
-        ({"tasks": {"training": {"learning_rat": 1.0}}}, r"unknown TrainingArguments field\(s\) \['learning_rat'\]"),
-        ({"tasks": {"max_train_minutes": 0}}, r"tasks.max_train_minutes=0"),
+        ({"tasks.finetune.training": {"learning_rat": 1.0}},
+         r"unknown TrainingArguments field\(s\) \['learning_rat'\]"),
+        ({"tasks.finetune.max_train_minutes": 0}, r"max_train_minutes=0"),
+        ({"tasks.finetune.lora": {"rank": 4}}, r"tasks.finetune.lora: unknown key\(s\) \['rank'\]"),
         ({"data_axis": {"preset": "genrec-2m", "fractions": [0.5]}}, r"data_axis.preset='genrec-2m' is not one of"),
         ({"data_axis": {"preset": "genrec-10k", "fractions": [1.5]}}, r"must lie in \(0, 1\)"),
         ({"data_axis": {"preset": None, "fractions": [0.5]}}, r"data_axis.preset is null"),
-        ({"evaluation": {"fit_split": "train"}}, r"evaluation.fit_split='train'"),
-        ({"evaluation": {"cold_slice_max_events": -1}}, r"evaluation.cold_slice_max_events=-1; expected a count"),
-        ({"data": {"source": TINY_DATA, "batching": "stacked"}}, r"data.batching='stacked'"),
-        ({"max_train_minutes": -1.0}, r"max_train_minutes=-1.0"),
+        ({"evaluation.fit_split": "train"}, r"evaluation.fit_split='train'"),
+        ({"evaluation.cold_slice_max_events": -1}, r"evaluation.cold_slice_max_events=-1; expected a count"),
+        ({"pretrain.data.batching": "stacked"}, r"pretrain.data.batching='stacked'"),
+        ({"pretrain.max_train_minutes": -1.0}, r"max_train_minutes=-1.0"),
         ({"budget_clock": "gpu"}, r"budget_clock='gpu'; expected one of \['cpu', 'wall'\]"),
         ({"sizes": ["genrec-10k"]}, r"unknown top-level key\(s\) \['sizes'\]"),
     ],
 )
 def test_bad_recipes_name_the_key(tmp_path, changes, message):
-    raw = {**tiny_raw(tmp_path), **changes}  # a changed section replaces the tiny one (defaults elsewhere)
+    raw = apply_overrides(tiny_raw(tmp_path), changes)
     with pytest.raises(ValueError, match=message):
         recipe_from_dict(raw, source="test", kind=LadderRecipe)
 
@@ -341,15 +347,14 @@ def test_cold_slice_rows_score_the_rare_targets_and_are_healed_without_training(
 
     out = tmp_path / "run"
     presets = ["genrec-10k", "genrec-25k", "genrec-50k", "genrec-100k"]
-    changes = {"presets": presets, "tasks": {"names": ["short_horizon"], "mode": "zero_shot"}}
-    shared = ladder_module._prepare_shared(tiny_recipe(out, **changes))
+    changes = {"presets": presets, "tasks__names": ["short_horizon"], "tasks__mode": "zero_shot", "tasks__modes": {}}
+    shared = prepare_shared(tiny_recipe(out, **changes))
     task = shared.tasks["short_horizon"]
     target_counts = np.array([shared.item_counts[t[0]] for t in task.test["target_ids"]])
     limit = int(np.median(target_counts))  # a slice that holds some test users and not all
     cold_users = np.flatnonzero(target_counts <= limit)
     assert 0 < cold_users.size < len(target_counts)
-    recipe = tiny_recipe(out, **changes, evaluation={"ks": [10], "early_stopping_patience": None,
-                                                     "cold_slice_max_events": limit})
+    recipe = tiny_recipe(out, **changes, evaluation__cold_slice_max_events=limit)
     outcome = run_ladder(recipe)
     _, rows = read_rows(outcome.csv_path)
     assert sorted((r["preset"], r["task"]) for r in rows) == sorted(
@@ -372,8 +377,8 @@ def test_cold_slice_rows_score_the_rare_targets_and_are_healed_without_training(
         writer = csv.DictWriter(handle, fieldnames=header)
         writer.writeheader()
         writer.writerows(r for r in rows if not (r["preset"] == "genrec-25k" and r["task"].endswith("/cold")))
-    monkeypatch.setattr(ladder_module, "_pretrain", lambda *a, **k: pytest.fail("a base was trained again"))
-    monkeypatch.setattr(ladder_module, "_run_task", lambda *a, **k: pytest.fail("a task was run again"))
+    monkeypatch.setattr(ladder_runner, "_pretrain", lambda *a, **k: pytest.fail("a base was trained again"))
+    monkeypatch.setattr(ladder_runner, "_run_task", lambda *a, **k: pytest.fail("a task was run again"))
     again = run_ladder(recipe)
     assert again.rows_written == 1
     _, healed = read_rows(again.csv_path)
@@ -389,17 +394,13 @@ def test_item_tower_ladder_gives_every_size_the_same_tower_and_scores_unseen_ite
 
     out = tmp_path / "run"
     tower = {"fusion": "sum", "mask_prob": 0.1, "tower_hidden_size": 16}
-    recipe = tiny_recipe(out, presets=["genrec-10k", "genrec-25k"], tasks={"names": ["short_horizon"], "mode": "lora",
-                                                                            "max_train_minutes": None,
-                                                                            "training": {"num_train_epochs": 1,
-                                                                                         "use_cpu": True,
-                                                                                         "disable_tqdm": True}},
-                         model={"item_embedding_size": 16, "item_tower": tower,
-                                "item_features": {"text_encoder": "hashing", "hashing_dim": 32}})
+    recipe = tiny_recipe(out, presets=["genrec-10k", "genrec-25k"], tasks__names=["short_horizon"],
+                         tasks__mode="lora", tasks__modes={}, pretrain__model__item_tower=tower,
+                         pretrain__model__item_features={"text_encoder": "hashing", "hashing_dim": 32})
     outcome = run_ladder(recipe)
     _, rows = read_rows(outcome.csv_path)
     assert {(r["preset"], r["task"]) for r in rows} == {(p, "short_horizon") for p in ("genrec-10k", "genrec-25k")}
-    shared = ladder_module._prepare_shared(recipe)
+    shared = prepare_shared(recipe)
     unseen = torch.as_tensor(shared.item_counts == 0)
     unseen[0] = False
     assert unseen.any()  # the tiny log has an item that only appears after the task anchors
@@ -415,7 +416,7 @@ def test_item_tower_ladder_gives_every_size_the_same_tower_and_scores_unseen_ite
     # items pre-training never trained on are the tower's OOV items: only their features tell them apart
     assert not known[0][unseen].any() and known[0][1:][~unseen[1:]].all()
     assert recipe.ladder_id() != tiny_recipe(out).ladder_id()  # a tower ladder's rows never mix with an ID-only one's
-    assert "item_tower" not in tiny_recipe(out).fixed_settings()["model"]  # off: ladders from before it still resume
-    bad = tiny_raw(tmp_path, model={"item_embedding_size": 16, "item_tower": {"fusion": "concat"}})
-    with pytest.raises(ValueError, match=r"model.item_tower: GenRecItemTowerConfig.fusion='concat' is invalid"):
+    assert "item_tower" not in tiny_recipe(out).fixed_settings()["pretrain"]["model"]  # off: the ID-only ladder id
+    bad = tiny_raw(tmp_path, pretrain__model__item_tower={"fusion": "concat"})
+    with pytest.raises(ValueError, match=r"pretrain.model.item_tower.fusion='concat'; expected one of"):
         recipe_from_dict(bad, source="test", kind=LadderRecipe)

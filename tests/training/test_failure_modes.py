@@ -18,8 +18,8 @@ import torch
 from safetensors.torch import load_file, save_file
 
 from genrec_hf.cli import main
-from genrec_hf.training import GenRecTrainer, pretrain
-from genrec_hf.training.trainer import check_output_dir
+from genrec_hf.training import GenRecTrainer, pipeline
+from genrec_hf.training.run_folder import check_output_dir
 
 from tests.helpers import REPO_ROOT, tiny_config
 from tests.training.test_pretrain import tiny_args
@@ -64,18 +64,18 @@ def full_run(tmp_path_factory):
 def test_second_run_started_into_the_same_folder_is_refused(tmp_path, monkeypatch, capsys):
     """Catches two runs started together into one output folder both passing the non-empty check (nothing is
     written yet), so one run's model silently replaces the other's: the second is refused, naming the holder."""
-    real_prepare = pretrain.prepare_data
+    real_prepare = pipeline.prepare_run
     out = tmp_path / "shared"
     second: dict = {}
 
-    def race(recipe, data=None):  # the second run starts while the first is loading its data
+    def race(recipe, data=None, item_tower=None):  # the second run starts while the first is loading its data
         if not second:
             second["started"] = True
             second["code"] = _train(out, 1)
             second["err"] = capsys.readouterr().err
-        return real_prepare(recipe, data)
+        return real_prepare(recipe, data, item_tower)
 
-    monkeypatch.setattr(pretrain, "prepare_data", race)
+    monkeypatch.setattr(pipeline, "prepare_run", race)
     assert _train(out, 1) == 0
     assert second["code"] == 2
     (line,) = _error_lines(second["err"])
@@ -86,7 +86,7 @@ def test_second_run_started_into_the_same_folder_is_refused(tmp_path, monkeypatc
 
 def test_a_stale_lock_is_taken_over_and_a_live_one_refused(tmp_path, caplog):
     """Catches a killed run's lock blocking the folder forever, and a live run's lock being ignored."""
-    from genrec_hf.training.trainer import RunFolderLock, RunFolderLockedError
+    from genrec_hf.training.run_folder import RunFolderLock, RunFolderLockedError
 
     dead = subprocess.Popen([sys.executable, "-c", "pass"])
     dead.wait()
@@ -106,7 +106,7 @@ def test_a_stale_lock_is_taken_over_and_a_live_one_refused(tmp_path, caplog):
 def test_only_rank_zero_takes_the_lock_and_it_is_released_on_errors(tmp_path, monkeypatch):
     """Catches every DDP rank taking the lock (rank 1 would then refuse rank 0's run) and a failed run leaving
     its lock behind."""
-    from genrec_hf.training.trainer import RunFolderLock
+    from genrec_hf.training.run_folder import RunFolderLock
 
     monkeypatch.setenv("RANK", "1")
     with RunFolderLock(tmp_path) as lock:
@@ -124,8 +124,8 @@ def test_unwritable_output_dir_fails_before_loading_data(tmp_path, monkeypatch, 
     trained model is saved, after the whole run."""
     blocker = tmp_path / "a-file"
     blocker.write_text("not a folder")
-    monkeypatch.setattr(pretrain, "prepare_data",
-                        lambda recipe, data=None: pytest.fail("data loaded before the folder check"))
+    monkeypatch.setattr(pipeline, "prepare_run",
+                        lambda *args, **kwargs: pytest.fail("data loaded before the folder check"))
     assert _train(blocker / "out", 1) == 2
     (line,) = _error_lines(capsys.readouterr().err)
     assert "cannot create or write the output folder" in line and str(blocker / "out") in line
@@ -332,7 +332,7 @@ def test_overwrite_removes_the_previous_runs_files_and_keeps_the_users(full_run,
 
 def test_clear_previous_run_keeps_files_the_package_did_not_write(tmp_path):
     """Catches the overwrite cleanup deleting a user's README or script that only looks like the package's."""
-    from genrec_hf.training.trainer import clear_previous_run
+    from genrec_hf.training.run_folder import clear_previous_run
 
     (tmp_path / "README.md").write_text("# my notes about this folder\n")
     (tmp_path / "helper.py").write_text("")

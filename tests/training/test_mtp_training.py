@@ -7,6 +7,7 @@ import json
 
 import pytest
 import torch
+import yaml
 
 from genrec_hf.cli import main
 from genrec_hf.data import NextItemCollator
@@ -49,13 +50,13 @@ def test_train_with_the_mtp_recipe_then_staleness_replay(tmp_path, capsys):
     code = main(["train", str(REPO_ROOT / "recipes/pretrain/genrec-500k-mtp.yaml"), "--output_dir", str(out),
                  "--data.source", TINY_DATA, "--training.max_steps", "3", "--training.disable_tqdm", "true",
                  "--training.per_device_train_batch_size", "32", "--data.max_length", "20",
-                 "--model.overrides", "{hidden_size: 16, intermediate_size: 32, num_attention_heads: 2, "
-                 "objective: mtp, mtp_num_targets: 3, mtp_half_life_seconds: 86400, mtp_reward_column: ratings}",
-                 "--evaluation.num_examples", "0"])
+                 "--model.overrides", "{hidden_size: 16, intermediate_size: 32, num_attention_heads: 2}",
+                 "--objective.num_targets", "3", "--objective.half_life_seconds", "86400",
+                 "--objective.reward_column", "ratings", "--evaluation.num_examples", "0"])
     assert code == 0
-    config = json.loads((out / "config.json").read_text())
-    assert config["objective"] == "mtp" and config["mtp_num_targets"] == 3
-    assert config["mtp_reward_column"] == "ratings"
+    saved = yaml.safe_load((out / "training_recipe.yaml").read_text())["objective"]
+    assert saved["type"] == "mtp" and saved["num_targets"] == 3 and saved["reward_column"] == "ratings"
+    assert "objective" not in json.loads((out / "config.json").read_text())  # training-only: not a model field
     capsys.readouterr()
     code = main(["evaluate", str(out), "--data", TINY_DATA, "--staleness", "0,1h,48h"])
     assert code == 0

@@ -186,7 +186,7 @@ class NextItemCollator:
         items = list(row["item_ids"])[-keep:]
         column = self.targets.reward_column
         if column is not None and row.get(column) is None:
-            raise ValueError(f"mtp_reward_column={column!r} is not a column of the training rows (they have "
+            raise ValueError(f"objective.reward_column={column!r} is not a column of the training rows (they have "
                              f"{sorted(row)}).")
         rewards = None if column is None else _field(row, column, len(row["item_ids"]))[-keep:]
         all_times = _field(row, "timestamps", len(row["item_ids"]))[-keep:]

@@ -28,12 +28,27 @@ from typing import Any
 
 import numpy as np
 
+from .interactions import flat_column
+
 LN2 = math.log(2.0)
+
+
+WEIGHT_NORMALIZATIONS = ("position", "none")
+
+
+def _check(condition: bool, field: str, value: Any, expected: str) -> None:
+    if not condition:
+        raise ValueError(f"{field}={value!r} is invalid: expected {expected}.")
+
+
+def _number(value: Any) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
 
 
 @dataclass(frozen=True)
 class MultiTokenTargets:
-    """Builds (targets, weights) for every context position of one example; fields as `GenRecConfig.mtp_*`."""
+    """Builds (targets, weights) for every context position of one example (a recipe's `objective:` section with
+    `type: mtp` makes one; the fields are that section's, module docstring)."""
 
     num_targets: int | None = 5
     horizon_seconds: float | None = None
@@ -43,24 +58,22 @@ class MultiTokenTargets:
     weight_normalization: str = "position"
 
     def __post_init__(self) -> None:
-        from ..models.genrec.configuration_genrec import GenRecConfig
-
-        # One set of checks, the config's: every error names the field and the value.
-        GenRecConfig(objective="mtp", **self.config_fields())
-
-    def config_fields(self) -> dict[str, Any]:
-        return {"mtp_num_targets": self.num_targets, "mtp_horizon_seconds": self.horizon_seconds,
-                "mtp_half_life_seconds": self.half_life_seconds, "mtp_reward_column": self.reward_column,
-                "mtp_min_reward": self.min_reward, "mtp_weight_normalization": self.weight_normalization}
-
-    @classmethod
-    def from_config(cls, config: Any) -> MultiTokenTargets | None:
-        """The targets a `GenRecConfig` trains on, or None for `objective="ntp"`."""
-        if getattr(config, "objective", "ntp") != "mtp":
-            return None
-        return cls(num_targets=config.mtp_num_targets, horizon_seconds=config.mtp_horizon_seconds,
-                   half_life_seconds=config.mtp_half_life_seconds, reward_column=config.mtp_reward_column,
-                   min_reward=config.mtp_min_reward, weight_normalization=config.mtp_weight_normalization)
+        k = self.num_targets
+        _check(k is None or (isinstance(k, int) and not isinstance(k, bool) and k > 0), "num_targets", k,
+               "None (every event within the horizon) or a positive integer number of future events")
+        for name in ("horizon_seconds", "half_life_seconds"):
+            value = getattr(self, name)
+            _check(value is None or (_number(value) and value > 0), name, value, "None or a positive number of seconds")
+        _check(k is not None or self.horizon_seconds is not None, "num_targets", k,
+               "a positive integer when horizon_seconds is None (at least one of them bounds the targets)")
+        column = self.reward_column
+        _check(column is None or (isinstance(column, str) and column != ""), "reward_column", column,
+               "None (reward 1) or the name of a per-event numeric column, e.g. 'ratings'")
+        _check(self.min_reward is None or _number(self.min_reward), "min_reward", self.min_reward, "None or a number")
+        _check(self.min_reward is None or column is not None, "min_reward", self.min_reward,
+               "None when reward_column is None (the threshold applies to the reward column)")
+        _check(self.weight_normalization in WEIGHT_NORMALIZATIONS, "weight_normalization", self.weight_normalization,
+               f"one of {WEIGHT_NORMALIZATIONS}")
 
     @property
     def uses_time(self) -> bool:
@@ -83,14 +96,14 @@ class MultiTokenTargets:
             raise ValueError(f"num_positions={num_positions} for an example of {n} events.")
         times = np.zeros(n, dtype=np.int64) if times is None else np.asarray(times, dtype=np.int64)
         if self.reward_column is not None and rewards is None:
-            raise ValueError(f"mtp_reward_column={self.reward_column!r}: the example has no such column.")
+            raise ValueError(f"reward_column={self.reward_column!r}: the example has no such column.")
         reward = np.ones(n, dtype=np.float64) if rewards is None else np.asarray(rewards, dtype=np.float64)
         if len(times) != n or len(reward) != n:
             raise ValueError(f"items, times and rewards must have one value per event ({n}); got {len(times)} "
                              f"times and {len(reward)} rewards.")
         if np.isnan(reward).any() or (reward < 0).any():
             bad = reward[np.isnan(reward) | (reward < 0)][0]
-            raise ValueError(f"mtp_reward_column={self.reward_column!r} holds {bad}; rewards must be numbers >= 0.")
+            raise ValueError(f"reward_column={self.reward_column!r} holds {bad}; rewards must be numbers >= 0.")
 
         # Candidate events: those that may be targets at all (reward threshold, positive reward).
         keep = reward > 0
@@ -136,17 +149,15 @@ def check_reward_column(dataset: Any, column: str | None, where: str = "training
     features = getattr(dataset, "features", None) or {}
     if column not in features:
         numeric = sorted(name for name, feature in features.items() if _is_numeric_sequence(feature))
-        raise ValueError(f"mtp_reward_column={column!r} is not a column of the {where}; per-event numeric columns "
+        raise ValueError(f"objective.reward_column={column!r} is not a column of the {where}; per-event numeric columns "
                          f"are {numeric}.")
     if not _is_numeric_sequence(features[column]):
-        raise ValueError(f"mtp_reward_column={column!r} is not a per-event numeric column of the {where} "
+        raise ValueError(f"objective.reward_column={column!r} is not a per-event numeric column of the {where} "
                          f"(it is {features[column]}).")
-    from .interactions import flat_column
-
     values, _ = flat_column(dataset, column)
     bad = np.isnan(values) | (values < 0) if values.dtype.kind == "f" else values < 0
     if bad.any():
-        raise ValueError(f"mtp_reward_column={column!r} holds {values[bad][0]} in the {where}; rewards must be "
+        raise ValueError(f"objective.reward_column={column!r} holds {values[bad][0]} in the {where}; rewards must be "
                          "numbers >= 0.")
 
 

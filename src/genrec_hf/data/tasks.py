@@ -7,7 +7,7 @@ Every task turns `InteractionData` (one time-ordered row per user) into a `TaskD
   case `labels[t] = item_ids[t+1]`; a task keeps only the positions whose next event is a task target.
 * `validation` / `test` rows: the context (`item_ids`, `timestamps`, `action_ids`, most recent last) plus
   `target_ids` (one or more items) and `target_time` (unix seconds of the first target, 0 when unknown).
-* `protocol` (`genrec_hf.evaluation.RankingProtocol`): whether targets are a set, and an optional per-item
+* `protocol` (`genrec_hf.data.protocol.RankingProtocol`): whether targets are a set, and an optional per-item
   availability date + window that restrict the ranked catalog of a row to items that became available within
   `window` before its `target_time`.
 
@@ -35,6 +35,7 @@ Registering your own task::
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
@@ -43,8 +44,8 @@ from typing import Any
 import torch
 from datasets import Dataset, Features, Sequence, Value
 
-from ..evaluation.protocols import RankingProtocol
 from .interactions import InteractionData
+from .protocol import RankingProtocol
 
 DAY = 24 * 3600
 
@@ -171,6 +172,35 @@ def single_target_task(
     return TaskData(name=name, train=tr, validation=va, test=te, protocol=protocol or RankingProtocol(),
                     params=dict(params or {}),
                     stats={"users_dropped": dropped, "train_rows": len(tr), "eval_users": len(te)})
+
+
+def validation_cut(tasks: Iterable[TaskData]) -> dict[str, int]:
+    """Per user, how many of their events come before the earliest validation anchor of any of `tasks`: a model
+    pre-trained on those events only has seen no task's validation or test target."""
+    cut: dict[str, int] = {}
+    for task in tasks:
+        for user, items in zip(task.validation["user_id"], task.validation["item_ids"]):
+            cut[str(user)] = min(cut.get(str(user), len(items)), len(items))
+    return cut
+
+
+def events_before(data: InteractionData, cut: dict[str, int], users: Iterable[str] | None = None,
+                  min_events: int = 3) -> InteractionData:
+    """`data` with each user's events cut to `cut[user]` (`validation_cut`: no task target leaks into
+    pre-training); users no task evaluates keep every event; `users` keeps only those users; users left with fewer
+    than `min_events` events are dropped."""
+    sequences = data.sequences
+    if users is not None:
+        keep = set(users)
+        sequences = sequences.filter(lambda row: str(row["user_id"]) in keep)
+    columns = [c for c in ("item_ids", "timestamps", "action_ids", "ratings") if c in sequences.column_names]
+
+    def truncate(row: dict[str, Any]) -> dict[str, Any]:
+        stop = cut.get(str(row["user_id"]), len(row["item_ids"]))
+        return {c: row[c][:stop] if row[c] is not None else None for c in columns}
+
+    sequences = sequences.map(truncate).filter(lambda row: len(row["item_ids"]) >= min_events)
+    return dataclasses.replace(data, sequences=sequences)
 
 
 # ---------------------------------------------------------------------------------------------------------------------

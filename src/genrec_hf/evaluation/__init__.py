@@ -3,9 +3,10 @@ function, protocols as data, baselines and statistics."""
 
 from pathlib import Path
 
+from ..data.protocol import LEAVE_ONE_OUT, AllowedItems, RankingProtocol
 from .metrics import DEFAULT_KS, metrics_from_ranks, pad_ranks
-from .protocols import LEAVE_ONE_OUT, RankingProtocol, evaluate_model, rank_batches
-from .ranking import AllowedItems, dense_target_ranks, rank_targets
+from .protocols import evaluate_model, rank_batches
+from .ranking import dense_target_ranks, rank_targets
 from .statistics import paired_bootstrap, per_user_metric
 
 # The `evaluate` module shipped inside the package, loadable by path and offline.

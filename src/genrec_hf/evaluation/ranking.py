@@ -20,15 +20,11 @@ tests hold it to.
 
 from __future__ import annotations
 
-from collections.abc import Callable
 
 import torch
 
+from ..data.protocol import AllowedItems
 from ..models.genrec.scoring import score_items
-
-# Items a row may rank: (V,) or (B, V) bool, or `fn(start, stop)` giving the (B, stop-start) or (stop-start,) mask
-# of one chunk (so e.g. an availability window is never materialised as B × catalog).
-AllowedItems = torch.Tensor | Callable[[int, int], torch.Tensor]
 
 
 def check_targets(target_ids: torch.Tensor, num_items: int) -> torch.Tensor:

@@ -23,30 +23,28 @@ saved.
 
 from __future__ import annotations
 
-import json
 import logging
 import resource
 import shutil
-import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import torch
-import yaml
 from torch.utils.data import DataLoader
 from transformers import set_seed
 
-from ..adapters import attach_adapter, check_lora_layers, lora_config, save_adapter, trainable_parameters
+from ..adapters import attach_adapter, check_lora_layers, save_adapter, trainable_parameters
 from ..data import ItemVocab, remap_to_vocab
 from ..data.collators import TaskCollator, label_windows
 from ..data.tasks import TaskData, build_task
 from ..evaluation import evaluate_model
 from ..integrity import verify_weights, write_manifest
 from ..models.genrec import GenRecForNextItemPrediction
+from .pipeline import run_training, save_run
 from .recipes import FINETUNE_MODES, FinetuneRecipe, load_recipe
-from .trainer import (GenRecTrainer, RunFolderLock, check_output_dir, clear_previous_run, run_training_loss,
-                      stopping_callbacks)
+from .run_folder import RunFolderLock, check_output_dir, clear_previous_run, remove_checkpoints
+from .trainer import GenRecTrainer
 
 logger = logging.getLogger(__name__)
 
@@ -115,10 +113,7 @@ def _finetune(recipe: FinetuneRecipe, base_dir: Path, output_dir: Path, task: Ta
         zero_shot = evaluate_model(base, loader, task.protocol, ks=ks)
 
     if recipe.mode == "lora":
-        section = recipe.lora
-        model: torch.nn.Module = attach_adapter(base, lora_config(
-            r=section.r, alpha=section.alpha, dropout=section.dropout, target_modules=section.target_modules,
-            layers=section.layers, train_head=section.train_head, item_tower=section.item_tower))
+        model: torch.nn.Module = attach_adapter(base, recipe.lora.config())
     elif recipe.mode == "full":
         model = base
     else:
@@ -126,15 +121,11 @@ def _finetune(recipe: FinetuneRecipe, base_dir: Path, output_dir: Path, task: Ta
         model = GenRecForNextItemPrediction(base.config)
     trainable, total = trainable_parameters(model)
 
-    args = recipe.training_arguments(label_names=["labels"])
-    callbacks = stopping_callbacks(args, recipe.evaluation.early_stopping_patience, recipe.max_train_minutes,
-                                 recipe.budget_clock)
-    trainer = GenRecTrainer(model=model, args=args, train_dataset=train_rows, eval_dataset=task.validation,
-                            data_collator=TaskCollator(recipe.data.max_length, mode="train"),
-                            eval_collator=eval_collator, protocol=task.protocol, ks=ks, callbacks=callbacks)
-    start = time.monotonic()
-    train_result = trainer.train()
-    train_seconds = time.monotonic() - start
+    trainer = GenRecTrainer.from_recipe(
+        recipe, model, args=recipe.training_arguments(label_names=["labels"]), train_dataset=train_rows,
+        eval_dataset=task.validation, data_collator=TaskCollator(recipe.data.max_length, mode="train"),
+        eval_collator=eval_collator, protocol=task.protocol)
+    record = run_training(trainer, recipe)
     validation, test = trainer.final_evaluation(task.test)
     model = trainer.model
 
@@ -150,15 +141,12 @@ def _finetune(recipe: FinetuneRecipe, base_dir: Path, output_dir: Path, task: Ta
         "validation": validation,
         "test": test,
         "zero_shot_test": zero_shot,
-        "train": {"runtime_s": train_seconds, "loss": run_training_loss(trainer.state, train_result.training_loss, 0),
-                  "epochs": trainer.state.epoch,
-                  "steps": trainer.state.global_step, "windows": len(train_rows)},
+        "train": {**record.to_dict(), "windows": len(train_rows)},
         "parameters": {"trainable": trainable, "total": total, "trainable_fraction": trainable / total},
     }
     if trainer.is_world_process_zero():
         if not recipe.keep_checkpoints:
-            for checkpoint in output_dir.glob("checkpoint-*"):
-                shutil.rmtree(checkpoint, ignore_errors=True)
+            remove_checkpoints(output_dir)
         if recipe.mode == "lora":
             save_adapter(model, output_dir, base_dir=base_dir)
             size = _dir_bytes(output_dir, ("adapter_model.safetensors",))
@@ -170,21 +158,8 @@ def _finetune(recipe: FinetuneRecipe, base_dir: Path, output_dir: Path, task: Ta
             size = _dir_bytes(output_dir, ("model.safetensors",))
         metrics["checkpoint_bytes"] = size
         metrics["peak_rss_mb"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
-        (output_dir / "metrics.json").write_text(json.dumps(metrics, indent=2, default=str))
-        (output_dir / "finetune_recipe.yaml").write_text(yaml.safe_dump(recipe.to_dict(), sort_keys=False))
-        _write_card(output_dir, data_name)
+        save_run(output_dir, metrics, recipe, "finetune_recipe.yaml", data_name)
     return FinetuneOutcome(metrics=metrics, model=model, task=task)
-
-
-def _write_card(output_dir: Path, dataset_name: str) -> None:
-    try:
-        from ..cards import write_model_card
-    except ImportError:
-        return
-    try:
-        write_model_card(output_dir, dataset_name=dataset_name)
-    except Exception as error:  # a card must never lose a finished training run
-        logger.warning("model card not written: %s", error)
 
 
 def run_finetune(base_dir: str, recipe_path: str, *, mode: str | None = None, overrides: dict[str, str] | None = None,

@@ -21,8 +21,10 @@ HIDDEN_ACTS = ("silu", "gelu", "relu")
 LOSS_TYPES = ("full", "sampled")
 NEGATIVE_SHARING = ("batch", "position")
 NEGATIVE_SAMPLERS = ("uniform", "popularity")
-OBJECTIVES = ("ntp", "mtp")
-MTP_WEIGHT_NORMALIZATIONS = ("position", "none")
+# Training-only fields that configs saved before genrec_hf 0.2 carried (the objective is a recipe section now):
+# dropped when such a config is loaded, so old checkpoints still load and re-save without them.
+LEGACY_TRAINING_FIELDS = ("objective", "mtp_num_targets", "mtp_horizon_seconds", "mtp_half_life_seconds",
+                          "mtp_reward_column", "mtp_min_reward", "mtp_weight_normalization")
 
 # Named size ladder. The number in each name is the count of *backbone* parameters (transformer blocks + final norm),
 # excluding the event embedding and the decoding head, as in the paper. A test checks each is within
@@ -140,21 +142,8 @@ class GenRecConfig(PretrainedConfig):
         item_tower_config: Optional `GenRecItemTowerConfig` (or its dict): the cold-start semantic item tower, fusion
             and collaborative-embedding masking (`item_tower.py`). None = ID embeddings only.
 
-    Training objective (paper §4; MTP changes only the training targets, never the head or serving):
-        objective: `"ntp"` (next-token prediction: the next event) or `"mtp"` (multi-token prediction: a weighted
-            set Y of future events per context position, `genrec_hf.data.mtp.MultiTokenTargets` builds it from
-            these fields and the loss is `-sum_y w_y log p(y | x)` through the same decoding head).
-        mtp_num_targets: K, the most future events per position (None: every event within the horizon).
-        mtp_horizon_seconds: H, only events at most H seconds after the context's last event (None: no limit).
-            At least one of K and H must be set.
-        mtp_half_life_seconds: beta, the half-life of the time decay `w = r * exp(-ln2 * (t_y - t_context) / beta)`
-            where t_context is the timestamp of the context's last event (paper: 1 hour; set it near the cache
-            refresh interval). None: no decay.
-        mtp_reward_column: per-event column of the training rows giving r (e.g. `"ratings"`); None: r = 1.
-        mtp_min_reward: only events whose reward is at least this are targets (needs `mtp_reward_column`).
-        mtp_weight_normalization: `"position"` (each position's weights are divided by their sum, so every
-            supervised position weighs one and K = 1 is exactly NTP whatever beta and r) or `"none"` (the paper's
-            plain sum: positions with many, recent, high-reward targets weigh more).
+    The training objective (next-token or multi-token prediction) is not a model field: it changes only the
+    training targets, never the head or serving, so it lives in the training recipe (`objective:` section).
     """
 
     model_type = "genrec"
@@ -198,13 +187,6 @@ class GenRecConfig(PretrainedConfig):
         l2_normalize_scores: bool = False,
         score_chunk_size: int = 65536,
         use_cache: bool = False,
-        objective: str = "ntp",
-        mtp_num_targets: int | None = 5,
-        mtp_horizon_seconds: float | None = None,
-        mtp_half_life_seconds: float | None = 3600.0,
-        mtp_reward_column: str | None = None,
-        mtp_min_reward: float | None = None,
-        mtp_weight_normalization: str = "position",
         pad_token_id: int = 0,
         item_tower_config: GenRecItemTowerConfig | dict[str, Any] | None = None,
         **kwargs: Any,
@@ -247,13 +229,8 @@ class GenRecConfig(PretrainedConfig):
         self.l2_normalize_scores = l2_normalize_scores
         self.score_chunk_size = score_chunk_size
         self.use_cache = use_cache
-        self.objective = objective
-        self.mtp_num_targets = mtp_num_targets
-        self.mtp_horizon_seconds = mtp_horizon_seconds
-        self.mtp_half_life_seconds = mtp_half_life_seconds
-        self.mtp_reward_column = mtp_reward_column
-        self.mtp_min_reward = mtp_min_reward
-        self.mtp_weight_normalization = mtp_weight_normalization
+        for legacy in LEGACY_TRAINING_FIELDS:
+            kwargs.pop(legacy, None)
         kwargs.pop("tie_word_embeddings", None)
         super().__init__(pad_token_id=pad_token_id, tie_word_embeddings=tie_word_embeddings, **kwargs)
         self.tie_word_embeddings = tie_word_embeddings
@@ -325,31 +302,6 @@ class GenRecConfig(PretrainedConfig):
                f"at most max_negatives={self.max_negatives}")
         _check(self.score_temperature > 0, "score_temperature", self.score_temperature, "a positive float")
         _check(math.isfinite(self.rope_theta) and self.rope_theta > 0, "rope_theta", self.rope_theta, "a positive float")
-        self._validate_objective()
-
-    def _validate_objective(self) -> None:
-        """The multi-token prediction fields (checked whatever the objective, so a typo never waits for `mtp`)."""
-        _check(self.objective in OBJECTIVES, "objective", self.objective, f"one of {OBJECTIVES}")
-        k = self.mtp_num_targets
-        _check(k is None or (isinstance(k, int) and not isinstance(k, bool) and k > 0), "mtp_num_targets", k,
-               "None (every event within the horizon) or a positive integer number of future events")
-        for name in ("mtp_horizon_seconds", "mtp_half_life_seconds"):
-            value = getattr(self, name)
-            _check(value is None or (isinstance(value, (int, float)) and not isinstance(value, bool)
-                                     and math.isfinite(value) and value > 0), name, value,
-                   "None or a positive number of seconds")
-        _check(k is not None or self.mtp_horizon_seconds is not None, "mtp_num_targets", k,
-               "a positive integer when mtp_horizon_seconds is None (at least one of them bounds the targets)")
-        column = self.mtp_reward_column
-        _check(column is None or (isinstance(column, str) and column != ""), "mtp_reward_column", column,
-               "None (reward 1) or the name of a per-event numeric column, e.g. 'ratings'")
-        low = self.mtp_min_reward
-        _check(low is None or (isinstance(low, (int, float)) and not isinstance(low, bool) and math.isfinite(low)),
-               "mtp_min_reward", low, "None or a number")
-        _check(low is None or column is not None, "mtp_min_reward", low,
-               "None when mtp_reward_column is None (the threshold applies to the reward column)")
-        _check(self.mtp_weight_normalization in MTP_WEIGHT_NORMALIZATIONS, "mtp_weight_normalization",
-               self.mtp_weight_normalization, f"one of {MTP_WEIGHT_NORMALIZATIONS}")
 
     @property
     def uses_logq_correction(self) -> bool:

@@ -1,39 +1,30 @@
-"""Cold-start protocols: splits whose test targets include items the model never trained on, and cold / warm metrics.
+"""Cold-start splits: test targets include items the model never trained on.
 
-Both protocols give a `ColdStartSplit`: a catalog ordered warm items first (indices 1..num_warm, the vocabulary
-the model trains on) then cold items (added after training with `model.add_items`, as a new title would be), and
-train / validation / test rows in that index space. No cold item appears in any training or validation row, nor in
-any test history: cold items are only test targets.
+Both give a `ColdStartSplit`: a catalog ordered warm items first (indices 1..num_warm, the vocabulary the model
+trains on) then cold items (added after training with `model.add_items`, as a new title would be), and train /
+validation / test rows in that index space. No cold item appears in any training or validation row, nor in any test
+history: cold items are only test targets.
 
     hold_out_items(data, 0.1)     a random 10% of items held out of training entirely (their events removed from every
                                   history); test = each user's last event, cold or warm (leave-one-out)
     cold_time_split(data, 0.9)    a global time cut; items first rated after the cut are cold; test = each user's
                                   first event after the cut, history = the events before it
 
-`cold_warm_metrics` ranks the test rows once through the one ranking path (`rank_batches`), with the full catalog
-(cold items included) rankable, and splits the ranks by target (`slice_ranks`: the same ranks a
-`RankingProtocol.target_items` pass keeps). `cold_warm_ranks` + `save_cold_start_ranks` keep them per user, for a
-paired bootstrap between runs on the same split.
+Cold / warm metrics of such a split come from one ranking pass: `genrec_hf.evaluation.cold_slices`.
 """
 
 from __future__ import annotations
 
-import dataclasses
-import json
 import logging
-from collections.abc import Sequence
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
 from datasets import DatasetDict
 
-from ..data.interactions import InteractionData, sequences_from_columns
-from ..data.vocab import ItemVocab
-from .metrics import DEFAULT_KS, metrics_from_ranks, pad_ranks
-from .protocols import LEAVE_ONE_OUT, RankingProtocol, rank_batches
+from .interactions import InteractionData, sequences_from_columns
+from .vocab import ItemVocab
 
 logger = logging.getLogger(__name__)
 _COLUMNS = ("item_ids", "timestamps", "action_ids", "ratings")
@@ -63,11 +54,6 @@ class ColdStartSplit:
         mask = torch.zeros(len(self.vocab), dtype=torch.bool)
         mask[self.num_warm + 1:] = True
         return mask
-
-    def training_data(self, data: InteractionData) -> InteractionData:
-        """`data` restricted to the warm catalog, with the train split as its sequences (for the recipe builders)."""
-        return dataclasses.replace(data, sequences=self.splits["train"], vocab=self.warm_vocab,
-                                   item_info={k: v for k, v in data.item_info.items() if k in set(self.warm_vocab.raw_ids)})
 
     def summary(self) -> dict[str, Any]:
         test_targets = np.array([row[-1] for row in self.splits["test"]["item_ids"]], dtype=np.int64)
@@ -168,73 +154,3 @@ def cold_time_split(data: InteractionData, quantile: float = 0.9, cut: int | Non
                            description=f"time split at {cut} (quantile {quantile}); items first seen after it cold")
     logger.info("cold-start split: %s", split.summary())
     return split
-
-
-def cold_warm_ranks(model: torch.nn.Module, batches: Sequence[dict[str, torch.Tensor]],
-                    protocol: RankingProtocol = LEAVE_ONE_OUT) -> tuple[torch.Tensor, torch.Tensor]:
-    """(U, T) 1-based ranks (0 = padding) of every eval row's targets and the (U, T) target ids they rank, from one
-    pass of the one ranking path (`rank_batches`) with the whole catalog rankable. Slice them by target with
-    `slice_ranks`; keep them per user for a paired bootstrap (`evaluation.paired_bootstrap`)."""
-    ranks = rank_batches(model, batches, protocol)
-    targets = pad_ranks([protocol.targets(batch["target_ids"]) for batch in batches])
-    if targets.shape[0] != ranks.shape[0]:
-        raise ValueError(f"{targets.shape[0]} target rows for {ranks.shape[0]} ranked rows: `batches` must be "
-                         "re-iterable (a list or a DataLoader), not a one-shot iterator.")
-    width = max(ranks.shape[1], targets.shape[1])
-    pad = lambda t: torch.nn.functional.pad(t, (0, width - t.shape[1]))  # noqa: E731
-    return pad(ranks), pad(targets)
-
-
-def slice_ranks(ranks: torch.Tensor, targets: torch.Tensor, items: torch.Tensor) -> torch.Tensor:
-    """`ranks` with the entries whose target is not marked in the (V,) bool `items` set to 0 (padding): the same
-    ranks as a `RankingProtocol(target_items=items)` pass would give, without ranking again."""
-    if targets.numel() and int(targets.max()) >= items.shape[0]:
-        raise ValueError(f"the slice has {items.shape[0]} entries but a target is item {int(targets.max())}: the "
-                         "slice belongs to another catalog.")
-    keep = items.to(targets.device)[targets] & (targets > 0)
-    return torch.where(keep, ranks, torch.zeros_like(ranks))
-
-
-def cold_warm_metrics(model: torch.nn.Module, batches: Sequence[dict[str, torch.Tensor]], cold_mask: torch.Tensor,
-                      protocol: RankingProtocol = LEAVE_ONE_OUT, *, ks: Sequence[int] = DEFAULT_KS
-                      ) -> dict[str, dict[str, float]]:
-    """{"all", "cold", "warm"}: metrics of the same eval batches over all targets, cold targets only, warm only.
-
-    The whole catalog stays rankable in each (a cold target competes with warm items and vice versa); a slice only
-    chooses which targets count. `batches` must be re-iterable (a list or a DataLoader). One ranking pass
-    (`cold_warm_ranks`) serves all three."""
-    ranks, targets = cold_warm_ranks(model, batches, protocol)
-    return cold_warm_slices(ranks, targets, cold_mask, ks=ks)
-
-
-def cold_warm_slices(ranks: torch.Tensor, targets: torch.Tensor, cold_mask: torch.Tensor, *,
-                     ks: Sequence[int] = DEFAULT_KS) -> dict[str, dict[str, float]]:
-    """`cold_warm_metrics` from ranks already computed (`cold_warm_ranks`)."""
-    out = {"all": metrics_from_ranks(ranks, ks)}
-    for name, mask in (("cold", cold_mask), ("warm", ~cold_mask)):
-        mask = mask.clone()
-        mask[0] = False
-        sliced = slice_ranks(ranks, targets, mask)
-        if not bool((sliced > 0).any()):  # no user with a target of this slice
-            logger.warning("cold_warm_metrics: %s slice is empty", name)
-            out[name] = {"num_users": 0}
-            continue
-        out[name] = metrics_from_ranks(sliced, ks)
-    return out
-
-
-def save_cold_start_ranks(path: str | Path, ranks: torch.Tensor, targets: torch.Tensor, num_warm: int) -> Path:
-    """Write per-user test ranks as JSON (`targets`, `ranks`: one list per test row, in test-split order;
-    `num_warm`: targets above it are cold) so runs on the same split can be compared user by user."""
-    path = Path(path)
-    path.write_text(json.dumps({"num_warm": int(num_warm), "targets": targets.tolist(), "ranks": ranks.tolist()}))
-    return path
-
-
-def load_cold_start_ranks(path: str | Path) -> dict[str, Any]:
-    """`save_cold_start_ranks`'s file back: {"num_warm", "targets" (U, T), "ranks" (U, T), "cold" (U,) bool: the
-    row's first target is a cold item}."""
-    raw = json.loads(Path(path).read_text())
-    targets = torch.tensor(raw["targets"], dtype=torch.long).reshape(len(raw["targets"]), -1)
-    ranks = torch.tensor(raw["ranks"], dtype=torch.long).reshape(targets.shape)
-    return {"num_warm": raw["num_warm"], "targets": targets, "ranks": ranks, "cold": targets[:, 0] > raw["num_warm"]}

@@ -1,13 +1,16 @@
-"""Cold start in the recipe runner: feature store → item tower → training → new items added → cold / warm metrics.
+"""The item-tower and cold-start steps of the run pipeline: feature store → tower config → new items added.
 
-`genrec-hf train` calls these when a recipe sets `model.item_tower` or a cold-start split (`data.split: cold_items`
-or `cold_time`); see docs/cold_start.md.
+`pipeline.prepare_run` calls `item_tower_setup` when a recipe sets `model.item_tower`, and `pipeline.train` calls
+`extend_catalog` after training on a cold-start split (`data.split: cold_items` or `cold_time`); see
+docs/cold_start.md. The scaling ladder builds one `ItemTowerSetup` and hands it to every size.
 """
 
 from __future__ import annotations
 
 import copy
 import logging
+from collections.abc import Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -15,13 +18,34 @@ import torch
 
 from ..data import InteractionData, ItemVocab
 from ..data.item_features import ItemFeatureStore, estimate_cold_start_rate, find_kg
+from .recipes import ItemFeaturesSection, ItemTowerSection
 
 logger = logging.getLogger(__name__)
 FEATURE_CACHE = "item_feature_store"  # under the run's output_dir
-COLD_START_RANKS = "cold_start_ranks.json"  # per-user test ranks of a cold-start split (under output_dir)
 
 
-def build_feature_store(options: dict[str, Any], data: InteractionData, raw_ids: list[str], source: str,
+@dataclass
+class ItemTowerSetup:
+    """What every model of a run (or of a ladder's sizes) gets for its item tower: the feature rows and the tower
+    config (feature schema + tower options, `mask_prob` resolved)."""
+
+    store: ItemFeatureStore
+    config: dict[str, Any]
+
+
+def item_tower_setup(tower: ItemTowerSection, features: ItemFeaturesSection, data: InteractionData,
+                     raw_ids: Sequence[str], train_rows: Any, source: str, output_dir: Path) -> ItemTowerSetup:
+    """The feature store of the full catalog `raw_ids` (cold items included) and the tower config, with
+    `mask_prob: auto` resolved to the cold-start rate of `train_rows` (the events the model trains on)."""
+    cache = Path(features.cache) if features.cache else Path(output_dir) / FEATURE_CACHE
+    store = build_feature_store(features, data, list(raw_ids), source, cache)
+    mask_prob = None
+    if tower.mask_prob == "auto":
+        mask_prob = auto_mask_prob(train_rows, data.has_timestamps, features.serving_gap)
+    return ItemTowerSetup(store=store, config=store.tower_config(**tower.config_options(mask_prob)).to_dict())
+
+
+def build_feature_store(options: ItemFeaturesSection, data: InteractionData, raw_ids: list[str], source: str,
                         cache_dir: Path | None = None) -> ItemFeatureStore:
     """The store for `raw_ids` (the full catalog, cold items included), read from `cache_dir` when it holds the
     same catalog, else built and cached there (text and KG features are not recomputed per run or epoch)."""
@@ -30,29 +54,23 @@ def build_feature_store(options: dict[str, Any], data: InteractionData, raw_ids:
         if store.raw_ids == list(raw_ids):
             logger.info("item features: cached store %s", cache_dir)
             return store
-    kg = options.get("kg", "auto")
-    kg_path = find_kg(source) if kg == "auto" else kg
+    kg_path = find_kg(source) if options.kg == "auto" else options.kg
     store = ItemFeatureStore.build(
-        raw_ids, data.item_info, blocks=options.get("blocks"), text_encoder=options.get("text_encoder"),
-        kg_path=kg_path, kg_dim=int(options.get("kg_dim", 64)), hashing_dim=int(options.get("hashing_dim", 256)),
-        min_category_count=int(options.get("min_category_count", 1)))
+        raw_ids, data.item_info, blocks=options.blocks, text_encoder=options.text_encoder, kg_path=kg_path,
+        kg_dim=options.kg_dim, hashing_dim=options.hashing_dim, min_category_count=options.min_category_count)
     if cache_dir is not None:
         store.save(cache_dir)
     return store
 
 
-def tower_options(options: dict[str, Any], train_rows: Any, has_timestamps: bool, serving_gap: float) -> dict:
-    """Tower config options with `mask_prob: auto` resolved to the training data's cold-start rate."""
-    options = dict(options)
-    if options.get("mask_prob") == "auto":
-        if not has_timestamps:
-            raise ValueError('model.item_tower.mask_prob: "auto" needs timestamps to estimate the cold-start rate; '
-                             "this data has only event order: give a number.")
-        options["mask_prob"] = round(estimate_cold_start_rate(train_rows["item_ids"], train_rows["timestamps"],
-                                                              serving_gap), 4)
-        logger.info("item tower: mask_prob = cold-start rate %.4f (serving gap %s s)", options["mask_prob"],
-                    serving_gap)
-    return options
+def auto_mask_prob(train_rows: Any, has_timestamps: bool, serving_gap: float) -> float:
+    """`mask_prob: auto`: the cold-start rate of the training events (how often an item is new at serving time)."""
+    if not has_timestamps:
+        raise ValueError('model.item_tower.mask_prob: "auto" needs timestamps to estimate the cold-start rate; '
+                         "this data has only event order: give a number.")
+    rate = round(estimate_cold_start_rate(train_rows["item_ids"], train_rows["timestamps"], serving_gap), 4)
+    logger.info("item tower: mask_prob = cold-start rate %.4f (serving gap %s s)", rate, serving_gap)
+    return rate
 
 
 def known_items(counts: torch.Tensor) -> torch.Tensor:

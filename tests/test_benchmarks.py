@@ -178,3 +178,42 @@ def test_machine_summary_counts_the_cores_not_the_omp_threads(monkeypatch):
 
     monkeypatch.setenv("OMP_NUM_THREADS", "1")
     assert f"{os.cpu_count()} CPU cores" in machine_summary()
+
+
+def test_adapter_benchmark_pretrains_its_base_through_the_run_pipeline(tmp_path, one_thread):
+    """Catches the adapter benchmark's base drifting from what `genrec-hf train` builds (a setup of its own), or
+    seeing a task's validation / test target in pre-training."""
+    import json
+
+    from genrec_hf.data import load_interactions
+    from genrec_hf.data.tasks import build_task, validation_cut
+
+    bench = benchmark_module("bench_adapters")
+    source = "synthetic:num_users=60,num_items=40,num_clusters=3"
+    base = bench.pretrain_base(source, tmp_path / "base", "genrec-10k", epochs=1, max_length=10, minutes=1.0)
+    metrics = json.loads((base / "metrics.json").read_text())
+    assert metrics["train"]["steps"] > 0 and not list(base.glob("checkpoint-*"))
+    data = load_interactions(source)
+    cut = validation_cut(build_task(name, data) for name in bench.TASK_NAMES)
+    # every evaluated user's pre-training history stops before their earliest validation anchor
+    assert metrics["validation"]["num_users"] <= len(data.sequences)
+    assert all(stop < len(items) for user, items in zip(data.sequences["user_id"], data.sequences["item_ids"])
+               if (stop := cut.get(str(user))) is not None)
+
+
+def test_refresh_benchmark_trains_through_fine_tuning(tmp_path, one_thread):
+    """Catches the refresh benchmark's three trainings (previous, full retrain, LoRA refresh) going through a
+    Trainer setup of their own, or the LoRA refresh not starting from `previous`."""
+    import argparse
+
+    bench = benchmark_module("bench_refresh")
+    args = argparse.Namespace(data="synthetic:num_users=80,num_items=40,num_clusters=3", sizes=["genrec-10k"],
+                              max_lengths=[12], seeds=[0], new_fraction=0.2, epochs=1.0, lr=2e-3, lora_epochs=1.0,
+                              lora_lr=5e-3, lora_rank=4, max_users=50, tau_items=20, workdir=tmp_path)
+    results = bench.run(args)
+    assert [r["method"] for r in results] == ["full", "lora"]
+    for point in results:
+        assert point["cpu_s"] > 0 and 0.0 < point["mrr_mean"] <= 1.0
+    lora = tmp_path / "genrec-10k-len12" / "lora-s0"
+    assert (lora / "adapter_config.json").is_file()
+    assert "previous" in (lora / "genrec_base.json").read_text()  # the adapter names the base it refreshed

@@ -12,7 +12,6 @@ tasks (N adapters + 1 base vs N full models).
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import json
 import os
 import platform
@@ -30,44 +29,23 @@ TASK_NAMES = ("short_horizon", "long_horizon", "availability", "high_engagement"
 
 
 def pretrain_base(source: str, out: Path, preset: str, epochs: int, max_length: int, minutes: float) -> Path:
-    """Pre-train a base with next-item prediction on the events before every task's validation anchor."""
-    from transformers import TrainingArguments
-
-    from genrec_hf import GenRecConfig, GenRecForNextItemPrediction
+    """Pre-train a base (the preset's shipped recipe, through the package's run pipeline) on every user's events
+    before the earliest validation anchor of any task, so no task target is seen in pre-training."""
     from genrec_hf.data import load_interactions
-    from genrec_hf.data.collators import TaskCollator, label_windows
-    from genrec_hf.data.tasks import build_task, single_target_task
-    from genrec_hf.training import GenRecTrainer, TimeBudgetCallback
+    from genrec_hf.data.tasks import build_task, events_before, validation_cut
+    from genrec_hf.training import load_recipe, train
 
     if (out / "model.safetensors").is_file():
         return out
     data = load_interactions(source)
-    cut: dict[str, int] = {}
-    for name in TASK_NAMES:
-        for row in build_task(name, data).validation:
-            cut[row["user_id"]] = min(cut.get(row["user_id"], 10**9), len(row["item_ids"]))
-    truncated = data.sequences.filter(lambda r: r["user_id"] in cut).map(
-        lambda r: {k: r[k][:cut[r["user_id"]]] for k in ("item_ids", "timestamps", "action_ids", "ratings")})
-    pre = dataclasses.replace(data, sequences=truncated.filter(lambda r: len(r["item_ids"]) >= 3))
-    task = single_target_task(pre, lambda row, i: True, name="pretrain")
-    config = GenRecConfig.from_preset(preset, vocab_size=len(data.vocab), num_action_types=data.num_action_types,
-                                      max_position_embeddings=max_length)
-    torch.manual_seed(0)
-    model = GenRecForNextItemPrediction(config)
-    args = TrainingArguments(output_dir=str(out / "tmp"), num_train_epochs=epochs, per_device_train_batch_size=128,
-                             learning_rate=2e-3, eval_strategy="no", save_strategy="no", report_to=[], use_cpu=True,
-                             remove_unused_columns=False, label_names=["labels"], disable_tqdm=True,
-                             logging_strategy="epoch")
-    trainer = GenRecTrainer(model=model, args=args, train_dataset=label_windows(task.train, max_length),
-                            data_collator=TaskCollator(max_length), eval_collator=TaskCollator(max_length, mode="eval"),
-                            protocol=task.protocol, callbacks=[TimeBudgetCallback(minutes)])
-    start = time.monotonic()
-    trainer.train()
-    out.mkdir(parents=True, exist_ok=True)
-    model.save_pretrained(out)
-    data.vocab.save(out)
-    (out / "pretrain.json").write_text(json.dumps({"preset": preset, "seconds": time.monotonic() - start,
-                                                   "windows": len(trainer.train_dataset)}))
+    cut = validation_cut(build_task(name, data) for name in TASK_NAMES)
+    recipe = load_recipe(REPO / "recipes" / "pretrain" / f"{preset}.yaml", {
+        "output_dir": str(out), "max_train_minutes": minutes, "data.max_length": max_length,
+        "training.num_train_epochs": epochs, "training.disable_tqdm": True, "keep_checkpoints": False,
+        "evaluation.num_examples": 0})
+    outcome = train(recipe, overwrite_output_dir=True, data=events_before(data, cut))
+    (out / "pretrain.json").write_text(json.dumps({"preset": preset, "seconds": outcome.record.runtime_s,
+                                                   "windows": len(outcome.run.train_windows)}))
     return out
 
 
@@ -116,7 +94,7 @@ def main() -> None:
     lines = [f"# Adapters vs full fine-tune vs scratch ({date.today()}, {platform.machine()}, "
              f"{os.cpu_count()} CPUs, load average {load} at start, torch {torch.__version__})", "",
              f"Command: `python benchmarks/adapters/bench_adapters.py {' '.join(sys.argv[1:])}`", "",
-             f"Base: `{args.preset}` pre-trained {args.pretrain_epochs} epochs (cap 3 min) on events before every "
+             f"Base: `{args.preset}` pre-trained by its shipped recipe, {args.pretrain_epochs} epochs (cap 3 min), on events before every "
              f"task's validation anchor; fine-tune: ≤{args.epochs} epochs, early stopping 2, ≤{args.minutes} min, "
              "best validation MRR kept. Test metrics under each task's protocol (`genrec_hf.data.tasks`).", ""]
     for source in args.datasets:

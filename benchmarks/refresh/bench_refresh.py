@@ -32,7 +32,6 @@ from __future__ import annotations
 import argparse
 import json
 import platform
-import time
 from datetime import date
 from pathlib import Path
 
@@ -72,22 +71,37 @@ def build_rows(data, cut: int, max_users: int, seed: int):
             make(evaluation, EVAL_FEATURES))
 
 
-def train(model, rows, max_length: int, epochs: float, lr: float, seed: int, out: Path) -> tuple[float, float]:
-    """(CPU seconds, wall seconds) of one training call over labelled rows."""
-    from transformers import TrainingArguments
+def train(base_dir: Path, rows, evaluation, mode: str, *, max_length: int, epochs: float, lr: float, seed: int,
+          out: Path, lora_rank: int = 8):
+    """One training call through the package's fine-tuning pipeline on labelled rows (`mode`: from_scratch on
+    `base_dir`'s config, or a LoRA adapter on `base_dir`): (model, CPU seconds, wall seconds) of its training loop.
+    No evaluation or checkpoint during training, so the CPU time is training alone."""
+    from genrec_hf.data.protocol import RankingProtocol
+    from genrec_hf.data.tasks import TaskData
+    from genrec_hf.training import FinetuneRecipe, finetune, recipe_from_dict
 
-    from genrec_hf.data.collators import TaskCollator, label_windows
-    from genrec_hf.training import GenRecTrainer
+    recipe = recipe_from_dict({
+        "output_dir": str(out), "mode": mode, "seed": seed, "data": {"max_length": max_length},
+        "lora": {"r": lora_rank, "alpha": 2 * lora_rank},
+        "training": {"num_train_epochs": epochs, "learning_rate": lr, "eval_strategy": "no", "save_strategy": "no",
+                     "load_best_model_at_end": False, "logging_strategy": "no"},
+        "evaluation": {"early_stopping_patience": None, "zero_shot": False},
+    }, source="bench_refresh", kind=FinetuneRecipe)
+    task = TaskData(name="refresh", train=rows, validation=evaluation, test=evaluation,
+                    protocol=RankingProtocol(exclude_history=True))
+    outcome = finetune(recipe, base_dir, overwrite_output_dir=True, task=task, data_name="refresh")
+    return outcome.model, outcome.metrics["train"]["cpu_s"], outcome.metrics["train"]["runtime_s"]
 
-    args = TrainingArguments(output_dir=str(out), num_train_epochs=epochs, per_device_train_batch_size=128,
-                             learning_rate=lr, eval_strategy="no", save_strategy="no", report_to=[], use_cpu=True,
-                             remove_unused_columns=False, label_names=["labels"], disable_tqdm=True,
-                             logging_strategy="no", seed=seed)
-    trainer = GenRecTrainer(model=model, args=args, train_dataset=label_windows(rows, max_length),
-                            data_collator=TaskCollator(max_length), eval_collator=TaskCollator(max_length, mode="eval"))
-    cpu, wall = time.process_time(), time.monotonic()
-    trainer.train()
-    return time.process_time() - cpu, time.monotonic() - wall
+
+def initial_base(config, vocab, out: Path) -> Path:
+    """A folder holding an untrained model of `config` (the shape `from_scratch` runs start from) and its vocab."""
+    from genrec_hf import GenRecForNextItemPrediction
+    from genrec_hf.integrity import write_manifest
+
+    GenRecForNextItemPrediction(config).save_pretrained(out)
+    write_manifest(out)
+    vocab.save(out)
+    return out
 
 
 def scores_and_mrr(model, evaluation, max_length: int, item_sample: np.ndarray):
@@ -129,8 +143,7 @@ def kendall(a: np.ndarray, b: np.ndarray) -> float:
 def run(args: argparse.Namespace) -> list[dict]:
     import torch
 
-    from genrec_hf import GenRecConfig, GenRecForNextItemPrediction, count_backbone_parameters
-    from genrec_hf.adapters import attach_adapter, lora_config
+    from genrec_hf import GenRecConfig, count_backbone_parameters
     from genrec_hf.data import load_interactions
 
     torch.set_num_threads(1)
@@ -149,9 +162,11 @@ def run(args: argparse.Namespace) -> list[dict]:
         for preset in args.sizes:
             config = GenRecConfig.from_preset(preset, vocab_size=len(data.vocab), max_position_embeddings=max_length,
                                               num_action_types=data.num_action_types)
-            torch.manual_seed(100)
-            previous = GenRecForNextItemPrediction(config)
-            cost, _ = train(previous, old_rows, max_length, args.epochs, args.lr, 100, args.workdir / "tmp")
+            folder = args.workdir / f"{preset}-len{max_length}"
+            init = initial_base(config, data.vocab, folder / "init")
+            common = dict(max_length=max_length, lora_rank=args.lora_rank)
+            previous, cost, _ = train(init, old_rows, evaluation, "from_scratch", epochs=args.epochs, lr=args.lr,
+                                      seed=100, out=folder / "previous", **common)
             prev_top, prev_scores, prev_mrr = scores_and_mrr(previous, evaluation, max_length, item_sample)
             point = {"dataset": data.name, "preset": preset, "backbone_params": count_backbone_parameters(config),
                      "max_length": max_length, "previous_mrr": prev_mrr, "previous_cpu_s": cost}
@@ -159,17 +174,13 @@ def run(args: argparse.Namespace) -> list[dict]:
             for method in ("full", "lora"):
                 outputs[method] = []
                 for seed in args.seeds:
-                    torch.manual_seed(seed)
-                    if method == "full":
-                        model = GenRecForNextItemPrediction(config)
-                        cpu, wall = train(model, full_rows, max_length, args.epochs, args.lr, seed,
-                                          args.workdir / "tmp")
-                    else:
-                        fresh = GenRecForNextItemPrediction(config)
-                        fresh.load_state_dict(previous.state_dict())
-                        model = attach_adapter(fresh, lora_config(r=args.lora_rank, alpha=2 * args.lora_rank))
-                        cpu, wall = train(model, new_rows, max_length, args.lora_epochs, args.lora_lr, seed,
-                                          args.workdir / "tmp")
+                    if method == "full":  # a new backbone from scratch on old + new events
+                        model, cpu, wall = train(init, full_rows, evaluation, "from_scratch", epochs=args.epochs,
+                                                 lr=args.lr, seed=seed, out=folder / f"full-s{seed}", **common)
+                    else:  # a LoRA adapter on `previous`, supervised only where the target is a new event
+                        model, cpu, wall = train(folder / "previous", new_rows, evaluation, "lora",
+                                                 epochs=args.lora_epochs, lr=args.lora_lr, seed=seed,
+                                                 out=folder / f"lora-s{seed}", **common)
                     top, scores, mrr = scores_and_mrr(model, evaluation, max_length, item_sample)
                     outputs[method].append(dict(top=top, scores=scores, mrr=mrr, cpu=cpu, wall=wall))
                 runs = outputs[method]

@@ -71,7 +71,7 @@ def test_changed_payload_is_refused_naming_file_and_both_hashes(tmp_path):
     actual = _sha(weights)
     for load in (lambda: Recommender.from_pretrained(folder),
                  lambda: evaluate_saved_model(folder, TINY_DATA),
-                 lambda: __import__("genrec_hf.adapters", fromlist=["x"])._load_base(folder)):
+                 lambda: __import__("genrec_hf.adapters.io", fromlist=["x"])._load_base(folder)):
         with pytest.raises(WeightsIntegrityError) as info:
             load()
         message = str(info.value)

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from transformers import AutoConfig, AutoModel
 
+from ._version import __version__
 from .models.genrec import (
     PRESET_NOMINAL_SIZES,
     SIZE_PRESETS,
@@ -20,9 +21,6 @@ from .models.genrec import (
     count_backbone_parameters,
 )
 from .models.genrec.scoring import TopItems
-
-__version__ = "0.1.0"
-
 
 
 class _GenRecAutoModel:
@@ -75,4 +73,5 @@ __all__ = [
     "TopItems",
     "PRESET_NOMINAL_SIZES",
     "count_backbone_parameters",
+    "__version__",
 ]

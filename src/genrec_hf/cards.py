@@ -52,8 +52,12 @@ import jinja2
 import jinja2.meta
 import torch
 import yaml
+import huggingface_hub
 from huggingface_hub import EvalResult, ModelCard, ModelCardData
+from safetensors import safe_open
 from transformers import TrainerCallback, TrainerControl, TrainerState, TrainingArguments
+
+from .models.genrec import SIZE_PRESETS, GenRecConfig, GenRecForNextItemPrediction, count_backbone_parameters
 
 logger = logging.getLogger(__name__)
 
@@ -221,8 +225,6 @@ def _catalog_size(model_dir: Path, config: Mapping[str, Any] | None) -> int | No
 def _preset_name(config: Mapping[str, Any], recipe: Mapping[str, Any] | None = None) -> str | None:
     """The preset the model was built from: the recipe's `model.preset`, else the `SIZE_PRESETS` entry whose shape
     the config has, else None (a custom shape)."""
-    from .models.genrec import SIZE_PRESETS
-
     section = (recipe or {}).get("model")
     if isinstance(section, Mapping) and section.get("preset") in SIZE_PRESETS:
         return str(section["preset"])
@@ -239,9 +241,6 @@ def model_sizes(config: Mapping[str, Any]) -> dict[str, int]:
     embeddings are the event-token tables; the head is what the decoding head owns beyond the input embeddings
     (nothing when tied).
     """
-    from . import count_backbone_parameters
-    from .models.genrec import GenRecConfig, GenRecForNextItemPrediction
-
     with torch.device("meta"):
         model = GenRecForNextItemPrediction(GenRecConfig.from_dict(dict(config)))
     backbone = count_backbone_parameters(model)
@@ -257,8 +256,6 @@ def _adapter_parameters(model_dir: Path) -> int | None:
     path = model_dir / "adapter_model.safetensors"
     if not path.is_file():
         return None
-    from safetensors import safe_open
-
     with safe_open(str(path), framework="pt") as f:
         return sum(math.prod(f.get_slice(name).get_shape()) for name in f.keys())
 
@@ -370,8 +367,6 @@ def _pretty(metric: str) -> str:
 
 def _model_facts(config: Mapping[str, Any], recipe: Mapping[str, Any] | None) -> dict[str, Any]:
     """What the architecture table and the intro say, all read from `config.json` (and the recipe's preset)."""
-    from .models.genrec import SIZE_PRESETS
-
     preset = _preset_name(config, recipe)
     train_recipe = None
     if preset is not None:
@@ -483,12 +478,10 @@ def write_model_card(model_dir: str | Path, **kwargs: Any) -> Path:
 
 def _offline() -> bool:
     """`HF_HUB_OFFLINE` as set now (the env var wins over huggingface_hub's value read at import)."""
-    from huggingface_hub import constants
-
     value = os.environ.get("HF_HUB_OFFLINE")
     if value is not None:
         return value.strip().lower() in ("1", "true", "yes", "on")
-    return bool(getattr(constants, "HF_HUB_OFFLINE", False))
+    return bool(getattr(huggingface_hub.constants, "HF_HUB_OFFLINE", False))
 
 
 def push_to_hub(model_dir: str | Path, repo_id: str, *, token: str | None = None, private: bool = False) -> str:
@@ -497,20 +490,18 @@ def push_to_hub(model_dir: str | Path, repo_id: str, *, token: str | None = None
     Fails fast with `RuntimeError` (before any network call) when `HF_HUB_OFFLINE` is set or no token is available
     (argument, `HF_TOKEN`, or `hf auth login`).
     """
-    from huggingface_hub import HfApi, get_token
-
     model_dir = Path(model_dir)
     if not (model_dir / "config.json").is_file() and not (model_dir / "adapter_config.json").is_file():
         raise FileNotFoundError(f"{model_dir} has neither config.json nor adapter_config.json: nothing to push.")
     if _offline():
         raise RuntimeError(f"Cannot push {model_dir} to the Hub repo {repo_id!r}: HF_HUB_OFFLINE is set. "
                            "Unset HF_HUB_OFFLINE on a machine with network access.")
-    token = token or get_token()
+    token = token or huggingface_hub.get_token()
     if not token:
         raise RuntimeError(f"Cannot push {model_dir} to the Hub repo {repo_id!r}: no Hugging Face token. "
                            "Pass token=..., set HF_TOKEN, or run `hf auth login`.")
     write_model_card(model_dir, repo_id=repo_id)
-    api = HfApi(token=token)
+    api = huggingface_hub.HfApi(token=token)
     api.create_repo(repo_id, private=private, exist_ok=True)
     return str(api.upload_folder(folder_path=str(model_dir), repo_id=repo_id,
                                  commit_message="Upload GenRec model and card (genrec_hf)"))

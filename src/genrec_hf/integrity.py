@@ -5,6 +5,9 @@ its sha256, size, the time it was recorded and the genrec_hf version. Loading a 
 (`verify_weights`) compares the files with the manifest and refuses NaN / infinite tensors, so a corrupted payload
 fails with the file or tensor named instead of serving NaN scores. A folder without a manifest (runs saved before
 the manifest existed, or with a plain `save_pretrained`) is still checked for non-finite values.
+
+`load_verified_model` is the one read of a saved model folder's weights, after those checks: adapters load their base
+through it, and `genrec_hf.loading` (a model or adapter folder with its vocabulary) builds on it.
 """
 
 from __future__ import annotations
@@ -18,6 +21,9 @@ from typing import Any
 
 import torch
 from safetensors import safe_open
+
+from ._version import __version__
+from .models.genrec import GenRecForNextItemPrediction
 
 logger = logging.getLogger(__name__)
 
@@ -49,8 +55,6 @@ def file_sha256(path: str | Path) -> str | None:
 
 def write_manifest(folder: str | Path) -> Path:
     """Record sha256 and size of every weights file in `folder` into `genrec_weights.json`; returns its path."""
-    from . import __version__
-
     folder = Path(folder)
     files = weight_files(folder)
     if not files:
@@ -118,3 +122,16 @@ def verify_weights(folder: str | Path, verify: bool = True) -> None:
         return
     verify_manifest(folder)
     check_finite(folder)
+
+
+def load_verified_model(folder: str | Path, verify: bool = True, **kwargs: Any) -> GenRecForNextItemPrediction:
+    """The `GenRecForNextItemPrediction` saved in `folder`, read after `verify_weights` (`verify=False` skips it).
+
+    `kwargs` go to `from_pretrained`. A folder without config.json is refused naming it (not a saved model).
+    """
+    folder = Path(folder)
+    if not (folder / "config.json").is_file():
+        raise FileNotFoundError(f"{folder} is not a saved genrec_hf model: it has no config.json (expected a saved "
+                                "GenRecForNextItemPrediction, e.g. the output_dir of `genrec-hf train`).")
+    verify_weights(folder, verify)
+    return GenRecForNextItemPrediction.from_pretrained(str(folder), **kwargs)

@@ -9,7 +9,7 @@ import torch
 from transformers import AutoConfig, AutoModel
 
 from genrec_hf import GenRecConfig, GenRecForNextItemPrediction, GenRecModel
-from genrec_hf.models.genrec.modeling_genrec import time_gap_buckets
+from genrec_hf.models.genrec.modeling_genrec import history_inputs, time_gap_buckets
 from genrec_hf.models.genrec.scoring import TopItems
 
 from tests.helpers import tiny_config
@@ -203,6 +203,19 @@ def test_recommend_rejects_bad_k(tiny_model, k):
     """k=0 or a negative k returning empty tensors (or a float k failing deep inside torch.topk)."""
     with pytest.raises(ValueError, match=r"k=.* is invalid: expected a positive integer"):
         tiny_model.recommend([[1, 2, 3]], k=k)
+
+
+def test_history_inputs_left_pad_the_most_recent_events():
+    """The one history → model inputs step of `recommend`, `Recommender` and the export: catches right padding
+    (the last event then is not the last position), the oldest events kept instead of the most recent, timestamps /
+    actions out of step with their items, and a length mismatch passing silently."""
+    inputs = history_inputs([[1, 2, 3], (4,)], 2, timestamps=[[10, 20, 30], [40]], action_ids=None)
+    assert inputs["input_ids"].tolist() == [[2, 3], [0, 4]]
+    assert inputs["attention_mask"].tolist() == [[1, 1], [0, 1]]
+    assert inputs["timestamps"].tolist() == [[20, 30], [0, 40]] and inputs["action_ids"] is None
+    assert history_inputs([[5, 6]], 16)["input_ids"].tolist() == [[5, 6]]  # no padding beyond the longest
+    with pytest.raises(ValueError, match="action_ids must have one value per event"):
+        history_inputs([[1, 2]], 4, action_ids=[[1]])
 
 
 @pytest.mark.parametrize("sampler", ["uniform", "popularity"])

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from genrec_hf.models.genrec.scoring import chunked_topk
+from genrec_hf.models.genrec.scoring import chunked_topk, history_exclusions, rankable_chunk
 
 from tests.helpers import integer_ranking_problem
 
@@ -90,3 +90,33 @@ def test_topk_rejects_a_k_that_is_not_a_positive_int(k):
     """Catches `k=-3` / `k=0` quietly returning no items and `k=2.5` failing deep inside torch."""
     with pytest.raises(ValueError, match=r"k=.*expected a positive integer"):
         chunked_topk(torch.ones(1, 2), torch.ones(4, 2), k)
+
+
+@pytest.mark.parametrize("allowed_kind", ["none", "shared", "per_row", "callable"])
+def test_rankable_chunk_matches_a_plain_mask(allowed_kind):
+    """The one chunk mask of top-k and of target ranks, against the rule written item by item: catches an excluded
+    id masking its neighbour instead (off-by-one in the chunk-local index, ids on a chunk boundary), padding left
+    rankable, and a shared, per-row or per-chunk `allowed` read at the wrong offset."""
+    g = torch.Generator().manual_seed(3)
+    batch, num_items = 4, 23
+    not_ranked = torch.randint(0, num_items, (batch, 7), generator=g)
+    not_ranked[0, :3] = torch.tensor([0, 5, 6])  # padding entry and the ids at a chunk boundary (chunks of 5)
+    shared = torch.rand(num_items, generator=g) > 0.3
+    per_row = torch.rand(batch, num_items, generator=g) > 0.3
+    allowed = {"none": None, "shared": shared, "per_row": per_row,
+               "callable": lambda start, stop: per_row[:, start:stop]}[allowed_kind]
+    dense = {"none": torch.ones(batch, num_items, dtype=torch.bool), "shared": shared.expand(batch, -1),
+             "per_row": per_row, "callable": per_row}[allowed_kind]
+    for start in range(0, num_items, 5):
+        stop = min(start + 5, num_items)
+        mask = rankable_chunk(batch, start, stop, not_ranked, allowed, torch.device("cpu"))
+        for row in range(batch):
+            excluded = set(not_ranked[row].tolist()) - {0}
+            expected = [item != 0 and item not in excluded and bool(dense[row, item]) for item in range(start, stop)]
+            assert mask[row].tolist() == expected, (start, row)
+
+
+def test_history_exclusions_right_pads_each_history():
+    """Catches histories of different lengths shifted or truncated in the (B, H) `exclude` of top-k."""
+    assert history_exclusions([[3, 1, 4], [5], (9, 2)]).tolist() == [[3, 1, 4], [5, 0, 0], [9, 2, 0]]
+    assert history_exclusions([[7]]).dtype == torch.long

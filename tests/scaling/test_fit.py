@@ -12,7 +12,8 @@ import torch
 
 from genrec_hf.cli import main
 from genrec_hf.evaluation import metrics_from_ranks
-from genrec_hf.scaling import ScalingFit, fit_csv, fit_scaling, per_user_metric
+from genrec_hf.evaluation import per_user_values as per_user_metric
+from genrec_hf.scaling import ScalingFit, fit_csv, fit_scaling
 
 SIZES = np.geomspace(1e5, 1e8, 7)
 TRUTH = dict(p0=0.31, a=0.35, n0=2e3)

@@ -104,7 +104,8 @@ def test_csv_schema_and_one_row_per_size_and_task(finished_ladder):
 
 
 def test_saved_ranks_reproduce_the_row_and_feed_a_paired_user_bootstrap(finished_ladder):
-    from genrec_hf.scaling import fit_csv, load_ranks, per_user_metric
+    from genrec_hf.evaluation import per_user_values as per_user_metric
+    from genrec_hf.scaling import fit_csv, load_ranks
 
     _, outcome = finished_ladder
     _, rows = read_rows(outcome.csv_path)

@@ -7,14 +7,11 @@ data that defines it; `genrec_hf.evaluation` applies it (`rank_batches` -> `rank
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from dataclasses import dataclass
 
 import torch
 
-# Items a row may rank: (V,) or (B, V) bool, or `fn(start, stop)` giving the (B, stop-start) or (stop-start,) mask
-# of one chunk (so e.g. an availability window is never materialised as B × catalog).
-AllowedItems = torch.Tensor | Callable[[int, int], torch.Tensor]
+from ..models.genrec.scoring import AllowedItems
 
 
 @dataclass(frozen=True, eq=False)

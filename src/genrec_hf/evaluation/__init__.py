@@ -7,7 +7,7 @@ from ..data.protocol import LEAVE_ONE_OUT, AllowedItems, RankingProtocol
 from .metrics import DEFAULT_KS, metrics_from_ranks, pad_ranks
 from .protocols import evaluate_model, rank_batches
 from .ranking import dense_target_ranks, rank_targets
-from .statistics import paired_bootstrap, per_user_metric
+from .statistics import paired_bootstrap, per_user_metric, per_user_values
 
 # The `evaluate` module shipped inside the package, loadable by path and offline.
 RANKING_METRIC_PATH = str(Path(__file__).parent / "genrec_ranking" / "genrec_ranking.py")
@@ -24,6 +24,7 @@ __all__ = [
     "pad_ranks",
     "paired_bootstrap",
     "per_user_metric",
+    "per_user_values",
     "rank_batches",
     "rank_targets",
 ]

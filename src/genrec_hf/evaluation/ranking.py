@@ -20,11 +20,9 @@ tests hold it to.
 
 from __future__ import annotations
 
-
 import torch
 
-from ..data.protocol import AllowedItems
-from ..models.genrec.scoring import score_items
+from ..models.genrec.scoring import AllowedItems, as_exclusion, rankable_chunk, score_items
 
 
 def check_targets(target_ids: torch.Tensor, num_items: int) -> torch.Tensor:
@@ -75,13 +73,14 @@ def rank_targets(
     target_scores = score_items(queries.unsqueeze(1), item_vectors[targets], temperature=temperature,
                                 l2_normalize=l2_normalize).float().reshape(batch, -1)
     nan_target = torch.isnan(target_scores)
-    not_ranked = targets if exclude_ids is None else torch.cat([_as_ids(exclude_ids, batch, device), targets], 1)
+    not_ranked = targets if exclude_ids is None else torch.cat(
+        [as_exclusion(exclude_ids, batch, device, "exclude_ids"), targets], 1)
     counts = torch.zeros_like(targets)
     for start in range(0, num_items, chunk_size):
         stop = min(start + chunk_size, num_items)
         scores = score_items(queries, item_vectors[start:stop], temperature=temperature,
                              l2_normalize=l2_normalize).float()
-        rankable = _rankable_chunk(batch, start, stop, not_ranked, allowed, device)
+        rankable = rankable_chunk(batch, start, stop, not_ranked, allowed, device)
         rankable_nan = rankable & torch.isnan(scores)
         for t in range(targets.shape[1]):  # one (B, C) comparison at a time: memory stays O(B × chunk)
             beats = (scores >= target_scores[:, t:t + 1]) | nan_target[:, t:t + 1]
@@ -116,29 +115,6 @@ def dense_target_ranks(scores: torch.Tensor, target_ids: torch.Tensor, exclude_i
     ranks = 1 + (beats & rankable[:, None, :] & ~itself).sum(dim=2)
     ranks = torch.where(targets > 0, ranks, torch.zeros_like(ranks))
     return ranks[:, 0] if squeeze else ranks
-
-
-def _as_ids(ids: torch.Tensor, batch: int, device: torch.device) -> torch.Tensor:
-    if ids.dim() != 2 or ids.shape[0] != batch:
-        raise ValueError(f"exclude_ids must have shape (batch={batch}, H), got {tuple(ids.shape)}.")
-    return ids.to(device=device, dtype=torch.long)
-
-
-def _rankable_chunk(batch: int, start: int, stop: int, not_ranked: torch.Tensor, allowed: AllowedItems | None,
-                    device: torch.device) -> torch.Tensor:
-    """(B, C) bool: items start..stop-1 a row ranks against its targets (padding, `not_ranked` and disallowed out)."""
-    width = stop - start
-    rankable = torch.ones(batch, width + 1, dtype=torch.bool, device=device)  # last column: out-of-chunk ids
-    local = not_ranked - start
-    inside = (local >= 0) & (local < width) & (not_ranked > 0)
-    rankable.scatter_(1, torch.where(inside, local, width), False)
-    rankable = rankable[:, :width]
-    if start == 0:
-        rankable[:, 0] = False
-    if allowed is not None:
-        mask = allowed(start, stop) if callable(allowed) else allowed[..., start:stop]
-        rankable &= mask.to(device=device, dtype=torch.bool)
-    return rankable
 
 
 def _other_targets_above(targets: torch.Tensor, target_scores: torch.Tensor) -> torch.Tensor:

@@ -1,7 +1,7 @@
 """Evaluate a saved model or adapter folder on an event log mapped into the model's item vocabulary.
 
-Weights are verified first (`genrec_hf.integrity`, `verify=False` skips it); an adapter folder is loaded on the base
-it names (or `base`) through `adapters.load_adapter_model`, so the base check always runs.
+The folder is read by `genrec_hf.loading.load_saved_model`: weights verified first
+(`verify=False` skips it), an adapter folder merged onto the base it names (or `base`) after the base check.
 """
 
 from __future__ import annotations
@@ -12,25 +12,10 @@ from typing import Any
 import torch
 from torch.utils.data import DataLoader
 
-from ..data import ItemVocab, NextItemCollator, leave_one_out, load_interactions, remap_to_vocab
-from ..integrity import verify_weights
-from ..models.genrec import GenRecForNextItemPrediction
+from ..data import NextItemCollator, leave_one_out, load_interactions, remap_to_vocab
+from ..loading import load_saved_model
 from .metrics import DEFAULT_KS, metrics_from_ranks
 from .protocols import RankingProtocol, rank_batches
-
-
-def load_saved_model(model_dir: str | Path, *, base: str | Path | None = None,
-                     verify: bool = True) -> tuple[GenRecForNextItemPrediction, ItemVocab]:
-    """(model in eval mode, item vocabulary) of a model folder, or of an adapter folder merged onto its base."""
-    from ..adapters import adapter_base_dir, is_adapter_folder, load_adapter_model, merge_adapter
-
-    if is_adapter_folder(model_dir):
-        base_dir = adapter_base_dir(model_dir, base)
-        model = merge_adapter(load_adapter_model(model_dir, base, verify=verify))
-        return model.eval(), ItemVocab.load(base_dir)
-    verify_weights(model_dir, verify)
-    return GenRecForNextItemPrediction.from_pretrained(model_dir).eval(), ItemVocab.load(model_dir)
-
 
 def saved_model_ranks(model_dir: str | Path, source: str, *, format: str | None = None, split: str = "test",
                       max_length: int | None = None, batch_size: int = 256, exclude_history: bool = True,

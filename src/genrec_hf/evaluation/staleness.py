@@ -399,7 +399,7 @@ def evaluate_saved_model_staleness(model_dir: str | Path, source: str, deltas: S
                                    base: str | Path | None = None, verify: bool = True) -> dict[str, Any]:
     """`evaluate_staleness` of a saved model (or adapter) folder on `source`, mapped into its vocabulary."""
     from ..data import load_interactions, remap_to_vocab
-    from .saved_models import load_saved_model
+    from ..loading import load_saved_model
 
     deltas = [parse_duration(d) for d in deltas]
     model, vocab = load_saved_model(model_dir, base=base, verify=verify)

@@ -1,29 +1,63 @@
-"""Statistics over per-user ranks: paired bootstrap intervals for comparing two models on the same users."""
+"""Statistics over per-user ranks: each user's value of a ranking metric, and paired bootstrap intervals for
+comparing two models on the same users."""
 
 from __future__ import annotations
 
-from collections.abc import Callable
-
 import re
+from collections.abc import Callable
+from typing import TypeVar
 
+import numpy as np
 import torch
+
+_RANK_METRIC = re.compile(r"^(?P<name>mrr|hr|ndcg|recall)(@(?P<k>\d+))?$")
+_SINGLE_TARGET_METRIC = re.compile(r"(hr|ndcg)@([1-9][0-9]*)")
+Ranks = TypeVar("Ranks", np.ndarray, torch.Tensor)
+
+
+def per_user_values(ranks: Ranks, metric: str = "mrr") -> Ranks:
+    """Each user's metric from (U,) or (U, T) 1-based ranks (0 = padding); NaN for a user without a target.
+
+    Same definitions as `metrics_from_ranks`, so their mean is the reported metric: "mrr" (best target), "hr@K",
+    "recall@K" and "ndcg@K" (over the row's targets). A tensor in gives a float64 tensor out, an array an array.
+    """
+    if isinstance(ranks, torch.Tensor):
+        return torch.from_numpy(per_user_values(ranks.detach().cpu().numpy(), metric))
+    match = _RANK_METRIC.match(metric)
+    if not match or (match["name"] != "mrr") != (match["k"] is not None):
+        raise ValueError(f"per-user ranks give mrr, hr@K, recall@K or ndcg@K; cannot compute metric {metric!r} "
+                         "from them.")
+    ranks = np.asarray(ranks)
+    if ranks.ndim == 1:
+        ranks = ranks[:, None]
+    valid = ranks > 0
+    count = valid.sum(axis=1)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        if match["name"] == "mrr":
+            value = np.max(np.where(valid, 1.0 / np.where(valid, ranks, 1), 0.0), axis=1)
+        else:
+            k = int(match["k"])
+            hit = valid & (ranks <= k)
+            if match["name"] == "hr":
+                value = hit.any(axis=1).astype(float)
+            elif match["name"] == "recall":
+                value = hit.sum(axis=1) / count
+            else:
+                gain = np.where(hit, 1.0 / np.log2(ranks.astype(float) + 1.0), 0.0).sum(axis=1)
+                ideal = np.cumsum(1.0 / np.log2(np.arange(2, k + 2, dtype=float)))
+                value = gain / ideal[np.clip(np.minimum(count, k) - 1, 0, None)]
+    return np.where(count > 0, value, np.nan)
 
 
 def per_user_metric(name: str) -> Callable[[torch.Tensor], torch.Tensor]:
     """The per-user value behind a single-target ranking metric, for `paired_bootstrap(metric=...)`.
 
-    "mrr" -> 1/rank, "hr@K" -> [rank <= K], "ndcg@K" -> [rank <= K] / log2(1 + rank): the means over users equal
-    `metrics_from_ranks` of the same (U,) 1-based ranks.
+    "mrr" -> 1/rank, "hr@K" -> [rank <= K], "ndcg@K" -> [rank <= K] / log2(1 + rank) (`per_user_values`): the
+    means over users equal `metrics_from_ranks` of the same (U,) 1-based ranks.
     """
-    if name == "mrr":
-        return lambda ranks: 1.0 / ranks
-    match = re.fullmatch(r"(hr|ndcg)@([1-9][0-9]*)", name)
-    if match is None:
+    if name != "mrr" and _SINGLE_TARGET_METRIC.fullmatch(name) is None:
         raise ValueError(f"metric {name!r}: expected 'mrr', 'hr@K' or 'ndcg@K' with K a positive integer.")
-    kind, k = match.group(1), int(match.group(2))
-    if kind == "hr":
-        return lambda ranks: (ranks <= k).double()
-    return lambda ranks: (ranks <= k).double() / torch.log2(1.0 + ranks.double())
+    return lambda ranks: per_user_values(ranks, name)
 
 
 def paired_bootstrap(

@@ -14,7 +14,6 @@ from .fit import (
     fit_scaling,
     format_table,
     load_ranks,
-    per_user_metric,
 )
 from .flops import HEADS, backbone_flops_per_token, backbone_parameters, flops_per_token, flops_reduction
 
@@ -32,5 +31,4 @@ __all__ = [
     "flops_reduction",
     "format_table",
     "load_ranks",
-    "per_user_metric",
 ]

@@ -28,7 +28,11 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import pandas as pd
+import torch
 from scipy import optimize, stats
+
+from ..evaluation.statistics import per_user_values
 
 REQUIRED_COLUMNS = ("backbone_params", "task")
 RANKS_COLUMN = "ranks_path"
@@ -41,7 +45,6 @@ _BOUND_REASONS = {
     "a at its upper bound": "a at its upper bound: the curve is already flat, so a and N0 are not pinned",
     "no rise with size": "the points do not rise with size",
 }
-_RANK_METRIC = re.compile(r"^(?P<name>mrr|hr|ndcg|recall)(@(?P<k>\d+))?$")
 
 
 @dataclass
@@ -179,8 +182,10 @@ def _power_of_ten(exponent: float) -> float:
     return 10.0 ** exponent if exponent < 308 else math.inf
 
 
-def _criteria(rss: float, n: int, k: int, scale: float) -> tuple[float, float, float | None]:
-    """Gaussian AIC, BIC and AICc from a residual sum of squares (floored so a perfect fit stays finite)."""
+def _criteria(rss: float, values: np.ndarray, k: int) -> tuple[float, float, float | None]:
+    """Gaussian AIC, BIC and AICc of a k-parameter fit to `values` from its residual sum of squares (floored relative
+    to the values' spread, so a perfect fit stays finite)."""
+    n, scale = len(values), max(float(np.ptp(values)), 1e-12)
     rss = max(rss, n * (1e-12 * scale) ** 2)
     aic = n * math.log(rss / n) + 2 * k
     bic = n * math.log(rss / n) + k * math.log(n)
@@ -269,41 +274,6 @@ def _log_law(x: np.ndarray, y: np.ndarray) -> tuple[float, float, float]:
     return float(regression.slope), float(regression.intercept), float(regression.stderr)
 
 
-# ---------------------------------------------------------------------------------------------------------------------
-# Per-user values from ranks (for the user bootstrap)
-
-
-def per_user_metric(ranks: np.ndarray, metric: str = "mrr") -> np.ndarray:
-    """Each user's metric from (U,) or (U, T) 1-based ranks (0 = padding); NaN for a user without a target.
-
-    Same definitions as `genrec_hf.evaluation.metrics_from_ranks`, so their mean is the reported metric.
-    """
-    match = _RANK_METRIC.match(metric)
-    if not match or (match["name"] != "mrr") != (match["k"] is not None):
-        raise ValueError(f"per-user ranks give mrr, hr@K, recall@K or ndcg@K; cannot compute metric {metric!r} "
-                         "from them.")
-    ranks = np.asarray(ranks)
-    if ranks.ndim == 1:
-        ranks = ranks[:, None]
-    valid = ranks > 0
-    count = valid.sum(axis=1)
-    with np.errstate(divide="ignore", invalid="ignore"):
-        if match["name"] == "mrr":
-            value = np.max(np.where(valid, 1.0 / np.where(valid, ranks, 1), 0.0), axis=1)
-        else:
-            k = int(match["k"])
-            hit = valid & (ranks <= k)
-            if match["name"] == "hr":
-                value = hit.any(axis=1).astype(float)
-            elif match["name"] == "recall":
-                value = hit.sum(axis=1) / count
-            else:
-                gain = np.where(hit, 1.0 / np.log2(ranks.astype(float) + 1.0), 0.0).sum(axis=1)
-                ideal = np.cumsum(1.0 / np.log2(np.arange(2, k + 2, dtype=float)))
-                value = gain / ideal[np.clip(np.minimum(count, k) - 1, 0, None)]
-    return np.where(count > 0, value, np.nan)
-
-
 def load_ranks(path: str | Path) -> np.ndarray:
     """1-based per-user ranks saved as .pt (tensor), .npy or .json (a list, or {"ranks": [...]}), checked."""
     path = Path(path)
@@ -311,8 +281,6 @@ def load_ranks(path: str | Path) -> np.ndarray:
         raise FileNotFoundError(f"ranks file {path} does not exist.")
     suffix = path.suffix.lower()
     if suffix == ".pt":
-        import torch
-
         loaded = torch.load(path, map_location="cpu", weights_only=True)
         ranks = loaded.numpy() if isinstance(loaded, torch.Tensor) else np.asarray(loaded)
     elif suffix == ".npy":
@@ -401,6 +369,70 @@ def fit_scaling(
     metric's largest possible value ("auto": 1 for mrr / hr@K / ndcg@K / recall@K, else none); a ceiling above it
     is not identified. `n_bootstrap=0` skips the intervals.
     """
+    _check_options(criterion, confidence, n_bootstrap, a_bounds, min_points)
+    points = _prepare_points(sizes, values, ranks, task, min_points)
+    if upper_bound == "auto":
+        upper_bound = 1.0 if _BOUNDED_METRIC.match(metric) else None
+    rng = np.random.default_rng(seed)
+    notes: list[str] = []
+    starts = _a_starts(a_bounds, random_starts, rng)
+    offset, offset_pred = _fit_offset(points, a_bounds, starts)
+    log, log_pred = _fit_log(points)
+    used, delta = _choose_law(offset, log, criterion, notes)
+    targets = _extrapolation_targets(points.sizes, extrapolate_factors, extrapolate_sizes)
+    boot = _Bootstrap.empty(len(targets))
+    if n_bootstrap:
+        per_user = _per_user_rank_values(points, metric, task) if points.ranks is not None else None
+        boot = _bootstrap(points, per_user, offset_pred, log_pred, np.array([s for _, s in targets], dtype=float),
+                          offset.a, starts, a_bounds, n_bootstrap, rng)
+        _set_offset_intervals(offset, boot, confidence)
+    headroom_interval = _interval(boot.headroom, confidence) if boot.converged else None
+    reasons = _unidentified(points, offset, boot, headroom_interval, metric, upper_bound, n_bootstrap, confidence,
+                            notes)
+    extrapolations = [
+        Extrapolation(name, size, float(offset.predict([size])[0]),
+                      _interval(boot.offset_pred[:, j], confidence) if boot.converged else None,
+                      float(log.predict([size])[0]),
+                      _interval(boot.log_pred[:, j], confidence) if boot.mode != "none" else None)
+        for j, (name, size) in enumerate(targets)
+    ]
+    best_index = int(np.argmax(points.values))
+    return ScalingFit(
+        task=task, metric=metric, sizes=points.sizes.tolist(), values=points.values.tolist(), offset=offset, log=log,
+        criterion=used, delta=delta, preferred="offset" if delta > 0 else "log", evidence=_evidence(delta),
+        best_value=float(points.values[best_index]), best_size=float(points.sizes[best_index]),
+        headroom=float(offset.p0 - points.values[best_index]),
+        headroom_interval=headroom_interval,
+        identified=not reasons, reasons=reasons, bootstrap=boot.mode, n_bootstrap=int(n_bootstrap),
+        n_bootstrap_converged=boot.converged, paired=boot.paired, confidence=confidence, extrapolations=extrapolations,
+        notes=notes, bootstrap_params=boot.params if boot.converged else None,
+        seed_values=points.seed_values.tolist() if points.n_seeds > 1 else None,
+    )
+
+
+# The steps of `fit_scaling`, in the order it runs them.
+
+
+@dataclass
+class _Points:
+    """One task's points sorted by size: per-size values (means over seeds), per-seed values and ranks."""
+
+    sizes: np.ndarray  # (n,)
+    values: np.ndarray  # (n,)
+    seed_values: np.ndarray  # (n, seeds)
+    ranks: list[list[np.ndarray]] | None  # per size, one (users,) or (users, targets) array per seed
+
+    @property
+    def n(self) -> int:
+        return len(self.sizes)
+
+    @property
+    def n_seeds(self) -> int:
+        return self.seed_values.shape[1]
+
+
+def _check_options(criterion: str, confidence: float, n_bootstrap: int, a_bounds: tuple[float, float],
+                   min_points: int) -> None:
     if criterion not in CRITERIA:
         raise ValueError(f"criterion must be one of {', '.join(CRITERIA)}; got {criterion!r}.")
     if not 0.0 < confidence < 1.0:
@@ -411,6 +443,11 @@ def fit_scaling(
         raise ValueError(f"a_bounds must be 0 < low < high; got {a_bounds!r}.")
     if min_points < OFFSET_PARAMS:
         raise ValueError(f"min_points must be >= {OFFSET_PARAMS} (the offset law's parameters); got {min_points}.")
+
+
+def _prepare_points(sizes: Any, values: Any, ranks: Sequence[np.ndarray | Sequence[np.ndarray]] | None,
+                    task: str | None, min_points: int) -> _Points:
+    """Checked points sorted by size; (sizes, seeds) values are averaged per size, ranks listed per seed."""
     seed_values = np.asarray(values, dtype=float)
     if seed_values.ndim == 2:
         if seed_values.shape[1] < 1:
@@ -424,128 +461,179 @@ def fit_scaling(
         raise ValueError(f"values of shape {seed_values.shape}: expected (sizes,) or (sizes, seeds).")
     else:
         seed_values = seed_values.reshape(-1, 1)
-    n_seeds = seed_values.shape[1]
     sizes, values = _check_inputs(sizes, values, task, min_points)
-    if upper_bound == "auto":
-        upper_bound = 1.0 if _BOUNDED_METRIC.match(metric) else None
     order = np.argsort(sizes)
-    sizes, values, seed_values = sizes[order], values[order], seed_values[order]
+    points = _Points(sizes[order], values[order], seed_values[order], None)
     if ranks is not None:
         if len(ranks) != len(order):
             raise ValueError(f"{len(ranks)} rank arrays for {len(order)} sizes"
                              f"{f' of task {task!r}' if task is not None else ''}.")
-        ranks = [_seed_ranks(ranks[i], n_seeds, sizes[j], task) for j, i in enumerate(order)]
-    n = len(sizes)
-    rng = np.random.default_rng(seed)
-    notes: list[str] = []
+        points.ranks = [_seed_ranks(ranks[i], points.n_seeds, points.sizes[j], task) for j, i in enumerate(order)]
+    return points
 
+
+def _fit_offset(points: _Points, a_bounds: tuple[float, float],
+                starts: Sequence[float]) -> tuple[OffsetPowerLawFit, np.ndarray]:
+    """The offset power law, best of the `starts`, and its prediction at each point."""
+    sizes, values = points.sizes, points.values
     problem = _problem(sizes, values, a_bounds)
-    starts = _a_starts(a_bounds, random_starts, rng)
     best, n_converged, n_at_best = _solve(problem, values, starts)
     p0, a, log10_n0, at_bounds = _unpack(problem, best.x, values)
-    offset_pred = _offset_law(sizes, p0, a, log10_n0)
-    rss = float(np.sum((values - offset_pred) ** 2))
-    scale = max(float(np.ptp(values)), 1e-12)
-    aic, bic, aicc = _criteria(rss, n, OFFSET_PARAMS, scale)
-    offset = OffsetPowerLawFit(p0=p0, a=a, n0=_power_of_ten(log10_n0), log10_n0=log10_n0, rmse=math.sqrt(rss / n),
-                               rss=rss, aic=aic, bic=bic, aicc=aicc, converged=bool(n_converged),
-                               message=str(best.message), n_starts=len(starts), n_converged=n_converged,
-                               n_at_best=n_at_best, at_bounds=at_bounds)
+    prediction = _offset_law(sizes, p0, a, log10_n0)
+    rss = float(np.sum((values - prediction) ** 2))
+    aic, bic, aicc = _criteria(rss, values, OFFSET_PARAMS)
+    fit = OffsetPowerLawFit(p0=p0, a=a, n0=_power_of_ten(log10_n0), log10_n0=log10_n0,
+                            rmse=math.sqrt(rss / points.n), rss=rss, aic=aic, bic=bic, aicc=aicc,
+                            converged=bool(n_converged), message=str(best.message), n_starts=len(starts),
+                            n_converged=n_converged, n_at_best=n_at_best, at_bounds=at_bounds)
+    return fit, prediction
 
-    x = np.log(sizes)
-    slope, intercept, slope_stderr = _log_law(x, values)
-    log_pred = slope * x + intercept
-    log_rss = float(np.sum((values - log_pred) ** 2))
-    log = LogLinearFit(slope, intercept, slope_stderr, math.sqrt(log_rss / n), log_rss,
-                       *_criteria(log_rss, n, LOG_PARAMS, scale))
 
+def _fit_log(points: _Points) -> tuple[LogLinearFit, np.ndarray]:
+    """The log-linear law by least squares, and its prediction at each point."""
+    x = np.log(points.sizes)
+    slope, intercept, slope_stderr = _log_law(x, points.values)
+    prediction = slope * x + intercept
+    rss = float(np.sum((points.values - prediction) ** 2))
+    fit = LogLinearFit(slope, intercept, slope_stderr, math.sqrt(rss / points.n), rss,
+                       *_criteria(rss, points.values, LOG_PARAMS))
+    return fit, prediction
+
+
+def _choose_law(offset: OffsetPowerLawFit, log: LogLinearFit, criterion: str, notes: list[str]) -> tuple[str, float]:
+    """(criterion used, criterion(log) − criterion(offset)); AICc falls back to AIC when the points are too few."""
     used = criterion
     if criterion == "aicc" and (offset.aicc is None or log.aicc is None):
         used = "aic"
         notes.append(f"AICc needs at least {OFFSET_PARAMS + 2} points; compared by AIC instead.")
-    delta = float(getattr(log, used) - getattr(offset, used))
-    preferred = "offset" if delta > 0 else "log"
+    return used, float(getattr(log, used) - getattr(offset, used))
 
-    targets: list[tuple[str, float]] = [(f"{factor:g}x", float(factor * sizes.max())) for factor in
-                                        extrapolate_factors]
-    for name, size in (extrapolate_sizes or {}).items():
+
+def _extrapolation_targets(sizes: np.ndarray, factors: Sequence[float],
+                           named: Mapping[str, float] | None) -> list[tuple[str, float]]:
+    """(name, size) to extrapolate to: each factor times the largest size, then the named sizes."""
+    targets = [(f"{factor:g}x", float(factor * sizes.max())) for factor in factors]
+    for name, size in (named or {}).items():
         if not (math.isfinite(size) and size > 0):
             raise ValueError(f"extrapolation size {name}={size!r} must be a positive number.")
         targets.append((str(name), float(size)))
-    target_sizes = np.array([s for _, s in targets], dtype=float)
+    return targets
 
-    # --- bootstrap -----------------------------------------------------------------------------------------------
-    mode, paired = ("none", None)
-    boot_params = np.empty((0, 3))
-    boot_headroom = boot_log_pred = boot_offset_pred = np.empty((0, len(targets)))
-    boot_converged = 0
-    p0_at_bound_share = 0.0
-    if n_bootstrap:
-        # One seed draw for every size (resampling the training runs); with one seed it is that seed every time.
-        seed_draw = (rng.integers(0, n_seeds, size=(n_bootstrap, n_seeds)) if n_seeds > 1
-                     else np.zeros((n_bootstrap, 1), dtype=np.int64))
-        if ranks is not None:
-            mode = "ranks+seeds" if n_seeds > 1 else "ranks"
-            per_user = [np.stack([per_user_metric(r, metric) for r in seeds]) for seeds in ranks]  # (S, U) per size
-            for size, user_values, value_row in zip(sizes, per_user, seed_values):
-                for seed_index, (row, value) in enumerate(zip(user_values, value_row)):
-                    mean = float(np.nanmean(row))
-                    if abs(mean - value) > max(1e-3, 1e-2 * abs(value)):
-                        which = f", seed column {seed_index}" if n_seeds > 1 else ""
-                        warnings.warn(f"{metric} {value:.6g} at size {size:g}{f' of task {task!r}' if task else ''}"
-                                      f"{which} differs from the mean over its per-user ranks ({mean:.6g}); are the "
-                                      "ranks from the same evaluation?", stacklevel=2)
-            counts = {u.shape[1] for u in per_user}
-            paired = len(counts) == 1
-            shared_users = rng.integers(0, counts.pop(), size=(n_bootstrap, per_user[0].shape[1])) if paired else None
-            columns = []
-            for u in per_user:
-                users = shared_users if paired else rng.integers(0, u.shape[1], size=(n_bootstrap, u.shape[1]))
-                by_seed = np.nanmean(u[:, users], axis=2)  # (S, B): each seed's mean over the drawn users
-                columns.append(np.take_along_axis(by_seed.T, seed_draw, axis=1).mean(axis=1))
-            samples = np.stack(columns, axis=1)
-            log_samples = samples
-        elif n_seeds > 1:
-            mode = "seeds"
-            samples = np.stack([row[seed_draw].mean(axis=1) for row in seed_values], axis=1)
-            log_samples = samples
-        else:
-            mode = "residuals"
-            inflate = math.sqrt(n / (n - OFFSET_PARAMS)) if n > OFFSET_PARAMS else 1.0
-            residuals = (values - offset_pred) * inflate
-            log_residuals = (values - log_pred) * math.sqrt(n / (n - LOG_PARAMS))
-            indices = rng.integers(0, n, size=(n_bootstrap, n))
-            samples = offset_pred + (residuals - residuals.mean())[indices]
-            log_samples = log_pred + (log_residuals - log_residuals.mean())[indices]
-        design = np.column_stack([x, np.ones_like(x)])
-        coef, *_ = np.linalg.lstsq(design, log_samples.T, rcond=None)
-        boot_log_pred = (np.column_stack([np.log(target_sizes), np.ones_like(target_sizes)]) @ coef).T
-        params, headroom, offset_preds, at_bound = [], [], [], 0
-        for sample in samples:
-            sample_problem = _problem(sizes, sample, a_bounds)
-            result, converged_runs, _ = _solve(sample_problem, sample, [a])
-            if not converged_runs:
-                result, converged_runs, _ = _solve(sample_problem, sample, starts[:6])
-            if not converged_runs:
-                continue
-            sample_p0, sample_a, sample_log10_n0, hits = _unpack(sample_problem, result.x, sample)
-            at_bound += "a at its lower bound" in hits or "no rise with size" in hits
-            params.append((sample_p0, sample_a, sample_log10_n0))
-            headroom.append(sample_p0 - sample.max())
-            offset_preds.append(_offset_law(target_sizes, sample_p0, sample_a, sample_log10_n0))
-        boot_converged = len(params)
-        if params:
-            boot_params = np.array(params)
-            boot_headroom = np.array(headroom)
-            boot_offset_pred = np.array(offset_preds).reshape(len(params), len(targets))
-            p0_at_bound_share = at_bound / len(params)
-            offset.p0_interval = _interval(boot_params[:, 0], confidence)
-            offset.a_interval = _interval(boot_params[:, 1], confidence)
-            log10_n0_interval = _interval(boot_params[:, 2], confidence)
-            if log10_n0_interval:
-                offset.n0_interval = (_power_of_ten(log10_n0_interval[0]), _power_of_ten(log10_n0_interval[1]))
 
-    # --- identification --------------------------------------------------------------------------------------------
+def _per_user_rank_values(points: _Points, metric: str, task: str | None) -> list[np.ndarray]:
+    """Per size, the (seeds, users) per-user metric values of its ranks; warns where their mean is not the value."""
+    per_user = [np.stack([per_user_values(r, metric) for r in seeds]) for seeds in points.ranks or ()]
+    for size, user_values, value_row in zip(points.sizes, per_user, points.seed_values):
+        for seed_index, (row, value) in enumerate(zip(user_values, value_row)):
+            mean = float(np.nanmean(row))
+            if abs(mean - value) > max(1e-3, 1e-2 * abs(value)):
+                which = f", seed column {seed_index}" if points.n_seeds > 1 else ""
+                warnings.warn(f"{metric} {value:.6g} at size {size:g}{f' of task {task!r}' if task else ''}"
+                              f"{which} differs from the mean over its per-user ranks ({mean:.6g}); are the "
+                              "ranks from the same evaluation?", stacklevel=3)
+    return per_user
+
+
+@dataclass
+class _Bootstrap:
+    """What the bootstrap refits give: (B, 3) parameters p0, a, log10 n0, and per refit the headroom and both laws'
+    predictions at the extrapolation targets."""
+
+    mode: str
+    paired: bool | None
+    params: np.ndarray
+    headroom: np.ndarray
+    log_pred: np.ndarray
+    offset_pred: np.ndarray
+    converged: int = 0
+    p0_at_bound_share: float = 0.0
+
+    @classmethod
+    def empty(cls, num_targets: int) -> _Bootstrap:
+        nothing = np.empty((0, num_targets))
+        return cls("none", None, np.empty((0, 3)), nothing, nothing, nothing)
+
+
+def _bootstrap(points: _Points, per_user: list[np.ndarray] | None, offset_pred: np.ndarray, log_pred: np.ndarray,
+               target_sizes: np.ndarray, a: float, starts: Sequence[float], a_bounds: tuple[float, float],
+               n_bootstrap: int, rng: np.random.Generator) -> _Bootstrap:
+    """Resample the points (users and seeds, seeds, or residuals), refit both laws to every sample."""
+    mode, paired, samples, log_samples = _bootstrap_samples(points, per_user, offset_pred, log_pred, n_bootstrap, rng)
+    x = np.log(points.sizes)
+    coef, *_ = np.linalg.lstsq(np.column_stack([x, np.ones_like(x)]), log_samples.T, rcond=None)
+    boot = _Bootstrap.empty(len(target_sizes))
+    boot.mode, boot.paired = mode, paired
+    boot.log_pred = (np.column_stack([np.log(target_sizes), np.ones_like(target_sizes)]) @ coef).T
+    params, headroom, offset_preds, at_bound = [], [], [], 0
+    for sample in samples:
+        sample_problem = _problem(points.sizes, sample, a_bounds)
+        result, converged_runs, _ = _solve(sample_problem, sample, [a])
+        if not converged_runs:
+            result, converged_runs, _ = _solve(sample_problem, sample, starts[:6])
+        if not converged_runs:
+            continue
+        sample_p0, sample_a, sample_log10_n0, hits = _unpack(sample_problem, result.x, sample)
+        at_bound += "a at its lower bound" in hits or "no rise with size" in hits
+        params.append((sample_p0, sample_a, sample_log10_n0))
+        headroom.append(sample_p0 - sample.max())
+        offset_preds.append(_offset_law(target_sizes, sample_p0, sample_a, sample_log10_n0))
+    boot.converged = len(params)
+    if params:
+        boot.params = np.array(params)
+        boot.headroom = np.array(headroom)
+        boot.offset_pred = np.array(offset_preds).reshape(len(params), len(target_sizes))
+        boot.p0_at_bound_share = at_bound / len(params)
+    return boot
+
+
+def _bootstrap_samples(points: _Points, per_user: list[np.ndarray] | None, offset_pred: np.ndarray,
+                       log_pred: np.ndarray, n_bootstrap: int, rng: np.random.Generator,
+                       ) -> tuple[str, bool | None, np.ndarray, np.ndarray]:
+    """(mode, paired, (B, n) samples the offset law refits, (B, n) samples the log law refits)."""
+    n_seeds = points.n_seeds
+    # One seed draw for every size (resampling the training runs); with one seed it is that seed every time.
+    seed_draw = (rng.integers(0, n_seeds, size=(n_bootstrap, n_seeds)) if n_seeds > 1
+                 else np.zeros((n_bootstrap, 1), dtype=np.int64))
+    if per_user is not None:
+        counts = {u.shape[1] for u in per_user}
+        paired = len(counts) == 1
+        shared_users = rng.integers(0, counts.pop(), size=(n_bootstrap, per_user[0].shape[1])) if paired else None
+        columns = []
+        for u in per_user:
+            users = shared_users if paired else rng.integers(0, u.shape[1], size=(n_bootstrap, u.shape[1]))
+            by_seed = np.nanmean(u[:, users], axis=2)  # (S, B): each seed's mean over the drawn users
+            columns.append(np.take_along_axis(by_seed.T, seed_draw, axis=1).mean(axis=1))
+        samples = np.stack(columns, axis=1)
+        return ("ranks+seeds" if n_seeds > 1 else "ranks"), paired, samples, samples
+    if n_seeds > 1:
+        samples = np.stack([row[seed_draw].mean(axis=1) for row in points.seed_values], axis=1)
+        return "seeds", None, samples, samples
+    n, values = points.n, points.values
+    inflate = math.sqrt(n / (n - OFFSET_PARAMS)) if n > OFFSET_PARAMS else 1.0
+    residuals = (values - offset_pred) * inflate
+    log_residuals = (values - log_pred) * math.sqrt(n / (n - LOG_PARAMS))
+    indices = rng.integers(0, n, size=(n_bootstrap, n))
+    samples = offset_pred + (residuals - residuals.mean())[indices]
+    log_samples = log_pred + (log_residuals - log_residuals.mean())[indices]
+    return "residuals", None, samples, log_samples
+
+
+def _set_offset_intervals(offset: OffsetPowerLawFit, boot: _Bootstrap, confidence: float) -> None:
+    """Percentile intervals of p0, a and n0 over the converged refits (none without them)."""
+    if not boot.converged:
+        return
+    offset.p0_interval = _interval(boot.params[:, 0], confidence)
+    offset.a_interval = _interval(boot.params[:, 1], confidence)
+    log10_n0_interval = _interval(boot.params[:, 2], confidence)
+    if log10_n0_interval:
+        offset.n0_interval = (_power_of_ten(log10_n0_interval[0]), _power_of_ten(log10_n0_interval[1]))
+
+
+def _unidentified(points: _Points, offset: OffsetPowerLawFit, boot: _Bootstrap,
+                  headroom_interval: tuple[float, float] | None, metric: str, upper_bound: float | None,
+                  n_bootstrap: int, confidence: float, notes: list[str]) -> list[str]:
+    """Why the ceiling is not identified (empty when it is); notes what is worth saying but does not refuse it."""
+    n = points.n
     reasons = []
     if n < OFFSET_PARAMS + 1:
         reasons.append(f"{n} points for {OFFSET_PARAMS} parameters leave no degree of freedom")
@@ -555,45 +643,26 @@ def fit_scaling(
         reasons.extend(_BOUND_REASONS[hit] for hit in offset.at_bounds if hit != "a at its upper bound")
         if "a at its upper bound" in offset.at_bounds:
             notes.append(_BOUND_REASONS["a at its upper bound"] + " (P0 is the plateau)")
-    if upper_bound is not None and p0 > upper_bound:
-        reasons.append(f"P0 = {p0:.4g} exceeds {upper_bound:g}, the largest possible {metric}")
+    if upper_bound is not None and offset.p0 > upper_bound:
+        reasons.append(f"P0 = {offset.p0:.4g} exceeds {upper_bound:g}, the largest possible {metric}")
     if n_bootstrap:
         tail = (1.0 - confidence) / 2
-        if boot_converged < 0.5 * n_bootstrap:
-            reasons.append(f"only {boot_converged} of {n_bootstrap} bootstrap refits converged")
-        if p0_at_bound_share > tail:
-            reasons.append(f"P0 interval unbounded above: {p0_at_bound_share:.0%} of bootstrap refits run to the "
-                           "log-linear limit or show no rise (the points do not bend enough to fix a ceiling)")
+        if boot.converged < 0.5 * n_bootstrap:
+            reasons.append(f"only {boot.converged} of {n_bootstrap} bootstrap refits converged")
+        if boot.p0_at_bound_share > tail:
+            reasons.append(f"P0 interval unbounded above: {boot.p0_at_bound_share:.0%} of bootstrap refits run to "
+                           "the log-linear limit or show no rise (the points do not bend enough to fix a ceiling)")
         elif upper_bound is not None and offset.p0_interval and offset.p0_interval[1] > upper_bound:
             reasons.append(f"P0 interval reaches {offset.p0_interval[1]:.4g} > {upper_bound:g}, the largest "
                            f"possible {metric}")
     else:
         notes.append("no bootstrap: intervals and their identification checks skipped")
-
-    best_index = int(np.argmax(values))
-    headroom_interval = _interval(boot_headroom, confidence) if boot_converged else None
+    best = int(np.argmax(points.values))
     if headroom_interval is not None and headroom_interval[1] < 0:
-        reasons.append(f"the best measured {metric} ({values[best_index]:.4g} at N = {sizes[best_index]:.3g}) lies "
-                       f"above the fitted ceiling's whole interval (headroom up to {headroom_interval[1]:.3g}): a "
+        reasons.append(f"the best measured {metric} ({points.values[best]:.4g} at N = {points.sizes[best]:.3g}) "
+                       f"lies above the fitted ceiling's whole interval (headroom up to {headroom_interval[1]:.3g}): a "
                        "point far off the curve, or a curve that does not rise")
-    extrapolations = [
-        Extrapolation(name, size, float(offset.predict([size])[0]),
-                      _interval(boot_offset_pred[:, j], confidence) if boot_converged else None,
-                      float(log.predict([size])[0]),
-                      _interval(boot_log_pred[:, j], confidence) if mode != "none" else None)
-        for j, (name, size) in enumerate(targets)
-    ]
-    return ScalingFit(
-        task=task, metric=metric, sizes=sizes.tolist(), values=values.tolist(), offset=offset, log=log,
-        criterion=used, delta=delta, preferred=preferred, evidence=_evidence(delta),
-        best_value=float(values[best_index]), best_size=float(sizes[best_index]),
-        headroom=float(p0 - values[best_index]),
-        headroom_interval=headroom_interval,
-        identified=not reasons, reasons=reasons, bootstrap=mode, n_bootstrap=int(n_bootstrap),
-        n_bootstrap_converged=boot_converged, paired=paired, confidence=confidence, extrapolations=extrapolations,
-        notes=notes, bootstrap_params=boot_params if boot_converged else None,
-        seed_values=seed_values.tolist() if n_seeds > 1 else None,
-    )
+    return reasons
 
 
 def _seed_ranks(given: np.ndarray | Sequence[np.ndarray], n_seeds: int, size: float,
@@ -677,8 +746,6 @@ def fit_csv(
 
 def _read_results(path: Path, size_column: str, metric: str) -> Any:
     """A results CSV as a DataFrame, its size and metric columns numeric (errors name the file, row and column)."""
-    import pandas as pd
-
     if not path.is_file():
         raise FileNotFoundError(f"results CSV {path} does not exist.")
     try:

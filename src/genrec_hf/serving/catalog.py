@@ -17,7 +17,8 @@ from typing import Any
 
 from ..data import ItemVocab
 from ..data.item_features import metadata_features
-from ..integrity import file_sha256, verify_weights, write_manifest
+from ..integrity import file_sha256, write_manifest
+from ..loading import load_model
 from ..models.genrec import GenRecForNextItemPrediction
 
 logger = logging.getLogger(__name__)
@@ -52,9 +53,7 @@ def add_items_to_folder(model_dir: str | Path, items: Sequence[Mapping[str, Any]
         raise FileExistsError(f"output folder {output_dir} is not empty; pass overwrite=True (--overwrite).")
     if output_dir.resolve() == model_dir.resolve():
         raise ValueError("write the grown model to another folder than the one it is read from.")
-    verify_weights(model_dir, verify)
-    model = GenRecForNextItemPrediction.from_pretrained(model_dir).eval()
-    vocab = ItemVocab.load(model_dir)
+    model, vocab = load_model(model_dir, verify=verify)
     if model.item_tower is None:
         raise ValueError(f"{model_dir} is an ID-only model (no item_tower_config): new items would have nothing to "
                          "be scored from. Train with model.item_tower (docs/cold_start.md).")

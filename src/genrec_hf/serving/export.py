@@ -31,10 +31,17 @@ from typing import Any
 import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
+import torch
+from safetensors.numpy import load_file, save_file
+from scipy.linalg import orthogonal_procrustes
 
+from .._version import __version__
 from ..data import VOCAB_FILE, ItemVocab, load_interactions
 from ..data.interactions import flat_column, row_lengths
 from ..integrity import file_sha256
+from ..loading import load_saved_model
+from ..models.genrec import GenRecForNextItemPrediction
+from ..models.genrec.modeling_genrec import history_inputs
 
 MANIFEST = "manifest.json"
 EXPORT_FILES = ("items.safetensors", "items.parquet", "users.safetensors", "users.parquet", VOCAB_FILE, MANIFEST)
@@ -55,8 +62,6 @@ class Export:
 
 def read_export(directory: str | Path) -> Export:
     """Read an export folder (the Parquet files carry the ids; vectors come from safetensors)."""
-    from safetensors.numpy import load_file
-
     directory = Path(directory)
     if not (directory / MANIFEST).is_file():
         raise FileNotFoundError(f"{directory} is not an embedding export (no {MANIFEST}); write one with "
@@ -77,8 +82,6 @@ def mean_cosine_distance(a: np.ndarray, b: np.ndarray) -> float:
 
 def procrustes_rotation(source: np.ndarray, target: np.ndarray) -> np.ndarray:
     """(d, d) orthogonal R minimising ||source @ R - target||_F (scipy's orthogonal Procrustes)."""
-    from scipy.linalg import orthogonal_procrustes
-
     rotation, _ = orthogonal_procrustes(source.astype(np.float64), target.astype(np.float64))
     return rotation
 
@@ -105,11 +108,15 @@ def align_embeddings(item_ids: list[str], item_vectors: np.ndarray, user_vectors
     return items, users, stats
 
 
-def user_vectors_from_data(recommender: Any, source: str, *, format: str | None = None, batch_size: int = 256,
+@torch.no_grad()
+def user_vectors_from_data(model: GenRecForNextItemPrediction, vocab: ItemVocab, source: str, *,
+                           format: str | None = None, batch_size: int = 256,
                            ) -> tuple[list[str], np.ndarray, np.ndarray, dict[str, int]]:
-    """(user ids, (U, d) user vectors, (U,) known events, counts) of every user of `source` with a known event."""
+    """(user ids, (U, d) user vectors, (U,) known events, counts) of every user of `source` with a known event.
+
+    A user's vector is `model`'s user embedding of their known events (the most recent `max_position_embeddings`).
+    """
     data = load_interactions(source, format=format, min_user_events=1)
-    vocab: ItemVocab = recommender.vocab
     lookup = np.array([0] + [vocab.encode(raw) if raw in vocab else 0 for raw in data.vocab.raw_ids], np.int64)
     if not (lookup[1:] > 0).any():
         raise ValueError(f"None of the {data.vocab.num_items} items of {data.name} is in the model's "
@@ -121,7 +128,7 @@ def user_vectors_from_data(recommender: Any, source: str, *, format: str | None 
     known = mapped > 0
     offsets = np.concatenate([[0], np.cumsum(row_lengths(data.sequences))])
     user_ids_all = data.sequences["user_id"]
-    use_actions = recommender.config.num_action_types > 0
+    use_actions = model.config.num_action_types > 0
     histories: list[tuple[str, list[int], list[int], list[int]]] = []
     for u in range(len(user_ids_all)):
         span = slice(offsets[u], offsets[u + 1])
@@ -132,12 +139,15 @@ def user_vectors_from_data(recommender: Any, source: str, *, format: str | None 
     vectors, user_ids, counts = [], [], []
     for start in range(0, len(histories), batch_size):
         chunk = histories[start:start + batch_size]
-        queries = recommender.encode_queries([h[1] for h in chunk], timestamps=[h[2] for h in chunk],
-                                             action_ids=[h[3] for h in chunk] if use_actions else None)
+        inputs = history_inputs([h[1] for h in chunk], model.config.max_position_embeddings,
+                                timestamps=[h[2] for h in chunk],
+                                action_ids=[h[3] for h in chunk] if use_actions else None,
+                                device=model.item_vectors.device)
+        queries = model(**inputs).user_embeddings
         vectors.append(queries.float().cpu().numpy())
         user_ids.extend(h[0] for h in chunk)
         counts.extend(len(h[1]) for h in chunk)
-    dim = recommender.base_model.item_vectors.shape[1]
+    dim = model.item_vectors.shape[1]
     matrix = np.concatenate(vectors) if vectors else np.zeros((0, dim), np.float32)
     stats = {"users": len(user_ids), "users_skipped": len(user_ids_all) - len(user_ids),
              "events": int(known.sum()), "events_unknown_items": int((~known).sum())}
@@ -174,19 +184,14 @@ def export_embeddings(model_dir: str | Path, source: str, out_dir: str | Path, *
     An existing export is replaced only with `overwrite=True` (a folder holding other files never is). The files are
     written to a temporary folder next to `out_dir` first, so a failed export leaves no half-written folder.
     """
-    from safetensors.numpy import save_file
-
-    from .. import __version__
-    from .recommender import Recommender
-
     model_dir, out_dir = Path(model_dir), Path(out_dir)
     _check_out_dir(out_dir, overwrite)
     reference = read_export(align_to) if align_to is not None else None
-    recommender = Recommender.from_pretrained(model_dir)
-    config = recommender.config
-    item_ids = recommender.vocab.raw_ids
-    item_vectors = recommender.item_vectors()[1:].float().cpu().numpy()
-    user_ids, user_vectors, num_events, counts = user_vectors_from_data(recommender, source, format=format,
+    model, vocab = load_saved_model(model_dir)
+    config = model.config
+    item_ids = vocab.raw_ids
+    item_vectors = model.item_vectors.detach()[1:].float().cpu().numpy()
+    user_ids, user_vectors, num_events, counts = user_vectors_from_data(model, vocab, source, format=format,
                                                                         batch_size=batch_size)
     alignment = None
     if reference is not None:

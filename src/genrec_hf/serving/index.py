@@ -179,17 +179,6 @@ class FaissIndex:
                    kind=meta["kind"], temperature=meta["temperature"], l2_normalize=meta["l2_normalize"],
                    nprobe=meta["nprobe"], ef_search=meta["ef_search"])
 
-    @classmethod
-    def from_export(cls, export_dir: str | Path, *, kind: str = "ivf", **options: Any) -> FaissIndex:
-        """Index the item vectors of a `genrec-hf export-embeddings` folder, with the model's scoring rule."""
-        from .export import read_export
-
-        export = read_export(export_dir)
-        vectors = np.concatenate([np.zeros((1, export.item_vectors.shape[1]), np.float32), export.item_vectors])
-        scoring = export.manifest["scoring"]
-        return cls.build(vectors, kind=kind, temperature=scoring["score_temperature"],
-                         l2_normalize=scoring["l2_normalize_scores"], **options)
-
 
 def recall_at_k(approximate: torch.Tensor, exact: torch.Tensor) -> float:
     """Mean fraction of each row's exact top-k items (nonzero) that the approximate top-k also returned."""

@@ -17,21 +17,21 @@ import threading
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Union
+from typing import Any, Union
 
 import torch
+from peft import PeftModel
 
+from ..adapters import BASE_ADAPTER, adapter_item_vectors, only_adapter, tower_has_lora
 from ..data import ItemVocab
-from ..models.genrec import GenRecForNextItemPrediction
-from ..models.genrec.scoring import TopItems, chunked_topk
+from ..loading import check_vocab, load_serving_model
+from ..models.genrec import GenRecCache, GenRecForNextItemPrediction
+from ..models.genrec.modeling_genrec import history_inputs
+from ..models.genrec.scoring import TopItems, history_exclusions
+from .index import FaissIndex, require_faiss
+from .state import UserStateStore
 
-if TYPE_CHECKING:
-    from peft import PeftModel
-
-    from ..models.genrec import GenRecCache
-    from .index import FaissIndex
-
-BASE_TASK = "__base__"  # PEFT's name for "no adapter"
+BASE_TASK = BASE_ADAPTER  # the task served by the base model, no adapter
 RawId = Union[str, int]
 Filters = Union[Mapping[str, Any], Callable[[str, Mapping[str, Any]], bool]]
 
@@ -90,33 +90,22 @@ class Recommender:
         if not isinstance(base, GenRecForNextItemPrediction):
             raise TypeError(f"Recommender expects a GenRecForNextItemPrediction or a PeftModel over one, got "
                             f"{type(base).__name__}.")
-        if len(vocab) != base.config.vocab_size:
-            raise ValueError(f"item_vocab.json has {len(vocab)} entries but the model was built for vocab_size="
-                             f"{base.config.vocab_size}; the vocabulary belongs to another model.")
+        check_vocab(base, vocab)
         if index not in (None, "exact"):
-            from .index import require_faiss
-
             require_faiss()
         self.model = model.eval()
         self.base_model = base
         self.config = base.config
         self.vocab = vocab
         self.tasks: tuple[str, ...] = tuple(getattr(model, "peft_config", {}) or ())
-        if self.tasks:
-            from ..adapters import tower_has_lora
-
-            # LoRA on the item tower cannot be served per row (adapter_names): switch the active adapter instead
-            self._switch_adapters = tower_has_lora(model)
-        else:
-            self._switch_adapters = False
+        # LoRA on the item tower cannot be served per row (adapter_names): switch the active adapter instead
+        self._switch_adapters = bool(self.tasks) and tower_has_lora(model)
         self.index_kind = None if index in (None, "exact") else index
         self.index_options = dict(index_options or {})
         self._indexes: dict[str, FaissIndex] = {}
         self._forward_lock = threading.Lock()
         self._index_lock = threading.Lock()
         self._item_index = {raw: i + 1 for i, raw in enumerate(vocab.raw_ids)}
-        from .state import UserStateStore
-
         self.user_states: UserStateStore = UserStateStore(self)
 
     @classmethod
@@ -126,27 +115,9 @@ class Recommender:
         """Load `model_dir` (weights, config, `item_vocab.json`) and any `{task: adapter_dir}` once.
 
         Weights are verified first (`verify=False` skips it). `model_dir` may also be an adapter folder, served
-        merged onto the base it names (or `base`).
+        merged onto the base it names (or `base`). Loading is `genrec_hf.loading.load_serving_model`.
         """
-        from ..adapters import is_adapter_folder
-        from ..integrity import verify_weights
-
-        model_dir = Path(model_dir)
-        if is_adapter_folder(model_dir):
-            from ..evaluation.saved_models import load_saved_model
-
-            merged, base_vocab = load_saved_model(model_dir, base=base, verify=verify)
-            return cls(merged, base_vocab, index=index, index_options=index_options)
-        if not (model_dir / "config.json").is_file():
-            raise FileNotFoundError(f"{model_dir} is not a saved genrec_hf model (no config.json).")
-        vocab = ItemVocab.load(model_dir)
-        if adapters:
-            from ..adapters import load_adapters
-
-            model: Any = load_adapters(model_dir, dict(adapters), verify=verify)
-        else:
-            verify_weights(model_dir, verify)
-            model = GenRecForNextItemPrediction.from_pretrained(model_dir, **kwargs)
+        model, vocab = load_serving_model(model_dir, adapters=adapters, base=base, verify=verify, **kwargs)
         return cls(model, vocab, index=index, index_options=index_options)
 
     # ------------------------------------------------------------------------------------------------------------
@@ -189,8 +160,6 @@ class Recommender:
         """(V, d_out) item vectors the task scores with (row 0 = padding)."""
         task = self._check_task(task)
         if self.tasks:
-            from ..adapters import adapter_item_vectors
-
             return adapter_item_vectors(self.model, task).detach()
         return self.base_model.item_vectors.detach()
 
@@ -201,23 +170,8 @@ class Recommender:
 
         The one place a history becomes a query vector: where a cached incremental user state will plug in.
         """
-        length = min(max(len(h) for h in histories), self.config.max_position_embeddings)
-        device = self.base_model.item_vectors.device
-
-        def left_pad(rows: list[list[int]] | None, name: str) -> torch.Tensor | None:
-            if rows is None:
-                return None
-            if len(rows) != len(histories) or any(len(r) != len(h) for r, h in zip(rows, histories)):
-                raise ValueError(f"{name} must have one value per event of each history.")
-            out = torch.zeros(len(rows), length, dtype=torch.long, device=device)
-            for i, row in enumerate(rows):
-                row = list(row)[-length:]
-                out[i, length - len(row):] = torch.as_tensor(row, dtype=torch.long)
-            return out
-
-        input_ids = left_pad(histories, "histories")
-        inputs = {"input_ids": input_ids, "attention_mask": (input_ids != 0).long(),
-                  "timestamps": left_pad(timestamps, "timestamps"), "action_ids": left_pad(action_ids, "action_ids")}
+        inputs = history_inputs(histories, self.config.max_position_embeddings, timestamps=timestamps,
+                                action_ids=action_ids, device=self.base_model.item_vectors.device)
         return self._forward(inputs, task).user_embeddings
 
     @torch.no_grad()
@@ -239,8 +193,6 @@ class Recommender:
     def _forward(self, inputs: dict[str, Any], task: str) -> Any:
         with self._forward_lock:
             if self._switch_adapters:
-                from ..adapters import only_adapter
-
                 with only_adapter(self.model, task):
                     return self.model(**inputs)
             if self.tasks:
@@ -289,8 +241,6 @@ class Recommender:
         task = self._check_task(task)
         with self._index_lock:
             if task not in self._indexes:
-                from .index import FaissIndex
-
                 self._indexes[task] = FaissIndex.build(
                     self.item_vectors(task), kind=self.index_kind, temperature=self.config.score_temperature,
                     l2_normalize=self.config.l2_normalize_scores, **self.index_options)
@@ -303,9 +253,7 @@ class Recommender:
         index = None if exact else self.index(task)
         if index is not None:
             return index.search(queries, k, exclude=exclude, allowed=allowed)
-        return chunked_topk(queries, self.item_vectors(task), k, exclude=exclude, allowed=allowed,
-                            chunk_size=self.config.score_chunk_size, temperature=self.config.score_temperature,
-                            l2_normalize=self.config.l2_normalize_scores)
+        return self.base_model.topk(queries, k, exclude=exclude, allowed=allowed, item_vectors=self.item_vectors(task))
 
     def recommend(
         self,
@@ -343,12 +291,7 @@ class Recommender:
         allowed = self.allowed_mask(candidates, filters)
         queries = self.encode_queries(indices, timestamps=[list(t) for t in times] if times else None,
                                       task=task_name)
-        exclude = None
-        if exclude_seen:
-            width = max(len(h) for h in indices)
-            exclude = torch.zeros(len(indices), width, dtype=torch.long)
-            for i, history in enumerate(indices):
-                exclude[i, :len(history)] = torch.as_tensor(history, dtype=torch.long)
+        exclude = history_exclusions(indices) if exclude_seen else None
         top = self.topk(queries, k, task=task_name, exclude=exclude, allowed=allowed, exact=exact)
         out = [self._decode(items, scores) for items, scores in zip(top.items.tolist(), top.scores.tolist())]
         return out[0] if single else out
@@ -386,11 +329,7 @@ class Recommender:
         task_name = self._check_task(task)
         allowed = self.allowed_mask(candidates, filters)
         queries, histories = self.user_states.embeddings(ids, task=task_name)
-        exclude = None
-        if exclude_seen:
-            exclude = torch.zeros(len(ids), max(len(h) for h in histories), dtype=torch.long)
-            for i, history in enumerate(histories):
-                exclude[i, :len(history)] = torch.as_tensor(history, dtype=torch.long)
+        exclude = history_exclusions(histories) if exclude_seen else None
         top = self.topk(queries, k, task=task_name, exclude=exclude, allowed=allowed, exact=exact)
         out = [self._decode(items, scores) for items, scores in zip(top.items.tolist(), top.scores.tolist())]
         return out[0] if single else out

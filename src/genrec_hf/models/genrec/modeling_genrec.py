@@ -22,6 +22,7 @@ Input conventions (one token per event, all tensors batch × time):
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -38,7 +39,7 @@ from .configuration_genrec import GenRecConfig
 from .item_tower import GenRecItemTower, add_items
 from .losses import (full_softmax_loss, full_softmax_multi_target_loss, item_log_probabilities, sample_negatives,
                      sampled_softmax_loss, sampled_softmax_multi_target_loss)
-from .scoring import TopItems, chunked_topk, score_items
+from .scoring import TopItems, chunked_topk, history_exclusions, score_items
 
 logger = logging.get_logger(__name__)
 
@@ -657,6 +658,30 @@ class GenRecModel(GenRecPreTrainedModel):
         return hidden, mask, rotary
 
 
+def history_inputs(histories: Sequence[Sequence[int]], max_length: int, *,
+                   timestamps: Sequence[Sequence[int]] | None = None,
+                   action_ids: Sequence[Sequence[int]] | None = None,
+                   device: torch.device | str | None = None) -> dict[str, torch.Tensor | None]:
+    """Model inputs of histories of item indices (oldest first): each history's most recent `max_length` events,
+    left-padded with 0 to the longest; `timestamps` / `action_ids` (one value per event, or None) alike."""
+    length = min(max(len(h) for h in histories), max_length)
+
+    def left_pad(rows: Sequence[Sequence[int]] | None, name: str) -> torch.Tensor | None:
+        if rows is None:
+            return None
+        if len(rows) != len(histories) or any(len(r) != len(h) for r, h in zip(rows, histories)):
+            raise ValueError(f"{name} must have one value per event of each history.")
+        out = torch.zeros(len(rows), length, dtype=torch.long, device=device)
+        for i, row in enumerate(rows):
+            row = list(row)[-length:]
+            out[i, length - len(row):] = torch.as_tensor(row, dtype=torch.long)
+        return out
+
+    input_ids = left_pad(histories, "histories")
+    return {"input_ids": input_ids, "attention_mask": (input_ids != 0).long(),
+            "timestamps": left_pad(timestamps, "timestamps"), "action_ids": left_pad(action_ids, "action_ids")}
+
+
 def last_event_index(attention_mask: torch.Tensor) -> torch.Tensor:
     """Index of the last real event of each row (works for left and right padding)."""
     length = attention_mask.shape[1]
@@ -847,11 +872,15 @@ class GenRecForNextItemPrediction(GenRecPreTrainedModel):
         k: int = 10,
         exclude: torch.Tensor | None = None,
         allowed: torch.Tensor | None = None,
+        item_vectors: torch.Tensor | None = None,
     ) -> TopItems:
-        """Exact top-k `TopItems(items, scores)` per user, scored in catalog chunks of `config.score_chunk_size`."""
-        return chunked_topk(user_embeddings, self.item_vectors, k, exclude=exclude, allowed=allowed,
-                            chunk_size=self.config.score_chunk_size, temperature=self.config.score_temperature,
-                            l2_normalize=self.config.l2_normalize_scores)
+        """Exact top-k `TopItems(items, scores)` per user, scored in catalog chunks of `config.score_chunk_size`.
+
+        `item_vectors` (V, d_out) are scored in place of the model's own under the same rule (an adapter's table).
+        """
+        return chunked_topk(user_embeddings, self.item_vectors if item_vectors is None else item_vectors, k,
+                            exclude=exclude, allowed=allowed, chunk_size=self.config.score_chunk_size,
+                            temperature=self.config.score_temperature, l2_normalize=self.config.l2_normalize_scores)
 
     @torch.no_grad()
     def recommend(
@@ -874,33 +903,15 @@ class GenRecForNextItemPrediction(GenRecPreTrainedModel):
             raise ValueError(f"k={k!r} is invalid: expected a positive integer number of items to recommend.")
         if not histories or any(len(h) == 0 for h in histories):
             raise ValueError("Every history needs at least one event to recommend from (got an empty history).")
-        length = min(max(len(h) for h in histories), self.config.max_position_embeddings)
         device = self.item_vectors.device
-
-        def left_pad(rows: list[list[int]] | None) -> torch.Tensor | None:
-            if rows is None:
-                return None
-            if len(rows) != len(histories) or any(len(r) != len(h) for r, h in zip(rows, histories)):
-                raise ValueError("timestamps/action_ids must have one value per event of each history.")
-            out = torch.zeros(len(rows), length, dtype=torch.long, device=device)
-            for i, row in enumerate(rows):
-                row = row[-length:]
-                out[i, length - len(row):] = torch.as_tensor(row, dtype=torch.long)
-            return out
-
-        input_ids = left_pad(histories)
+        inputs = history_inputs(histories, self.config.max_position_embeddings, timestamps=timestamps,
+                                action_ids=action_ids, device=device)
         was_training = self.training
         try:
-            outputs = self.eval()(input_ids, attention_mask=(input_ids != 0).long(), timestamps=left_pad(timestamps),
-                                  action_ids=left_pad(action_ids))
+            outputs = self.eval()(**inputs)
         finally:
             self.train(was_training)
-        exclude = None
-        if exclude_seen:
-            width = max(len(h) for h in histories)
-            exclude = torch.zeros(len(histories), width, dtype=torch.long, device=device)
-            for i, history in enumerate(histories):
-                exclude[i, :len(history)] = torch.as_tensor(history, dtype=torch.long)
+        exclude = history_exclusions(histories, device) if exclude_seen else None
         return self.topk(outputs.user_embeddings, k, exclude=exclude, allowed=allowed)
 
 

@@ -2,13 +2,15 @@
 
 Scores are dot products between query vectors (batch × d) and item vectors (catalog × d). Index 0 is padding and
 is never ranked. A batch × catalog score matrix is never built: items are scored `chunk_size` at a time and a
-running top-k is merged. Target ranks for evaluation (the same masking rule) live in `genrec_hf.evaluation.ranking`.
+running top-k is merged. Which items of a chunk a row may return is `rankable_chunk`, the one mask rule: target ranks
+for evaluation (`genrec_hf.evaluation.ranking`) use it too.
 
 Torch only (no genrec_hf imports): copied next to saved checkpoints for `trust_remote_code` loading.
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable, Sequence
 from typing import NamedTuple
 
 import torch
@@ -25,13 +27,46 @@ class TopItems(NamedTuple):
     """(B, k) float scores; -inf where fewer than k items were rankable."""
 
 
-def _as_exclusion(exclude: torch.Tensor | None, batch: int, device: torch.device) -> torch.Tensor:
-    """Exclusions as a padded (batch, H) LongTensor of item indices, 0 = nothing."""
+# Items a row may rank: (V,) or (B, V) bool, or `fn(start, stop)` giving the (B, stop-start) or (stop-start,) mask
+# of one chunk (so e.g. an availability window is never materialised as B × catalog).
+AllowedItems = torch.Tensor | Callable[[int, int], torch.Tensor]
+
+
+def as_exclusion(exclude: torch.Tensor | None, batch: int, device: torch.device,
+                 name: str = "exclude") -> torch.Tensor:
+    """Exclusions as a padded (batch, H) LongTensor of item indices, 0 = nothing (None: no column)."""
     if exclude is None:
         return torch.zeros(batch, 0, dtype=torch.long, device=device)
     if exclude.dim() != 2 or exclude.shape[0] != batch:
-        raise ValueError(f"exclude must have shape (batch={batch}, H), got {tuple(exclude.shape)}.")
+        raise ValueError(f"{name} must have shape (batch={batch}, H), got {tuple(exclude.shape)}.")
     return exclude.to(device=device, dtype=torch.long)
+
+
+def history_exclusions(histories: Sequence[Sequence[int]], device: torch.device | str | None = None) -> torch.Tensor:
+    """(B, H) LongTensor of each history's item indices, right-padded with 0 to the longest: the `exclude` that
+    leaves a user's seen items out of their top-k."""
+    out = torch.zeros(len(histories), max((len(h) for h in histories), default=0), dtype=torch.long, device=device)
+    for i, history in enumerate(histories):
+        out[i, :len(history)] = torch.as_tensor(list(history), dtype=torch.long)
+    return out
+
+
+def rankable_chunk(batch: int, start: int, stop: int, not_ranked: torch.Tensor, allowed: AllowedItems | None,
+                   device: torch.device) -> torch.Tensor:
+    """(B, stop-start) bool: the items start..stop-1 each row may rank: not padding (index 0), not among the row's
+    `not_ranked` (B, H) item indices (0 entries ignored), and allowed when `allowed` is given."""
+    width = stop - start
+    rankable = torch.ones(batch, width + 1, dtype=torch.bool, device=device)  # last column: out-of-chunk ids
+    local = not_ranked - start
+    inside = (local >= 0) & (local < width) & (not_ranked > 0)
+    rankable.scatter_(1, torch.where(inside, local, width), False)
+    rankable = rankable[:, :width]
+    if start == 0:
+        rankable[:, 0] = False
+    if allowed is not None:
+        mask = allowed(start, stop) if callable(allowed) else allowed[..., start:stop]
+        rankable &= mask.to(device=device, dtype=torch.bool)
+    return rankable
 
 
 def score_items(queries: torch.Tensor, item_vectors: torch.Tensor, *, temperature: float = 1.0,
@@ -72,7 +107,7 @@ def chunked_topk(
         raise ValueError(f"k={k!r}; expected a positive integer number of items to return.")
     batch, num_items = queries.shape[0], item_vectors.shape[0]
     k = min(k, num_items - 1)
-    exclude = _as_exclusion(exclude, batch, queries.device)
+    exclude = as_exclusion(exclude, batch, queries.device)
     # Items are ordered by a key in which NaN sorts after every number but before excluded items (-inf): a
     # diverged model's NaN scores never come first, and they stay visible as NaN in the returned scores.
     best_keys = torch.full((batch, k), float("-inf"), device=queries.device)
@@ -82,7 +117,7 @@ def chunked_topk(
         stop = min(start + chunk_size, num_items)
         scores = score_items(queries, item_vectors[start:stop], temperature=temperature,
                              l2_normalize=l2_normalize).float()
-        scores = _mask_chunk(scores, start, exclude, allowed)
+        scores.masked_fill_(~rankable_chunk(batch, start, stop, exclude, allowed, queries.device), float("-inf"))
         keys = torch.where(torch.isnan(scores), torch.finfo(scores.dtype).min, scores)
         merged_keys = torch.cat([best_keys, keys], dim=1)
         merged_scores = torch.cat([best_scores, scores], dim=1)
@@ -93,20 +128,3 @@ def chunked_topk(
         best_index = merged_index.gather(1, pos)
     best_index = best_index.masked_fill(best_keys == float("-inf"), 0)
     return TopItems(best_index, best_scores)
-
-
-def _mask_chunk(scores: torch.Tensor, start: int, exclude: torch.Tensor, allowed: torch.Tensor | None) -> torch.Tensor:
-    """Set padding, excluded and disallowed items of one chunk (items start..start+C) to -inf."""
-    width = scores.shape[1]
-    if start == 0:
-        scores[:, 0] = float("-inf")
-    if exclude.shape[1]:
-        local = exclude - start
-        inside = (local >= 0) & (local < width) & (exclude > 0)
-        # Route out-of-chunk entries to an extra dummy column so a single scatter handles every row.
-        padded = torch.cat([scores, scores.new_zeros(scores.shape[0], 1)], dim=1)
-        padded.scatter_(1, torch.where(inside, local, width), float("-inf"))
-        scores = padded[:, :width]
-    if allowed is not None:
-        scores = scores.masked_fill(~allowed[start:start + width].to(scores.device), float("-inf"))
-    return scores

@@ -1,0 +1,86 @@
+"""`genrec_hf.loading`: the one way evaluation and serving read a saved model or adapter folder."""
+
+from __future__ import annotations
+
+import re
+
+import pytest
+import torch
+from peft import PeftModel
+
+from genrec_hf import GenRecForNextItemPrediction
+from genrec_hf.adapters import attach_adapter, lora_config, save_adapter
+from genrec_hf.data import ItemVocab
+from genrec_hf.evaluation.saved_models import evaluate_saved_model
+from genrec_hf.integrity import write_manifest
+from genrec_hf.loading import load_model, load_saved_model, load_serving_model
+from genrec_hf.serving import Recommender
+
+from tests.helpers import tiny_config
+
+TINY_DATA = "synthetic:num_users=30,num_items=40,num_clusters=3"
+BATCH = {"input_ids": torch.tensor([[0, 3, 7, 2], [5, 1, 9, 4]])}
+
+pytestmark = pytest.mark.usefixtures("one_thread")
+
+
+@pytest.fixture(scope="module")
+def folders(tmp_path_factory):
+    """A tiny saved model (40 items) and a LoRA adapter with its own item vectors saved against it."""
+    root = tmp_path_factory.mktemp("loading")
+    base_dir, adapter_dir = root / "base", root / "adapter"
+    torch.manual_seed(0)
+    model = GenRecForNextItemPrediction(tiny_config(num_action_types=8)).eval()  # the synthetic data's actions
+    model.save_pretrained(base_dir)
+    ItemVocab([str(i) for i in range(1, 41)]).save(base_dir)
+    write_manifest(base_dir)
+    peft = attach_adapter(model, lora_config(r=4, train_head="item_vectors"), adapter_name="task")
+    with torch.no_grad():
+        for name, param in peft.named_parameters():
+            if "lora_B" in name or "modules_to_save" in name:
+                param.add_(0.3 * torch.randn(param.shape))
+    save_adapter(peft, adapter_dir, adapter_name="task", base_dir=base_dir)
+    return base_dir, adapter_dir
+
+
+def test_adapter_folder_loads_as_the_same_model_for_evaluation_and_serving(folders):
+    """Catches evaluation and serving reading an adapter folder differently (one merging it, the other serving the
+    bare base), and the served task adapter scoring other queries than its merged form."""
+    base_dir, adapter_dir = folders
+    merged, vocab = load_saved_model(adapter_dir)
+    served, served_vocab = load_serving_model(adapter_dir)
+    assert isinstance(merged, GenRecForNextItemPrediction) and not merged.training
+    assert vocab.raw_ids == served_vocab.raw_ids == ItemVocab.load(base_dir).raw_ids
+    with torch.no_grad():
+        expected = merged(**BATCH).user_embeddings
+        torch.testing.assert_close(served(**BATCH).user_embeddings, expected)
+        tasks, _ = load_serving_model(base_dir, adapters={"task": adapter_dir})
+        assert isinstance(tasks, PeftModel) and list(tasks.peft_config) == ["task"]
+        torch.testing.assert_close(tasks(**BATCH, adapter_names=["task"] * 2).user_embeddings, expected)
+        plain, _ = load_model(base_dir)
+        assert not torch.allclose(plain(**BATCH).user_embeddings, expected, atol=1e-4)
+
+
+def test_every_load_refuses_the_vocabulary_of_another_model(folders, tmp_path):
+    """Catches a model folder whose item_vocab.json has another catalog size being evaluated or served: the ids
+    would map to the wrong rows. Evaluation used to take it silently; now every load refuses it, naming both."""
+    base_dir, _ = folders
+    folder = tmp_path / "other_vocab"
+    folder.mkdir()
+    for path in base_dir.iterdir():
+        (folder / path.name).write_bytes(path.read_bytes())
+    ItemVocab([str(i) for i in range(1, 31)]).save(folder)  # 31 indices for a model of vocab_size=41
+    for load in (lambda: load_model(folder), lambda: load_saved_model(folder), lambda: load_serving_model(folder),
+                 lambda: Recommender.from_pretrained(folder), lambda: evaluate_saved_model(folder, TINY_DATA)):
+        with pytest.raises(ValueError, match=r"item_vocab.json has 31 entries but the model was built for "
+                                             r"vocab_size=41"):
+            load()
+
+
+def test_a_folder_without_config_is_named(tmp_path, folders):
+    """Catches a folder that is not a saved model (a typo, a checkpoint's parent) failing deep in transformers."""
+    _, adapter_dir = folders
+    for load in (lambda: load_model(tmp_path), lambda: load_serving_model(tmp_path, adapters={"t": adapter_dir})):
+        with pytest.raises(FileNotFoundError, match=re.escape(f"{tmp_path} is not a saved genrec_hf model: it has "
+                                                              "no config.json")):
+            load()

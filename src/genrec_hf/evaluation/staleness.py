@@ -38,10 +38,18 @@ from typing import Any
 
 import numpy as np
 import torch
+import yaml
 from datasets import Dataset, Features, Sequence as SequenceFeature, Value
+from torch.utils.data import DataLoader
 
+from ..data import leave_one_out, load_interactions, remap_to_vocab
+from ..data.collators import TaskCollator
+from ..data.interactions import flat_column
+from ..data.protocol import RankingProtocol
+from ..data.tasks import build_task, item_availability
+from ..loading import load_saved_model
 from .metrics import DEFAULT_KS, metrics_from_ranks
-from .protocols import RankingProtocol, rank_batches
+from .protocols import rank_batches
 
 logger = logging.getLogger(__name__)
 
@@ -112,8 +120,6 @@ class StalenessReplay:
 
 def cut_at_quantile(data: Any, quantile: float) -> int:
     """The cut `time_split(quantile=...)` uses: the quantile of all event times (unix seconds)."""
-    from ..data.interactions import flat_column
-
     if not 0.0 < quantile < 1.0:
         raise ValueError(f"cut quantile={quantile}; expected a number strictly between 0 and 1.")
     times, _ = flat_column(data.sequences, "timestamps")
@@ -143,8 +149,6 @@ def staleness_replay(data: Any, delta: int | str, *, cut: int, task: str = "shor
     protocol = RankingProtocol(exclude_history=exclude_history, description=f"{description}, next event")
     since = None
     if task == "availability":
-        from ..data.tasks import item_availability
-
         since, _ = item_availability(data)
         window = window_days * DAY
         protocol = RankingProtocol(available_since=since, availability_window=window, exclude_history=exclude_history,
@@ -232,8 +236,6 @@ def request_replay(data: Any, delta: int | str, *, task: str = "short_horizon", 
                          "age Δ is a time); use data with timestamps.")
     delta = parse_duration(delta)
     if task == "short_horizon":
-        from ..data import leave_one_out
-
         source = leave_one_out(data, required=(split,))[split].with_format("numpy")
         protocol = RankingProtocol(exclude_history=exclude_history, description="next event")
         request_at = "target_time"
@@ -242,8 +244,6 @@ def request_replay(data: Any, delta: int | str, *, task: str = "short_horizon", 
             events = {name: np.asarray(row[name])[:-1] for name in ("item_ids", "timestamps", "action_ids")}
             return events, [int(row["item_ids"][-1])], int(row["timestamps"][-1]), int(row["timestamps"][-1])
     else:
-        from ..data.tasks import build_task
-
         built = build_task(task, data, exclude_history=exclude_history, **task_params)
         source, protocol = getattr(built, split).with_format("numpy"), built.protocol
         window = task == "long_horizon"  # targets in a window measured from the context's end: the request is there
@@ -309,10 +309,6 @@ def staleness_ranks(model: torch.nn.Module, data: Any, delta: int | str, *, anch
                     **task_params: Any) -> tuple[torch.Tensor | None, StalenessReplay]:
     """((users, T) ranks of the replay's rows in `data.sequences` order, or None when no row has a target; the
     replay), through `rank_batches` (for paired comparisons of two models on the same users)."""
-    from torch.utils.data import DataLoader
-
-    from ..data.collators import TaskCollator
-
     base = model.get_base_model() if hasattr(model, "get_base_model") else model
     max_length = max_length or base.config.max_position_embeddings
     replay = build_replay(data, delta, anchor=anchor, cut=cut, task=task, split=split,
@@ -368,8 +364,6 @@ def default_cut(model_dir: str | Path, data: Any, cut: int | None = None,
     """(cut, where it came from): as given, else the time split the model was trained with
     (`training_recipe.yaml`), else the 0.9 quantile of event times with a warning that the model may have seen
     events after it."""
-    import yaml
-
     if cut is not None and cut_quantile is not None:
         raise ValueError(f"give one of --cut ({cut}) and --cut_quantile ({cut_quantile}), not both.")
     if cut is not None:
@@ -398,9 +392,6 @@ def evaluate_saved_model_staleness(model_dir: str | Path, source: str, deltas: S
                                    exclude_history: bool = True, ks: Sequence[int] = DEFAULT_KS,
                                    base: str | Path | None = None, verify: bool = True) -> dict[str, Any]:
     """`evaluate_staleness` of a saved model (or adapter) folder on `source`, mapped into its vocabulary."""
-    from ..data import load_interactions, remap_to_vocab
-    from ..loading import load_saved_model
-
     deltas = [parse_duration(d) for d in deltas]
     model, vocab = load_saved_model(model_dir, base=base, verify=verify)
     data = remap_to_vocab(load_interactions(source, format=format), vocab)

@@ -8,8 +8,11 @@ one, and the final train metrics `train_real_events_per_s`, `train_padding_fract
 
 from __future__ import annotations
 
+import os
+import platform
 import time
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -81,10 +84,6 @@ def machine_summary() -> str:
 
     Cores come from `os.cpu_count()`: `nproc` reports OMP_NUM_THREADS when it is set (1 core for a one-thread run).
     """
-    import os
-    import platform
-    from pathlib import Path
-
     cpuinfo = Path("/proc/cpuinfo")
     lines = cpuinfo.read_text().splitlines() if cpuinfo.is_file() else []
     model = next((line.split(":", 1)[1].strip() for line in lines if line.startswith("model name")),

@@ -39,7 +39,7 @@ from ..data import ItemVocab, remap_to_vocab
 from ..data.collators import TaskCollator, label_windows
 from ..data.tasks import TaskData, build_task
 from ..evaluation import evaluate_model
-from ..integrity import verify_weights, write_manifest
+from ..integrity import load_verified_model, write_manifest
 from ..models.genrec import GenRecForNextItemPrediction
 from .pipeline import run_training, save_run
 from .recipes import FINETUNE_MODES, FinetuneRecipe, load_recipe
@@ -83,8 +83,7 @@ def finetune(recipe: FinetuneRecipe, base_dir: str | Path, *, overwrite_output_d
 def _finetune(recipe: FinetuneRecipe, base_dir: Path, output_dir: Path, task: TaskData | None = None,
               data_name: str | None = None) -> FinetuneOutcome:
     set_seed(recipe.seed)
-    verify_weights(base_dir)
-    base = GenRecForNextItemPrediction.from_pretrained(str(base_dir))
+    base = load_verified_model(base_dir)
     if recipe.mode == "lora":  # before the data and zero-shot work, not at attach time
         check_lora_layers(recipe.lora.layers, base.config)
     if recipe.data.max_length > base.config.max_position_embeddings:

@@ -33,7 +33,7 @@ from ..data.mtp import MultiTokenTargets, check_reward_column
 from ..data.protocol import RankingProtocol
 from ..evaluation.baselines import popularity_metrics, popularity_scores
 from ..evaluation.cold_slices import COLD_START_RANKS, cold_warm_ranks, cold_warm_slices, save_cold_start_ranks
-from ..integrity import verify_weights, write_manifest
+from ..integrity import load_verified_model, write_manifest
 from ..models.genrec import SIZE_PRESETS, GenRecConfig, GenRecForNextItemPrediction, count_backbone_parameters
 from .item_tower import ItemTowerSetup, cold_mask_of, extend_catalog, item_tower_setup, known_items
 from .recipes import Recipe, RecipeBase
@@ -107,8 +107,7 @@ def build_model(recipe: Recipe, run: RunData) -> GenRecForNextItemPrediction:
     """A fresh model of the recipe's preset sized to the training catalog, or the `init_from` checkpoint; the
     item frequencies the sampled softmax draws from and the item tower's feature rows are set from the run."""
     if recipe.model.init_from:
-        verify_weights(recipe.model.init_from)
-        model = GenRecForNextItemPrediction.from_pretrained(recipe.model.init_from)
+        model = load_verified_model(recipe.model.init_from)
     else:
         vocab = run.train_vocab
         overrides = dict(recipe.model.overrides)

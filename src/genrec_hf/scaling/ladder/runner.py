@@ -55,8 +55,8 @@ from torch.utils.data import DataLoader
 from ...data.collators import TaskCollator
 from ...evaluation.metrics import metrics_from_ranks
 from ...evaluation.protocols import rank_batches
-from ...integrity import verify_weights
-from ...models.genrec import GenRecForNextItemPrediction, count_backbone_parameters
+from ...integrity import load_verified_model
+from ...models.genrec import count_backbone_parameters
 from ...training.finetune import finetune
 from ...training.pipeline import train
 from ...training.run_folder import RunFolderLock
@@ -223,8 +223,7 @@ def _run_task(recipe: LadderRecipe, shared: LadderData, preset: str, fraction: f
     clear_unfinished(task_dir, f"{label} task {task_name}")
     steps, seconds = 0, 0.0
     if mode == "zero_shot":
-        verify_weights(base_dir)
-        model: torch.nn.Module = GenRecForNextItemPrediction.from_pretrained(str(base_dir))
+        model: torch.nn.Module = load_verified_model(base_dir)
     else:
         claim(task_dir)
         users = shared.training_users(fraction)

@@ -9,6 +9,7 @@ import pytest
 import torch
 import yaml
 
+from genrec_hf.data import ItemVocab
 from genrec_hf.training import FinetuneRecipe, load_recipe, recipe_from_dict, run_finetune
 
 from tests.helpers import REPO_ROOT, tiny_config
@@ -88,7 +89,10 @@ def test_lora_end_to_end_saves_adapter_only(tmp_path, base_dir):
     out = tmp_path / "out-lora"
     files = {p.name for p in out.iterdir()}
     assert {"adapter_model.safetensors", "adapter_config.json", "genrec_base.json", "metrics.json",
-            "genrec_weights.json"} <= files
+            "genrec_weights.json", "tokenizer_config.json", "item_vocab.json"} <= files
+    from transformers import AutoTokenizer  # the adapter folder maps raw ids like its base
+
+    assert AutoTokenizer.from_pretrained(out).raw_ids == ItemVocab.load(base_dir).raw_ids
     assert "model.safetensors" not in files and not any(n.startswith("checkpoint-") for n in files)
     assert (out / "adapter_model.safetensors").stat().st_size < 0.5 * (base_dir / "model.safetensors").stat().st_size
     assert metrics["mode"] == "lora" and 0 < metrics["test"]["mrr"] <= 1 and "mrr" in metrics["zero_shot_test"]
@@ -111,6 +115,7 @@ def test_full_and_scratch_modes(tmp_path, base_dir, mode):
                            overrides={"training.num_train_epochs": "1", "evaluation.zero_shot": "false"})
     out = tmp_path / f"out-{mode}"
     assert (out / "model.safetensors").is_file() and (out / "item_vocab.json").is_file()
+    assert (out / "tokenizer_config.json").is_file()
     assert "model.safetensors" in json.loads((out / "genrec_weights.json").read_text())["files"]
     assert metrics["mode"] == mode and metrics["parameters"]["trainable_fraction"] == 1.0
 

@@ -45,7 +45,8 @@ def trained(tmp_path_factory):
 
 def test_train_writes_everything(trained):
     for name in ("config.json", "model.safetensors", "item_vocab.json", "metrics.json", "README.md",
-                 "training_recipe.yaml", "modeling_genrec.py", "genrec_weights.json"):
+                 "training_recipe.yaml", "modeling_genrec.py", "genrec_weights.json", "tokenizer_config.json",
+                 "tokenization_genrec.py", "pipeline_genrec.py"):
         assert (trained / name).is_file(), name
     metrics = json.loads((trained / "metrics.json").read_text())
     assert metrics["dataset"] == "synthetic"

@@ -17,7 +17,7 @@ from .sequence_text import load_sequence_text
 from .splits import leave_one_out, time_split
 from .synthetic import generate_synthetic
 from .tabular import load_table
-from .vocab import VOCAB_FILE, ItemVocab
+from .vocab import VOCAB_FILE, ItemVocab, save_item_tokenizer
 
 __all__ = [
     "FORMATS",
@@ -40,6 +40,7 @@ __all__ = [
     "load_table",
     "read_events",
     "remap_to_vocab",
+    "save_item_tokenizer",
     "sliding_windows",
     "time_split",
 ]

@@ -1,16 +1,18 @@
-"""`ItemVocab`: raw item ids (strings) ↔ contiguous indices, saved next to every model as `item_vocab.json`."""
+"""`ItemVocab`: raw item ids (strings) ↔ contiguous indices, saved next to every model as `item_vocab.json`.
+
+The file format belongs to the item tokenizer of the remote-code closure (`models/genrec/tokenization_genrec.py`,
+shipped with every checkpoint), so the package and a Hub user's `AutoTokenizer` read and write the same bytes;
+`save_item_tokenizer` writes the tokenizer (its config + this file) into a model or adapter folder.
+"""
 
 from __future__ import annotations
 
-import json
-import math
 from collections.abc import Iterable, Sequence
 from pathlib import Path
 from typing import Any
 
-VOCAB_FILE = "item_vocab.json"
-_FORMAT = "genrec_hf.item_vocab"
-_VERSION = 1
+from ..models.genrec.configuration_genrec import GenRecConfig
+from ..models.genrec.tokenization_genrec import VOCAB_FILE, GenRecItemTokenizer, read_item_vocab, write_item_vocab
 
 
 def sort_raw_ids(raw_ids: Iterable[str]) -> list[str]:
@@ -106,13 +108,7 @@ class ItemVocab:
 
     def save(self, directory: str | Path) -> Path:
         """Write `item_vocab.json` (ids in index order + JSON-safe item_info) into `directory`; returns its path."""
-        directory = Path(directory)
-        directory.mkdir(parents=True, exist_ok=True)
-        payload = {"format": _FORMAT, "version": _VERSION, "padding_index": 0, "items": self._raw,
-                   "item_info": {raw: _json_safe(info) for raw, info in self.item_info.items() if raw in self._index}}
-        path = directory / VOCAB_FILE
-        path.write_text(json.dumps(payload, ensure_ascii=False, separators=(",", ":")), encoding="utf-8")
-        return path
+        return write_item_vocab(Path(directory) / VOCAB_FILE, self._raw, self.item_info)
 
     @classmethod
     def load(cls, directory: str | Path) -> ItemVocab:
@@ -120,24 +116,21 @@ class ItemVocab:
         path = Path(directory) / VOCAB_FILE
         if not path.is_file():
             raise FileNotFoundError(f"no {VOCAB_FILE} in {directory}; was this model trained with genrec_hf?")
-        try:
-            payload = json.loads(path.read_text(encoding="utf-8"))
-            items = payload["items"]
-        except (json.JSONDecodeError, KeyError, TypeError) as error:
-            raise ValueError(f"{path} is not a genrec_hf item vocabulary ({error}).") from None
-        return cls(items, payload.get("item_info") or {})
+        return cls(*read_item_vocab(path))
+
+    def tokenizer(self, config: GenRecConfig, unknown_items: str | None = None) -> GenRecItemTokenizer:
+        """The item tokenizer of a model with this vocabulary. Unknown ids (`unknown_items` unless given): the OOV
+        event of a model with an item tower, an error otherwise; histories keep their most recent
+        `max_position_embeddings` events (what the model reads)."""
+        if unknown_items is None:
+            unknown_items = "oov" if config.item_tower_config is not None else "error"
+        return GenRecItemTokenizer(items=self._raw, item_info=self.item_info, unknown_items=unknown_items,
+                                   model_max_length=config.max_position_embeddings)
 
 
-def _json_safe(value: Any) -> Any:
-    """Metadata as plain JSON: numpy scalars → Python, NaN → None, tuples/sets → lists."""
-    if hasattr(value, "tolist") and callable(value.tolist):  # numpy scalar or array
-        value = value.tolist()
-    if isinstance(value, dict):
-        return {str(k): _json_safe(v) for k, v in value.items()}
-    if isinstance(value, (list, tuple, set)):
-        return [_json_safe(v) for v in value]
-    if isinstance(value, float) and not math.isfinite(value):
-        return None
-    if value is None or isinstance(value, (str, int, float, bool)):
-        return value
-    return str(value)
+def save_item_tokenizer(directory: str | Path, vocab: ItemVocab, config: GenRecConfig) -> None:
+    """Write the item tokenizer into a model or adapter folder: `item_vocab.json`, `tokenizer_config.json` (with
+    `auto_map`) and `tokenization_genrec.py`, so `AutoTokenizer.from_pretrained(folder, trust_remote_code=True)`
+    maps raw ids without genrec_hf. An older folder with `item_vocab.json` alone still loads everywhere in
+    genrec_hf (and with `GenRecItemTokenizer.from_pretrained`)."""
+    vocab.tokenizer(config).save_pretrained(str(directory))

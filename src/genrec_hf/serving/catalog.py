@@ -15,7 +15,7 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-from ..data import ItemVocab
+from ..data import ItemVocab, save_item_tokenizer
 from ..data.item_features import metadata_features
 from ..integrity import file_sha256, write_manifest
 from ..loading import load_model
@@ -71,7 +71,7 @@ def add_items_to_folder(model_dir: str | Path, items: Sequence[Mapping[str, Any]
                             for item, raw in zip(items, raw_ids)})
     output_dir.mkdir(parents=True, exist_ok=True)
     model.save_pretrained(output_dir)
-    vocab.save(output_dir)
+    save_item_tokenizer(output_dir, vocab, model.config)
     write_manifest(output_dir)
     history = json.loads((model_dir / EXTENSIONS_FILE).read_text()) if (model_dir / EXTENSIONS_FILE).is_file() else []
     history.append({"from": str(model_dir), "vocab_size": len(vocab) - len(raw_ids),

@@ -28,21 +28,13 @@ from ..loading import check_vocab, load_serving_model
 from ..models.genrec import GenRecCache, GenRecForNextItemPrediction
 from ..models.genrec.modeling_genrec import history_inputs
 from ..models.genrec.scoring import TopItems, history_exclusions
+from ..models.genrec.tokenization_genrec import UnknownItemError
 from .index import FaissIndex, require_faiss
 from .state import UserStateStore
 
 BASE_TASK = BASE_ADAPTER  # the task served by the base model, no adapter
 RawId = Union[str, int]
 Filters = Union[Mapping[str, Any], Callable[[str, Mapping[str, Any]], bool]]
-
-
-class UnknownItemError(ValueError):
-    """A raw item id the model's vocabulary does not know."""
-
-    def __init__(self, item_id: str, where: str = "history") -> None:
-        self.item_id = item_id
-        self.where = where
-        super().__init__(f"Unknown item id {item_id!r} in {where}: not in this model's catalog.")
 
 
 class UnknownTaskError(ValueError):
@@ -81,7 +73,9 @@ class Recommender:
         index_options: keyword arguments of `FaissIndex.build` (nlist, nprobe, hnsw_m, ef_search, ...).
 
     `user_states` is the cached per-user state behind `update` / `recommend_users` (a `UserStateStore` with its
-    default bounds; assign another to change them).
+    default bounds; assign another to change them). Raw ids are mapped by `tokenizer`, the model's
+    `GenRecItemTokenizer` (the one `AutoTokenizer` loads from a saved folder); an unknown id is always an
+    `UnknownItemError` here, also for a tower model, whose new items are added with `genrec-hf add-items`.
     """
 
     def __init__(self, model: GenRecForNextItemPrediction | PeftModel, vocab: ItemVocab, *,
@@ -105,7 +99,7 @@ class Recommender:
         self._indexes: dict[str, FaissIndex] = {}
         self._forward_lock = threading.Lock()
         self._index_lock = threading.Lock()
-        self._item_index = {raw: i + 1 for i, raw in enumerate(vocab.raw_ids)}
+        self.tokenizer = vocab.tokenizer(base.config, unknown_items="error")
         self.user_states: UserStateStore = UserStateStore(self)
 
     @classmethod
@@ -129,15 +123,12 @@ class Recommender:
 
     def encode_item(self, raw: RawId, where: str = "history") -> int:
         """Index of a raw id; `UnknownItemError` names an unknown one."""
-        index = self._item_index.get(str(raw))
-        if index is None:
-            raise UnknownItemError(str(raw), where)
-        return index
+        return self.tokenizer.encode_item(raw, where)
 
     def item(self, raw: RawId) -> dict[str, Any]:
         """{item_id, index, title, info} of one catalog item."""
         index = self.encode_item(raw, "the catalog")
-        info = self.vocab.item_info.get(str(raw), {})
+        info = self.tokenizer.item_info.get(str(raw), {})
         return {"item_id": str(raw), "index": index, "title": info.get("title"), "info": info}
 
     def _check_task(self, task: str | None) -> str:
@@ -229,8 +220,8 @@ class Recommender:
         if filters is not None:
             keep = torch.zeros_like(mask)
             for index in mask.nonzero().flatten().tolist():
-                raw = self.vocab.decode(index)
-                keep[index] = _passes(raw, self.vocab.item_info.get(raw, {}), filters)
+                raw = self.tokenizer.convert_ids_to_tokens(index)
+                keep[index] = _passes(raw, self.tokenizer.item_info.get(raw, {}), filters)
             mask = keep
         return mask
 
@@ -339,9 +330,8 @@ class Recommender:
         for index, score in zip(items, scores):
             if index == 0:  # fewer rankable items than k
                 continue
-            raw = self.vocab.decode(index)
-            out.append(Recommendation(item_id=raw, score=float(score),
-                                      title=self.vocab.item_info.get(raw, {}).get("title")))
+            raw = self.tokenizer.convert_ids_to_tokens(index)
+            out.append(Recommendation(item_id=raw, score=float(score), title=self.tokenizer.title(raw)))
         return out
 
 

@@ -25,7 +25,6 @@ from __future__ import annotations
 
 import logging
 import resource
-import shutil
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -35,7 +34,7 @@ from torch.utils.data import DataLoader
 from transformers import set_seed
 
 from ..adapters import attach_adapter, check_lora_layers, save_adapter, trainable_parameters
-from ..data import ItemVocab, remap_to_vocab
+from ..data import ItemVocab, remap_to_vocab, save_item_tokenizer
 from ..data.collators import TaskCollator, label_windows
 from ..data.tasks import TaskData, build_task
 from ..evaluation import evaluate_model
@@ -152,9 +151,9 @@ def _finetune(recipe: FinetuneRecipe, base_dir: Path, output_dir: Path, task: Ta
         else:
             trainer.save_model(str(output_dir))
             write_manifest(output_dir)
-            if vocab_file.is_file():
-                shutil.copy(vocab_file, output_dir / "item_vocab.json")
             size = _dir_bytes(output_dir, ("model.safetensors",))
+        if vocab_file.is_file():  # the base's items, for adapters too: AutoTokenizer reads any run folder
+            save_item_tokenizer(output_dir, ItemVocab.load(base_dir), base.config)
         metrics["checkpoint_bytes"] = size
         metrics["peak_rss_mb"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
         save_run(output_dir, metrics, recipe, "finetune_recipe.yaml", data_name)

@@ -26,7 +26,8 @@ from datasets import Dataset, DatasetDict
 from transformers import TrainingArguments, set_seed
 
 from ..cards import ModelCardCallback, write_model_card
-from ..data import InteractionData, ItemVocab, NextItemCollator, leave_one_out, sliding_windows, time_split
+from ..data import (InteractionData, ItemVocab, NextItemCollator, leave_one_out, save_item_tokenizer, sliding_windows,
+                   time_split)
 from ..data.cold_splits import ColdStartSplit, cold_time_split, hold_out_items
 from ..data.collators import with_lengths
 from ..data.mtp import MultiTokenTargets, check_reward_column
@@ -281,7 +282,8 @@ def _evaluate_and_save(recipe: Recipe, trainer: GenRecTrainer, run: RunData, rec
     if trainer.is_world_process_zero():
         trainer.save_model(str(output_dir))
         write_manifest(output_dir)
-        (vocab if run.cold is not None or run.item_tower is not None else run.data.vocab).save(output_dir)
+        save_item_tokenizer(output_dir, vocab if run.cold is not None or run.item_tower is not None else run.data.vocab,
+                            trainer.model.config)
         if cold_ranks is not None:  # per-user test ranks, for paired comparisons of runs on the same split
             save_cold_start_ranks(output_dir / COLD_START_RANKS, *cold_ranks, run.cold.num_warm)
         if not recipe.keep_checkpoints:

@@ -207,7 +207,7 @@ def clear_previous_run(output_dir: str | Path) -> list[str]:
     """Remove what an earlier run of the package wrote into `output_dir` (for `--overwrite_output_dir`), keep
     every other file, and return the removed names (also logged).
 
-    Removed: checkpoint-* and the staging folder, model / adapter weights and configs, item_vocab.json,
+    Removed: checkpoint-* and the staging folder, model / adapter weights and configs, the item tokenizer,
     metrics.json, cold_start_ranks.json, the recipes, training_args.bin, eval_results_*.json, a README.md model card
     written by the package, and the remote-code `.py` files beside config.json.
     """
@@ -217,8 +217,10 @@ def clear_previous_run(output_dir: str | Path) -> list[str]:
     files = {"model.safetensors", "model.safetensors.index.json", "pytorch_model.bin", "pytorch_model.bin.index.json",
              "config.json", "generation_config.json", "item_vocab.json", "metrics.json", "training_recipe.yaml",
              "finetune_recipe.yaml", "training_args.bin", "adapter_model.safetensors", "adapter_model.bin",
-             "adapter_config.json", "genrec_base.json", "genrec_weights.json", COLD_START_RANKS}
-    code = _package_file_names() if (output_dir / "config.json").is_file() else set()
+             "adapter_config.json", "genrec_base.json", "genrec_weights.json", "tokenizer_config.json",
+             COLD_START_RANKS}
+    saved = any((output_dir / name).is_file() for name in ("config.json", "tokenizer_config.json"))
+    code = _package_file_names() if saved else set()
     removed = []
     for path in sorted(output_dir.iterdir()):
         name = path.name

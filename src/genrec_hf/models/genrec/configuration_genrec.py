@@ -147,6 +147,7 @@ class GenRecConfig(PretrainedConfig):
     """
 
     model_type = "genrec"
+    _auto_class = "AutoConfig"  # what `register_for_auto_class()` sets: save_pretrained writes auto_map + the code
     sub_configs_defaults = {"item_tower_config": SubConfigSpec(config_class=GenRecItemTowerConfig, optional=True)}
 
     def __init__(

@@ -140,7 +140,8 @@ class GenRecItemTower(nn.Module):
 
     @torch.no_grad()
     def set_item_features(self, features: torch.Tensor | None = None, known: torch.Tensor | None = None) -> None:
-        """Replace the (V, F) feature rows and/or the (V,) known-items mask (row 0 = padding is never known)."""
+        """Replace the (V, F) feature rows and/or the (V,) known-items mask (row 0 = padding is never known and has
+        no features)."""
         vocab_size = self.item_known.shape[0]
         if features is not None:
             expected = (vocab_size, self.feature_dim)
@@ -152,6 +153,9 @@ class GenRecItemTower(nn.Module):
                 raise ValueError("item features contain NaN or infinite values; fill missing values first.")
             if self.item_features is not None:
                 self.item_features.copy_(features.to(self.item_features))
+                # row 0 (padding) has no features: an OOV event (index 0, attended: the item tokenizer's
+                # unknown_items="oov") is then embedded exactly as a new item added without metadata
+                self.item_features[0] = 0
         if known is not None:
             if tuple(known.shape) != (vocab_size,):
                 raise ValueError(f"known-items mask has shape {tuple(known.shape)}; expected ({vocab_size},).")

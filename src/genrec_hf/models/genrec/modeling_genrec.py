@@ -22,8 +22,11 @@ Input conventions (one token per event, all tensors batch × time):
 from __future__ import annotations
 
 import math
+import os
+import shutil
 from collections.abc import Sequence
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -42,6 +45,9 @@ from .losses import (full_softmax_loss, full_softmax_multi_target_loss, item_log
 from .scoring import TopItems, chunked_topk, history_exclusions, score_items
 
 logger = logging.get_logger(__name__)
+
+PIPELINE_TASK = "next-item-recommendation"
+PIPELINE_FILE = "pipeline_genrec.py"  # not imported here: transformers.pipelines is loaded only by a pipeline
 
 ACT2FN = {"silu": nn.SiLU, "gelu": nn.GELU, "relu": nn.ReLU}
 
@@ -470,6 +476,23 @@ class GenRecPreTrainedModel(PreTrainedModel):
             self.item_tower.resize(self.config.vocab_size)
         return embeddings
 
+    @property
+    def is_gradient_checkpointing(self) -> bool:
+        """transformers' deprecated alias of `is_activation_checkpointing`, without its FutureWarning: PEFT reads it
+        each time it wraps a model (every adapter load and fine-tune), a warning the user can do nothing about."""
+        return any(getattr(module, "gradient_checkpointing", False) for module in self.modules())
+
+    def save_pretrained(self, save_directory: str | os.PathLike, *args: Any, **kwargs: Any) -> None:
+        """`PreTrainedModel.save_pretrained`, plus the recommendation pipeline: `config.custom_pipelines` names
+        `pipeline_genrec.py`, copied beside the modeling code, so `pipeline(model=folder, trust_remote_code=True)`
+        infers the `next-item-recommendation` task and runs where genrec_hf is not installed."""
+        self.config.custom_pipelines = {PIPELINE_TASK: {"impl": f"{PIPELINE_FILE[:-3]}.NextItemRecommendationPipeline",
+                                                        "pt": ["AutoModel"]}}
+        super().save_pretrained(save_directory, *args, **kwargs)
+        source = Path(__file__).with_name(PIPELINE_FILE)
+        if kwargs.get("is_main_process", True) and source.is_file():  # absent in an older remote-code cache
+            shutil.copyfile(source, Path(save_directory) / PIPELINE_FILE)
+
     def add_items(self, raw_ids: list[str], features: Any = None, *, vocab: Any = None) -> list[int]:
         """Grow the catalog by `raw_ids` without retraining (scored from `features` alone); see
         `item_tower.add_items`. Returns the new item indices."""
@@ -505,6 +528,8 @@ def _check_range(name: str, tensor: torch.Tensor, low: int, high: int, ignore: i
 
 class GenRecModel(GenRecPreTrainedModel):
     """The shared backbone: event embedding → causal decoder blocks → final norm."""
+
+    _auto_class = "AutoModel"  # as `register_for_auto_class("AutoModel")`: auto_map + the code go with the weights
 
     _input_embed_layer = "item_embeddings"
 
@@ -691,6 +716,8 @@ def last_event_index(attention_mask: torch.Tensor) -> torch.Tensor:
 
 class GenRecForNextItemPrediction(GenRecPreTrainedModel):
     """Backbone + decoding head + next-item loss (full or sampled softmax, chosen by `config.loss_type`)."""
+
+    _auto_class = "AutoModel"
 
     _tied_weights_keys = {"head.item_embeddings.weight": "model.embeddings.item_embeddings.weight"}
     # Trainer passes `num_items_in_batch` (supervised positions of the whole accumulated, gathered batch); the loss

@@ -238,7 +238,35 @@ def test_cli_plot_writes_a_png(tmp_path, capsys):
     image = tmp_path / "scaling.png"
     assert main(["scaling", "fit", str(path), "--bootstrap", "20", "--plot", str(image)]) == 0
     assert image.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
-    assert main(["scaling", "fit", str(path), "--plot", str(tmp_path / "no" / "x.png")]) == 2
+    nested = tmp_path / "plots" / "new" / "x.png"  # a fresh checkout has no such folder: it is made, like mkdir -p
+    assert main(["scaling", "fit", str(path), "--bootstrap", "0", "--plot", str(nested)]) == 0
+    assert nested.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_unidentified_ceiling_prints_no_number(tmp_path, capsys):
+    """Bug: `scaling fit` printed `P0 7.258` and `headroom 7.183` for an MRR when the ceiling was not identified,
+    the reason only on a later line. Now a dash with the reason on the row, and --json keeps the raw estimates
+    under a key that says they are not a ceiling."""
+    path = tmp_path / "results.csv"
+    write_csv(path, two_task_rows())
+    raw = fit_csv(path, n_bootstrap=0)["B"]
+    assert not raw.identified and raw.offset.p0 > 1
+    assert main(["scaling", "fit", str(path), "--task", "B", "--bootstrap", "0"]) == 0
+    table = capsys.readouterr().out
+    p0_row = next(line for line in table.splitlines() if "offset law" in line)
+    headroom_row = next(line for line in table.splitlines() if line.strip().startswith("headroom"))
+    assert "P0 —  (not identified: " in p0_row and "a at its lower bound" in p0_row
+    assert headroom_row.split()[1] == "—" and "no identified ceiling" in headroom_row
+    for value in (raw.offset.p0, raw.headroom):
+        assert f"{value:.4g}" not in table and f"{value:.3g}" not in table
+    assert main(["scaling", "fit", str(path), "--task", "B", "--bootstrap", "0", "--json"]) == 0
+    data = json.loads(capsys.readouterr().out)["B"]
+    assert data["offset"]["p0"] is None and data["headroom"] is None and data["headroom_interval"] is None
+    assert data["unidentified_ceiling_raw_fit"]["p0"] == pytest.approx(raw.offset.p0)
+    assert data["unidentified_ceiling_raw_fit"]["headroom"] == pytest.approx(raw.headroom)
+    identified = fit_csv(path, n_bootstrap=0)["A"]
+    assert identified.identified and "unidentified_ceiling_raw_fit" not in identified.to_dict()
+    assert identified.to_dict()["offset"]["p0"] == pytest.approx(identified.offset.p0)
 
 
 def test_to_dict_is_strict_json():

@@ -153,10 +153,18 @@ class ScalingFit:
         return np.percentile(curves, tail, axis=0), np.percentile(curves, 100.0 - tail, axis=0)
 
     def to_dict(self) -> dict[str, Any]:
+        """JSON-safe fields. An unidentified ceiling has no number: `offset.p0`, `headroom` and their intervals
+        are None, and the raw estimates stay under `unidentified_ceiling_raw_fit` (not a ceiling; see `reasons`)."""
         data = {k: v for k, v in asdict(self).items() if k not in ("offset", "log", "extrapolations",
                                                                       "bootstrap_params")}
         data.update(offset=self.offset.to_dict(), log=self.log.to_dict(),
                     extrapolations=[e.to_dict() for e in self.extrapolations])
+        if not self.identified:
+            data["unidentified_ceiling_raw_fit"] = {
+                "p0": self.offset.p0, "p0_interval": self.offset.p0_interval, "headroom": self.headroom,
+                "headroom_interval": self.headroom_interval}
+            data["offset"].update(p0=None, p0_interval=None)
+            data.update(headroom=None, headroom_interval=None)
         return _jsonable(data)
 
 
@@ -644,7 +652,7 @@ def _unidentified(points: _Points, offset: OffsetPowerLawFit, boot: _Bootstrap,
         if "a at its upper bound" in offset.at_bounds:
             notes.append(_BOUND_REASONS["a at its upper bound"] + " (P0 is the plateau)")
     if upper_bound is not None and offset.p0 > upper_bound:
-        reasons.append(f"P0 = {offset.p0:.4g} exceeds {upper_bound:g}, the largest possible {metric}")
+        reasons.append(f"the raw P0 estimate exceeds {upper_bound:g}, the largest possible {metric}")
     if n_bootstrap:
         tail = (1.0 - confidence) / 2
         if boot.converged < 0.5 * n_bootstrap:
@@ -805,21 +813,26 @@ def _with_interval(value: float, interval: tuple[float, float] | None, digits: i
 
 
 def format_table(fits: Mapping[str, ScalingFit] | Sequence[ScalingFit]) -> str:
-    """A plain-text report per task: P0, a, N0 with intervals, RMSE of both laws, preferred law, headroom."""
+    """A plain-text report per task: P0, a, N0 with intervals, RMSE of both laws, preferred law, headroom. An
+    unidentified ceiling prints a dash for P0 and headroom, with the reason on the same row."""
     blocks = []
     for fit in fits.values() if isinstance(fits, Mapping) else fits:
         o = fit.offset
         level = f"{fit.confidence:.0%} CI, {fit.bootstrap} bootstrap" if fit.bootstrap != "none" else "no intervals"
         seeds = f"mean of {len(fit.seed_values[0])} seeds; " if fit.seed_values else ""
+        # an unidentified ceiling is no number: a dash, and why, on its row (headroom is measured from it)
+        ceiling = (f"P0 {_with_interval(o.p0, o.p0_interval)}" if fit.identified
+                   else f"P0 —  (not identified: {'; '.join(fit.reasons)})")
+        headroom = (f"{_with_interval(fit.headroom, fit.headroom_interval)} over best" if fit.identified
+                    else "—  (no identified ceiling);  best")
         lines = [
             f"task {fit.task} · {fit.metric} vs {fit.size_name} ({len(fit.sizes)} sizes "
             f"{_fmt(min(fit.sizes), 3)}–{_fmt(max(fit.sizes), 3)}; {seeds}{level})",
-            f"  offset law  P0 {_with_interval(o.p0, o.p0_interval)}   a {_with_interval(o.a, o.a_interval)}   "
+            f"  offset law  {ceiling}   a {_with_interval(o.a, o.a_interval)}   "
             f"N0 {_with_interval(o.n0, o.n0_interval, 3)}",
             f"  RMSE ×1e-3  offset {o.rmse * 1e3:.2f}  vs  log {fit.log.rmse * 1e3:.2f}   "
             f"{fit.criterion.upper()} prefers {fit.preferred} (Δ {fit.delta:+.2f}, {fit.evidence})",
-            f"  headroom    {_with_interval(fit.headroom, fit.headroom_interval)} over best {fit.metric} "
-            f"{_fmt(fit.best_value)} at N = {_fmt(fit.best_size, 3)}",
+            f"  headroom    {headroom} {fit.metric} {_fmt(fit.best_value)} at N = {_fmt(fit.best_size, 3)}",
         ]
         for e in fit.extrapolations:
             lines.append(f"  at {e.name:>6} (N = {_fmt(e.size, 3)})  offset "
@@ -828,7 +841,7 @@ def format_table(fits: Mapping[str, ScalingFit] | Sequence[ScalingFit]) -> str:
         lines.append(f"  fit         {fit_state} ({o.n_converged}/{o.n_starts} starts, {o.n_at_best} at the best "
                      f"cost)" + (f"; bootstrap {fit.n_bootstrap_converged}/{fit.n_bootstrap} refits"
                                  if fit.n_bootstrap else ""))
-        lines.append("  identified  yes" if fit.identified else "  identified  NO: " + "; ".join(fit.reasons))
+        lines.append("  identified  yes" if fit.identified else "  identified  NO (the reasons are on the P0 row)")
         lines.extend(f"  note        {note}" for note in fit.notes)
         blocks.append("\n".join(lines))
     return "\n\n".join(blocks)

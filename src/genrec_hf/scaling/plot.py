@@ -33,8 +33,7 @@ def plot_fits(fits: Mapping[str, ScalingFit] | Sequence[ScalingFit], path: str |
     if not fits:
         raise ValueError("no fits to plot.")
     path = Path(path)
-    if not path.parent.is_dir():
-        raise FileNotFoundError(f"--plot {path}: folder {path.parent} does not exist; create it first.")
+    path.parent.mkdir(parents=True, exist_ok=True)
     columns = min(3, len(fits))
     rows = math.ceil(len(fits) / columns)
     figure = Figure(figsize=(4.8 * columns, 3.8 * rows), layout="constrained")

@@ -15,6 +15,8 @@ from typing import Any, Callable
 
 from safetensors import SafetensorError
 
+from ._version import __version__
+
 logger = logging.getLogger("genrec_hf")
 
 
@@ -72,9 +74,24 @@ def cmd_finetune(args: argparse.Namespace, extra: list[str]) -> int:
         overrides["output_dir"] = args.output_dir
     metrics = run_finetune(args.base_dir, args.recipe, mode=args.mode, overrides=overrides,
                            overwrite_output_dir=args.overwrite_output_dir)
-    print(json.dumps({k: v for k, v in metrics.items() if k in ("task", "mode", "test", "trainable_parameters",
-                                                                "output_dir")}, indent=2, default=str))
+    print(json.dumps(finetune_summary(metrics), indent=2, default=str))
     return 0
+
+
+def finetune_summary(metrics: dict[str, Any]) -> dict[str, Any]:
+    """What `genrec-hf finetune` prints: the task, where the result is, how much was trained, and the test metrics
+    beside the base's zero-shot ones on the same rows (the comparison the run exists for)."""
+    parameters = metrics.get("parameters") or {}
+    summary = {k: metrics.get(k) for k in ("task", "mode", "output_dir", "dataset")}
+    summary.update(trainable_parameters=parameters.get("trainable"), total_parameters=parameters.get("total"),
+                   trainable_fraction=parameters.get("trainable_fraction"), test=metrics.get("test"),
+                   zero_shot_test=metrics.get("zero_shot_test"))
+    test, zero_shot = metrics.get("test") or {}, metrics.get("zero_shot_test") or {}
+    if zero_shot:
+        summary["test_minus_zero_shot"] = {k: test[k] - zero_shot[k] for k in test
+                                           if k in zero_shot and isinstance(test[k], (int, float))
+                                           and isinstance(zero_shot[k], (int, float))}
+    return summary
 
 
 def cmd_evaluate(args: argparse.Namespace, extra: list[str]) -> int:
@@ -97,8 +114,7 @@ def cmd_evaluate(args: argparse.Namespace, extra: list[str]) -> int:
         raise IsADirectoryError(f"--output {output} is a folder; expected a JSON file path.")
     if output.exists() and not args.overwrite:
         raise FileExistsError(f"{output} exists; pass --overwrite to replace it or --output to write elsewhere.")
-    if not output.parent.is_dir():
-        raise FileNotFoundError(f"--output {output}: folder {output.parent} does not exist; create it first.")
+    output.parent.mkdir(parents=True, exist_ok=True)
     if args.staleness is not None:
         from .evaluation.staleness import evaluate_saved_model_staleness
 
@@ -216,9 +232,7 @@ def cmd_scaling_fit(args: argparse.Namespace, extra: list[str]) -> int:
             require_matplotlib()
         except ImportError as error:
             raise RuntimeError(str(error)) from None
-        if not Path(args.plot).parent.is_dir():
-            raise FileNotFoundError(f"--plot {args.plot}: folder {Path(args.plot).parent} does not exist; create it "
-                                    "first.")
+        Path(args.plot).parent.mkdir(parents=True, exist_ok=True)  # before the fit, so a bad path fails at once
     named = {}
     for text in args.extrapolate or []:
         name, _, size = text.rpartition("=")
@@ -252,7 +266,7 @@ def cmd_scaling_run(args: argparse.Namespace, extra: list[str]) -> int:
     outcome = run_ladder(recipe)
     print(f"{outcome.rows_written} rows written, {outcome.rows_skipped} already there: {outcome.csv_path}")
     if outcome.data_axis_csv_path:
-        print(f"data-size axis: {outcome.data_axis_csv_path} (fit with --size-column train_events)")
+        print(f"data-size axis: {outcome.data_axis_csv_path} (fit with --size_column train_events)")
     print(f"fit: genrec-hf scaling fit {outcome.csv_path} --plot {outcome.csv_path.with_suffix('.png')}")
     return 0
 
@@ -307,14 +321,36 @@ def _add_load_flags(p: argparse.ArgumentParser) -> None:
 
 
 _GLOBAL_FLAGS = {"--debug": "debug", "-v": "verbose", "--verbose": "verbose"}
+MODEL_DIR_HELP = "a model folder written by `genrec-hf train` (or `finetune`), or a LoRA adapter folder"
+
+
+class HelpFormatter(argparse.HelpFormatter):
+    """Every option's help ends with its default, unless it has none to show (None, False) or says it already."""
+
+    def _get_help_string(self, action: argparse.Action) -> str:
+        text = action.help or ""
+        if action.default in (None, False, argparse.SUPPRESS) or "(default" in text or not action.option_strings:
+            return text
+        return f"{text} (default: %(default)s)"
+
+
+class Parser(argparse.ArgumentParser):
+    """`argparse.ArgumentParser` with `HelpFormatter`, for the command and every subcommand (`add_subparsers`
+    makes its parsers of the parent's class)."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        kwargs.setdefault("formatter_class", HelpFormatter)
+        super().__init__(*args, **kwargs)
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="genrec-hf", description="Generative recommenders on the HF stack.")
+    parser = Parser(prog="genrec-hf", description="Generative recommenders on the HF stack.")
+    parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}",
+                        help="print the genrec_hf version and exit")
     parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
     parser.add_argument("--debug", action="store_true",
                         help="show the full traceback of an error instead of the one-line message")
-    sub = parser.add_subparsers(dest="command", required=True)
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     p = sub.add_parser("train", help="train a model from a YAML recipe",
                        description="Train from a recipe; any recipe key can be overridden as --section.key value "
@@ -340,13 +376,13 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("evaluate", help="full-catalog ranking metrics of a saved model",
                        description="Rank each user's held-out item against the whole catalog (history excluded, "
                                    "ties pessimistic) and report MRR, HR@K, NDCG@K.")
-    p.add_argument("model_dir")
+    p.add_argument("model_dir", help=MODEL_DIR_HELP)
     p.add_argument("--data", required=True, help="events: a path or 'synthetic' (same as a recipe's data.source)")
     p.add_argument("--format", default=None, help="loader name when it cannot be detected from the path")
-    p.add_argument("--split", default="test", choices=["validation", "test"])
+    p.add_argument("--split", default="test", choices=["validation", "test"], help="which held-out event to rank")
     p.add_argument("--max_length", type=_positive_int, default=None,
                    help="history length (default: the model's maximum)")
-    p.add_argument("--batch_size", type=_positive_int, default=256)
+    p.add_argument("--batch_size", type=_positive_int, default=256, help="users scored per batch")
     p.add_argument("--include_history", action="store_true", help="also rank items already in the history")
     p.add_argument("--staleness", type=_durations, default=None, metavar="DELTAS",
                    help="staleness replay of cached serving, e.g. 0,1h,24h,48h: each list is computed from the "
@@ -363,18 +399,20 @@ def build_parser() -> argparse.ArgumentParser:
                                                     "long_horizon"],
                    help="staleness: what the targets after the show time are (default short_horizon: the next)")
     p.add_argument("--output", default=None,
-                   help="JSON file (default MODEL_DIR/eval_results_SPLIT.json; staleness: "
-                        "eval_results_staleness_TASK_{SPLIT|cut}.json)")
+                   help="JSON file, its folder created if missing (default: MODEL_DIR/eval_results_SPLIT.json; "
+                        "staleness: eval_results_staleness_TASK_{SPLIT|cut}.json)")
     p.add_argument("--overwrite", action="store_true", help="replace an existing output file")
     _add_load_flags(p)
     p.set_defaults(func=cmd_evaluate)
 
-    p = sub.add_parser("recommend", help="top-k items after a history of raw item ids")
-    p.add_argument("model_dir")
+    p = sub.add_parser("recommend", help="top-k items after a history of raw item ids",
+                       description="Print the k items the model ranks highest after a history of raw item ids "
+                                   "(oldest first), with scores and titles; items of the history are left out.")
+    p.add_argument("model_dir", help=MODEL_DIR_HELP)
     p.add_argument("--history", required=True, help="comma-separated raw item ids, oldest first")
     p.add_argument("--timestamps", type=_int_list, default=None,
                    help="comma-separated unix seconds, one per history item")
-    p.add_argument("--k", type=_positive_int, default=10)
+    p.add_argument("--k", type=_positive_int, default=10, help="number of items to recommend")
     p.add_argument("--include_seen", action="store_true", help="allow items already in the history")
     p.add_argument("--json", action="store_true", help="print JSON instead of a table")
     _add_load_flags(p)
@@ -399,23 +437,23 @@ def build_parser() -> argparse.ArgumentParser:
                                    "Parquet, with manifest.json (model and vocab hashes, dims, counts). "
                                    "--align_to rotates them onto a previous export (orthogonal Procrustes on "
                                    "the shared items; scores are unchanged) and records the drift.")
-    p.add_argument("model_dir")
+    p.add_argument("model_dir", help=MODEL_DIR_HELP)
     p.add_argument("--data", required=True, help="events: a path or 'synthetic' (same as a recipe's data.source)")
     p.add_argument("--format", default=None, help="loader name when it cannot be detected from the path")
-    p.add_argument("--out", required=True, help="export folder to write")
+    p.add_argument("--out", required=True, help="export folder to write (missing parent folders are created)")
     p.add_argument("--overwrite", action="store_true", help="replace an existing export in --out")
     p.add_argument("--align_to", default=None, metavar="PREV_DIR", help="a previous export to align to")
-    p.add_argument("--batch_size", type=_positive_int, default=256)
+    p.add_argument("--batch_size", type=_positive_int, default=256, help="users encoded per batch")
     p.set_defaults(func=cmd_export_embeddings)
 
     p = sub.add_parser("serve", help="HTTP recommendation server (needs pip install \"genrec-hf[serve]\")",
                        description="Serve POST /recommend, POST /events, GET /health and GET /items/{id} over a "
                                    "saved model and optional task adapters.")
-    p.add_argument("model_dir")
+    p.add_argument("model_dir", help=MODEL_DIR_HELP)
     p.add_argument("--adapter", action="append", metavar="NAME=DIR",
                    help="task adapter folder, served as task NAME (repeatable)")
-    p.add_argument("--host", default="127.0.0.1", help="interface to listen on (default loopback only)")
-    p.add_argument("--port", type=_int_at_least(0), default=8000)
+    p.add_argument("--host", default="127.0.0.1", help="interface to listen on (loopback: this machine only)")
+    p.add_argument("--port", type=_int_at_least(0), default=8000, help="TCP port (0: any free port)")
     p.add_argument("--index", choices=["exact", "ivf", "hnsw", "flat"], default="exact",
                    help="top-k: exact chunked scoring or a faiss index (needs pip install \"genrec-hf[ann]\")")
     p.add_argument("--max_k", type=_positive_int, default=1000, help="largest k a request may ask for")
@@ -430,10 +468,15 @@ def build_parser() -> argparse.ArgumentParser:
                         "whole window, the exact answer; fewer = more cheap updates per rebuild)")
     p.set_defaults(func=cmd_serve)
 
-    p = sub.add_parser("card", help="(re)generate the model card README.md of a model or adapter folder")
-    p.add_argument("model_dir")
-    p.add_argument("--repo_id", default=None, help="Hub repo id shown in the usage snippets")
-    p.add_argument("--base_model", default=None, help="for adapters: the base model's path or Hub id")
+    p = sub.add_parser("card", help="(re)generate the model card README.md of a model or adapter folder",
+                       description="Render the Hub model card (README.md) of a saved model or adapter folder from "
+                                   "its config, metrics and recipe; --push_to_hub also uploads the folder's model "
+                                   "files, card, tokenizer and vocabulary (never checkpoints or optimizer state).")
+    p.add_argument("model_dir", help=MODEL_DIR_HELP)
+    p.add_argument("--repo_id", default=None, help="Hub repo id shown in the usage snippets (default: the folder "
+                                                   "name, or --push_to_hub's repo)")
+    p.add_argument("--base_model", default=None,
+                   help="for adapters: the base model's Hub id (a local path is left out of the card's metadata)")
     p.add_argument("--dataset_name", default=None, help="dataset shown in the card (default: from metrics.json)")
     p.add_argument("--push_to_hub", default=None, metavar="REPO_ID", help="upload folder + card (needs network)")
     p.set_defaults(func=cmd_card)
@@ -450,20 +493,21 @@ def build_parser() -> argparse.ArgumentParser:
                    "training seeds of one ladder: fitted at the per-size mean, intervals resample the seeds too")
     p.add_argument("--task", nargs="+", action="extend", default=None,
                    help="fit only these tasks, after the CSV or repeated (default: every task in the CSV)")
-    p.add_argument("--metric", default="mrr", help="metric column to fit (default mrr)")
+    p.add_argument("--metric", default="mrr", help="metric column to fit")
     p.add_argument("--json", action="store_true", help="print JSON instead of a table")
-    p.add_argument("--plot", default=None, metavar="PATH", help="also draw the fits to PATH, e.g. scaling.png "
-                   "(needs matplotlib: pip install \"genrec-hf[plot]\")")
+    p.add_argument("--plot", default=None, metavar="PATH", help="also draw the fits to PATH, e.g. scaling.png, its "
+                   "folder created if missing (needs matplotlib: pip install \"genrec-hf[plot]\")")
     p.add_argument("--bootstrap", type=_non_negative_int, default=1000,
-                   help="bootstrap resamples for the intervals (0: none; default 1000)")
-    p.add_argument("--confidence", type=float, default=0.95, help="interval level (default 0.95)")
+                   help="bootstrap resamples for the intervals (0: none)")
+    p.add_argument("--confidence", type=float, default=0.95, help="interval level")
     p.add_argument("--criterion", choices=["aic", "bic", "aicc"], default="aic",
-                   help="information criterion that picks the preferred law (default aic)")
+                   help="information criterion that picks the preferred law")
     p.add_argument("--extrapolate", action="append", metavar="[NAME=]SIZE",
                    help="also predict at this backbone size (repeatable); 10x and 100x the largest are always shown")
     p.add_argument("--seed", type=int, default=0, help="bootstrap seed")
-    p.add_argument("--size-column", "--size_column", dest="size_column", default="backbone_params",
-                   help="column of the sizes (default backbone_params; train_events for a ladder's data-size axis)")
+    p.add_argument("--size_column", default="backbone_params",
+                   help="column of the sizes (train_events for a ladder's data-size axis)")
+    p.add_argument("--size-column", dest="size_column", default=argparse.SUPPRESS, help=argparse.SUPPRESS)  # old
     p.set_defaults(func=cmd_scaling_fit)
 
     p = scaling.add_parser("run", help="train a ladder of backbone sizes and write the results CSV the fit reads",

@@ -66,12 +66,15 @@ def test_debug_flag_shows_the_traceback_and_verbose_does_not(saved_model, tmp_pa
     error_line(capsys, "evaluate")
 
 
-def test_evaluate_missing_model_folder_and_output_folder(saved_model, tmp_path, capsys):
-    """Bug: a missing model folder or --output folder surfaced only as an OSError (the latter after evaluating)."""
+def test_evaluate_missing_model_folder_and_unwritable_output(saved_model, tmp_path, capsys):
+    """Bug: a missing model folder, or an --output whose folder cannot be made, surfaced only as an OSError (the
+    latter after evaluating). (A missing --output folder is created: tests/test_cli.py.)"""
     assert main(["evaluate", str(tmp_path / "nope"), "--data", TINY_DATA]) == 2
     assert "model folder" in error_line(capsys, "evaluate")
-    assert main(["evaluate", str(saved_model), "--data", TINY_DATA, "--output", str(tmp_path / "no" / "e.json")]) == 2
-    assert f"folder {tmp_path / 'no'} does not exist" in error_line(capsys, "evaluate")
+    blocker = tmp_path / "a_file"
+    blocker.write_text("not a folder")
+    assert main(["evaluate", str(saved_model), "--data", TINY_DATA, "--output", str(blocker / "e.json")]) == 2
+    assert str(blocker) in error_line(capsys, "evaluate")
 
 
 @pytest.mark.parametrize("value", ["0", "-3", "ten"])

@@ -172,8 +172,7 @@ def _check_out_dir(out_dir: Path, overwrite: bool) -> None:
         if foreign:
             raise FileExistsError(f"{out_dir} holds files that are not an export ({', '.join(foreign[:5])}); "
                                   "refusing to overwrite it.")
-    if not out_dir.parent.is_dir():
-        raise FileNotFoundError(f"--out {out_dir}: folder {out_dir.parent} does not exist; create it first.")
+    out_dir.parent.mkdir(parents=True, exist_ok=True)  # like `mkdir -p`: runs/embeddings/v1 on a fresh checkout
 
 
 def export_embeddings(model_dir: str | Path, source: str, out_dir: str | Path, *, format: str | None = None,

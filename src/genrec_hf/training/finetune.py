@@ -162,7 +162,8 @@ def _finetune(recipe: FinetuneRecipe, base_dir: Path, output_dir: Path, task: Ta
 
 def run_finetune(base_dir: str, recipe_path: str, *, mode: str | None = None, overrides: dict[str, str] | None = None,
                  overwrite_output_dir: bool = False) -> dict:
-    """CLI entry (`genrec-hf finetune`): load + override the recipe, fine-tune, return the metrics dict.
+    """CLI entry (`genrec-hf finetune`): load + override the recipe, fine-tune, return the metrics dict (with the
+    `output_dir` it was written to).
 
     `mode` overrides the recipe's mode; unless `output_dir` is overridden too, a trailing `-lora` / `-full` /
     `-from_scratch` of the recipe's output folder becomes `-<mode>`, so comparison runs never overwrite each other.
@@ -177,4 +178,5 @@ def run_finetune(base_dir: str, recipe_path: str, *, mode: str | None = None, ov
             if stem.endswith(f"-{suffix}"):
                 stem = stem[: -len(suffix) - 1]
         recipe.output_dir = f"{stem}-{mode}"
-    return finetune(recipe, base_dir, overwrite_output_dir=overwrite_output_dir).metrics
+    return {**finetune(recipe, base_dir, overwrite_output_dir=overwrite_output_dir).metrics,
+            "output_dir": recipe.output_dir}

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import fnmatch
 import importlib.resources
+import importlib.util
 import json
 import logging
 import re
@@ -193,18 +194,52 @@ def test_adapter_card(tmp_path):
     peft_model.save_pretrained(tmp_path / "adapter")  # PEFT writes its own template README: replaced
     (tmp_path / "adapter" / "metrics.json").write_text(json.dumps(
         {"dataset": "ml-100k", "task": "short-horizon", "test": {"mrr": 0.12}}))
-    path = write_model_card(tmp_path / "adapter", base_model=str(tmp_path / "base"))
+    path = write_model_card(tmp_path / "adapter", base_model="me/genrec-base")
     assert path.name == "README.md"
     card = ModelCard.load(path)
-    assert card.data.base_model == str(tmp_path / "base")
+    assert card.data.base_model == "me/genrec-base" and card.data.pipeline_tag == "other"
     assert card.data.library_name == "genrec_hf"
     assert {"peft", "lora", "genrec"} <= set(card.data.tags)
     assert _results(card) == {("short-horizon", "ml-100k", "test", "mrr"): pytest.approx(0.12)}
     assert 'PeftModel.from_pretrained(base, "adapter")' in card.text  # repo_id defaults to the folder name
-    assert f'GenRecForNextItemPrediction.from_pretrained("{tmp_path / "base"}")' in card.text
+    assert 'GenRecForNextItemPrediction.from_pretrained("me/genrec-base")' in card.text
+    assert 'adapters={"task": "adapter"}' in card.text and "BASE_MODEL" not in card.text
     assert "| rank r | 4 |" in card.text and "| alpha | 8 |" in card.text
     assert "| target modules | q_proj, v_proj |" in card.text
     assert f"| adapter parameters | {trainable:,} |" in card.text
+
+
+def test_adapter_card_never_names_a_local_base_as_base_model(tmp_path):
+    """Bug: the adapter card's `base_model` was the local folder the base was trained in (PEFT's
+    base_model_name_or_path), which the Hub cannot resolve. A local base (absolute, relative, or the one
+    genrec_base.json records) is left out of the metadata, with a placeholder and a note in the text."""
+    from genrec_hf.cards import hub_repo_id
+
+    base = GenRecForNextItemPrediction(_config())
+    base.save_pretrained(tmp_path / "base")
+    get_peft_model(base, LoraConfig(r=2, target_modules=["q_proj"], task_type=None)).save_pretrained(
+        tmp_path / "adapter")
+    (tmp_path / "adapter" / "genrec_base.json").write_text(json.dumps({"base_dir": "runs/base"}))
+    for given in (None, str(tmp_path / "base"), "runs/base", "../base"):
+        card = build_model_card(tmp_path / "adapter", base_model=given)
+        assert card.data.base_model is None, given
+        assert "BASE_MODEL" in card.text and "--base_model NAMESPACE/BASE" in card.text
+    assert hub_repo_id("runs/base") == "runs/base" and hub_repo_id("runs/base", known_local=("runs/base",)) is None
+    assert hub_repo_id("a/b/c") is None and hub_repo_id(str(tmp_path)) is None
+
+
+def test_metrics_are_in_numeric_order(model_dir):
+    """Bug: the card sorted metric names as text: NDCG@1 after NDCG@200, Recall @1, @10, @200, @5, @50."""
+    ks = (1, 5, 10, 50, 200)
+    test = {"mrr": 0.1, **{f"{m}@{k}": 0.1 for m in ("recall", "ndcg", "hr") for k in reversed(ks)}}
+    card = build_model_card(model_dir, metrics={"dataset": "ml-100k", "test": test})
+    order = [*(["mrr"]), *(f"hr@{k}" for k in ks), *(f"ndcg@{k}" for k in ks), *(f"recall@{k}" for k in ks)]
+    assert card.data.metrics == order
+    header = next(line for line in card.text.splitlines() if line.startswith("| task | dataset | split |"))
+    names = {"mrr": "MRR", "hr": "HR", "ndcg": "NDCG", "recall": "Recall"}
+    assert header.split(" | ")[3:] == [names[m.split("@")[0]] + ("@" + m.split("@")[1] if "@" in m else "")
+                                       for m in order[:-1]] + ["Recall@200 |"]
+    assert [r.metric_type for r in card.data.eval_results] == order
 
 
 def _adapter_dir(tmp_path):
@@ -314,6 +349,19 @@ def test_example_cards_are_current_and_documented(path):
     test_mrr = _results(card)[("next-item", card.data.datasets[0], "test", "mrr")]
     results = [REPO_ROOT / "benchmarks" / "RESULTS.md", *(REPO_ROOT / "benchmarks").glob("*/README.md")]
     assert any(f"{test_mrr:.4f}" in path.read_text() for path in results), test_mrr
+
+
+@pytest.mark.parametrize("path", EXAMPLE_CARDS, ids=[p.stem for p in EXAMPLE_CARDS])
+def test_example_cards_are_rendered_by_todays_template(path):
+    """Catches a template or card-code change (metric order, usage snippets, metadata) that leaves the shipped cards
+    as an older version rendered them: `tools/rerender_model_card.py` rebuilds each card's inputs from the card and
+    renders it again; the file must come out unchanged (run the tool to refresh them)."""
+    spec = importlib.util.spec_from_file_location("rerender_model_card",
+                                                  REPO_ROOT / "tools" / "rerender_model_card.py")
+    tool = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(tool)
+    text = tool.rerender(path)
+    assert (text if text.endswith("\n") else text + "\n") == path.read_text()
 
 
 def test_template_variable_nobody_fills_is_an_error(model_dir, tmp_path):

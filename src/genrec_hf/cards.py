@@ -34,6 +34,14 @@ Every measured (task, dataset, split, metric) becomes one `EvalResult` in the ca
 
 A README the user wrote is never overwritten: generated cards carry `GENERATED_MARK`, and a foreign `README.md` makes
 `write_model_card` write `README.genrec.md` instead.
+
+Front matter: `pipeline_tag: other` (the Hub's task list has no recommendation task; the checkpoint's own
+`next-item-recommendation` pipeline is a tag), metric names in numeric order (NDCG@1, @5, @10, @50, @200), and an
+adapter's `base_model` only when it is a Hub repo id (a local folder is left out, with a note in the card).
+
+Uploads (`push_to_hub`, `GenRecTrainer.push_to_hub`, an embeddings export) send only what loads the model: weights,
+config and code, card, tokenizer and vocabulary (`hub_upload_patterns`), never `checkpoint-*`, optimizer state,
+lock files or staging folders.
 """
 
 from __future__ import annotations
@@ -48,12 +56,13 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import huggingface_hub
 import jinja2
 import jinja2.meta
 import torch
 import yaml
-import huggingface_hub
-from huggingface_hub import EvalResult, ModelCard, ModelCardData
+from huggingface_hub import EvalResult, HfApi, ModelCard, ModelCardData
+from huggingface_hub.utils import HFValidationError, validate_repo_id
 from safetensors import safe_open
 from transformers import TrainerCallback, TrainerControl, TrainerState, TrainingArguments
 
@@ -70,15 +79,17 @@ CARD_FILE = "README.md"
 FALLBACK_CARD_FILE = "README.genrec.md"
 METRICS_FILES = ("metrics.json", "eval_results.json")  # later files win
 RECIPE_FILES = ("training_recipe.yaml", "finetune_recipe.yaml")
-TAGS = ["recommendation", "sequential-recommendation", "generative-recommender", "genrec", "transformers"]
+TAGS = ["recommendation", "sequential-recommendation", "generative-recommender", "genrec", "transformers",
+        "next-item-recommendation"]
+PIPELINE_TAG = "other"  # the Hub's task list has no recommendation task
 ADAPTER_TAGS = ["peft", "lora"]
 PAPER = ('Xu, Hsiao, Bhattacharya, "Towards Generalizable and Efficient Large-Scale Generative Recommenders", '
          "arXiv 2605.23312, 2026")
 DEFAULT_PROTOCOL = "leave-one-out, full-catalog ranking, history items excluded"
 _METRIC_NAMES = {"mrr": "MRR", "map": "MAP", "hr": "HR", "ndcg": "NDCG", "recall": "Recall", "precision": "Precision"}
+_METRIC_FAMILIES = tuple(_METRIC_NAMES)  # table / metadata order: MRR, MAP, then HR@K, NDCG@K, ... by K
 _METRIC_RE = re.compile(r"^(mrr|map|(hr|ndcg|recall|precision)@\d+)$")
 _SPLIT_PREFIXES = ("validation", "test", "eval", "train")
-_TABLE_ORDER = ("mrr", "hr@1", "hr@5", "hr@10", "hr@50", "hr@200", "ndcg@5", "ndcg@10", "ndcg@50", "ndcg@200")
 _BASELINE_KEYS = ("popularity_baseline",)
 _SHAPE_KEYS = ("hidden_size", "num_hidden_layers", "num_attention_heads", "intermediate_size")  # what a preset fixes
 _TRAINING_ARG_KEYS = ("learning_rate", "lr_scheduler_type", "warmup_ratio", "warmup_steps", "weight_decay",
@@ -109,6 +120,31 @@ def _read_json(path: Path) -> dict[str, Any] | None:
     if not isinstance(data, dict):
         raise ValueError(f"{path} must hold a JSON object, got {type(data).__name__}.")
     return data
+
+
+def metric_order(metric: str) -> tuple[int, int]:
+    """Sort key of a normalised metric name: family (MRR, MAP, HR, NDCG, Recall, Precision), then K as a number
+    (NDCG@5 before NDCG@50, never after NDCG@200 as text sorting puts it)."""
+    family, _, k = metric.partition("@")
+    return _METRIC_FAMILIES.index(family), int(k) if k else 0
+
+
+def hub_repo_id(value: str | None, *, known_local: tuple[str | None, ...] = (),
+                relative_to: str | Path | None = None) -> str | None:
+    """`value` when it names a Hub repo (`namespace/name`), None for a local folder: an absolute path, a path that
+    exists (here or under `relative_to`), one of `known_local` (e.g. the base folder an adapter recorded at
+    training), or anything the Hub would refuse as a repo id."""
+    if not value:
+        return None
+    text = str(value)
+    if (Path(text).is_absolute() or Path(text).exists() or text in known_local
+            or (relative_to is not None and (Path(relative_to) / text).exists())):
+        return None
+    try:
+        validate_repo_id(text)
+    except HFValidationError:
+        return None
+    return text
 
 
 def _metric_key(name: str) -> str | None:
@@ -286,7 +322,8 @@ def build_model_card(
         dataset_name, task_name: Used where the metrics do not name them.
         recipe: Recipe path or dict; default: `training_recipe.yaml` / `finetune_recipe.yaml` in the folder.
         training_args: `TrainingArguments` (or a dict) whose main hyperparameters are listed in the card.
-        base_model: Base model of an adapter; default: `base_model_name_or_path` of `adapter_config.json`.
+        base_model: Base model of an adapter, a Hub repo id (default: `base_model_name_or_path` of
+            `adapter_config.json`); a local folder is not written into the metadata (the card says so).
         template_path: Jinja template to render instead of the package's `TEMPLATE_PATH` (same variables).
     """
     model_dir = Path(model_dir)
@@ -302,17 +339,19 @@ def build_model_card(
     task_name = str(metrics.get("task") or task_name or "next-item")
     records = parse_metrics(metrics, task=task_name, dataset=dataset_name)
     name = repo_id or model_dir.resolve().name
-    base_model = base_model or (adapter or {}).get("base_model_name_or_path") or None
+    recorded = (_read_json(model_dir / "genrec_base.json") or {}).get("base_dir")
+    base_given = base_model or (adapter or {}).get("base_model_name_or_path") or None
+    hub_base = hub_repo_id(base_given, known_local=(recorded,), relative_to=model_dir)
     catalog = _catalog_size(model_dir, config)
 
-    card_data = _card_data(name, records, dataset_name, base_model, is_adapter=adapter is not None)
+    card_data = _card_data(name, records, dataset_name, hub_base, is_adapter=adapter is not None)
     columns, rows = _results_table(records, metrics)
     variables: dict[str, Any] = {
         "name": name,
         "paper": PAPER,
         "dataset": dataset_name,
         "catalog": f"{catalog:,}" if catalog is not None else "?",
-        "adapter": _adapter_facts(adapter, base_model, _adapter_parameters(model_dir)) if adapter is not None
+        "adapter": _adapter_facts(adapter, hub_base, _adapter_parameters(model_dir)) if adapter is not None
         else None,
         "model": _model_facts(config, recipe_dict) if adapter is None else None,
         "sizes": {k: f"{v:,}" for k, v in model_sizes(config).items()} if adapter is None else None,
@@ -330,17 +369,20 @@ def build_model_card(
 def _card_data(name: str, records: list[MetricRecord], dataset: str, base_model: str | None,
                is_adapter: bool) -> ModelCardData:
     """Front matter: library, tags, datasets, metric names, adapter base, and one `EvalResult` per record."""
+    groups: dict[tuple[str, str, str], int] = {}  # (task, dataset, split) in the order the metrics give them
+    for r in records:
+        groups.setdefault((r.task, r.dataset, r.split), len(groups))
     eval_results = [
         EvalResult(task_type="recommendation", task_name=r.task, dataset_type=r.dataset, dataset_name=r.dataset,
                    dataset_split=r.split, metric_type=r.metric, metric_name=f"{_pretty(r.metric)} ({r.split})",
                    metric_value=round(r.value, 6))
-        for r in records
+        for r in sorted(records, key=lambda r: (groups[(r.task, r.dataset, r.split)], metric_order(r.metric)))
     ]
     datasets = {r.dataset for r in records} | {dataset}
     return ModelCardData(
-        library_name="genrec_hf", license="apache-2.0", model_name=name,
+        library_name="genrec_hf", license="apache-2.0", model_name=name, pipeline_tag=PIPELINE_TAG,
         tags=TAGS + (ADAPTER_TAGS if is_adapter else []), datasets=sorted(datasets - {"unknown"}) or None,
-        metrics=sorted({r.metric for r in records}) or None, base_model=base_model,
+        metrics=sorted({r.metric for r in records}, key=metric_order) or None, base_model=base_model,
         eval_results=eval_results or None,
     )
 
@@ -401,11 +443,13 @@ def _model_facts(config: Mapping[str, Any], recipe: Mapping[str, Any] | None) ->
 
 
 def _adapter_facts(adapter: Mapping[str, Any], base_model: str | None, n_params: int | None) -> dict[str, Any]:
-    """The adapter table: what `adapter_config.json` and the safetensors header say."""
+    """The adapter table: what `adapter_config.json` and the safetensors header say; `base_model` is a Hub id or
+    None (a local base: the card shows a placeholder and says how to name the Hub one)."""
     targets = adapter.get("target_modules")
     saved = adapter.get("modules_to_save")
     return {
-        "base": base_model or "BASE_MODEL_DIR",
+        "base": base_model or "BASE_MODEL",
+        "base_on_hub": base_model is not None,
         "method": adapter.get("peft_type") or "LORA",
         "r": adapter.get("r"),
         "alpha": adapter.get("lora_alpha"),
@@ -431,8 +475,7 @@ def _results_table(records: list[MetricRecord],
     """Column names and rows (one per task, dataset, split; the most-popular baseline last) of the results table."""
     if not records:
         return [], []
-    present = {r.metric for r in records}
-    names = [m for m in _TABLE_ORDER if m in present] + sorted(present - set(_TABLE_ORDER))
+    names = sorted({r.metric for r in records}, key=metric_order)
     rows: dict[tuple[str, str, str], dict[str, float]] = {}
     for r in records:
         rows.setdefault((r.task, r.dataset, r.split), {})[r.metric] = r.value
@@ -484,27 +527,58 @@ def _offline() -> bool:
     return bool(getattr(huggingface_hub.constants, "HF_HUB_OFFLINE", False))
 
 
-def push_to_hub(model_dir: str | Path, repo_id: str, *, token: str | None = None, private: bool = False) -> str:
-    """Write the card, then upload the folder to the Hub repo `repo_id`; returns the commit URL.
+# What an upload sends: what loads the model (weights, config, remote code, integrity manifest, adapter fingerprint,
+# catalog extensions), the card, the item tokenizer and its vocabulary. The ignore list also keeps out anything in a
+# subfolder (checkpoint-*, the staging folder) and hidden files (the run lock), whatever a pattern above matches.
+MODEL_FILES = ("config.json", "generation_config.json", "*.safetensors", "*.safetensors.index.json", "*.py",
+               "adapter_config.json", "genrec_weights.json", "genrec_base.json", "catalog_extensions.json")
+TOKENIZER_FILES = ("tokenizer_config.json", "item_vocab.json")
+HUB_ALLOW_PATTERNS = (*MODEL_FILES, CARD_FILE, *TOKENIZER_FILES)
+HUB_IGNORE_PATTERNS = ("*/*", ".*", "*.lock", "checkpoint-*", "optimizer.*", "scheduler.*", "rng_state*",
+                       "trainer_state.json", "training_args.bin")
 
-    Fails fast with `RuntimeError` (before any network call) when `HF_HUB_OFFLINE` is set or no token is available
-    (argument, `HF_TOKEN`, or `hf auth login`).
-    """
-    model_dir = Path(model_dir)
-    if not (model_dir / "config.json").is_file() and not (model_dir / "adapter_config.json").is_file():
-        raise FileNotFoundError(f"{model_dir} has neither config.json nor adapter_config.json: nothing to push.")
+
+def _hub_token(folder: str | Path, repo_id: str, token: str | None) -> str:
+    """The token to upload with; a `RuntimeError` (before any network call) when `HF_HUB_OFFLINE` is set or there is
+    none (argument, `HF_TOKEN`, or `hf auth login`)."""
     if _offline():
-        raise RuntimeError(f"Cannot push {model_dir} to the Hub repo {repo_id!r}: HF_HUB_OFFLINE is set. "
+        raise RuntimeError(f"Cannot push {folder} to the Hub repo {repo_id!r}: HF_HUB_OFFLINE is set. "
                            "Unset HF_HUB_OFFLINE on a machine with network access.")
     token = token or huggingface_hub.get_token()
     if not token:
-        raise RuntimeError(f"Cannot push {model_dir} to the Hub repo {repo_id!r}: no Hugging Face token. "
+        raise RuntimeError(f"Cannot push {folder} to the Hub repo {repo_id!r}: no Hugging Face token. "
                            "Pass token=..., set HF_TOKEN, or run `hf auth login`.")
-    write_model_card(model_dir, repo_id=repo_id)
-    api = huggingface_hub.HfApi(token=token)
-    api.create_repo(repo_id, private=private, exist_ok=True)
-    return str(api.upload_folder(folder_path=str(model_dir), repo_id=repo_id,
-                                 commit_message="Upload GenRec model and card (genrec_hf)"))
+    return token
+
+
+def upload_to_hub(folder: str | Path, repo_id: str, *, allow_patterns: tuple[str, ...] = HUB_ALLOW_PATTERNS,
+                  repo_type: str = "model", token: str | None = None, private: bool = False,
+                  commit_message: str = "Upload GenRec model and card (genrec_hf)", create_repo: bool = True,
+                  revision: str | None = None, run_as_future: bool = False) -> Any:
+    """Upload the files of `folder` that `allow_patterns` name (never those of `HUB_IGNORE_PATTERNS`) to the Hub
+    repo `repo_id`; returns the commit URL (a `Future` with `run_as_future`). Offline or without a token it fails
+    before any network call (`_hub_token`)."""
+    api = HfApi(token=_hub_token(folder, repo_id, token))
+    if create_repo:
+        api.create_repo(repo_id, repo_type=repo_type, private=private, exist_ok=True)
+    result = api.upload_folder(folder_path=str(folder), repo_id=repo_id, repo_type=repo_type,
+                               commit_message=commit_message, revision=revision,
+                               allow_patterns=list(allow_patterns), ignore_patterns=list(HUB_IGNORE_PATTERNS),
+                               run_as_future=run_as_future)
+    return result if run_as_future else str(result)
+
+
+def push_to_hub(model_dir: str | Path, repo_id: str, *, token: str | None = None, private: bool = False,
+                **card_kwargs: Any) -> str:
+    """Write the card (named `repo_id`; `card_kwargs` as `build_model_card`'s), then upload the model or adapter
+    folder's model files, card, tokenizer and vocabulary to the Hub repo `repo_id` (`upload_to_hub`); returns the
+    commit URL."""
+    model_dir = Path(model_dir)
+    if not (model_dir / "config.json").is_file() and not (model_dir / "adapter_config.json").is_file():
+        raise FileNotFoundError(f"{model_dir} has neither config.json nor adapter_config.json: nothing to push.")
+    token = _hub_token(model_dir, repo_id, token)  # before the card is rewritten
+    write_model_card(model_dir, repo_id=repo_id, **card_kwargs)
+    return upload_to_hub(model_dir, repo_id, token=token, private=private)
 
 
 class ModelCardCallback(TrainerCallback):
@@ -535,6 +609,8 @@ class ModelCardCallback(TrainerCallback):
 
 __all__ = [
     "GENERATED_MARK",
+    "HUB_ALLOW_PATTERNS",
+    "HUB_IGNORE_PATTERNS",
     "TEMPLATE_PATH",
     "MetricRecord",
     "ModelCardCallback",
@@ -542,5 +618,6 @@ __all__ = [
     "model_sizes",
     "parse_metrics",
     "push_to_hub",
+    "upload_to_hub",
     "write_model_card",
 ]

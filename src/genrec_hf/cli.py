@@ -173,6 +173,11 @@ def cmd_export_embeddings(args: argparse.Namespace, extra: list[str]) -> int:
                                  align_to=args.align_to, batch_size=args.batch_size)
     print(json.dumps({k: manifest[k] for k in ("dims", "counts", "alignment")}, indent=2))
     print(f"item and user vectors (safetensors + Parquet) and manifest.json written to {args.out}", file=sys.stderr)
+    if args.push_to_hub:
+        from .serving.export import push_export_to_hub
+
+        print(f"uploaded to the dataset repo {args.push_to_hub}: {push_export_to_hub(args.out, args.push_to_hub)}",
+              file=sys.stderr)
     return 0
 
 
@@ -210,15 +215,14 @@ def cmd_serve(args: argparse.Namespace, extra: list[str]) -> int:
 
 
 def cmd_card(args: argparse.Namespace, extra: list[str]) -> int:
-    from .cards import write_model_card
+    from .cards import push_to_hub, write_model_card
 
-    path = write_model_card(args.model_dir, repo_id=args.repo_id, base_model=args.base_model,
-                            dataset_name=args.dataset_name)
-    print(f"model card written to {path}")
-    if args.push_to_hub:
-        from .cards import push_to_hub
-
-        push_to_hub(args.model_dir, args.push_to_hub)
+    card = {"base_model": args.base_model, "dataset_name": args.dataset_name}
+    if args.push_to_hub:  # the card is written for that repo first, then the folder's model files go up
+        url = push_to_hub(args.model_dir, args.push_to_hub, **card)
+        print(f"model card written and {args.model_dir} uploaded: {url}")
+    else:
+        print(f"model card written to {write_model_card(args.model_dir, repo_id=args.repo_id, **card)}")
     return 0
 
 
@@ -444,6 +448,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--overwrite", action="store_true", help="replace an existing export in --out")
     p.add_argument("--align_to", default=None, metavar="PREV_DIR", help="a previous export to align to")
     p.add_argument("--batch_size", type=_positive_int, default=256, help="users encoded per batch")
+    p.add_argument("--push_to_hub", default=None, metavar="REPO_ID",
+                   help="also upload the export's files to this Hub dataset repo (needs network and a token)")
     p.set_defaults(func=cmd_export_embeddings)
 
     p = sub.add_parser("serve", help="HTTP recommendation server (needs pip install \"genrec-hf[serve]\")",

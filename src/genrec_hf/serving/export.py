@@ -36,6 +36,7 @@ from safetensors.numpy import load_file, save_file
 from scipy.linalg import orthogonal_procrustes
 
 from .._version import __version__
+from ..cards import upload_to_hub
 from ..data import VOCAB_FILE, ItemVocab, load_interactions
 from ..data.interactions import flat_column, row_lengths
 from ..integrity import file_sha256
@@ -230,3 +231,12 @@ def export_embeddings(model_dir: str | Path, source: str, out_dir: str | Path, *
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
     return manifest
+
+
+def push_export_to_hub(export_dir: str | Path, repo_id: str, *, token: str | None = None,
+                       private: bool = False) -> str:
+    """Upload an export (vectors, Parquet tables, item_vocab.json, manifest.json; nothing else in the folder) to the
+    Hub dataset repo `repo_id`; returns the commit URL. The export is data, so it goes to a dataset repo."""
+    read_export(export_dir)  # a folder that is not a complete export fails here, naming what is missing
+    return upload_to_hub(export_dir, repo_id, allow_patterns=EXPORT_FILES, repo_type="dataset", token=token,
+                         private=private, commit_message="Upload GenRec item and user embeddings (genrec_hf)")

@@ -156,7 +156,7 @@ def _finetune(recipe: FinetuneRecipe, base_dir: Path, output_dir: Path, task: Ta
             save_item_tokenizer(output_dir, ItemVocab.load(base_dir), base.config)
         metrics["checkpoint_bytes"] = size
         metrics["peak_rss_mb"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
-        save_run(output_dir, metrics, recipe, "finetune_recipe.yaml", data_name)
+        save_run(output_dir, metrics, recipe, "finetune_recipe.yaml", data_name, trainer=trainer)
     return FinetuneOutcome(metrics=metrics, model=model, task=task)
 
 

@@ -288,21 +288,31 @@ def _evaluate_and_save(recipe: Recipe, trainer: GenRecTrainer, run: RunData, rec
             save_cold_start_ranks(output_dir / COLD_START_RANKS, *cold_ranks, run.cold.num_warm)
         if not recipe.keep_checkpoints:
             remove_checkpoints(output_dir)
-        save_run(output_dir, metrics, recipe, "training_recipe.yaml", run.data.name, training_args=args)
+        save_run(output_dir, metrics, recipe, "training_recipe.yaml", run.data.name, training_args=args,
+                 trainer=trainer)
     return TrainOutcome(metrics=metrics, data=run.data, model=trainer.model, run=run, record=record,
                         is_main_process=trainer.is_world_process_zero())
 
 
 def save_run(output_dir: Path, metrics: dict[str, Any], recipe: RecipeBase, recipe_file: str, dataset_name: str,
-             training_args: TrainingArguments | None = None) -> None:
+             training_args: TrainingArguments | None = None, trainer: GenRecTrainer | None = None) -> None:
     """What every run writes beside its weights: metrics.json, the recipe it ran, and the model card (a card
-    failure is logged, never raised: it must not lose a finished run)."""
+    failure is logged, never raised: it must not lose a finished run). With `training.push_to_hub` the finished
+    folder is then uploaded to `training.hub_model_id` through `trainer.push_to_hub`."""
     (output_dir / "metrics.json").write_text(json.dumps(metrics, indent=2, default=str))
     (output_dir / recipe_file).write_text(yaml.safe_dump(recipe.to_dict(), sort_keys=False))
+    args = training_args if training_args is not None else getattr(trainer, "args", None)
     try:
-        write_model_card(output_dir, dataset_name=dataset_name, training_args=training_args)
+        write_model_card(output_dir, dataset_name=dataset_name, training_args=training_args,
+                         repo_id=getattr(args, "hub_model_id", None))
     except Exception as error:  # noqa: BLE001 - reported, not raised
         logger.warning("model card not written to %s: %s", output_dir, error)
+    if trainer is not None and trainer.args.push_to_hub:
+        try:
+            trainer.push_to_hub()
+        except (RuntimeError, OSError) as error:
+            raise RuntimeError(f"{error} The run is saved in {output_dir}; upload it later with `genrec-hf card "
+                               f"{output_dir} --push_to_hub REPO_ID`.") from error
 
 
 def parameter_counts(model: torch.nn.Module) -> dict[str, int]:

@@ -31,6 +31,7 @@ from transformers import (EarlyStoppingCallback, Trainer, TrainerCallback, Train
 from transformers.trainer import TRAINER_STATE_NAME
 from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR, EvalLoopOutput, rotate_checkpoints
 
+from ..cards import upload_to_hub
 from ..evaluation import DEFAULT_KS, LEAVE_ONE_OUT, RankingProtocol, evaluate_model
 from ..integrity import write_manifest
 from .run_folder import STAGING_DIR, publish_dir, same_path, sync_tree
@@ -163,6 +164,32 @@ class GenRecTrainer(Trainer):
         if "loss" in logs or "train_runtime" in logs:
             logs.update(self.throughput.log_entries(self.accelerator.gather, final="train_runtime" in logs))
         super().log(logs, start_time)
+
+    def save_model(self, output_dir: str | None = None, _internal_call: bool = False) -> None:
+        """Trainer's save without its push: `push_to_hub` uploads the run folder once it is complete."""
+        super().save_model(output_dir, _internal_call=True)
+
+    def _push_from_checkpoint(self, checkpoint_folder: str) -> None:
+        """No push while training (whatever `hub_strategy` says): a folder without its tokenizer, vocabulary and card
+        does not load from the Hub, and checkpoint pushes would upload optimizer state. The run pipeline pushes the
+        finished run (`push_to_hub`)."""
+
+    def push_to_hub(self, commit_message: str | None = "End of training", blocking: bool = True,
+                    token: str | None = None, revision: str | None = None, private: bool | None = None,
+                    **kwargs: Any) -> Any:
+        """Upload the finished run folder to `args.hub_model_id` (the repo Trainer created): the model files, the
+        package's card, the item tokenizer and vocabulary only (`cards.HUB_ALLOW_PATTERNS`), never checkpoints,
+        optimizer state, lock or staging files. Trainer's own version would replace the card with its generic one
+        and upload every file but `checkpoint-*`. Main process only; `kwargs` (Trainer's card options) are unused."""
+        if not self.is_world_process_zero():
+            return None
+        token = token if token is not None else self.args.hub_token
+        if getattr(self, "hub_model_id", None) is None:
+            self.init_hf_repo(token=token, private=private)
+        self._finish_current_push()
+        return upload_to_hub(self.args.output_dir, self.hub_model_id, token=token, create_repo=False,
+                             revision=revision or self.args.hub_revision,
+                             commit_message=commit_message or "End of training", run_as_future=not blocking)
 
     def _get_output_dir(self, trial: Any) -> str:
         staging = getattr(self, "_staging_root", None)

@@ -128,3 +128,22 @@ def test_finetune_summary_is_complete(monkeypatch, capsys):
     assert summary["output_dir"] == "runs/x-lora" and summary["trainable_parameters"] == 1234
     assert summary["total_parameters"] == 100000 and summary["zero_shot_test"]["mrr"] == 0.20
     assert summary["test_minus_zero_shot"] == {"mrr": pytest.approx(0.10), "hr@10": 0.0}
+
+
+@pytest.mark.parametrize(("rank", "quiet"), [(None, False), ("0", False), ("1", True)])
+def test_one_rank_logs_the_data_lines(monkeypatch, tmp_path, capsys, rank, quiet):
+    """Both DDP ranks logged every data line ('ml-100k: 943 users, ...'); ranks after the first warn only."""
+    import logging
+
+    logger = logging.getLogger("genrec_hf")
+    before = logger.level
+    for variable in ("RANK", "LOCAL_RANK"):
+        monkeypatch.delenv(variable, raising=False)
+    if rank is not None:
+        monkeypatch.setenv("RANK", rank)
+    try:
+        main(["scaling", "fit", str(tmp_path / "missing.csv")])  # any command: the logging is set up first
+        assert logger.level == (logging.WARNING if quiet else before)
+    finally:
+        logger.setLevel(before)
+    capsys.readouterr()

@@ -84,3 +84,23 @@ def test_a_folder_without_config_is_named(tmp_path, folders):
         with pytest.raises(FileNotFoundError, match=re.escape(f"{tmp_path} is not a saved genrec_hf model: it has "
                                                               "no config.json")):
             load()
+
+
+def test_adapter_load_does_not_warn_about_gradient_checkpointing(tmp_path):
+    """Every adapter load, fine-tune and serve printed transformers' `is_gradient_checkpointing` FutureWarning
+    (PEFT reads the deprecated property); the model answers it without the warning, and still truthfully."""
+    import warnings
+
+    from genrec_hf.adapters import load_adapters
+
+    base = GenRecForNextItemPrediction(tiny_config())
+    base.save_pretrained(tmp_path / "base")
+    save_adapter(attach_adapter(GenRecForNextItemPrediction.from_pretrained(tmp_path / "base"), lora_config(r=2)),
+                 tmp_path / "adapter", base_dir=tmp_path / "base")
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        load_adapters(tmp_path / "base", {"task": tmp_path / "adapter"})
+    assert not [w for w in caught if "gradient_checkpointing" in str(w.message)], [str(w.message) for w in caught]
+    assert base.is_gradient_checkpointing is False
+    base.activation_checkpointing_enable()
+    assert base.is_gradient_checkpointing is True

@@ -9,6 +9,7 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import os
 import sys
 from pathlib import Path
 from typing import Any, Callable
@@ -559,6 +560,8 @@ def main(argv: list[str] | None = None) -> int:
         parser.error(f"unrecognized arguments: {' '.join(extra)}")
     logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO,
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    if _launcher_rank() > 0:  # one rank logs the data lines and progress of a distributed run; the others warn only
+        logging.getLogger("genrec_hf").setLevel(logging.WARNING)
     func: Callable[[argparse.Namespace, list[str]], int] = args.func
     try:
         return func(args, extra)
@@ -569,6 +572,14 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     finally:
         _teardown_distributed()
+
+
+def _launcher_rank() -> int:
+    """The global rank a launcher (torchrun, accelerate launch, deepspeed) gave this process; 0 when launched alone."""
+    for variable in ("RANK", "LOCAL_RANK"):
+        if os.environ.get(variable, "").strip().isdigit():
+            return int(os.environ[variable])
+    return 0
 
 
 def _teardown_distributed() -> None:

@@ -136,3 +136,22 @@ def test_a_recipe_that_is_not_a_mapping_is_a_clear_error(tmp_path, content):
     path.write_bytes(content)
     with pytest.raises(ValueError, match=r"r.yaml: (a recipe must be a YAML mapping|not a valid YAML recipe)"):
         load_recipe(path)
+
+
+def test_tracking_defaults_to_tensorboard_when_installed(monkeypatch):
+    """`report_to` was `[]` whatever was installed; now TensorBoard (offline) when it is, nothing when it is not, and
+    a recipe's own choice (trackio, wandb, none) wins."""
+    monkeypatch.setattr("genrec_hf.training.recipes.is_tensorboard_available", lambda: True)
+    assert recipe_from_dict({}).training_arguments().report_to == ["tensorboard"]
+    assert recipe_from_dict({"training": {"report_to": "none"}}).training_arguments().report_to == []
+    monkeypatch.setattr("genrec_hf.training.recipes.is_tensorboard_available", lambda: False)
+    assert recipe_from_dict({}).training_arguments().report_to == []
+
+
+@pytest.mark.parametrize("path", sorted((REPO_ROOT / "recipes").glob("[pfc]*/*.yaml")), ids=lambda p: p.stem)
+def test_shipped_recipes_say_how_to_track_and_push(path):
+    """Each pre-training, fine-tuning and cold-start recipe shows, in its training section, how to turn on
+    TensorBoard / trackio / W&B and the Hub upload."""
+    section = path.read_text().split("\ntraining:", 1)[1]
+    assert "report_to:" in section and all(name in section for name in ("tensorboard", "trackio", "wandb"))
+    assert "push_to_hub: true" in section and "hub_model_id" in section

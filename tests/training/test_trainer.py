@@ -142,3 +142,32 @@ def test_cpu_budget_clock_counts_compute_not_waiting(tmp_path):
     assert spent(TimeBudgetCallback(budget, "cpu"), burn)
     with pytest.raises(ValueError, match=r"budget_clock='gpu'"):
         TimeBudgetCallback(1, "gpu")
+
+
+def test_ddp_searches_for_unused_parameters_only_when_some_can_be_idle(tmp_path):
+    """Trainer's default (find_unused_parameters=True) made every DDP run warn that it found no unused parameter;
+    the search is kept only where parameters can be idle (a semantic-only item tower leaves its ID tables unused,
+    and DDP would fail without it). An explicit setting is kept."""
+    from tests.models.test_item_tower import tower_model
+
+    def trainer_for(model, **explicit):
+        args = TrainingArguments(output_dir=str(tmp_path), report_to=[], use_cpu=True, **explicit)
+        return GenRecTrainer(model=model, args=args, eval_collator=NextItemCollator(12, mode="eval"))
+
+    assert trainer_for(GenRecForNextItemPrediction(tiny_config())).args.ddp_find_unused_parameters is False
+    assert trainer_for(tower_model(fusion="semantic")).args.ddp_find_unused_parameters is True
+    assert trainer_for(tower_model(fusion="gate")).args.ddp_find_unused_parameters is False
+    explicit = trainer_for(GenRecForNextItemPrediction(tiny_config()), ddp_find_unused_parameters=True)
+    assert explicit.args.ddp_find_unused_parameters is True
+
+
+def test_ranking_bar_stays_out_of_log_files(trained, capsys):
+    """The nested `ranking:` bar filled log files (stderr not a terminal) with cursor-up `[A` redraws."""
+    trainer, _, _ = trained
+    trainer.args.disable_tqdm = False
+    try:
+        trainer.evaluate()
+    finally:
+        trainer.args.disable_tqdm = True
+    err = capsys.readouterr().err
+    assert "ranking" not in err and "\x1b[A" not in err

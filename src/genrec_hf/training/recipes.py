@@ -39,6 +39,7 @@ import yaml
 from huggingface_hub.errors import StrictDataclassClassValidationError
 from pydantic import ConfigDict, Strict, TypeAdapter, ValidationError, with_config
 from transformers import TrainingArguments
+from transformers.integrations import is_tensorboard_available
 
 from ..adapters import lora_config
 from ..data import InteractionData, load_interactions
@@ -76,7 +77,6 @@ DEFAULT_TRAINING_ARGUMENTS: dict[str, Any] = dict(
     save_total_limit=2,
     load_best_model_at_end=True,
     logging_strategy="epoch",
-    report_to=[],
     dataloader_num_workers=0,
     disable_tqdm=False,
 )
@@ -103,6 +103,13 @@ MAX_RECIPE_NODES = 100_000  # values in a recipe after YAML aliases are expanded
 MAX_RECIPE_BYTES = 1 << 20
 
 section = with_config(ConfigDict(extra="forbid"))  # every section: unknown keys are errors
+
+
+def default_report_to() -> list[str]:
+    """`training.report_to` when a recipe does not set it: TensorBoard when it is installed (offline, event files in
+    OUTPUT_DIR/runs; `pip install "genrec-hf[tracking]"`), else no tracking. A recipe turns on trackio or W&B with
+    `report_to: trackio` / `wandb` (or several: `[tensorboard, wandb]`), and off with `none`."""
+    return ["tensorboard"] if is_tensorboard_available() else []
 
 
 # --- sections shared by every recipe kind ---------------------------------------------------------------------------
@@ -153,6 +160,7 @@ class RecipeBase:
         """`TrainingArguments` from the `training:` section on top of this kind's defaults; the runner's own
         settings (`fixed`, e.g. `label_names`) cannot be set by the recipe."""
         values = {**self.default_training_arguments, **self.training}
+        values.setdefault("report_to", default_report_to())
         if not torch.cuda.is_available():
             values.setdefault("use_cpu", True)
         evaluation: EvaluationSection = getattr(self, "evaluation")

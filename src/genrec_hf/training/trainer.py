@@ -18,6 +18,7 @@ import logging
 import math
 import os
 import shutil
+import sys
 import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -91,6 +92,11 @@ class GenRecTrainer(Trainer):
 
     def __init__(self, *args: Any, eval_collator: Callable[[list[dict[str, Any]]], dict[str, torch.Tensor]],
                  protocol: RankingProtocol = LEAVE_ONE_OUT, ks: Sequence[int] = DEFAULT_KS, **kwargs: Any) -> None:
+        training_args = kwargs.get("args", args[1] if len(args) > 1 else None)
+        if training_args is not None and training_args.ddp_find_unused_parameters is None:
+            # Trainer's default (True) makes DDP search every step's graph and warn that it found nothing
+            model = kwargs["model"] if "model" in kwargs else args[0]
+            training_args.ddp_find_unused_parameters = may_leave_parameters_idle(model)
         super().__init__(*args, **kwargs)
         self.run_folder = RunFolderCallback()
         self.add_callback(self.run_folder)
@@ -129,8 +135,10 @@ class GenRecTrainer(Trainer):
     def evaluation_loop(self, dataloader: DataLoader, description: str, prediction_loss_only: bool | None = None,
                         ignore_keys: list[str] | None = None, metric_key_prefix: str = "eval") -> EvalLoopOutput:
         model = self.accelerator.unwrap_model(self.model)
+        # the ranking bar nests under Trainer's: in a log file (no terminal) each redraw leaves cursor-up codes
+        progress = not self.args.disable_tqdm and self.is_world_process_zero() and sys.stderr.isatty()
         metrics = evaluate_model(model, dataloader, self.protocol, ks=self.ks, gather=self._gather_ranks,
-                                 progress=not self.args.disable_tqdm and self.is_world_process_zero())
+                                 progress=progress)
         num_users = int(metrics["num_users"])
         metrics = {f"{metric_key_prefix}_{k}": v for k, v in metrics.items()}
         return EvalLoopOutput(predictions=None, label_ids=None, metrics=metrics, num_samples=num_users)
@@ -265,6 +273,16 @@ class RunFolderCallback(TrainerCallback):
             state.best_model_checkpoint = None
             state.best_metric = None
             state.best_global_step = None
+
+
+def may_leave_parameters_idle(model: torch.nn.Module) -> bool:
+    """Whether a step can leave trainable parameters without a gradient, which DDP must then search for
+    (`ddp_find_unused_parameters`): only with an item tower fusing by semantics alone, whose ID tables and OOV vectors
+    are then unused. Every other part takes part in every step (an event feature the config turns off has no table,
+    and the collators always give timestamps and action ids)."""
+    base = model.get_base_model() if hasattr(model, "get_base_model") else model
+    tower = getattr(base, "item_tower", None)
+    return tower is not None and tower.tower_config.fusion == "semantic"
 
 
 def run_training_loss(state: TrainerState, session_loss: float, session_start_step: int) -> float | None:

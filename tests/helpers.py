@@ -46,6 +46,20 @@ def train_one_step(output_dir, rows: list[dict], collate, batch_size: int, accum
     return model
 
 
+def run_without_genrec_hf(script: str, cwd) -> None:
+    """Run `script` (Python source that prints "ok" at its end) in a fresh interpreter where genrec_hf cannot be
+    imported, as a Hub user with only transformers would: a failure shows the subprocess's traceback."""
+    import subprocess
+    import sys
+
+    script = 'import sys\nsys.modules["genrec_hf"] = None  # any import of genrec_hf now fails\n' + script
+    result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, cwd=cwd,
+                            env={"HF_HUB_OFFLINE": "1", "PATH": "", "HF_HOME": str(Path(cwd) / "hf_home"),
+                                 "OMP_NUM_THREADS": "1"})
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert "ok" in result.stdout
+
+
 def benchmark_module(name: str):
     """The benchmark script `benchmarks/<topic>/<name>.py` imported as a module (the scripts are not a package)."""
     import importlib.util
@@ -61,7 +75,8 @@ def require_shared_data(name: str) -> Path:
     """The real data set `name` (MovieLens / Amazon files kept beside the project), or skip with the reason."""
     path = SHARED_DATA / name
     if not path.exists():
-        pytest.skip(f"real data {path} is absent (tests on real data need the MovieLens / Amazon files there)")
+        pytest.skip(f"real data {name!r} is absent: tests on real data read the MovieLens / Amazon files from a "
+                    "shared/data folder beside the repository (docs/data.md says where to download them)")
     return path
 
 

@@ -8,8 +8,6 @@ the bug it would catch.
 from __future__ import annotations
 
 import logging
-import subprocess
-import sys
 import textwrap
 
 import pytest
@@ -19,7 +17,7 @@ from genrec_hf import GenRecConfig, GenRecForNextItemPrediction
 from genrec_hf.data import ItemVocab
 from genrec_hf.models.genrec.configuration_item_tower import GenRecItemTowerConfig
 
-from tests.helpers import tiny_config
+from tests.helpers import run_without_genrec_hf, tiny_config
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -198,9 +196,8 @@ def test_trust_remote_code_loads_the_tower_without_genrec_hf(tmp_path):
     torch.save(ids, tmp_path / "ids.pt")
     torch.save(model(ids).user_embeddings, tmp_path / "expected.pt")
     torch.save(model.item_vectors.detach(), tmp_path / "vectors.pt")
-    script = textwrap.dedent(f"""
-        import sys, torch
-        sys.modules["genrec_hf"] = None
+    run_without_genrec_hf(textwrap.dedent(f"""
+        import torch
         from transformers import AutoModel
         model = AutoModel.from_pretrained({str(tmp_path)!r}, trust_remote_code=True).eval()
         assert "genrec_hf" not in type(model).__module__
@@ -210,12 +207,7 @@ def test_trust_remote_code_loads_the_tower_without_genrec_hf(tmp_path):
         new = model.add_items(["z"], {{"z": {{"genres": ["horror"]}}}})
         assert new == [41] and model.config.vocab_size == 42
         print("ok")
-    """)
-    result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, cwd=tmp_path,
-                            env={"HF_HUB_OFFLINE": "1", "PATH": "", "HF_HOME": str(tmp_path / "hf_home"),
-                                 "OMP_NUM_THREADS": "1"})
-    assert result.returncode == 0, result.stderr[-3000:]
-    assert "ok" in result.stdout
+    """), tmp_path)
 
 
 def test_set_item_features_rejects_wrong_shapes_and_nan():

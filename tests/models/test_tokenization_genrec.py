@@ -4,8 +4,6 @@ handle them, and the files that let `AutoTokenizer` load it from any run folder,
 from __future__ import annotations
 
 import json
-import subprocess
-import sys
 import textwrap
 
 import pytest
@@ -17,7 +15,7 @@ from genrec_hf.data import ItemVocab, save_item_tokenizer
 from genrec_hf.models.genrec.modeling_genrec import history_inputs
 from genrec_hf.models.genrec.tokenization_genrec import UnknownItemError
 
-from tests.helpers import tiny_config
+from tests.helpers import run_without_genrec_hf, tiny_config
 
 RAW = [f"m{100 + i}" for i in range(40)]  # raw id "m100" is index 1: ids and indices never coincide
 
@@ -130,9 +128,7 @@ def test_remote_code_tokenizer_and_pipeline_without_genrec_hf(tmp_path):
     save_item_tokenizer(tmp_path, ItemVocab(RAW, {"m101": {"title": "One"}}), tiny_config())
     history = ["m105", "m101", "m139"]
     expected = [(r.item_id, round(r.score, 5)) for r in Recommender.from_pretrained(tmp_path).recommend(history, k=5)]
-    script = textwrap.dedent(f"""
-        import sys
-        sys.modules["genrec_hf"] = None  # any import of genrec_hf now fails
+    run_without_genrec_hf(textwrap.dedent(f"""
         from transformers import AutoTokenizer, pipeline
         tok = AutoTokenizer.from_pretrained({str(tmp_path)!r}, trust_remote_code=True)
         assert "genrec_hf" not in type(tok).__module__
@@ -141,9 +137,4 @@ def test_remote_code_tokenizer_and_pipeline_without_genrec_hf(tmp_path):
         got = [(r["item_id"], round(r["score"], 5)) for r in recommend({history!r}, top_k=5)]
         assert got == {expected!r}, got
         print("ok")
-    """)
-    result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, cwd=tmp_path,
-                            env={"HF_HUB_OFFLINE": "1", "PATH": "", "HF_HOME": str(tmp_path / "hf_home"),
-                                 "OMP_NUM_THREADS": "1"})
-    assert result.returncode == 0, result.stderr[-3000:]
-    assert "ok" in result.stdout
+    """), tmp_path)

@@ -86,7 +86,8 @@ def load_battery() -> tuple[type, type]:
     root = battery_dir()
     missing = [f for f in ("test_modeling_common.py", "test_configuration_common.py") if not (root / f).is_file()]
     if missing:
-        pytest.skip(f"transformers' common test battery is absent ({', '.join(missing)} not in {root}); run "
+        where = str(root).replace(str(Path.home()), "~")  # no machine path in a skip reason
+        pytest.skip(f"transformers' common test battery is absent ({', '.join(missing)} not in {where}); run "
                     "tools/fetch_transformers_tests.sh or set TRANSFORMERS_TESTS_DIR", allow_module_level=True)
     pytest.importorskip("parameterized", reason="transformers' test battery needs the `parameterized` package")
     _install_missing_helpers(root)

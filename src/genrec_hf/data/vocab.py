@@ -12,7 +12,8 @@ from pathlib import Path
 from typing import Any
 
 from ..models.genrec.configuration_genrec import GenRecConfig
-from ..models.genrec.tokenization_genrec import VOCAB_FILE, GenRecItemTokenizer, read_item_vocab, write_item_vocab
+from ..models.genrec.tokenization_genrec import (VOCAB_FILE, GenRecItemTokenizer, append_raw_ids, index_raw_ids,
+                                                 read_item_vocab, write_item_vocab)
 
 
 def sort_raw_ids(raw_ids: Iterable[str]) -> list[str]:
@@ -34,11 +35,7 @@ class ItemVocab:
 
     def __init__(self, raw_ids: Sequence[str], item_info: dict[str, dict[str, Any]] | None = None) -> None:
         self._raw = [str(raw) for raw in raw_ids]
-        self._index = {raw: i + 1 for i, raw in enumerate(self._raw)}
-        if len(self._index) != len(self._raw):
-            seen: set[str] = set()
-            duplicate = next(raw for raw in self._raw if raw in seen or seen.add(raw))
-            raise ValueError(f"Duplicate raw item id {duplicate!r} in the vocabulary.")
+        self._index = index_raw_ids(self._raw)
         self.item_info: dict[str, dict[str, Any]] = dict(item_info or {})
 
     @classmethod
@@ -79,19 +76,9 @@ class ItemVocab:
     def add(self, raw_ids: Iterable[str | int], item_info: dict[str, dict[str, Any]] | None = None) -> list[int]:
         """Append new items (cold start: `model.add_items`); returns their indices. A duplicate or an id already
         in the vocabulary is a ValueError naming it."""
-        new = [str(raw) for raw in raw_ids]
-        seen: set[str] = set()
-        for raw in new:
-            if raw in self._index:
-                raise ValueError(f"raw item id {raw!r} is already in the vocabulary (index {self._index[raw]}).")
-            if raw in seen:
-                raise ValueError(f"duplicate raw item id {raw!r} in the items to add.")
-            seen.add(raw)
-        for raw in new:
-            self._index[raw] = len(self._raw) + 1
-            self._raw.append(raw)
+        added = append_raw_ids(self._raw, self._index, raw_ids)
         self.item_info.update({str(k): v for k, v in (item_info or {}).items()})
-        return [self._index[raw] for raw in new]
+        return added
 
     def encode_many(self, raws: Iterable[str | int]) -> list[int]:
         return [self.encode(raw) for raw in raws]

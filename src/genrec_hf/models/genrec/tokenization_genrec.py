@@ -93,6 +93,33 @@ def json_safe(value: Any) -> Any:
     return str(value)
 
 
+def index_raw_ids(raw_ids: Sequence[str]) -> dict[str, int]:
+    """raw id → index (1-based, 0 is padding); a duplicate id is a `ValueError` naming it."""
+    index = {raw: i + 1 for i, raw in enumerate(raw_ids)}
+    if len(index) != len(raw_ids):
+        seen: set[str] = set()
+        duplicate = next(raw for raw in raw_ids if raw in seen or seen.add(raw))
+        raise ValueError(f"Duplicate raw item id {duplicate!r} in the vocabulary.")
+    return index
+
+
+def append_raw_ids(raw_ids: list[str], index: dict[str, int], new: Iterable[str | int]) -> list[int]:
+    """Append `new` ids to a vocabulary's `raw_ids` / `index` (in place) and return their indices; an id already
+    there, or given twice, is a `ValueError` naming it (and nothing is appended)."""
+    new = [str(raw) for raw in new]
+    seen: set[str] = set()
+    for raw in new:
+        if raw in index:
+            raise ValueError(f"raw item id {raw!r} is already in the vocabulary (index {index[raw]}).")
+        if raw in seen:
+            raise ValueError(f"duplicate raw item id {raw!r} in the items to add.")
+        seen.add(raw)
+    for raw in new:
+        index[raw] = len(raw_ids) + 1
+        raw_ids.append(raw)
+    return [index[raw] for raw in new]
+
+
 def _is_single(histories: Sequence[Any]) -> bool:
     """One history (a flat list of ids) rather than a batch of histories."""
     return not any(isinstance(h, (list, tuple)) for h in histories)
@@ -130,11 +157,7 @@ class GenRecItemTokenizer(PreTrainedTokenizerBase):
         if vocab_file is not None:
             items, item_info = read_item_vocab(vocab_file)
         self._raw: list[str] = [str(raw) for raw in items]
-        self._index: dict[str, int] = {raw: i + 1 for i, raw in enumerate(self._raw)}
-        if len(self._index) != len(self._raw):
-            seen: set[str] = set()
-            duplicate = next(raw for raw in self._raw if raw in seen or seen.add(raw))
-            raise ValueError(f"Duplicate raw item id {duplicate!r} in the vocabulary.")
+        self._index = index_raw_ids(self._raw)
         if pad_token in self._index:
             raise ValueError(f"raw item id {pad_token!r} is the padding token's name; pass another pad_token.")
         self.item_info: dict[str, dict[str, Any]] = {str(k): dict(v) for k, v in (item_info or {}).items()}
@@ -182,19 +205,9 @@ class GenRecItemTokenizer(PreTrainedTokenizerBase):
     def add(self, raw_ids: Iterable[str | int], item_info: Mapping[str, Mapping[str, Any]] | None = None) -> list[int]:
         """Append new items (as `model.add_items(raw_ids, features, vocab=tokenizer)` grows a tower model's catalog);
         returns their indices. An id already known, or given twice, is a `ValueError` naming it."""
-        new = [str(raw) for raw in raw_ids]
-        seen: set[str] = set()
-        for raw in new:
-            if raw in self._index:
-                raise ValueError(f"raw item id {raw!r} is already in the vocabulary (index {self._index[raw]}).")
-            if raw in seen:
-                raise ValueError(f"duplicate raw item id {raw!r} in the items to add.")
-            seen.add(raw)
-        for raw in new:
-            self._index[raw] = len(self._raw) + 1
-            self._raw.append(raw)
+        added = append_raw_ids(self._raw, self._index, raw_ids)
         self.item_info.update({str(k): dict(v) for k, v in (item_info or {}).items()})
-        return [self._index[raw] for raw in new]
+        return added
 
     def encode_item(self, raw: str | int, where: str = "history") -> int:
         """Index of one raw id; an unknown id is an `UnknownItemError` naming it (whatever `unknown_items` says)."""
@@ -328,5 +341,5 @@ class GenRecItemTokenizer(PreTrainedTokenizerBase):
         return file_names + self.save_vocabulary(str(save_directory), filename_prefix)
 
 
-__all__ = ["GenRecItemTokenizer", "UnknownItemError", "VOCAB_FILE", "json_safe", "read_item_vocab",
-           "write_item_vocab"]
+__all__ = ["GenRecItemTokenizer", "UnknownItemError", "VOCAB_FILE", "append_raw_ids", "index_raw_ids", "json_safe",
+           "read_item_vocab", "write_item_vocab"]

@@ -35,7 +35,7 @@ saved ranks, without a model, so a resumed ladder adds a missing slice row witho
 
 Optional data-size axis (`data_axis`): one preset is also trained on nested fractions of the training users (the
 same evaluation users), written to a second CSV with the same columns, fitted against `train_events`
-(`genrec-hf scaling fit data_axis.csv --size-column train_events`).
+(`genrec-hf scaling fit data_axis.csv --size_column train_events`).
 """
 
 from __future__ import annotations

@@ -70,12 +70,24 @@ def rankable_chunk(batch: int, start: int, stop: int, not_ranked: torch.Tensor, 
 
 
 def score_items(queries: torch.Tensor, item_vectors: torch.Tensor, *, temperature: float = 1.0,
-                l2_normalize: bool = False) -> torch.Tensor:
-    """Scores of every query against the given item vectors (the one scoring rule of the package)."""
+                l2_normalize: bool = False, out: torch.Tensor | None = None) -> torch.Tensor:
+    """Scores of every query against the given item vectors (the one scoring rule of the package).
+
+    `out`: a float32 buffer of the result's shape to write into (a ranking loop reuses one instead of allocating
+    batch x chunk scores per chunk); the values are the same as without it.
+    """
     if l2_normalize:
         queries = F.normalize(queries, dim=-1)
         item_vectors = F.normalize(item_vectors, dim=-1)
-    return (queries @ item_vectors.transpose(-1, -2)) / temperature
+    if out is None:
+        return (queries @ item_vectors.transpose(-1, -2)) / temperature
+    if queries.dtype == item_vectors.dtype == out.dtype and queries.dim() == 2:
+        torch.mm(queries, item_vectors.t(), out=out)
+        if temperature != 1.0:
+            out.div_(temperature)
+    else:
+        out.copy_((queries @ item_vectors.transpose(-1, -2)) / temperature)
+    return out
 
 
 def chunked_topk(

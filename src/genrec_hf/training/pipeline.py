@@ -20,6 +20,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 import yaml
 from datasets import Dataset, DatasetDict
@@ -36,7 +37,7 @@ from ..evaluation.cold_slices import COLD_START_RANKS, cold_warm_ranks, cold_war
 from ..integrity import load_verified_model, write_manifest
 from ..models.genrec import SIZE_PRESETS, GenRecConfig, GenRecForNextItemPrediction, count_backbone_parameters
 from .item_tower import ItemTowerSetup, cold_mask_of, extend_catalog, item_tower_setup, known_items
-from .recipes import Recipe, RecipeBase
+from .recipes import SAMPLED_HEAD, Recipe, RecipeBase
 from .run_folder import (RunFolderLock, check_output_dir, clear_previous_run, remove_checkpoints,
                          require_training_left, resolve_resume_checkpoint)
 from .trainer import BUDGET_CLOCKS, GenRecTrainer, run_training_loss
@@ -53,6 +54,11 @@ class RunData:
     train_windows: Dataset
     cold: ColdStartSplit | None = None  # cold-start split: the model trains on cold.warm_vocab, test adds the rest
     item_tower: ItemTowerSetup | None = None  # feature rows + tower config when the recipe has an item tower
+    validation: Dataset | None = None  # the validation users evaluated during training (a seeded sample or all)
+
+    def __post_init__(self) -> None:
+        if self.validation is None:
+            self.validation = self.splits["validation"]
 
     @property
     def train_vocab(self) -> ItemVocab:
@@ -94,13 +100,24 @@ def prepare_run(recipe: Recipe, data: InteractionData | None = None,
     logger.info("data %s: %d users, %d items; %d training windows, %d validation and %d test users",
                 data.name, len(data.sequences), len(data.vocab) - 1, len(windows), len(splits["validation"]),
                 len(splits["test"]))
-    run = RunData(data=data, splits=splits, train_windows=windows, cold=cold)
+    run = RunData(data=data, splits=splits, train_windows=windows, cold=cold,
+                  validation=sample_users(splits["validation"], recipe.evaluation.validation_users, recipe.seed))
     if item_tower is None and recipe.model.item_tower is not None and not recipe.model.init_from:
         item_tower = item_tower_setup(recipe.model.item_tower, recipe.model.item_features, data,
                                       run.full_vocab.raw_ids, splits["train"], section.source,
                                       Path(recipe.output_dir))
     run.item_tower = item_tower
     return run
+
+
+def sample_users(rows: Dataset, count: int | None, seed: int) -> Dataset:
+    """`count` of `rows` drawn once with `seed`, in their original order (all of them when `count` is None or not
+    smaller): the same users at every evaluation of a run, and in every run with the same seed."""
+    if count is None or count >= len(rows):
+        return rows
+    keep = np.sort(np.random.default_rng(seed).choice(len(rows), size=count, replace=False))
+    logger.info("validation on %d of %d users (seed %d)", count, len(rows), seed)
+    return rows.select(keep.tolist())
 
 
 def build_model(recipe: Recipe, run: RunData) -> GenRecForNextItemPrediction:
@@ -120,6 +137,11 @@ def build_model(recipe: Recipe, run: RunData) -> GenRecForNextItemPrediction:
         if "num_action_types" not in SIZE_PRESETS[recipe.model.preset]:  # presets that fix it (sasrec) keep theirs
             overrides.setdefault("num_action_types", run.data.num_action_types)
         overrides.setdefault("max_position_embeddings", recipe.data.max_length)
+        limit = recipe.model.sampled_softmax_above_items
+        if limit is not None and len(vocab) - 1 > limit and "loss_type" not in overrides:
+            logger.info("catalog of %d items > model.sampled_softmax_above_items=%d: sampled softmax (%s)",
+                        len(vocab) - 1, limit, ", ".join(f"{k}={v}" for k, v in SAMPLED_HEAD.items()))
+            overrides = {**SAMPLED_HEAD, **overrides}
         model = GenRecForNextItemPrediction(GenRecConfig.from_preset(recipe.model.preset, **overrides))
     if model.config.vocab_size == len(run.train_vocab):  # the sampled softmax's popularity sampler / logQ
         counts = popularity_scores(run.splits["train"], model.config.vocab_size)
@@ -153,7 +175,7 @@ def build_trainer(recipe: Recipe, model: torch.nn.Module, run: RunData,
     eval_collator = NextItemCollator(recipe.data.max_length, mode="eval",
                                      exclude_history=recipe.evaluation.exclude_history)
     return GenRecTrainer.from_recipe(
-        recipe, model, args=args, train_dataset=run.train_windows, eval_dataset=run.splits["validation"],
+        recipe, model, args=args, train_dataset=run.train_windows, eval_dataset=run.validation,
         data_collator=collator, eval_collator=eval_collator, protocol=pretraining_protocol(recipe),
         callbacks=[ModelCardCallback(dataset_name=run.data.name)])
 
@@ -250,7 +272,7 @@ def _evaluate_and_save(recipe: Recipe, trainer: GenRecTrainer, run: RunData, rec
     vocab = run.train_vocab
     cold_start = cold_ranks = None
     if run.cold is not None:  # new items join the catalog without retraining, then cold / warm slices
-        validation, _ = trainer.final_evaluation(run.splits["validation"])
+        validation, _ = trainer.final_evaluation(run.validation)
         vocab = extend_catalog(trainer.model, vocab, run.cold.vocab,
                                run.item_tower.store if run.item_tower is not None else None)
         batches = list(trainer.get_eval_dataloader(run.splits["test"]))

@@ -130,6 +130,9 @@ class EvaluationSection:
     ks: list[Int] = field(default_factory=lambda: list(DEFAULT_KS))  # cut-offs of hr@K / ndcg@K (/ recall@K)
     metric_for_best_model: Str = "mrr"  # validation metric that picks the best checkpoint
     early_stopping_patience: Int | None = 3  # evaluations without improvement before stopping; None = never
+    # Validation (checkpoint selection, early stopping, the `validation` metrics) on this many users drawn once with
+    # the recipe's seed; None = every validation user. The test set is always ranked whole, once, at the end.
+    validation_users: Int | None = None
 
 
 @section
@@ -174,6 +177,9 @@ class RecipeBase:
         if evaluation.metric_for_best_model not in allowed:
             raise ValueError(f"{source}: evaluation.metric_for_best_model={evaluation.metric_for_best_model!r}; "
                              f"expected one of {sorted(allowed)}.")
+        if evaluation.validation_users is not None and evaluation.validation_users < 1:
+            raise ValueError(f"{source}: evaluation.validation_users={evaluation.validation_users}; expected a "
+                             "positive integer or null (every validation user).")
         if self.max_train_minutes is not None and self.max_train_minutes <= 0:
             raise ValueError(f"{source}: max_train_minutes={self.max_train_minutes}; expected a positive number "
                              "of minutes (or leave it out).")
@@ -218,12 +224,22 @@ class ItemFeaturesSection:
     cache: Str | None = None  # folder for the built store, shared across runs; None = output_dir/item_feature_store
 
 
+# The decoding loss a catalog above `model.sampled_softmax_above_items` items gets unless `model.overrides` set
+# `loss_type`: uniform negatives drawn per position (the setting that cost least quality in benchmarks/heads), so
+# training memory is O(positions x negatives) instead of O(positions x catalog) (docs/scale.md).
+SAMPLED_HEAD = {"loss_type": "sampled", "num_negatives": 128, "negative_sharing": "position",
+                "negative_sampler": "uniform"}
+
+
 @section
 @dataclass
 class ModelSection:
     preset: Str = "genrec-2m"  # a name of genrec_hf.SIZE_PRESETS
     overrides: dict[Str, Any] = field(default_factory=dict)  # GenRecConfig fields on top of the preset
     init_from: Str | None = None  # start from a saved model folder instead of random weights
+    # Catalogs larger than this train with sampled softmax (`SAMPLED_HEAD`) unless overrides set loss_type; a full
+    # softmax materialises positions x catalog logits (~55 GB at 1e6 items for a 128 x 50 batch). None = never.
+    sampled_softmax_above_items: Int | None = 50_000
     item_tower: ItemTowerSection | None = None  # the cold-start item tower; None = ID embeddings only
     item_features: ItemFeaturesSection = field(default_factory=ItemFeaturesSection)  # what the tower reads
 
@@ -299,6 +315,10 @@ class Recipe(RecipeBase):
             self.objective.multi_token()  # a bad K waits for nobody to switch the type to mtp
         except ValueError as error:
             raise ValueError(f"{source}: objective: {error}") from None
+        limit = model.sampled_softmax_above_items
+        if limit is not None and limit < 1:
+            raise ValueError(f"{source}: model.sampled_softmax_above_items={limit}; expected a positive integer or "
+                             "null.")
         clash = sorted(set(GROUPED_TRAINING_KEYS) & set(self.training))
         if self.data.batching == "grouped" and clash:
             raise ValueError(f"{source}: training: {clash} are set by data.batching: grouped; leave them out.")

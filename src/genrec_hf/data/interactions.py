@@ -202,8 +202,15 @@ def take_event_ranges(sequences: Dataset, rows: np.ndarray, starts: np.ndarray, 
     Done in Arrow with one vectorised gather per column, so splits and windows of million-event logs take
     seconds; scalar columns (`user_id`) are repeated as they are.
     """
+    out = take_table_ranges(sequences.with_format("arrow")[:], rows, starts, stops).cast(
+        sequences.features.arrow_schema)
+    return Dataset(InMemoryTable(out), info=DatasetInfo(features=sequences.features))
+
+
+def take_table_ranges(table: pa.Table, rows: np.ndarray, starts: np.ndarray, stops: np.ndarray) -> pa.Table:
+    """`take_event_ranges` on an Arrow table (list columns keep their list type: a prepared shard's large lists
+    stay large)."""
     rows, starts, stops = (np.asarray(a, dtype=np.int64) for a in (rows, starts, stops))
-    table = sequences.with_format("arrow")[:]
     lengths = stops - starts
     if len(rows) and (lengths < 0).any():
         raise ValueError("take_event_ranges: every stop must be >= its start.")
@@ -215,11 +222,12 @@ def take_event_ranges(sequences: Dataset, rows: np.ndarray, starts: np.ndarray, 
             source_offsets = column.offsets.to_numpy()
             gather = np.repeat(source_offsets[rows] + starts - offsets[:-1], lengths) + np.arange(offsets[-1])
             values = column.values.take(pa.array(gather, pa.int64()))
-            columns[name] = pa.ListArray.from_arrays(pa.array(offsets, pa.int32()), values)
+            array = pa.LargeListArray if pa.types.is_large_list(column.type) else pa.ListArray
+            width = pa.int64() if pa.types.is_large_list(column.type) else pa.int32()
+            columns[name] = array.from_arrays(pa.array(offsets, width), values)
         else:
             columns[name] = column.take(pa.array(rows, pa.int64()))
-    out = pa.table(columns).cast(sequences.features.arrow_schema)
-    return Dataset(InMemoryTable(out), info=DatasetInfo(features=sequences.features))
+    return pa.table(columns)
 
 
 def row_lengths(sequences: Dataset) -> np.ndarray:

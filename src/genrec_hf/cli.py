@@ -160,6 +160,25 @@ def cmd_export_embeddings(args: argparse.Namespace, extra: list[str]) -> int:
     return 0
 
 
+def cmd_predict(args: argparse.Namespace, extra: list[str]) -> int:
+    """Top-k lists of every user of a prepared folder, as sharded Parquet (the cached-candidate job)."""
+    from .serving.predict import predict
+
+    users = None
+    if args.users:
+        path = Path(args.users)
+        if not path.is_file():
+            raise FileNotFoundError(f"--users {path} does not exist; expected a text file of user ids, one per line.")
+        users = [line.strip() for line in path.read_text().splitlines() if line.strip()]
+    outcome = predict(args.model_dir, args.data, args.output_dir, k=args.k, adapter=args.adapter, users=users,
+                      embeddings=args.embeddings, index=args.index, exclude_seen=not args.include_seen,
+                      batch_size=args.batch_size, overwrite=args.overwrite, verify=not args.no_verify)
+    print(f"{outcome.parts_written} parts written, {outcome.parts_kept} kept from an earlier run, {outcome.users} "
+          f"users, in {outcome.seconds:.1f} s: {outcome.output_dir}"
+          + ("" if outcome.manifest else " (other processes are still on their parts)"))
+    return 0
+
+
 def _adapter_pairs(pairs: list[str] | None) -> dict[str, str]:
     adapters: dict[str, str] = {}
     for text in pairs or []:
@@ -407,6 +426,27 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--align_to", default=None, metavar="PREV_DIR", help="a previous export to align to")
     p.add_argument("--batch_size", type=_positive_int, default=256)
     p.set_defaults(func=cmd_export_embeddings)
+
+    p = sub.add_parser("predict", help="top-k items of every user of a prepared folder, as sharded Parquet",
+                       description="Score every user of a prepared folder (genrec-hf prepare) with a model, or a task "
+                                   "adapter on its base, and write their top-k raw item ids and scores as one "
+                                   "Parquet part per input shard (+ predictions.json). Resumable: parts a "
+                                   "previous run of the same job finished are kept. Under accelerate launch / "
+                                   "torchrun each process predicts its own shards.")
+    p.add_argument("model_dir", help="a model folder written by `genrec-hf train` (the base, with --adapter)")
+    p.add_argument("--data", required=True, help="a prepared folder (genrec-hf prepare)")
+    p.add_argument("--output_dir", required=True, help="folder of the parts and predictions.json")
+    p.add_argument("--k", type=_positive_int, default=100, help="items per user (default 100)")
+    p.add_argument("--adapter", default=None, metavar="DIR", help="a task adapter folder to predict with")
+    p.add_argument("--users", default=None, metavar="FILE", help="only these users (a text file, one id per line)")
+    p.add_argument("--embeddings", action="store_true", help="also write each user's embedding")
+    p.add_argument("--index", choices=["exact", "ivf", "hnsw", "flat"], default="exact",
+                   help="exact chunked top-k (default) or a faiss index (needs pip install \"genrec-hf[ann]\")")
+    p.add_argument("--include_seen", action="store_true", help="allow items already in the user's history")
+    p.add_argument("--batch_size", type=_positive_int, default=256, help="users per forward pass (default 256)")
+    p.add_argument("--overwrite", action="store_true", help="replace the predictions of another job in --output_dir")
+    p.add_argument("--no_verify", action="store_true", help="skip the weights checks")
+    p.set_defaults(func=cmd_predict)
 
     p = sub.add_parser("serve", help="HTTP recommendation server (needs pip install \"genrec-hf[serve]\")",
                        description="Serve POST /recommend, POST /events, GET /health and GET /items/{id} over a "

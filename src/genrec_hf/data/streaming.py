@@ -26,10 +26,11 @@ from typing import Any
 import numpy as np
 import pyarrow as pa
 import torch
-from datasets import load_dataset
+from datasets import Dataset, DatasetInfo, load_dataset
+from datasets.table import InMemoryTable
 
 from .collators import window_ranges
-from .interactions import take_table_ranges
+from .interactions import SEQUENCE_FEATURES, take_table_ranges
 from .splits import leave_one_out_bounds, time_split_bounds
 
 logger = logging.getLogger(__name__)
@@ -173,3 +174,44 @@ def read_split_rows(shard_files: Sequence[str | Path], split: dict[str, Any], na
                 yield rows
             if limit_per_shard is not None and taken >= limit_per_shard:
                 break
+
+
+def split_dataset(shard_files: Sequence[str | Path], split: dict[str, Any], name: str, *,
+                  limit_per_shard: int | None = None, rank: int = 0, world_size: int = 1) -> Dataset:
+    """`read_split_rows` gathered into one in-memory `datasets.Dataset` of `SEQUENCE_FEATURES` rows (what the
+    collators read): a validation sample, or one rank's test batch."""
+    tables = list(read_split_rows(shard_files, split, name, limit_per_shard=limit_per_shard, rank=rank,
+                                  world_size=world_size))
+    return sequences_from_table(pa.concat_tables(tables) if tables else None)
+
+
+def sequences_from_table(table: pa.Table | None) -> Dataset:
+    """User rows of an Arrow table (a prepared shard's large lists) as a `SEQUENCE_FEATURES` dataset."""
+    if table is None or table.num_rows == 0:
+        return Dataset.from_dict({name: [] for name in SEQUENCE_FEATURES}, features=SEQUENCE_FEATURES)
+    table = table.select([name for name in SEQUENCE_FEATURES]).cast(SEQUENCE_FEATURES.arrow_schema)
+    return Dataset(InMemoryTable(table), info=DatasetInfo(features=SEQUENCE_FEATURES))
+
+
+def train_item_counts(shard_files: Sequence[str | Path], split: dict[str, Any], vocab_size: int, *, rank: int = 0,
+                      world_size: int = 1) -> np.ndarray:
+    """(V,) events per item in the training rows of this rank's shards (sum over ranks for the whole log): what the
+    popularity sampler, the item tower's known items and the most-popular baseline read."""
+    counts = np.zeros(vocab_size, dtype=np.int64)
+    for rows in read_split_rows(shard_files, split, "train", rank=rank, world_size=world_size):
+        items = rows["item_ids"].combine_chunks().values.to_numpy(zero_copy_only=False)
+        counts += np.bincount(items, minlength=vocab_size)[:vocab_size]
+    return counts
+
+
+def estimated_windows(manifest_shards: Sequence[dict[str, Any]], max_length: int, stride: int | None = None) -> int:
+    """About how many training windows a folder's shards hold, from the manifest's per-shard users and events
+    (no pass over the data): each user gives at least one window, and every `stride` training events past the
+    first window one more. Used to turn `num_train_epochs` into steps of a stream, which has no length."""
+    stride = stride or max_length
+    total = 0
+    for entry in manifest_shards:
+        users, events = int(entry["num_users"]), int(entry["num_events"])
+        train_events = max(0, events - 2 * users)  # leave-one-out keeps n - 2 events per user for training
+        total += users + max(0, train_events - users * (max_length + 1)) // stride
+    return max(1, total)

@@ -278,6 +278,10 @@ class PretrainDataSection(DataSection):
     time_split_cut: Int | None = None  # for split: time, a unix timestamp
     window_stride: Int | None = None  # sliding-window stride for long training histories (None = max_length)
     batching: Batching = "padded"  # padded | grouped | packed
+    # Stream a prepared folder (`genrec-hf prepare`) shard by shard instead of loading it: each process reads its
+    # own shards, memory does not grow with the log (docs/scale.md). Needs a prepared `source`.
+    streaming: Bool = False
+    shuffle_users: Int = 4096  # streaming: users whose windows are shuffled together (0 = shard order)
 
 
 @section
@@ -319,9 +323,28 @@ class Recipe(RecipeBase):
         if limit is not None and limit < 1:
             raise ValueError(f"{source}: model.sampled_softmax_above_items={limit}; expected a positive integer or "
                              "null.")
+        if self.data.streaming:
+            self._validate_streaming(source)
         clash = sorted(set(GROUPED_TRAINING_KEYS) & set(self.training))
         if self.data.batching == "grouped" and clash:
             raise ValueError(f"{source}: training: {clash} are set by data.batching: grouped; leave them out.")
+
+    def _validate_streaming(self, source: str) -> None:
+        data = self.data
+        problems = []
+        if data.split not in ("leave_one_out", "time"):
+            problems.append(f"data.split={data.split!r} (a streamed folder splits leave_one_out or time)")
+        if data.batching == "grouped":
+            problems.append("data.batching='grouped' (length grouping samples a dataset with a length; use packed)")
+        if self.training.get("dataloader_num_workers", 0):
+            problems.append("training.dataloader_num_workers > 0 (the stream position a resume needs is kept by the "
+                            "main process)")
+        if self.model.item_tower is not None and self.model.item_tower.mask_prob == "auto":
+            problems.append('model.item_tower.mask_prob="auto" (give a number)')
+        if data.shuffle_users < 0:
+            problems.append(f"data.shuffle_users={data.shuffle_users} (0 or more)")
+        if problems:
+            raise ValueError(f"{source}: data.streaming: true cannot go with {'; '.join(problems)}.")
 
     def training_arguments(self, **fixed: Any) -> TrainingArguments:
         """`RecipeBase.training_arguments`, with Trainer's length-grouped sampler for `data.batching: grouped`

@@ -77,7 +77,7 @@ def choose_cold_items(raw_ids: list[str], fraction: float, seed: int) -> list[st
 def quantile_positions(n: int, q: float) -> tuple[float, list[int]]:
     """(interpolation weight, 0-based order statistics) `np.quantile(x, q)` (method "linear") reads from n values,
     with numpy's own float steps."""
-    virtual = np.float64(n) * np.float64(q) + (1.0 + np.float64(q) * (1.0 - 1.0 - 1.0)) - 1.0
+    virtual = np.float64(n - 1) * np.float64(q)  # numpy's "linear" virtual index
     if virtual >= n - 1:
         return 0.0, [n - 1]
     if virtual < 0:
@@ -104,7 +104,7 @@ def make_engine(name: str, *, threads: int | None = None, memory_limit: str | No
     if name == "spark":
         from .spark import SparkEngine
 
-        return SparkEngine(spark_session)
+        return SparkEngine(spark_session, threads)
     raise ValueError(f"engine={name!r}; expected one of {list(ENGINES)}.")
 
 
@@ -154,18 +154,23 @@ def prepare_events(
     output = Path(output_dir)
     staging = _start_output(output, overwrite)
     started = time.time()
-    src = open_source(source, format, column_map=column_map)
-    engine_name = _pick_engine(engine, src, memory_limit)
-    if spec["kind"] == "time" and not src.has_timestamps:
-        raise ValueError(f"{src.name} has no timestamps (only event order), so a global time split means nothing; "
-                         "use leave_one_out.")
-    runner = make_engine(engine_name, threads=threads, memory_limit=memory_limit, temp_dir=temp_dir,
-                         spark_session=spark_session)
     try:
-        manifest, vocab = _run(runner, src, staging, spec, num_shards=num_shards, events_per_shard=events_per_shard,
-                               min_user_events=min_user_events, k_core=k_core, dedup=dedup)
-    finally:
-        runner.close()
+        src = open_source(source, format, column_map=column_map)
+        engine_name = _pick_engine(engine, src, memory_limit)
+        if spec["kind"] == "time" and not src.has_timestamps:
+            raise ValueError(f"{src.name} has no timestamps (only event order), so a global time split means "
+                             "nothing; use leave_one_out.")
+        runner = make_engine(engine_name, threads=threads, memory_limit=memory_limit, temp_dir=temp_dir,
+                             spark_session=spark_session)
+        try:
+            manifest, vocab = _run(runner, src, staging, spec, num_shards=num_shards,
+                                   events_per_shard=events_per_shard, min_user_events=min_user_events,
+                                   k_core=k_core, dedup=dedup)
+        finally:
+            runner.close()
+    except BaseException:  # our own staging folder only: `output` is untouched until the rename
+        shutil.rmtree(staging, ignore_errors=True)
+        raise
     run_info = {"engine": engine_name, "engine_version": getattr(runner, "version", None),
                 "genrec_hf_version": __version__, "pyarrow_version": pa.__version__,
                 "threads": threads, "memory_limit": memory_limit,

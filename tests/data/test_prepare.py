@@ -107,8 +107,9 @@ def test_folder_of_shards_is_the_concatenated_log(tmp_path):
     (tmp_path / "parts" / "_SUCCESS").write_text("")  # Spark's marker files are not events
     prepare_events(tmp_path / "parts", tmp_path / "from_folder", num_shards=2)
     prepare_events(str(tmp_path / "parts" / "part-*.parquet"), tmp_path / "from_glob", num_shards=2)
+    prepare_events(f"file://{tmp_path}/parts/part-*.parquet", tmp_path / "from_uri", num_shards=2)  # as s3://...
     expected = load_interactions(whole)
-    for name in ("from_folder", "from_glob"):
+    for name in ("from_folder", "from_glob", "from_uri"):
         got = load_interactions(tmp_path / name)
         assert got.sequences.data.table.equals(expected.sequences.data.table) and got.vocab == expected.vocab
 
@@ -136,6 +137,20 @@ def test_batches_report_their_own_lines(tmp_path, monkeypatch):
         with pytest.raises(ValueError) as error:
             prepare_events(source, tmp_path / "out", engine="memory")
         assert str(source) in str(error.value) and where in str(error.value), error.value
+
+
+def test_user_hash_is_fnv1a_of_the_id_text():
+    """The shard of a user is fixed by its id alone (any engine, any reader): 63-bit FNV-1a of the UTF-8 text."""
+    def fnv1a(text: str) -> int:
+        value = 0xCBF29CE484222325
+        for byte in text.encode("utf-8"):
+            value = ((value ^ byte) * 0x100000001B3) % 2**64
+        return value & (2**63 - 1)
+
+    text = ["", "a", "ab", "é", "12345", "0", "u-77", "日本", "abc", "x" * 40]
+    assert sources.user_hash(pa.array(text)).tolist() == [fnv1a(t) for t in text]
+    numbers = np.array([7, -3, 10**12, 42, 7])
+    assert sources.user_hash(pa.array(numbers)).tolist() == [fnv1a(str(n)) for n in numbers]
 
 
 def test_time_quantile_reads_numpy_order_statistics():

@@ -16,8 +16,11 @@ from genrec_hf.data.prepare import prepare_events
 
 from tests.data.test_prepare import messy_events, same_folders
 
-pytestmark = [pytest.mark.filterwarnings("ignore::FutureWarning"), pytest.mark.skipif(importlib.util.find_spec("pyspark") is None or shutil.which("java") is None,
-                                reason="the Spark engine needs pyspark and Java (pip install \"genrec-hf[spark]\")")]
+pytestmark = [
+    pytest.mark.filterwarnings("ignore::FutureWarning"),  # pyspark on pandas 3
+    pytest.mark.skipif(importlib.util.find_spec("pyspark") is None or shutil.which("java") is None,
+                       reason="the Spark engine needs pyspark and Java (pip install \"genrec-hf[spark]\")"),
+]
 
 
 @pytest.fixture(scope="module")

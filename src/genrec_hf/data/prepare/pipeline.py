@@ -31,7 +31,7 @@ from ..prepared import (COLD_ITEMS_FILE, FORMAT, INCOMPLETE_MARKER, MANIFEST_FIL
 from ..vocab import VOCAB_FILE, ItemVocab, sort_raw_ids
 from .engines import DuckDBEngine, MemoryEngine
 from .shards import ShardJob, kcore_counts, summarize, survivors, write_shard
-from .sources import EventSource, open_source
+from .sources import EventSource, file_size, open_input, open_source
 
 logger = logging.getLogger(__name__)
 
@@ -385,9 +385,9 @@ def _estimated_events(src: EventSource) -> int:
     total = 0
     for plan in src.files:
         if plan.path.lower().endswith((".parquet", ".pq")):
-            total += pq.ParquetFile(plan.path).metadata.num_rows
+            total += pq.ParquetFile(open_input(plan.path)).metadata.num_rows
         else:
-            total += max(1, Path(plan.path).stat().st_size // 16)  # a short csv line is ~16+ bytes
+            total += max(1, file_size(plan.path) // 16)  # a short csv line is ~16+ bytes
     return total
 
 

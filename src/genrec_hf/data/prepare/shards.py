@@ -75,13 +75,8 @@ def _codes(values: pa.Array, kind: str, numeric: bool | None = None) -> tuple[pa
     return distinct, _numpy(pc.index_in(values, value_set=distinct)).astype(np.int64)
 
 
-def _lookup(distinct: pa.Array | np.ndarray, kind: str, value_set: Any) -> np.ndarray:
-    """Position of each distinct value in `value_set` (sorted ints, or any string array); -1 when absent."""
-    if kind == "int":
-        value_set = np.asarray(value_set)
-        pos = np.searchsorted(value_set, distinct)
-        found = (pos < len(value_set)) & (value_set[np.minimum(pos, len(value_set) - 1)] == distinct)
-        return np.where(found, pos, -1)
+def _lookup(distinct: pa.Array, value_set: pa.Array) -> np.ndarray:
+    """Position of each distinct string in `value_set`; -1 when absent."""
     return _numpy(pc.fill_null(pc.index_in(distinct, value_set=value_set), -1)).astype(np.int64)
 
 
@@ -91,8 +86,8 @@ class _Rows:
 
     users: Any  # distinct users, output order
     user: np.ndarray  # user code per event
-    items: Any  # distinct items of the shard
-    item: np.ndarray  # item code per event
+    items: Any  # distinct items of the shard (text ids); None for integer ids
+    item: np.ndarray  # item per event: the id itself (integer ids) or its code in `items`
     time: np.ndarray
     action: np.ndarray
     rating: np.ndarray
@@ -108,7 +103,10 @@ def order_rows(table: pa.Table, job: ShardJob) -> _Rows:
         order = np.argsort(seq, kind="stable")
         table, seq = table.take(order), seq[order]
     users, user = _codes(_array(table["user_id"]), job.user_kind, job.user_ids_numeric)
-    items, item = _codes(_array(table["item_id"]), job.item_kind)
+    if job.item_kind == "int":
+        items, item = None, _numpy(_array(table["item_id"])).astype(np.int64)
+    else:
+        items, item = _codes(_array(table["item_id"]), job.item_kind)
     if job.has_timestamps:
         time = _numpy(_array(table["timestamp"])).astype(np.int64)
     else:  # event order per user in the log stands in for time
@@ -118,7 +116,7 @@ def order_rows(table: pa.Table, job: ShardJob) -> _Rows:
         time[by_user] = np.arange(len(user)) - np.repeat(np.cumsum(counts) - counts, counts)
     rating = _numpy(_array(table["rating"])).astype(np.float64)
     if job.action_keys is not None:
-        action = np.asarray(job.action_values)[_lookup(_array(table["action_text"]), "str", job.action_keys)]
+        action = np.asarray(job.action_values)[_lookup(_array(table["action_text"]), job.action_keys)]
     elif job.star_actions:
         action = np.ceil(rating).astype(np.int64)
     else:
@@ -141,8 +139,21 @@ def order_rows(table: pa.Table, job: ShardJob) -> _Rows:
                  keep=keep, dropped_duplicates=int((~keep).sum()))
 
 
-def _kcore_codes(rows: _Rows, job: ShardJob) -> np.ndarray:
-    return _lookup(rows.items, job.item_kind, job.kcore_items)[rows.item]
+def _item_positions(rows: _Rows, job: ShardJob, value_set: Any, keep: np.ndarray | None = None) -> np.ndarray:
+    """Position of each (kept) event's item in `value_set` (sorted ints, or strings in any order)."""
+    item = rows.item if keep is None else rows.item[keep]
+    if job.item_kind == "int":
+        return np.searchsorted(np.asarray(value_set), item)
+    return _lookup(rows.items, value_set)[item]
+
+
+def _kept_items(rows: _Rows, job: ShardJob, keep: np.ndarray) -> Any:
+    used = np.unique(rows.item[keep])
+    return used if job.item_kind == "int" else rows.items.take(pa.array(used))
+
+
+def _user_counts(rows: _Rows, keep: np.ndarray) -> np.ndarray:
+    return np.bincount(rows.user[keep], minlength=len(rows.users))
 
 
 def replay_kcore(rows: _Rows, job: ShardJob) -> np.ndarray:
@@ -151,7 +162,7 @@ def replay_kcore(rows: _Rows, job: ShardJob) -> np.ndarray:
     keep = rows.keep.copy()
     if not job.k_core or not job.kcore_masks:
         return keep
-    codes = _kcore_codes(rows, job)
+    codes = _item_positions(rows, job, job.kcore_items)
     for items_ok in job.kcore_masks:
         counts = np.bincount(rows.user[keep], minlength=len(rows.users))
         keep &= (counts >= job.k_core)[rows.user] & items_ok[codes]
@@ -192,9 +203,9 @@ def kcore_counts(table: pa.Table, job: ShardJob, shard: int) -> dict[str, Any]:
     """Item counts (over `kcore_items` codes) and whether every user has >= k events, after the rounds so far."""
     rows = order_rows(table, job)
     keep = replay_kcore(rows, job)
-    codes = _kcore_codes(rows, job)[keep]
+    codes = _item_positions(rows, job, job.kcore_items, keep)
     item_codes, item_counts = np.unique(codes, return_counts=True)
-    user_counts = np.bincount(rows.user[keep], minlength=len(rows.users))
+    user_counts = _user_counts(rows, keep)
     present = user_counts > 0
     return {"item_codes": item_codes, "item_counts": item_counts,
             "users_ok": bool((user_counts[present] >= job.k_core).all()), "events": int(keep.sum())}
@@ -205,12 +216,11 @@ def survivors(table: pa.Table, job: ShardJob, shard: int) -> dict[str, Any]:
     rows = order_rows(table, job)
     kcore = replay_kcore(rows, job)
     keep = final_keep(rows, job)
-    used = np.unique(rows.item[keep])
-    items = rows.items[used] if job.item_kind == "int" else rows.items.take(pa.array(used))
-    out = {"items": items, "events": int(keep.sum()), "users": int(len(np.unique(rows.user[keep]))),
+    users = np.count_nonzero(_user_counts(rows, keep))
+    out = {"items": _kept_items(rows, job, keep), "events": int(keep.sum()), "users": users,
            "duplicates": rows.dropped_duplicates, "kcore_dropped": int(rows.keep.sum() - kcore.sum()),
            "short_dropped": int(kcore.sum() - keep.sum()),
-           "short_users": int(len(np.unique(rows.user[kcore])) - len(np.unique(rows.user[keep])))}
+           "short_users": int(np.count_nonzero(_user_counts(rows, kcore)) - users)}
     if job.time_histogram and keep.any():
         buckets, counts = np.unique((rows.time[keep] - job.time_origin) >> job.time_shift, return_counts=True)
         out["time_buckets"], out["time_counts"] = buckets, counts
@@ -219,9 +229,10 @@ def survivors(table: pa.Table, job: ShardJob, shard: int) -> dict[str, Any]:
 
 def shard_table(rows: _Rows, keep: np.ndarray, job: ShardJob) -> pa.Table:
     """The shard's rows (`SHARD_SCHEMA`): one per user, item indices of `job.vocab_items`."""
-    index = _lookup(rows.items, job.item_kind, job.vocab_items) + 1
-    user = rows.user[keep]
-    present, counts = np.unique(user, return_counts=True)
+    index = _item_positions(rows, job, job.vocab_items, keep) + 1
+    counts = _user_counts(rows, keep)
+    present = np.flatnonzero(counts)
+    counts = counts[present]
     offsets = pa.array(np.concatenate([[0], np.cumsum(counts)]), pa.int64())
     users = rows.users[present] if job.user_kind == "int" else rows.users.take(pa.array(present))
     user_ids = pc.cast(pa.array(users, pa.int64()), pa.string()) if job.user_kind == "int" else users
@@ -231,7 +242,7 @@ def shard_table(rows: _Rows, keep: np.ndarray, job: ShardJob) -> pa.Table:
 
     metadata = {METADATA_KEY: json.dumps({"schema_version": SCHEMA_VERSION, "vocab_sha256": job.vocab_sha256,
                                           "num_shards": job.num_shards}, sort_keys=True).encode()}
-    return pa.table([user_ids, lists(index[rows.item[keep]], pa.int64()), lists(rows.time[keep], pa.int64()),
+    return pa.table([user_ids, lists(index, pa.int64()), lists(rows.time[keep], pa.int64()),
                      lists(rows.action[keep], pa.int64()), lists(rows.rating[keep].astype(np.float32), pa.float32())],
                     schema=SHARD_SCHEMA.with_metadata(metadata))
 
@@ -252,7 +263,7 @@ def write_shard(table: pa.Table, job: ShardJob, shard: int) -> dict[str, Any]:
     data = parquet_bytes(shard_table(rows, keep, job))
     name = shard_name(shard, job.num_shards)
     write_bytes(job.folder, name, data)
-    entry: dict[str, Any] = {"file": name, "num_users": int(len(np.unique(rows.user[keep]))),
+    entry: dict[str, Any] = {"file": name, "num_users": int(np.count_nonzero(_user_counts(rows, keep))),
                              "num_events": int(keep.sum()), "bytes": len(data), "sha256": bytes_sha256(data),
                              "max_action": int(rows.action[keep].max()) if keep.any() else 0}
     if job.time_buckets is not None and keep.any():

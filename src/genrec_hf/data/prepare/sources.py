@@ -15,6 +15,7 @@ text, `synthetic`) are parsed by their in-memory loader and staged from that fra
 
 from __future__ import annotations
 
+import fnmatch
 import glob
 import logging
 from collections.abc import Iterator
@@ -28,6 +29,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.csv as pa_csv
 import pyarrow.parquet as pq
+from pyarrow import fs
 
 from .._parsing import check_columns, exact_ids, parse_numbers, parse_timestamps, unix_seconds
 from ..events import LoadedEvents
@@ -54,12 +56,16 @@ def user_hash(ids: pa.Array) -> np.ndarray:
     data = np.frombuffer(text.buffers()[2], dtype=np.uint8) if text.buffers()[2] is not None else np.zeros(1, np.uint8)
     starts, lengths = offsets[:-1], np.diff(offsets)
     hashes = np.full(len(text), _FNV_OFFSET, dtype=np.uint64)
-    for j in range(int(lengths.max()) if len(lengths) else 0):
-        rows = lengths > j
-        if rows.all():
-            hashes = (hashes ^ data[starts + j]) * _FNV_PRIME
+    for length in np.unique(lengths).tolist():  # ids of one length as a (rows, length) byte matrix: no masks
+        rows = np.flatnonzero(lengths == length) if length != lengths[0] or (lengths != length).any() else None
+        first = starts if rows is None else starts[rows]
+        part = hashes if rows is None else hashes[rows]
+        for j in range(length):
+            part = (part ^ data[first + j]) * _FNV_PRIME
+        if rows is None:
+            hashes = part
         else:
-            hashes[rows] = (hashes[rows] ^ data[starts[rows] + j]) * _FNV_PRIME
+            hashes[rows] = part
     return (hashes & np.uint64(0x7FFF_FFFF_FFFF_FFFF)).astype(np.int64)
 
 
@@ -114,7 +120,7 @@ class EventSource:
 
     def describe(self) -> dict[str, Any]:
         """The manifest's `source` entry: what was read, not where it was read from at what time."""
-        files = [{"path": plan.path, "bytes": _size(plan.path)} for plan in self.files]
+        files = [{"path": plan.path, "bytes": file_size(plan.path)} for plan in self.files]
         return {"source": self.text, "format": self.format, "name": self.name, "column_map": self.column_map,
                 "files": files}
 
@@ -242,9 +248,51 @@ def _in_memory(text: str, fmt: str, column_map: dict[str, str] | None) -> EventS
                        has_timestamps=loaded.has_timestamps, item_info=loaded.item_info, loaded=table)
 
 
+def is_uri(text: str) -> bool:
+    return "://" in text
+
+
+def _filesystem(path: str) -> tuple[fs.FileSystem, str]:
+    """(pyarrow filesystem, path in it) of a local path or a URI (s3://, gs://, hdfs://, file://)."""
+    try:
+        return fs.FileSystem.from_uri(path) if is_uri(path) else (fs.LocalFileSystem(), path)
+    except (pa.ArrowInvalid, OSError) as error:
+        raise ValueError(f"{path}: cannot open this location ({' '.join(str(error).split())}).") from None
+
+
+def open_input(path: str, stream: bool = False) -> Any:
+    filesystem, inner = _filesystem(path)
+    return filesystem.open_input_stream(inner) if stream else filesystem.open_input_file(inner)
+
+
+def _uri_files(text: str) -> list[str]:
+    """The files of a URI: one file, a folder (recursively) or a glob (`*` within a name, `**` across folders)."""
+    scheme, _, rest = text.partition("://")
+    parts = rest.split("/")
+    fixed = next((i for i, part in enumerate(parts) if any(ch in part for ch in "*?[")), len(parts))
+    filesystem, base = _filesystem(f"{scheme}://{'/'.join(parts[:fixed])}")
+    info = filesystem.get_file_info(base)
+    if info.type == fs.FileType.File and fixed == len(parts):
+        return [text]
+    if info.type != fs.FileType.Directory:
+        raise FileNotFoundError(f"Interaction data not found: {text} does not exist.")
+    prefix = text[:len(text) - len(rest)] + "/".join(parts[:fixed])  # the URI of `base`
+    found = filesystem.get_file_info(fs.FileSelector(base, recursive=fixed < len(parts)))
+    pattern = "/".join(parts[fixed:])
+    names = sorted(prefix + item.path[len(base):] for item in found if item.type == fs.FileType.File
+                   and not item.base_name.startswith(("_", ".")) and (not pattern or fnmatch.fnmatch(
+                       item.path[len(base):].lstrip("/"), pattern)))
+    if not names:
+        raise FileNotFoundError(f"the glob {text!r} matches no files; expected csv/tsv/parquet event files."
+                                if pattern else f"{text} is an empty folder; expected event files.")
+    return names
+
+
 def _input_files(text: str) -> list[str]:
     """The files of a file / glob / folder source, sorted; hidden and `_`-prefixed names (Spark's `_SUCCESS`)
     are skipped in folders and globs."""
+    if is_uri(text):
+        return _uri_files(text)
     if any(ch in text for ch in "*?["):
         matches = sorted(p for p in glob.glob(str(Path(text).expanduser()), recursive=True)
                          if Path(p).is_file() and not Path(p).name.startswith(("_", ".")))
@@ -265,6 +313,10 @@ def _input_files(text: str) -> list[str]:
 def _detect(paths: list[str], text: str, column_map: dict[str, str] | None) -> str:
     """The format of the input files: several tables → csv/parquet by suffix; one path → `detect_format`."""
     tables = [p for p in paths if p.lower().endswith(TABULAR_SUFFIXES)]
+    if is_uri(text) and len(tables) == len(paths):  # remote inputs: tables named by their suffix
+        kinds = {("parquet" if p.lower().endswith((".parquet", ".pq")) else "csv") for p in tables}
+        if len(kinds) == 1:
+            return kinds.pop()
     if len(paths) == 1 or not tables:
         target = Path(paths[0]) if len(paths) == 1 and not Path(text).is_dir() else Path(text)
         return detect_format(target, column_map)
@@ -280,6 +332,8 @@ def _name(text: str, paths: list[str], fmt: str) -> str:
     """What the in-memory loader would call the log: the file's stem for one file, else the folder's name."""
     if len(paths) == 1:
         return Path(paths[0]).stem
+    if is_uri(text):
+        return Path(paths[0]).parent.name or fmt
     folder = Path(text) if Path(text).is_dir() else Path(paths[0]).parent
     return folder.resolve().name or fmt
 
@@ -288,11 +342,9 @@ def _is_text(path: str) -> bool:
     return not path.lower().endswith((".parquet", ".pq"))
 
 
-def _size(path: str) -> int:
-    try:
-        return Path(path).stat().st_size
-    except OSError:
-        return -1
+def file_size(path: str) -> int:
+    filesystem, inner = _filesystem(path)
+    return int(filesystem.get_file_info(inner).size or 0)
 
 
 def _csv_options(path: str, fmt: str) -> tuple[pa_csv.ParseOptions, str]:
@@ -303,13 +355,14 @@ def _csv_options(path: str, fmt: str) -> tuple[pa_csv.ParseOptions, str]:
 def _header(path: str, fmt: str) -> list[str]:
     parse, _ = _csv_options(path, fmt)
     try:
-        reader = pa_csv.open_csv(path, parse_options=parse, read_options=pa_csv.ReadOptions(block_size=1 << 16))
+        reader = pa_csv.open_csv(open_input(path, stream=True), parse_options=parse,
+                                 read_options=pa_csv.ReadOptions(block_size=1 << 16))
     except pa.ArrowInvalid as error:
         if "Empty CSV file" in str(error):
             raise ValueError(f"{path} is empty; expected events, one per line.") from None
         raise ValueError(f"{path}: cannot parse the file ({error}).") from None
     names = reader.schema.names
-    reader.close() if hasattr(reader, "close") else None
+    reader.close()
     return names
 
 
@@ -317,7 +370,7 @@ def _plan(path: str, fmt: str, column_map: dict[str, str] | None) -> _FilePlan:
     """Column mapping and kinds of one file, from its header (csv) or footer (Parquet)."""
     if fmt == "parquet":
         try:
-            schema = pq.read_schema(path)
+            schema = pq.read_schema(open_input(path))
         except Exception as error:  # pyarrow raises several types for non-parquet input
             raise ValueError(f"{path}: cannot read as Parquet ({error}).") from None
         names, types = schema.names, {f.name: f.type for f in schema}
@@ -366,13 +419,13 @@ def _read_batches(plan: _FilePlan, fmt: str) -> Iterator[pa.RecordBatch]:
     needed = list(dict.fromkeys(plan.columns.values()))
     try:
         if fmt == "parquet":
-            yield from pq.ParquetFile(plan.path).iter_batches(batch_size=BATCH_ROWS, columns=needed)
+            yield from pq.ParquetFile(open_input(plan.path)).iter_batches(batch_size=BATCH_ROWS, columns=needed)
             return
         parse, _ = _csv_options(plan.path, fmt)
         names = _header(plan.path, fmt)
         convert = pa_csv.ConvertOptions(column_types={name: pa.string() for name in names}, include_columns=needed,
                                         strings_can_be_null=False, quoted_strings_can_be_null=False)
-        reader = pa_csv.open_csv(plan.path, parse_options=parse, convert_options=convert,
+        reader = pa_csv.open_csv(open_input(plan.path, stream=True), parse_options=parse, convert_options=convert,
                                  read_options=pa_csv.ReadOptions(block_size=32 << 20))
         yield from reader
     except (pa.ArrowInvalid, OSError) as error:

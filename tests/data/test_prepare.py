@@ -149,7 +149,7 @@ def test_user_hash_is_fnv1a_of_the_id_text():
 
     text = ["", "a", "ab", "é", "12345", "0", "u-77", "日本", "abc", "x" * 40]
     assert sources.user_hash(pa.array(text)).tolist() == [fnv1a(t) for t in text]
-    numbers = np.array([7, -3, 10**12, 42, 7])
+    numbers = np.array([7, -3, 10**12, 42, 7, 0, -(2**63), 2**63 - 1])
     assert sources.user_hash(pa.array(numbers)).tolist() == [fnv1a(str(n)) for n in numbers]
 
 

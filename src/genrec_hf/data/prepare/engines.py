@@ -39,12 +39,12 @@ class MemoryEngine:
     """The staged log as one in-memory Arrow table (about 50 bytes per event plus the ids' text)."""
 
     name = "memory"
+    keeps_rows = True  # shard tasks may keep each shard's ordered rows between passes (see `order_rows`)
 
     def __init__(self, threads: int | None = None) -> None:
         if threads:
             pa.set_cpu_count(threads)
         self._table: pa.Table | None = None
-        self._order = np.zeros(0, dtype=np.int64)
         self._bounds = np.zeros(1, dtype=np.int64)
 
     def stage(self, source: EventSource) -> int:
@@ -54,12 +54,13 @@ class MemoryEngine:
     def partition(self, num_shards: int) -> None:
         assert self._table is not None
         shard = self._table["user_hash"].to_numpy() % num_shards
-        self._order = np.argsort(shard, kind="stable")
+        self._table = self._table.drop_columns(["user_hash"])
+        self._table = self._table.take(pa.array(np.argsort(shard, kind="stable")))  # one gather; shards are slices
         self._bounds = np.concatenate([[0], np.cumsum(np.bincount(shard, minlength=num_shards))])
 
     def map(self, task: ShardTask, job: ShardJob) -> list[Any]:
         assert self._table is not None
-        return [task(self._table.take(pa.array(self._order[self._bounds[shard]:self._bounds[shard + 1]])), job, shard)
+        return [task(self._table.slice(self._bounds[shard], self._bounds[shard + 1] - self._bounds[shard]), job, shard)
                 for shard in range(job.num_shards)]
 
     def close(self) -> None:

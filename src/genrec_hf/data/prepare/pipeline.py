@@ -208,6 +208,8 @@ def _run(runner: Any, src: EventSource, staging: Path, spec: dict[str, Any], *, 
         job.action_keys, job.action_values = _action_codes(summaries, src)
     job.star_actions = src.star_actions and min(s["rating_min"] for s in summaries) >= 0.5 and \
         max(s["rating_max"] for s in summaries) <= 10
+    if getattr(runner, "keeps_rows", False):  # decisions that order rows are final from here on
+        job.rows_cache = {}
     if k_core:
         _kcore_rounds(runner, job, summaries, src)
     if spec["kind"] == "time" and spec["cut"] is None:

@@ -50,6 +50,7 @@ class ShardJob:
     time_histogram: bool = False  # a time split at a quantile: survivors() returns a histogram of times
     time_buckets: np.ndarray | None = None  # buckets whose distinct times the write pass returns
     folder: str = ""  # where write_shard writes
+    rows_cache: dict[int, Any] | None = field(default=None, repr=False)  # in-process engines: ordered rows per shard
 
 
 def _array(column: pa.ChunkedArray | pa.Array) -> pa.Array:
@@ -91,18 +92,34 @@ class _Rows:
     time: np.ndarray
     action: np.ndarray
     rating: np.ndarray
-    seq: np.ndarray
     keep: np.ndarray
     dropped_duplicates: int = 0
 
 
-def order_rows(table: pa.Table, job: ShardJob) -> _Rows:
-    """Sort a shard's staged events by (user, time, file order) and mark repeated (user, item, time) events."""
+def order_rows(table: pa.Table, job: ShardJob, shard: int | None = None) -> _Rows:
+    """Sort a shard's staged events by (user, time, file order) and mark repeated (user, item, time) events.
+
+    With `job.rows_cache` (the memory engine, where every shard is in RAM anyway) the result is kept per shard, so
+    the k-core, survivor and write passes order each shard once.
+    """
+    if job.rows_cache is not None and shard in job.rows_cache:
+        return job.rows_cache[shard]
+    rows = _order_rows(table, job)
+    if job.rows_cache is not None and shard is not None:
+        job.rows_cache[shard] = rows
+    return rows
+
+
+def _order_rows(table: pa.Table, job: ShardJob) -> _Rows:
     seq = _numpy(_array(table["seq"]))
     if len(seq) > 1 and not (np.diff(seq) > 0).all():
         order = np.argsort(seq, kind="stable")
         table, seq = table.take(order), seq[order]
-    users, user = _codes(_array(table["user_id"]), job.user_kind, job.user_ids_numeric)
+    if job.user_kind == "int" and job.has_timestamps:  # integer ids sort as themselves: no codes needed to order
+        user = _numpy(_array(table["user_id"])).astype(np.int64)
+        users = None
+    else:
+        users, user = _codes(_array(table["user_id"]), job.user_kind, job.user_ids_numeric)
     if job.item_kind == "int":
         items, item = None, _numpy(_array(table["item_id"])).astype(np.int64)
     else:
@@ -122,7 +139,10 @@ def order_rows(table: pa.Table, job: ShardJob) -> _Rows:
     else:
         action = _numpy(_array(table["action"])).astype(np.int64)
     order = np.lexsort((time, user))  # stable: file order within equal (user, time)
-    user, item, time, action, rating, seq = (a[order] for a in (user, item, time, action, rating, seq))
+    user, item, time, action, rating = (a[order] for a in (user, item, time, action, rating))
+    if users is None:  # integer ids, now sorted: code = rank of the id
+        starts = np.concatenate([[True], user[1:] != user[:-1]]) if len(user) else np.zeros(0, dtype=bool)
+        users, user = user[starts], np.cumsum(starts) - 1
     keep = np.ones(len(user), dtype=bool)
     if job.dedup and len(user) > 1:
         same = (user[1:] == user[:-1]) & (time[1:] == time[:-1])
@@ -135,20 +155,33 @@ def order_rows(table: pa.Table, job: ShardJob) -> _Rows:
             rows = rows[np.lexsort((rows, item[rows], run[rows]))]
             repeat = (run[rows[1:]] == run[rows[:-1]]) & (item[rows[1:]] == item[rows[:-1]])
             keep[rows[1:][repeat]] = False
-    return _Rows(users=users, user=user, items=items, item=item, time=time, action=action, rating=rating, seq=seq,
-                 keep=keep, dropped_duplicates=int((~keep).sum()))
+    return _Rows(users=users, user=user, items=items, item=item, time=time, action=action, rating=rating, keep=keep,
+                 dropped_duplicates=int((~keep).sum()))
 
 
 def _item_positions(rows: _Rows, job: ShardJob, value_set: Any, keep: np.ndarray | None = None) -> np.ndarray:
     """Position of each (kept) event's item in `value_set` (sorted ints, or strings in any order)."""
     item = rows.item if keep is None else rows.item[keep]
     if job.item_kind == "int":
-        return np.searchsorted(np.asarray(value_set), item)
+        values = np.asarray(value_set)
+        if len(values) and values[-1] - values[0] < 8 * len(values) + (1 << 20):  # dense ids: a direct table
+            table = np.zeros(int(values[-1] - values[0]) + 1, dtype=np.int64)
+            table[values - values[0]] = np.arange(len(values))
+            return table[item - values[0]]
+        return np.searchsorted(values, item)
     return _lookup(rows.items, value_set)[item]
 
 
 def _kept_items(rows: _Rows, job: ShardJob, keep: np.ndarray) -> Any:
-    used = np.unique(rows.item[keep])
+    """Distinct items of the kept events (ids for integer ids, sorted; else their text)."""
+    item = rows.item[keep]
+    if job.item_kind == "int" and len(item):
+        low, high = int(item.min()), int(item.max())
+        if high - low < 8 * len(item) + (1 << 20):  # dense ids: presence flags instead of a sort
+            seen = np.zeros(high - low + 1, dtype=bool)
+            seen[item - low] = True
+            return np.flatnonzero(seen) + low
+    used = np.unique(item)
     return used if job.item_kind == "int" else rows.items.take(pa.array(used))
 
 
@@ -201,7 +234,7 @@ def summarize(table: pa.Table, job: ShardJob, shard: int) -> dict[str, Any]:
 
 def kcore_counts(table: pa.Table, job: ShardJob, shard: int) -> dict[str, Any]:
     """Item counts (over `kcore_items` codes) and whether every user has >= k events, after the rounds so far."""
-    rows = order_rows(table, job)
+    rows = order_rows(table, job, shard)
     keep = replay_kcore(rows, job)
     codes = _item_positions(rows, job, job.kcore_items, keep)
     item_codes, item_counts = np.unique(codes, return_counts=True)
@@ -213,7 +246,7 @@ def kcore_counts(table: pa.Table, job: ShardJob, shard: int) -> dict[str, Any]:
 
 def survivors(table: pa.Table, job: ShardJob, shard: int) -> dict[str, Any]:
     """Distinct items, counts and a time histogram of the events that end up in the shard."""
-    rows = order_rows(table, job)
+    rows = order_rows(table, job, shard)
     kcore = replay_kcore(rows, job)
     keep = final_keep(rows, job)
     users = np.count_nonzero(_user_counts(rows, keep))
@@ -250,15 +283,17 @@ def shard_table(rows: _Rows, keep: np.ndarray, job: ShardJob) -> pa.Table:
 def parquet_bytes(table: pa.Table) -> bytes:
     """The one Parquet writer of shards: fixed options, so equal tables give equal bytes."""
     sink = io.BytesIO()
-    pq.write_table(table, sink, compression="zstd", row_group_size=ROW_GROUP_USERS, write_statistics=True,
-                   store_schema=True)
+    pq.write_table(table, sink, compression="zstd", use_dictionary=False, row_group_size=ROW_GROUP_USERS,
+                   write_statistics=True, store_schema=True)
     return sink.getvalue()
 
 
 def write_shard(table: pa.Table, job: ShardJob, shard: int) -> dict[str, Any]:
     """Order, filter and index one shard's events and write its Parquet file into `job.folder` (a local path or a
     pyarrow filesystem URI); returns its manifest entry (+ max action and the distinct times the quantile needs)."""
-    rows = order_rows(table, job)
+    rows = order_rows(table, job, shard)
+    if job.rows_cache is not None:
+        job.rows_cache.pop(shard, None)  # the last pass: free the shard's rows as soon as it is written
     keep = final_keep(rows, job)
     data = parquet_bytes(shard_table(rows, keep, job))
     name = shard_name(shard, job.num_shards)

@@ -50,22 +50,36 @@ _FNV_OFFSET, _FNV_PRIME = np.uint64(0xCBF29CE484222325), np.uint64(0x100000001B3
 
 def user_hash(ids: pa.Array) -> np.ndarray:
     """63-bit FNV-1a of each id's UTF-8 text (ints as their decimal text): the shard key, the same in every engine."""
-    text = pc.cast(ids, pa.string()) if not pa.types.is_string(ids.type) else ids
-    text = text.combine_chunks() if isinstance(text, pa.ChunkedArray) else text
-    offsets = np.frombuffer(text.buffers()[1], dtype=np.int32)[text.offset:text.offset + len(text) + 1]
-    data = np.frombuffer(text.buffers()[2], dtype=np.uint8) if text.buffers()[2] is not None else np.zeros(1, np.uint8)
+    ids = ids.combine_chunks() if isinstance(ids, pa.ChunkedArray) else ids
+    if pa.types.is_integer(ids.type):
+        return _fnv_decimal(ids.to_numpy(zero_copy_only=False).astype(np.int64))
+    offsets = np.frombuffer(ids.buffers()[1], dtype=np.int32)[ids.offset:ids.offset + len(ids) + 1]
+    data = np.frombuffer(ids.buffers()[2], dtype=np.uint8) if ids.buffers()[2] is not None else np.zeros(1, np.uint8)
     starts, lengths = offsets[:-1], np.diff(offsets)
-    hashes = np.full(len(text), _FNV_OFFSET, dtype=np.uint64)
-    for length in np.unique(lengths).tolist():  # ids of one length as a (rows, length) byte matrix: no masks
-        rows = np.flatnonzero(lengths == length) if length != lengths[0] or (lengths != length).any() else None
-        first = starts if rows is None else starts[rows]
-        part = hashes if rows is None else hashes[rows]
+    hashes = np.full(len(ids), _FNV_OFFSET, dtype=np.uint64)
+    for length in np.unique(lengths).tolist():  # ids of one length at a time: no per-byte masks
+        rows = np.flatnonzero(lengths == length)
+        part, first = hashes[rows], starts[rows]
         for j in range(length):
             part = (part ^ data[first + j]) * _FNV_PRIME
-        if rows is None:
-            hashes = part
-        else:
-            hashes[rows] = part
+        hashes[rows] = part
+    return (hashes & np.uint64(0x7FFF_FFFF_FFFF_FFFF)).astype(np.int64)
+
+
+def _fnv_decimal(values: np.ndarray) -> np.ndarray:
+    """`user_hash` of int64 ids without making their text: the decimal digits, most significant first."""
+    hashes = np.full(len(values), _FNV_OFFSET, dtype=np.uint64)
+    negative = values < 0
+    hashes[negative] = (hashes[negative] ^ np.uint64(ord("-"))) * _FNV_PRIME
+    magnitude = np.abs(values).astype(np.uint64)  # |-2**63| fits in uint64
+    digits = 1 + np.searchsorted(np.uint64(10) ** np.arange(1, 20, dtype=np.uint64), magnitude, side="right")
+    for count in np.unique(digits).tolist():
+        rows = np.flatnonzero(digits == count)
+        part, rest = hashes[rows], magnitude[rows]
+        for power in range(count - 1, -1, -1):
+            digit = (rest // np.uint64(10) ** np.uint64(power)) % np.uint64(10)
+            part = (part ^ (digit + np.uint64(ord("0")))) * _FNV_PRIME
+        hashes[rows] = part
     return (hashes & np.uint64(0x7FFF_FFFF_FFFF_FFFF)).astype(np.int64)
 
 

@@ -17,7 +17,8 @@ from genrec_hf.training.recipes import load_recipe
 
 from tests.helpers import REPO_ROOT
 
-SCRIPTS = sorted([*(REPO_ROOT / "benchmarks").glob("bench_*.py"), REPO_ROOT / "benchmarks" / "scaling_report.py"])
+SCRIPTS = sorted([*(REPO_ROOT / "benchmarks").glob("bench_*.py"), *(REPO_ROOT / "benchmarks").glob("*/bench_*.py"),
+                  REPO_ROOT / "benchmarks" / "scaling_report.py"])
 
 
 def _module(name: str):
@@ -187,3 +188,14 @@ def test_machine_summary_counts_the_cores_not_the_omp_threads(monkeypatch):
 
     monkeypatch.setenv("OMP_NUM_THREADS", "1")
     assert f"{os.cpu_count()} CPU cores" in machine_summary()
+
+
+def test_scale_baseline_builds_the_prepared_rows(tmp_path):
+    """The scale benchmark compares prepare with a baseline doing the same work: same users, same lists."""
+    from genrec_hf.data.prepare import generate_event_log, prepare_events
+
+    bench = _module("scale/bench_scale")
+    generate_event_log(tmp_path / "log", 3_000, 200, events_per_file=1_000, seed=1)
+    bench.stage_baseline(tmp_path / "log", tmp_path, "baseline", bench.parse_args([]))
+    prepare_events(tmp_path / "log", tmp_path / "prepared-memory", engine="memory", num_shards=2)
+    assert bench.check_same_rows(tmp_path)

@@ -124,6 +124,16 @@ def test_no_timestamps_and_action_names(tmp_path):
     assert not prepared.manifest["has_timestamps"] and prepared.manifest["num_action_types"] == 4
 
 
+def test_user_order_is_decided_over_the_users_that_remain(tmp_path):
+    """'abc' has one event and is dropped: the rest are integers, so users sort numerically (9 before 10)."""
+    path = tmp_path / "events.csv"
+    path.write_text("user_id,item_id,timestamp\n10,1,5\n10,2,6\n9,1,7\n9,3,8\nabc,1,9\n100,2,1\n100,3,2\n")
+    prepare_events(path, tmp_path / "out", num_shards=1)
+    expected = load_interactions(path)
+    assert expected.sequences["user_id"] == ["9", "10", "100"]
+    assert_same_data(expected, load_interactions(tmp_path / "out"))
+
+
 def test_batches_report_their_own_lines(tmp_path, monkeypatch):
     """A bad value in a later read batch is reported at its line in the file, not in the batch."""
     monkeypatch.setattr(sources, "BATCH_ROWS", 4)

@@ -228,6 +228,10 @@ def _run(runner: Any, src: EventSource, staging: Path, spec: dict[str, Any], *, 
                        dropped["short_users"], min_user_events, dropped["short_user_events"])
     if events == 0:
         raise ValueError(f"{src.name}: no user has at least min_user_events={min_user_events} events.")
+    numeric = src.user_kind == "int" or all(r["user_ids_numeric"] for r in kept if r["users"])
+    if numeric != job.user_ids_numeric:  # the users that broke numeric order were filtered out: order again
+        job.user_ids_numeric = numeric
+        job.rows_cache = {} if job.rows_cache is not None else None
     vocab, job.vocab_items = _vocabulary(kept, src)
     vocab_path = vocab.save(staging)
     job.vocab_sha256 = bytes_sha256(vocab_path.read_bytes())

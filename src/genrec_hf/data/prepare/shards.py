@@ -70,10 +70,18 @@ def _codes(values: pa.Array, kind: str, numeric: bool | None = None) -> tuple[pa
     distinct = pc.unique(values)
     if numeric:
         raw = distinct.to_pylist()
-        distinct = pa.array(sorted(raw, key=lambda r: (int(r), r)), pa.string())
+        distinct = pa.array(sorted(raw, key=_numeric_key), pa.string())
     else:
         distinct = distinct.take(pc.sort_indices(distinct))
     return distinct, _numpy(pc.index_in(values, value_set=distinct)).astype(np.int64)
+
+
+def _numeric_key(raw: str) -> tuple[int, int, str]:
+    """`sort_raw_ids`' numeric key; an id that is not an integer (a user the filters drop) goes last."""
+    try:
+        return 0, int(raw), raw
+    except ValueError:
+        return 1, 0, raw
 
 
 def _lookup(distinct: pa.Array, value_set: pa.Array) -> np.ndarray:
@@ -222,7 +230,7 @@ def summarize(table: pa.Table, job: ShardJob, shard: int) -> dict[str, Any]:
     if "action_text" in table.column_names:
         grouped = table.select(["action_text", "seq"]).group_by("action_text").aggregate([("seq", "min")])
         out["action_texts"] = dict(zip(grouped["action_text"].to_pylist(), grouped["seq_min"].to_pylist()))
-    if job.user_kind == "str":
+    if job.user_kind == "str":  # provisional (all staged users): order_rows needs a mode before filtering
         out["user_ids_numeric"] = _all_integers(_array(table["user_id"]))
     if job.has_timestamps:
         time = _numpy(_array(table["timestamp"]))
@@ -249,11 +257,14 @@ def survivors(table: pa.Table, job: ShardJob, shard: int) -> dict[str, Any]:
     rows = order_rows(table, job, shard)
     kcore = replay_kcore(rows, job)
     keep = final_keep(rows, job)
-    users = np.count_nonzero(_user_counts(rows, keep))
+    counts = _user_counts(rows, keep)
+    users = np.count_nonzero(counts)
     out = {"items": _kept_items(rows, job, keep), "events": int(keep.sum()), "users": users,
            "duplicates": rows.dropped_duplicates, "kcore_dropped": int(rows.keep.sum() - kcore.sum()),
            "short_dropped": int(kcore.sum() - keep.sum()),
            "short_users": int(np.count_nonzero(_user_counts(rows, kcore)) - users)}
+    if job.user_kind == "str":  # the id order is decided over the users that remain, as `sort_raw_ids` does
+        out["user_ids_numeric"] = _all_integers(rows.users.take(pa.array(np.flatnonzero(counts))))
     if job.time_histogram and keep.any():
         buckets, counts = np.unique((rows.time[keep] - job.time_origin) >> job.time_shift, return_counts=True)
         out["time_buckets"], out["time_counts"] = buckets, counts

@@ -6,7 +6,8 @@
     spark    the same on a Spark cluster (`spark.py`, optional extra)
 
 An engine implements `stage` (read the source once, return the event count), `partition` (assign every event to
-`user_hash % num_shards`) and `map` (run a `shards.py` task on each shard's events, results in shard order).
+`user_hash % num_shards`) and `map` (run a `shards.py` task on each shard's events; results in shard order, as an
+iterator so the driver folds them as they come).
 """
 
 from __future__ import annotations
@@ -63,10 +64,11 @@ class MemoryEngine:
             columns[name] = columns[name].take(order)
         self._table = pa.table(columns, schema=schema)  # shard-sorted: every shard is a zero-copy slice
 
-    def map(self, task: ShardTask, job: ShardJob) -> list[Any]:
+    def map(self, task: ShardTask, job: ShardJob) -> Iterator[Any]:
         assert self._table is not None
-        return [task(self._table.slice(self._bounds[shard], self._bounds[shard + 1] - self._bounds[shard]), job, shard)
-                for shard in range(job.num_shards)]
+        for shard in range(job.num_shards):
+            yield task(self._table.slice(self._bounds[shard], self._bounds[shard + 1] - self._bounds[shard]), job,
+                       shard)
 
     def close(self) -> None:
         self._table = None
@@ -109,7 +111,7 @@ class DuckDBEngine:
         self._num_shards = num_shards
         target = self._dir / "shards"
         self._con.execute(f"COPY (SELECT *, user_hash % {int(num_shards)} AS shard FROM events) TO '{target}' "
-                          "(FORMAT parquet, PARTITION_BY (shard), COMPRESSION zstd)")
+                          "(FORMAT parquet, PARTITION_BY (shard), COMPRESSION snappy)")
         self._con.execute("DROP TABLE events")
         self._con.execute("CHECKPOINT")
 
@@ -121,8 +123,9 @@ class DuckDBEngine:
         table = pq.read_table(files, partitioning=None)
         return table.select(self._schema.names).cast(self._schema)
 
-    def map(self, task: ShardTask, job: ShardJob) -> list[Any]:
-        return [task(self._shard(shard), job, shard) for shard in range(job.num_shards)]
+    def map(self, task: ShardTask, job: ShardJob) -> Iterator[Any]:
+        for shard in range(job.num_shards):
+            yield task(self._shard(shard), job, shard)
 
     def close(self) -> None:
         self._con.close()

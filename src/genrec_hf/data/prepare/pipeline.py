@@ -202,7 +202,12 @@ def _run(runner: Any, src: EventSource, staging: Path, spec: dict[str, Any], *, 
     job = ShardJob(num_shards=shards, user_kind=src.user_kind, item_kind=src.item_kind,
                    has_timestamps=src.has_timestamps, dedup=dedup, k_core=k_core, min_user_events=min_user_events,
                    folder=str(staging))
-    summaries = [s for s in runner.map(summarize, job) if s["events"]]
+    all_items = ItemUnion(src.item_kind)
+    summaries = []
+    for summary in runner.map(summarize, job):
+        if summary["events"]:
+            all_items.add(summary.pop("items", None))
+            summaries.append(summary)
     job.user_ids_numeric = src.user_kind == "int" or all(s["user_ids_numeric"] for s in summaries)
     if src.action_text:
         job.action_keys, job.action_values = _action_codes(summaries, src)
@@ -211,12 +216,17 @@ def _run(runner: Any, src: EventSource, staging: Path, spec: dict[str, Any], *, 
     if getattr(runner, "keeps_rows", False):  # decisions that order rows are final from here on
         job.rows_cache = {}
     if k_core:
-        _kcore_rounds(runner, job, summaries, src)
+        job.kcore_items = all_items.result()
+        _kcore_rounds(runner, job, sum(s["events"] for s in summaries), src)
+    del all_items
     if spec["kind"] == "time" and spec["cut"] is None:
         low, high = min(s["time_min"] for s in summaries), max(s["time_max"] for s in summaries)
         job.time_histogram, job.time_origin = True, low
         job.time_shift = max(0, (high - low).bit_length() - _TIME_BUCKETS_BITS)
-    kept = runner.map(survivors, job)
+    kept, kept_items = [], ItemUnion(src.item_kind)
+    for result in runner.map(survivors, job):  # folded as they come: per-shard item lists are not all kept
+        kept_items.add(result.pop("items"))
+        kept.append(result)
     events = sum(r["events"] for r in kept)
     dropped = {"duplicates": sum(r["duplicates"] for r in kept), "k_core": sum(r["kcore_dropped"] for r in kept),
                "short_users": sum(r["short_users"] for r in kept),
@@ -232,12 +242,12 @@ def _run(runner: Any, src: EventSource, staging: Path, spec: dict[str, Any], *, 
     if numeric != job.user_ids_numeric:  # the users that broke numeric order were filtered out: order again
         job.user_ids_numeric = numeric
         job.rows_cache = {} if job.rows_cache is not None else None
-    vocab, job.vocab_items = _vocabulary(kept, src)
+    vocab, job.vocab_items = _vocabulary(kept_items.result(), src)
     vocab_path = vocab.save(staging)
     job.vocab_sha256 = bytes_sha256(vocab_path.read_bytes())
     if job.time_histogram:
         job.time_buckets = _quantile_buckets(kept, events, spec["quantile"])
-    entries = runner.map(write_shard, job)
+    entries = list(runner.map(write_shard, job))
     max_action = max(e.pop("max_action") for e in entries)
     times = [(e.pop("times"), e.pop("time_counts")) for e in entries if "times" in e]
     split = dict(spec)
@@ -300,22 +310,16 @@ def _not_integer(text: str) -> bool:
     return False
 
 
-def _kcore_rounds(runner: Any, job: ShardJob, summaries: list[dict[str, Any]], src: EventSource) -> None:
+def _kcore_rounds(runner: Any, job: ShardJob, start: int, src: EventSource) -> None:
     """`_k_core` of `build_interactions` over shards: each round counts every item over all shards."""
-    items = pa.concat_arrays([pa.array(s["items"]) for s in summaries]) if summaries else pa.array([])
-    if src.item_kind == "int":
-        job.kcore_items = np.unique(items.to_numpy(zero_copy_only=False))
-    else:
-        distinct = pc.unique(items)
-        job.kcore_items = distinct.take(pc.sort_indices(distinct))
-    start = sum(s["events"] for s in summaries)
     while True:
         counts = np.zeros(len(job.kcore_items), dtype=np.int64)
-        results = runner.map(kcore_counts, job)
-        for result in results:
+        users_ok = True
+        for result in runner.map(kcore_counts, job):
             np.add.at(counts, result["item_codes"], result["item_counts"])
+            users_ok &= result["users_ok"]
         present = counts > 0
-        if all(r["users_ok"] for r in results) and (counts[present] >= job.k_core).all():
+        if users_ok and (counts[present] >= job.k_core).all():
             break
         job.kcore_masks.append(counts >= job.k_core)
     kept = int(counts.sum())
@@ -324,15 +328,43 @@ def _kcore_rounds(runner: Any, job: ShardJob, summaries: list[dict[str, Any]], s
         raise ValueError(f"{src.name}: no events survive the {job.k_core}-core filter; lower k_core.")
 
 
-def _vocabulary(kept: list[dict[str, Any]], src: EventSource) -> tuple[ItemVocab, Any]:
+class ItemUnion:
+    """Distinct items over shards, folded as shard results arrive (memory ~ a few times the catalog, not the
+    sum of every shard's list); `result()` is sorted (ints) or in code-point order (text)."""
+
+    def __init__(self, kind: str) -> None:
+        self.kind = kind
+        self.parts: list[Any] = []
+        self.size = self.distinct = 0
+
+    def add(self, items: Any) -> None:
+        if items is None or not len(items):
+            return
+        self.parts.append(items)
+        self.size += len(items)
+        if self.size > 4 * max(self.distinct, 1 << 16):
+            self.parts = [self._unique()]
+            self.size = self.distinct = len(self.parts[0])
+
+    def _unique(self) -> Any:
+        if self.kind == "int":
+            return np.unique(np.concatenate([np.asarray(p, dtype=np.int64) for p in self.parts]))
+        distinct = pc.unique(pa.concat_arrays([pa.array(p, pa.string()) for p in self.parts]))
+        return distinct.take(pc.sort_indices(distinct))
+
+    def result(self) -> Any:
+        if not self.parts:
+            return np.zeros(0, dtype=np.int64) if self.kind == "int" else pa.array([], pa.string())
+        return self._unique()
+
+
+def _vocabulary(items: Any, src: EventSource) -> tuple[ItemVocab, Any]:
     """The vocabulary of the surviving items (`ItemVocab.from_raw_ids` order) and its raw values for lookups."""
-    arrays = [pa.array(r["items"]) for r in kept if len(r["items"])]
     if src.item_kind == "int":
-        values = np.unique(np.concatenate([a.to_numpy(zero_copy_only=False) for a in arrays]))
-        raw = [str(v) for v in values.tolist()]
-        lookup: Any = values
+        raw = [str(v) for v in items.tolist()]
+        lookup: Any = items
     else:
-        raw = sort_raw_ids(pc.unique(pa.concat_arrays(arrays)).to_pylist())
+        raw = sort_raw_ids(items.to_pylist())
         lookup = pa.array(raw, pa.string())
     info = {r: src.item_info[r] for r in raw if r in src.item_info}
     return ItemVocab(raw, info), lookup

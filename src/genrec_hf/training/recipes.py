@@ -11,8 +11,8 @@ kind adds its own sections:
 
 How a recipe is read, and by which library:
 
-* PyYAML reads the file with YAML 1.2 numbers (`1e-3` is a float, as in every YAML 1.2 tool and JSON), after a
-  size bound that an alias "bomb" cannot pass.
+* PyYAML reads the file with YAML 1.2 scalars (`1e-3` is a float and `no` a string, as in every YAML 1.2 tool
+  and JSON), after a size bound that an alias "bomb" cannot pass.
 * Command-line overrides `--section.key value` set one key of the mapping each (values parsed as YAML scalars).
 * pydantic validates the mapping into the dataclasses below (`TypeAdapter`): nested sections from mappings,
   unknown keys, values of the wrong type and values outside a `Literal` are errors, reported here as one line per
@@ -482,9 +482,15 @@ RecipeT = TypeVar("RecipeT", bound=RecipeBase)
 
 
 class RecipeLoader(yaml.SafeLoader):
-    """PyYAML's safe loader with YAML 1.2 floats: `1e-3` and `5E+4` are numbers, not strings (YAML 1.1 wants a dot)."""
+    """PyYAML's safe loader with YAML 1.2 scalars: `1e-3` and `5E+4` are numbers (YAML 1.1 wants a dot), and only
+    true / false are booleans (YAML 1.1 also reads yes / no / on / off, so `eval_strategy: no` became False)."""
 
 
+RecipeLoader.yaml_implicit_resolvers = {
+    first: [(tag, regexp) for tag, regexp in resolvers if tag != "tag:yaml.org,2002:bool"]
+    for first, resolvers in yaml.SafeLoader.yaml_implicit_resolvers.items()}
+RecipeLoader.add_implicit_resolver(
+    "tag:yaml.org,2002:bool", re.compile(r"^(?:true|True|TRUE|false|False|FALSE)$"), list("tTfF"))
 RecipeLoader.add_implicit_resolver(
     "tag:yaml.org,2002:float",
     re.compile(r"""^(?:[-+]?(?:[0-9][0-9_]*)\.[0-9_]*(?:[eE][-+]?[0-9]+)?

@@ -667,8 +667,9 @@ def main() -> None:
         torch.set_num_threads(args.threads)
     started = datetime.now(timezone.utc)
     out = Path(args.out) if args.out else None
-    lines = [f"## Serving benchmark ({started:%Y-%m-%d %H:%M} UTC, untrained models of the preset sizes, "
-             f"torch threads {torch.get_num_threads()}; {_load()} at the start)", ""]
+    models = "trained models of --model_dirs" if args.parts == "ann_trained" else "untrained models of the preset sizes"
+    lines = [f"## Serving benchmark ({started:%Y-%m-%d %H:%M} UTC, {models}, torch threads "
+             f"{torch.get_num_threads()}; {_load()} at the start)", ""]
     rows: list[dict] = []
     for part in args.parts.split(","):
         if part not in PARTS:

@@ -158,8 +158,10 @@ def markdown(records: list[dict[str, Any]]) -> str:
     lines = ["| events | items | stage | engine | wall s | CPU s | CPU × baseline | peak RSS MB | B/event | load |",
              "|---|---|---|---|---|---|---|---|---|---|"]
     for r in records:
-        base = next((b for b in records if b["events"] == r["events"] and b["engine"] == "baseline"), None)
-        ratio = f"{r['cpu_s'] / base['cpu_s']:.2f}" if base and base.get("exit") == 0 and r.get("exit") == 0 else "-"
+        base = next((b for b in records if (b["events"], b["items"]) == (r["events"], r["items"])
+                     and b["engine"] == "baseline"), None)
+        ratio = f"{r['cpu_s'] / base['cpu_s']:.2f}" if base and base.get("exit") == 0 and r.get("exit") == 0 \
+            and r["engine"] != "import" else "-"
         failed = "" if r.get("exit") == 0 else f" (exit {r.get('exit')})"
         lines.append(f"| {r['events']:.0e} | {r['items']:.0e} | {r['stage']} | {r['engine']}{failed} | {r['wall_s']} | "
                      f"{r['cpu_s']} | {ratio} | {r['peak_rss_mb']:.0f} | "

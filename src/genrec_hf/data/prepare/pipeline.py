@@ -38,7 +38,7 @@ logger = logging.getLogger(__name__)
 ENGINES = ("auto", "memory", "duckdb", "spark")
 SPLITS = ("leave_one_out", "time", "cold_items")
 EVENTS_PER_SHARD = 1_000_000
-MEMORY_BYTES_PER_EVENT = 200  # the memory engine's peak per staged event, measured with benchmarks/scale
+MEMORY_BYTES_PER_EVENT = 200  # the memory engine peaks at ~120 B/event at 1e8 (benchmarks/scale): a margin
 _TIME_BUCKETS_BITS = 16  # the time histogram of a quantile cut has at most 2**16 buckets
 
 
@@ -414,8 +414,9 @@ def _pick_engine(engine: str, src: EventSource, memory_limit: str | None) -> str
     try:
         import duckdb  # noqa: F401
     except ImportError:
-        raise ImportError(f"{src.text}: about {estimate / 2**30:.1f} GiB in memory, over the {budget / 2**30:.1f} GiB "
-                          'budget, and the out-of-core engine needs DuckDB: pip install "genrec-hf[prepare]".') from None
+        raise ImportError(f"{src.text}: about {estimate / 2**30:.1f} GiB in memory, over the "
+                          f"{budget / 2**30:.1f} GiB budget, and the out-of-core engine needs DuckDB: "
+                          'pip install "genrec-hf[prepare]".') from None
     return "duckdb"
 
 

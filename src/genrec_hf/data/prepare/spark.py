@@ -36,7 +36,8 @@ class SparkEngine:
             import pyspark
             from pyspark.sql import SparkSession
         except ImportError:
-            raise ImportError('the spark engine needs PySpark: pip install "genrec-hf[spark]" (and Java 17+).') from None
+            raise ImportError('the spark engine needs PySpark: pip install "genrec-hf[spark]" (and Java 17+).') \
+                from None
         if session is None:
             session = SparkSession.getActiveSession()
         if session is None:

@@ -174,7 +174,7 @@ def test_time_quantile_reads_numpy_order_statistics():
 
 
 def test_cold_items_are_hold_out_items(tmp_path):
-    from genrec_hf.evaluation.cold_start import hold_out_items
+    from genrec_hf.data.cold_splits import hold_out_items
 
     prepared = prepare_events("synthetic:num_users=150,seed=2", tmp_path / "out",
                               split={"kind": "cold_items", "fraction": 0.2, "seed": 5})

@@ -24,14 +24,16 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
-from ... import __version__
+from ..._version import __version__
 from .._parsing import parse_numbers
+from ..cold_splits import choose_cold_items
 from ..prepared import (COLD_ITEMS_FILE, FORMAT, INCOMPLETE_MARKER, MANIFEST_FILE, RUN_FILE, SCHEMA_VERSION,
                         PreparedData, bytes_sha256, open_prepared)
 from ..vocab import VOCAB_FILE, ItemVocab, sort_raw_ids
 from .engines import DuckDBEngine, MemoryEngine
 from .shards import ShardJob, kcore_counts, summarize, survivors, write_shard
 from .sources import EventSource, file_size, open_input, open_source
+from .spark import SparkEngine
 
 logger = logging.getLogger(__name__)
 
@@ -66,14 +68,6 @@ def split_spec(kind: str = "leave_one_out", *, cut: int | None = None, quantile:
     return {"kind": "leave_one_out"}
 
 
-def choose_cold_items(raw_ids: list[str], fraction: float, seed: int) -> list[str]:
-    """The items `hold_out_items(data, fraction, seed)` holds out, in vocabulary order."""
-    rng = np.random.default_rng(seed)
-    count = max(1, int(round(fraction * len(raw_ids))))
-    chosen = set(rng.choice(len(raw_ids), size=count, replace=False).tolist())
-    return [raw for i, raw in enumerate(raw_ids) if i in chosen]
-
-
 def quantile_positions(n: int, q: float) -> tuple[float, list[int]]:
     """(interpolation weight, 0-based order statistics) `np.quantile(x, q)` (method "linear") reads from n values,
     with numpy's own float steps."""
@@ -102,8 +96,6 @@ def make_engine(name: str, *, threads: int | None = None, memory_limit: str | No
     if name == "duckdb":
         return DuckDBEngine(threads, memory_limit, temp_dir)
     if name == "spark":
-        from .spark import SparkEngine
-
         return SparkEngine(spark_session, threads)
     raise ValueError(f"engine={name!r}; expected one of {list(ENGINES)}.")
 

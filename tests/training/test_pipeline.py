@@ -41,6 +41,9 @@ def test_validation_users_are_one_seeded_sample_the_test_set_stays_whole(tmp_pat
     assert outcome.metrics["test"]["num_users"] == len(run.splits["test"]) == 80
     full = prepare_run(_recipe(tmp_path), data)
     assert full.validation is full.splits["validation"]  # the default: every validation user
+    sampled_test = train(_recipe(tmp_path, output_dir=str(tmp_path / "t"), evaluation={"test_users": 30}), data=data)
+    assert sampled_test.metrics["test"]["num_users"] == 30
+    assert sampled_test.metrics["popularity_baseline"]["test"]["num_users"] == 30
 
 
 def test_a_large_catalog_trains_with_sampled_softmax_unless_the_recipe_says_otherwise(tmp_path, data, monkeypatch):
@@ -68,6 +71,7 @@ def test_a_large_catalog_trains_with_sampled_softmax_unless_the_recipe_says_othe
 @pytest.mark.parametrize(("section", "message"), [
     ({"model": {"sampled_softmax_above_items": 0}}, r"model.sampled_softmax_above_items=0; expected a positive"),
     ({"evaluation": {"validation_users": 0}}, r"evaluation.validation_users=0; expected a positive"),
+    ({"evaluation": {"test_users": -1}}, r"evaluation.test_users=-1; expected a positive"),
 ])
 def test_scale_settings_are_checked(tmp_path, section, message):
     with pytest.raises(ValueError, match=message):

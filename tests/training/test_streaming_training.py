@@ -138,3 +138,16 @@ def test_two_processes_read_disjoint_shards_covering_every_window(prepared, tmp_
     assert sorted(ranks[0]["windows"] + ranks[1]["windows"]) == expected
     metrics = json.loads((tmp_path / "metrics.json").read_text())
     assert metrics["train"]["world_size"] == 2 and metrics["test"]["num_users"] == 120
+
+
+def test_a_truncated_or_foreign_shard_is_refused_before_streaming(prepared, tmp_path):
+    """Catches a stream reading a truncated shard (an error deep inside datasets mid-epoch) or a shard written
+    with another vocabulary (wrong item indices, silently)."""
+    import shutil
+
+    copy = tmp_path / "copy"
+    shutil.copytree(prepared, copy)
+    shard = sorted(copy.glob("shard-*.parquet"))[1]
+    shard.write_bytes(shard.read_bytes()[:-100])
+    with pytest.raises(ValueError, match=rf"{shard.name}: .* bytes, the manifest says"):
+        train(_recipe(copy, tmp_path / "out"))

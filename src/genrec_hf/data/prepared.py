@@ -108,6 +108,22 @@ class PreparedData:
             raise PreparedFolderError(f"{path}: {table.num_rows} users, the manifest says {entry['num_users']}.")
         return table
 
+    def check_footers(self, indices: list[int] | None = None) -> None:
+        """Each shard's size against the manifest and its Parquet schema and metadata (schema version, vocabulary
+        hash), reading only the footers: what a stream checks before reading shards it will not hash."""
+        for index in range(self.num_shards) if indices is None else indices:
+            entry = self.manifest["shards"][index]
+            path = self.path / entry["file"]
+            if path.stat().st_size != entry["bytes"]:
+                raise PreparedFolderError(f"{path}: {path.stat().st_size} bytes, the manifest says {entry['bytes']} "
+                                          "(truncated or replaced); prepare the folder again.")
+            try:
+                schema = pq.read_schema(path)
+            except (pa.ArrowInvalid, OSError) as error:
+                raise PreparedFolderError(f"{path}: not a readable Parquet shard ({error}); prepare the folder "
+                                          "again.") from None
+            check_shard_table(schema.empty_table(), path, self.manifest)
+
     def verify(self) -> None:
         """Check every shard's bytes, schema and metadata (`read_shard` does it shard by shard)."""
         for index in range(self.num_shards):

@@ -90,11 +90,13 @@ def _rank_layout(rank: int | None, world_size: int | None) -> tuple[int, int]:
 
 def predict(model_dir: str | Path, data: str | Path, output_dir: str | Path, *, k: int = 100,
             adapter: str | Path | None = None, users: Iterable[str] | None = None, embeddings: bool = False,
-            index: str = "exact", exclude_seen: bool = True, batch_size: int = 256, overwrite: bool = False,
+            index: str = "exact", index_options: dict[str, Any] | None = None, exclude_seen: bool = True,
+            batch_size: int = 256, overwrite: bool = False,
             verify: bool = True, rank: int | None = None, world_size: int | None = None,
             progress: bool = True) -> PredictOutcome:
     """Top-`k` items of every user (or of `users`) of the prepared folder `data` under the model in `model_dir`
-    (with the task `adapter` merged onto it when given), written to `output_dir` (module docstring)."""
+    (with the task `adapter` merged onto it when given), written to `output_dir` (module docstring). `index_options`
+    go to `FaissIndex.build` (nlist, nprobe, ef_search, ...) when `index` is a faiss kind."""
     if isinstance(k, bool) or not isinstance(k, int) or k < 1:
         raise ValueError(f"k={k!r}; expected a positive integer number of items per user.")
     if index not in INDEXES:
@@ -111,12 +113,12 @@ def predict(model_dir: str | Path, data: str | Path, output_dir: str | Path, *, 
         model, vocab = load_model(model_dir, verify=verify)
     model.eval()
     wanted = None if users is None else {str(u) for u in users}
-    job = _job(model_dir, adapter, prepared, k=k, embeddings=embeddings, index=index, exclude_seen=exclude_seen,
-               users=wanted)
+    job = _job(model_dir, adapter, prepared, k=k, embeddings=embeddings, index=index,
+               index_options=dict(index_options or {}), exclude_seen=exclude_seen, users=wanted)
     output_dir = Path(output_dir)
     _claim_output(output_dir, job, overwrite and rank == 0)
     lookup = _index_lookup(prepared.vocab, vocab)
-    search = _searcher(model, index, k)
+    search = _searcher(model, index, k, index_options or {})
     written = kept = predicted = 0
     parts = range(rank, prepared.num_shards, world_size)
     bar = tqdm(parts, desc=f"predict (rank {rank})", disable=not progress)
@@ -186,12 +188,12 @@ def _finished_part(path: Path, job: dict[str, Any]) -> int | None:
     return metadata.num_rows
 
 
-def _searcher(model: torch.nn.Module, index: str, k: int):
+def _searcher(model: torch.nn.Module, index: str, k: int, options: dict[str, Any]):
     """(queries, exclude) -> TopItems: the model's exact chunked top-k, or a faiss index built once."""
     if index == "exact":
         return lambda queries, exclude: model.topk(queries, k, exclude=exclude)
     faiss_index = FaissIndex.build(model.item_vectors.detach(), kind=index, temperature=model.config.score_temperature,
-                                   l2_normalize=model.config.l2_normalize_scores)
+                                   l2_normalize=model.config.l2_normalize_scores, **options)
     return lambda queries, exclude: faiss_index.search(queries, k, exclude=exclude)
 
 

@@ -114,9 +114,12 @@ class StreamedFolder:
             self._counts = all_processes_sum(counts)
         return self._counts
 
-    def test_batches(self) -> Any:
-        """This process's test users, one in-memory batch of rows at a time."""
-        for rows in read_split_rows(self.shards, self.split, "test", rank=self.rank, world_size=self.world_size):
+    def test_batches(self, users: int | None = None) -> Any:
+        """This process's test users (the first `users / shards` of each shard when `users` is given), one
+        in-memory batch of rows at a time."""
+        limit = None if users is None else -(-users // self.prepared.num_shards)
+        for rows in read_split_rows(self.shards, self.split, "test", limit_per_shard=limit, rank=self.rank,
+                                    world_size=self.world_size):
             yield sequences_from_table(rows)
 
 
@@ -175,6 +178,7 @@ def prepare_streamed_run(recipe: Recipe, item_tower: ItemTowerSetup | None = Non
         raise ValueError(f"data.streaming: data.source={section.source!r} is not a prepared folder; run `genrec-hf "
                          "prepare` on the log first (docs/scale.md).")
     prepared = open_prepared(section.source)
+    prepared.check_footers()  # sizes, schema, vocabulary of every shard before streaming them (no hashing)
     check_filters(prepared.manifest, section.source, min_user_events=section.min_user_events, k_core=section.k_core,
                   dedup=True)
     split = prepared.split
@@ -243,8 +247,12 @@ def build_model(recipe: Recipe, run: RunData) -> GenRecForNextItemPrediction:
                         len(vocab) - 1, limit, ", ".join(f"{k}={v}" for k, v in SAMPLED_HEAD.items()))
             overrides = {**SAMPLED_HEAD, **overrides}
         model = GenRecForNextItemPrediction(GenRecConfig.from_preset(recipe.model.preset, **overrides))
-    if model.config.vocab_size == len(run.train_vocab):  # the sampled softmax's popularity sampler / logQ
-        counts = run.item_counts(model.config.vocab_size)
+    config = model.config
+    # A streamed log is counted in a pass over every shard: only when something reads the counts.
+    wanted = run.stream is None or run.item_tower is not None or config.uses_logq_correction or (
+        config.loss_type == "sampled" and config.negative_sampler == "popularity")
+    if config.vocab_size == len(run.train_vocab) and wanted:  # the popularity sampler / logQ, the tower's known items
+        counts = run.item_counts(config.vocab_size)
         model.set_item_frequencies(counts)
         if run.item_tower is not None:  # feature rows + which items have collaborative signal
             run.item_tower.store.apply_to(model, run.train_vocab, known=known_items(counts))
@@ -407,10 +415,11 @@ def _evaluate_and_save(recipe: Recipe, trainer: GenRecTrainer, run: RunData, rec
         cold_start = {**run.cold.summary(), "cold": sliced["cold"], "warm": sliced["warm"]}
     elif run.stream is not None:  # each process ranks the test users of its own shards, once
         validation, _ = trainer.final_evaluation(None)
-        test, popularity = trainer.evaluate_local(run.stream.test_batches(),
+        test, popularity = trainer.evaluate_local(run.stream.test_batches(recipe.evaluation.test_users),
                                                   item_scores=run.item_counts(len(run.data.vocab)))
     else:
-        validation, test = trainer.final_evaluation(run.splits["test"])
+        validation, test = trainer.final_evaluation(
+            sample_users(run.splits["test"], recipe.evaluation.test_users, recipe.seed))
     best = trainer.state.best_model_checkpoint
     args = trainer.args
     metrics = {
@@ -426,7 +435,8 @@ def _evaluate_and_save(recipe: Recipe, trainer: GenRecTrainer, run: RunData, rec
         "parameters": parameter_counts(trainer.model),
         **({"cold_start": cold_start} if cold_start is not None else {}),
         "popularity_baseline": {"test": popularity if run.stream is not None else popularity_metrics(
-            run.splits, len(run.data.vocab), trainer.eval_collator, ks=ks, protocol=protocol)},
+            {**run.splits, "test": sample_users(run.splits["test"], recipe.evaluation.test_users, recipe.seed)},
+            len(run.data.vocab), trainer.eval_collator, ks=ks, protocol=protocol)},
     }
     if trainer.is_world_process_zero():
         trainer.save_model(str(output_dir))

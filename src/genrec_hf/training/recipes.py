@@ -133,6 +133,9 @@ class EvaluationSection:
     # Validation (checkpoint selection, early stopping, the `validation` metrics) on this many users drawn once with
     # the recipe's seed; None = every validation user. The test set is always ranked whole, once, at the end.
     validation_users: Int | None = None
+    # The final test on this many users drawn once with the seed (streamed: the first test_users / shards users of
+    # each shard); None = every test user. A sample is for a quick look at a huge log; report on the whole set.
+    test_users: Int | None = None
 
 
 @section
@@ -177,9 +180,11 @@ class RecipeBase:
         if evaluation.metric_for_best_model not in allowed:
             raise ValueError(f"{source}: evaluation.metric_for_best_model={evaluation.metric_for_best_model!r}; "
                              f"expected one of {sorted(allowed)}.")
-        if evaluation.validation_users is not None and evaluation.validation_users < 1:
-            raise ValueError(f"{source}: evaluation.validation_users={evaluation.validation_users}; expected a "
-                             "positive integer or null (every validation user).")
+        for key in ("validation_users", "test_users"):
+            count = getattr(evaluation, key)
+            if count is not None and count < 1:
+                raise ValueError(f"{source}: evaluation.{key}={count}; expected a positive integer or null (every "
+                                 f"{key.split('_')[0]} user).")
         if self.max_train_minutes is not None and self.max_train_minutes <= 0:
             raise ValueError(f"{source}: max_train_minutes={self.max_train_minutes}; expected a positive number "
                              "of minutes (or leave it out).")

@@ -217,3 +217,14 @@ def test_refresh_benchmark_trains_through_fine_tuning(tmp_path, one_thread):
     lora = tmp_path / "genrec-10k-len12" / "lora-s0"
     assert (lora / "adapter_config.json").is_file()
     assert "previous" in (lora / "genrec_base.json").read_text()  # the adapter names the base it refreshed
+
+
+def test_scale_baseline_builds_the_prepared_rows(tmp_path):
+    """The scale benchmark compares prepare with a baseline doing the same work: same users, same lists."""
+    from genrec_hf.data.prepare import generate_event_log, prepare_events
+
+    bench = benchmark_module("bench_scale")
+    generate_event_log(tmp_path / "log", 3_000, 200, events_per_file=1_000, seed=1)
+    bench.stage_baseline(tmp_path / "log", tmp_path, "baseline", bench.parse_args([]))
+    prepare_events(tmp_path / "log", tmp_path / "prepared-memory", engine="memory", num_shards=2)
+    assert bench.check_same_rows(tmp_path)

@@ -11,7 +11,8 @@ wrote. What changes is explicit and reviewed here, nothing else:
   an `accelerate launch ... -m genrec_hf.cli` runs the command in this process (one process: the two-process launch
   is tests/training/test_distributed.py's), and examples get the tiny arguments tests/test_examples.py gives them;
 * `SETUP`: what a document assumes a reader already has (a model folder, an items file), made by the documents' own
-  commands before its blocks run.
+  commands before its blocks run;
+* a `pip install` line is not run: the tests run in the installed package with its dev extras (and offline).
 
 A block that cannot run here (it installs packages, starts a server, runs the test suite or a benchmark of minutes
 to hours) carries `<!-- doc-test: skip (reason) -->` on the line above its fence; the count of those is asserted
@@ -42,7 +43,7 @@ pytestmark = [pytest.mark.slow, pytest.mark.usefixtures("one_thread")]
 DOCUMENTS = [REPO_ROOT / "README.md", *sorted((REPO_ROOT / "docs").glob("*.md"))]
 FENCE = re.compile(r"^```(\w*)\n(.*?)^```", re.S | re.M)
 SKIP = re.compile(r"<!-- doc-test: skip \((.+)\) -->\s*$")
-MAX_SKIPPED = 8
+MAX_SKIPPED = 9
 RUNNABLE = {"python", "bash"}
 
 PLACEHOLDERS = {  # longest first: /path/to/ml-100k.zip before /path/to/ml-100k
@@ -120,7 +121,7 @@ def run_command(line: str, cwd: Path) -> None:
     """One shell command line: genrec-hf and `accelerate launch -m genrec_hf.cli` in this process, `python script`
     through runpy, anything else (echo, mkdir) through bash."""
     argv = shlex.split(line, comments=True)
-    if not argv:
+    if not argv or argv[:2] == ["pip", "install"]:
         return
     if argv[:2] == ["accelerate", "launch"]:
         argv = ["genrec-hf", *argv[argv.index("genrec_hf.cli") + 1:]]
@@ -148,8 +149,12 @@ def run_bash(code: str, cwd: Path) -> None:
 
 
 def write_standins(root: Path, num_users: int = 80, num_items: int = 200, seed: int = 0) -> None:
-    """Tiny logs in the formats the docs name: MovieLens 100K (folder + zip, with u.item genres and dates), MovieLens
-    1M (.dat) and Amazon Toys (`user item item ...`). Every item occurs; users span two months of timestamps."""
+    """Tiny logs in the formats the docs name, under `root/data`: MovieLens 100K (folder + zip, with u.item genres and
+    dates), MovieLens 1M (.dat) and Amazon Toys (`user item item ...`); and `root/logs/*.parquet`, the raw log of
+    docs/scale.md (columns uid, sku, ts, event_type). Every item occurs; users span two months of timestamps."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
     rng = np.random.default_rng(seed)
     genres = ["unknown", "Action", "Adventure", "Animation", "Children's", "Comedy", "Crime", "Documentary", "Drama",
               "Fantasy", "Film-Noir", "Horror", "Musical", "Mystery", "Romance", "Sci-Fi", "Thriller", "War",
@@ -164,6 +169,14 @@ def write_standins(root: Path, num_users: int = 80, num_items: int = 200, seed: 
         rows += [(user, int(item), int(rng.integers(1, 6)), int(t)) for item, t in zip(items, times)]
         sequences.append([int(item) for item in items])
     item_genres = {item: [genres[1 + item % 18], genres[1 + (item * 7) % 18]] for item in range(1, num_items + 1)}
+    logs = root / "logs"
+    logs.mkdir(parents=True)
+    for part in range(2):
+        chunk = rows[part::2]
+        pq.write_table(pa.table({"uid": [f"u{u}" for u, _, _, _ in chunk], "sku": [f"s{i}" for _, i, _, _ in chunk],
+                                 "ts": [t for *_, t in chunk], "event_type": [r % 3 for _, _, r, _ in chunk]}),
+                       logs / f"part-{part}.parquet")
+    root = root / "data"
     folder = root / "ml-100k"
     folder.mkdir(parents=True)
     (folder / "u.data").write_text("".join(f"{u}\t{i}\t{r}\t{t}\n" for u, i, r, t in rows))
@@ -221,7 +234,7 @@ def test_document_runs(document, tmp_path, monkeypatch, capsys):
                 if lang in RUNNABLE and reason is None]
     for name in ("recipes", "examples", "benchmarks"):
         (tmp_path / name).symlink_to(REPO_ROOT / name)
-    write_standins(tmp_path / "data")
+    write_standins(tmp_path)
     monkeypatch.chdir(tmp_path)
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     monkeypatch.syspath_prepend(str(tmp_path))

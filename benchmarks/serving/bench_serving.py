@@ -12,6 +12,9 @@ HTTP cases talk to a uvicorn server on 127.0.0.1 only, started and stopped by th
              against exact on the same queries
   ann        IVF recall@k and latency as nprobe grows, on the untrained item space and on a synthetic clustered
              one (the structure a trained space has and an untrained one lacks)
+  ann_trained  IVF (nprobe sweep) and HNSW (ef_search sweep) recall@k against exact top-k on TRAINED models
+             (`--model_dirs`, each a `genrec-hf train` output folder) for their test users' query vectors (`--data`,
+             one source per model): what the index defaults are chosen by
   requests   whole requests at one catalog size, in-process and over loopback HTTP: recommend from a history
              (full recompute), recommend for a known user (cached state), one new event (/events)
   freshness  time until a new item can be recommended: a retrain of that size (measured training steps,
@@ -305,6 +308,62 @@ def part_ann(args) -> list[dict]:
     return rows
 
 
+def part_ann_trained(args) -> list[dict]:
+    """Recall@k and latency of IVF (nprobe) and HNSW (ef_search) against exact top-k on trained models: the queries
+    are the model's embeddings of its test users' histories (leave-one-out), the items its own table."""
+    import torch
+    from torch.utils.data import DataLoader
+
+    from genrec_hf.data import NextItemCollator, leave_one_out, load_interactions, remap_to_vocab
+    from genrec_hf.loading import load_model
+    from genrec_hf.serving.index import FaissIndex, recall_at_k
+
+    if not args.model_dirs:
+        raise SystemExit("ann_trained needs --model_dirs (trained run folders) and --data (one source each)")
+    rows = []
+    for model_dir, source in zip(args.model_dirs.split(","), args.data.split(",")):
+        model, vocab = load_model(model_dir)
+        data = remap_to_vocab(load_interactions(source), vocab)
+        loader = DataLoader(leave_one_out(data, required=("test",))["test"], batch_size=256,
+                            collate_fn=NextItemCollator(model.config.max_position_embeddings, mode="eval"))
+        keys = ("input_ids", "attention_mask", "timestamps", "action_ids")
+        with torch.no_grad():
+            queries = torch.cat([model(**{k: b[k] for k in keys if b.get(k) is not None}).user_embeddings
+                                 for b in loader])
+        vectors = model.item_vectors.detach()
+        options = dict(temperature=model.config.score_temperature, l2_normalize=model.config.l2_normalize_scores)
+        want = model.topk(queries, args.k).items
+        exact = _timed(lambda: model.topk(queries[:1], args.k), reps=args.reps * 4, max_seconds=args.max_seconds)
+        items = vectors.shape[0] - 1
+        base = {"model": Path(model_dir).name, "items": items, "width": vectors.shape[1], "queries": len(queries),
+                "exact_p50_ms": _percentiles(exact)["p50_ms"]}
+        default_nlist = FaissIndex.build(vectors, kind="ivf", **options).index.nlist
+        for nlist in sorted({default_nlist, max(1, default_nlist // 4)}):
+            build = time.perf_counter()
+            index = FaissIndex.build(vectors, kind="ivf", nlist=nlist, **options)
+            build = time.perf_counter() - build
+            for nprobe in sorted({max(1, nlist // f) for f in (32, 16, 8, 4, 2)}):
+                index.nprobe = index.index.nprobe = nprobe
+                row = {"part": "ann_trained", **base, "kind": "ivf", "setting": f"nlist {nlist} / nprobe {nprobe}",
+                       "recall@k": recall_at_k(index.search(queries, args.k).items, want), "build_s": build,
+                       **_summary(_timed(lambda: index.search(queries[:1], args.k), reps=args.reps * 4,
+                                         max_seconds=args.max_seconds))}
+                rows.append(row)
+                print(json.dumps(row), flush=True)
+        build = time.perf_counter()
+        index = FaissIndex.build(vectors, kind="hnsw", **options)
+        build = time.perf_counter() - build
+        for ef in (16, 32, 64, 128, 256):
+            index.ef_search = index.index.hnsw.efSearch = ef
+            row = {"part": "ann_trained", **base, "kind": "hnsw", "setting": f"M 32 / ef_search {ef}",
+                   "recall@k": recall_at_k(index.search(queries, args.k).items, want), "build_s": build,
+                   **_summary(_timed(lambda: index.search(queries[:1], args.k), reps=args.reps * 4,
+                                     max_seconds=args.max_seconds))}
+            rows.append(row)
+            print(json.dumps(row), flush=True)
+    return rows
+
+
 def part_requests(args) -> list[dict]:
     """Whole requests at one catalog size: history (recompute) vs known user (cached) vs one event, in-process
     and over loopback HTTP."""
@@ -530,6 +589,13 @@ def tables(part: str, rows: list[dict], args, load: str) -> list[str]:
             lines.append(f"| {r['preset']} ({r['width']}) | {r['items']:,} | {r['topk']} | {r['batch']} | "
                          f"{_ms(r)} | {r['histories_per_s']:.0f} | {r['recall@k']:.3f} | {r['build_s']:.1f} | "
                          f"{lists} |")
+    elif part == "ann_trained":
+        lines += [f"| model | items | width | test queries | index | setting | recall@{args.k} | p50 ms | p95 ms | "
+                  "exact p50 ms | build s |", "|" + "---|" * 11]
+        for r in rows:
+            lines.append(f"| {r['model']} | {r['items']:,} | {r['width']} | {r['queries']:,} | {r['kind']} | "
+                         f"{r['setting']} | {r['recall@k']:.3f} | {r['p50_ms']:.2f} | {r['p95_ms']:.2f} | "
+                         f"{r['exact_p50_ms']:.2f} | {r['build_s']:.2f} |")
     elif part == "requests":
         lines += ["| preset | history | request | mode | batch | p50 ms | p95 ms | p99 ms | requests/s | "
                   "histories/s | n |", "|" + "---|" * 11]
@@ -558,7 +624,8 @@ def tables(part: str, rows: list[dict], args, load: str) -> list[str]:
     return lines + [""]
 
 
-PARTS = {"state": part_state, "topk": part_topk, "ann": part_ann, "requests": part_requests,
+PARTS = {"state": part_state, "topk": part_topk, "ann": part_ann, "ann_trained": part_ann_trained,
+         "requests": part_requests,
          "freshness": part_freshness, "add_items": part_add_items, "grid": part_grid}
 
 
@@ -589,6 +656,8 @@ def main() -> None:
     parser.add_argument("--requests", type=int, default=200, help="grid: requests per case (upper bound)")
     parser.add_argument("--nprobe", type=int, default=None, help="grid: IVF lists searched (default nlist/4)")
     parser.add_argument("--ef_search", type=int, default=64, help="grid: HNSW candidates searched")
+    parser.add_argument("--model_dirs", default=None, help="ann_trained: comma-separated trained run folders")
+    parser.add_argument("--data", default=None, help="ann_trained: comma-separated event sources, one per model")
     parser.add_argument("--out", default=None, help="folder for results.json and results.md")
     args = parser.parse_args()
 
@@ -598,8 +667,9 @@ def main() -> None:
         torch.set_num_threads(args.threads)
     started = datetime.now(timezone.utc)
     out = Path(args.out) if args.out else None
-    lines = [f"## Serving benchmark ({started:%Y-%m-%d %H:%M} UTC, untrained models of the preset sizes, "
-             f"torch threads {torch.get_num_threads()}; {_load()} at the start)", ""]
+    models = "trained models of --model_dirs" if args.parts == "ann_trained" else "untrained models of the preset sizes"
+    lines = [f"## Serving benchmark ({started:%Y-%m-%d %H:%M} UTC, {models}, torch threads "
+             f"{torch.get_num_threads()}; {_load()} at the start)", ""]
     rows: list[dict] = []
     for part in args.parts.split(","):
         if part not in PARTS:

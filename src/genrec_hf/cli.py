@@ -1,4 +1,5 @@
-"""`genrec-hf` command line: train, finetune, evaluate, recommend, export-embeddings, serve, card, scaling fit/run.
+"""`genrec-hf` command line: train, finetune, evaluate, recommend, export-embeddings, serve, prepare, card,
+scaling fit/run.
 
 Every command has `--help`. Errors a user can fix (missing file, bad column, unknown item, unwritable folder,
 unreadable weights) are printed as one clear line and exit with status 2; `--debug` shows the traceback instead.
@@ -182,6 +183,25 @@ def cmd_export_embeddings(args: argparse.Namespace, extra: list[str]) -> int:
     return 0
 
 
+def cmd_predict(args: argparse.Namespace, extra: list[str]) -> int:
+    """Top-k lists of every user of a prepared folder, as sharded Parquet (the cached-candidate job)."""
+    from .serving.predict import predict
+
+    users = None
+    if args.users:
+        path = Path(args.users)
+        if not path.is_file():
+            raise FileNotFoundError(f"--users {path} does not exist; expected a text file of user ids, one per line.")
+        users = [line.strip() for line in path.read_text().splitlines() if line.strip()]
+    outcome = predict(args.model_dir, args.data, args.output_dir, k=args.k, adapter=args.adapter, users=users,
+                      embeddings=args.embeddings, index=args.index, exclude_seen=not args.include_seen,
+                      batch_size=args.batch_size, overwrite=args.overwrite, verify=not args.no_verify)
+    print(f"{outcome.parts_written} parts written, {outcome.parts_kept} kept from an earlier run, {outcome.users} "
+          f"users, in {outcome.seconds:.1f} s: {outcome.output_dir}"
+          + ("" if outcome.manifest else " (other processes are still on their parts)"))
+    return 0
+
+
 def _adapter_pairs(pairs: list[str] | None) -> dict[str, str]:
     adapters: dict[str, str] = {}
     for text in pairs or []:
@@ -213,6 +233,40 @@ def cmd_serve(args: argparse.Namespace, extra: list[str]) -> int:
           max_body_bytes=args.max_body_bytes, max_k=args.max_k, max_users=args.max_users,
           max_events=args.max_events, max_cache_bytes=args.max_cache_mb << 20, overflow_keep=args.overflow_keep)
     return 0
+
+
+def cmd_prepare(args: argparse.Namespace, extra: list[str]) -> int:
+    from .data.prepare import prepare_events, split_spec
+
+    split = split_spec(args.split, cut=args.cut, quantile=args.cut_quantile, fraction=args.cold_fraction,
+                       seed=args.cold_seed)
+    try:
+        prepared = prepare_events(args.source, args.output_dir, format=args.format, column_map=args.column_map,
+                                  min_user_events=args.min_user_events, k_core=args.k_core, dedup=not args.no_dedup,
+                                  split=split, num_shards=args.num_shards, events_per_shard=args.events_per_shard,
+                                  engine=args.engine, threads=args.threads, memory_limit=args.memory_limit,
+                                  temp_dir=args.temp_dir, overwrite=args.overwrite)
+    except ImportError as error:  # an engine's optional extra is missing: a user error, not a crash
+        raise RuntimeError(str(error)) from None
+    manifest = prepared.manifest
+    print(f"{manifest['num_users']} users, {manifest['num_items']} items, {manifest['num_events']} events in "
+          f"{prepared.num_shards} shards written to {prepared.path} (split: {manifest['split']['kind']})")
+    return 0
+
+
+def _column_map(text: str) -> dict[str, str]:
+    """argparse type: 'user_id=uid,item_id=sku' or a YAML/JSON mapping '{user_id: uid, item_id: sku}'."""
+    import yaml
+
+    if text.strip().startswith("{"):
+        value = yaml.safe_load(text)
+        if isinstance(value, dict):
+            return {str(k): str(v) for k, v in value.items()}
+    pairs = [part.partition("=") for part in text.split(",") if part.strip()]
+    if not pairs or any(not sep or not key.strip() or not column.strip() for key, sep, column in pairs):
+        raise argparse.ArgumentTypeError(f"expected CANONICAL=COLUMN pairs such as 'user_id=uid,item_id=sku', got "
+                                         f"{text!r}")
+    return {key.strip(): column.strip() for key, _, column in pairs}
 
 
 def cmd_card(args: argparse.Namespace, extra: list[str]) -> int:
@@ -453,6 +507,27 @@ def build_parser() -> argparse.ArgumentParser:
                    help="also upload the export's files to this Hub dataset repo (needs network and a token)")
     p.set_defaults(func=cmd_export_embeddings)
 
+    p = sub.add_parser("predict", help="top-k items of every user of a prepared folder, as sharded Parquet",
+                       description="Score every user of a prepared folder (genrec-hf prepare) with a model, or a task "
+                                   "adapter on its base, and write their top-k raw item ids and scores as one "
+                                   "Parquet part per input shard (+ predictions.json). Resumable: parts a "
+                                   "previous run of the same job finished are kept. Under accelerate launch / "
+                                   "torchrun each process predicts its own shards.")
+    p.add_argument("model_dir", help="a model folder written by `genrec-hf train` (the base, with --adapter)")
+    p.add_argument("--data", required=True, help="a prepared folder (genrec-hf prepare)")
+    p.add_argument("--output_dir", required=True, help="folder of the parts and predictions.json")
+    p.add_argument("--k", type=_positive_int, default=100, help="items per user (default 100)")
+    p.add_argument("--adapter", default=None, metavar="DIR", help="a task adapter folder to predict with")
+    p.add_argument("--users", default=None, metavar="FILE", help="only these users (a text file, one id per line)")
+    p.add_argument("--embeddings", action="store_true", help="also write each user's embedding")
+    p.add_argument("--index", choices=["exact", "ivf", "hnsw", "flat"], default="exact",
+                   help="exact chunked top-k (default) or a faiss index (needs pip install \"genrec-hf[ann]\")")
+    p.add_argument("--include_seen", action="store_true", help="allow items already in the user's history")
+    p.add_argument("--batch_size", type=_positive_int, default=256, help="users per forward pass (default 256)")
+    p.add_argument("--overwrite", action="store_true", help="replace the predictions of another job in --output_dir")
+    p.add_argument("--no_verify", action="store_true", help="skip the weights checks")
+    p.set_defaults(func=cmd_predict)
+
     p = sub.add_parser("serve", help="HTTP recommendation server (needs pip install \"genrec-hf[serve]\")",
                        description="Serve POST /recommend, POST /events, GET /health and GET /items/{id} over a "
                                    "saved model and optional task adapters.")
@@ -474,6 +549,47 @@ def build_parser() -> argparse.ArgumentParser:
                    help="events a user's cached state is rebuilt from once it outgrows the window (default: the "
                         "whole window, the exact answer; fewer = more cheap updates per rebuild)")
     p.set_defaults(func=cmd_serve)
+
+
+    p = sub.add_parser("prepare", help="raw event logs -> a prepared folder of per-user sequence shards",
+                       description="Read an event log (csv / tsv / Parquet: one file, a glob or a folder of shards; "
+                                   "RecBole .inter; MovieLens, sequence text and 'synthetic' through their loaders), "
+                                   "apply the filters and the split once, and write per-user sequence shards, "
+                                   "item_vocab.json and manifest.json into OUTPUT_DIR (docs/scale.md). "
+                                   "`genrec-hf train recipe --data.source OUTPUT_DIR` trains from it.")
+    p.add_argument("source", help="events: a file, a quoted glob ('logs/*.parquet'), a folder or 'synthetic[:k=v,...]'")
+    p.add_argument("--output_dir", required=True, help="the prepared folder to write (must be new or empty)")
+    p.add_argument("--overwrite", action="store_true", help="replace a non-empty OUTPUT_DIR (default: refuse)")
+    p.add_argument("--format", default=None, help="loader name when it cannot be detected (default: detect)")
+    p.add_argument("--column_map", type=_column_map, default=None, metavar="KEY=COL,...",
+                   help="csv/Parquet columns of user_id, item_id, timestamp, rating, action (default: common names)")
+    p.add_argument("--min_user_events", type=_positive_int, default=2,
+                   help="drop users with fewer events after dedup and k-core (default 2)")
+    p.add_argument("--k_core", type=_positive_int, default=None,
+                   help="iterative k-core filter on users and items (default: none)")
+    p.add_argument("--no_dedup", action="store_true",
+                   help="keep repeated (user, item, timestamp) events (default: drop all but the first)")
+    p.add_argument("--split", choices=["leave_one_out", "time", "cold_items"], default="leave_one_out",
+                   help="the evaluation split recorded in the manifest (default leave_one_out)")
+    p.add_argument("--cut", type=int, default=None, help="--split time: the cut in unix seconds")
+    p.add_argument("--cut_quantile", type=float, default=None,
+                   help="--split time: the cut at this quantile of event times (resolved and recorded)")
+    p.add_argument("--cold_fraction", type=float, default=None,
+                   help="--split cold_items: share of items held out (default 0.1)")
+    p.add_argument("--cold_seed", type=int, default=0, help="--split cold_items: seed of the held-out draw (default 0)")
+    p.add_argument("--num_shards", type=_positive_int, default=None,
+                   help="sequence shards to write (default: one per --events_per_shard events)")
+    p.add_argument("--events_per_shard", type=_positive_int, default=1_000_000,
+                   help="events per shard when --num_shards is not given (default 1000000)")
+    p.add_argument("--engine", choices=["auto", "memory", "duckdb", "spark"], default="auto",
+                   help="auto (default): memory when the log fits in a quarter of RAM (or --memory_limit), else "
+                        "duckdb (out-of-core, pip install \"genrec-hf[prepare]\"); spark: the active or a local "
+                        "Spark session (pip install \"genrec-hf[spark]\")")
+    p.add_argument("--threads", type=_positive_int, default=None, help="engine threads (default: the engine's)")
+    p.add_argument("--memory_limit", default=None,
+                   help="memory budget such as 2GB: DuckDB spills to disk above it (default: DuckDB's 80%% of RAM)")
+    p.add_argument("--temp_dir", default=None, help="where the duckdb engine stages and spills (default: system temp)")
+    p.set_defaults(func=cmd_prepare)
 
     p = sub.add_parser("card", help="(re)generate the model card README.md of a model or adapter folder",
                        description="Render the Hub model card (README.md) of a saved model or adapter folder from "

@@ -178,3 +178,25 @@ def test_label_windows_equal_the_former_python_windows():
         got = label_windows(dataset, max_length)
         assert got.features == TRAIN_FEATURES
         assert got.to_list() == _reference_windows(rows, max_length)
+
+
+@pytest.mark.parametrize(("max_length", "stride"), [(1, None), (2, 1), (5, 3), (5, None), (10, 10)])
+def test_window_ranges_match_a_plain_loop(max_length, stride):
+    """The vectorised window rule (shared by in-memory windows and windows streamed from a prepared folder)
+    against the loop it replaced: catches a last window that does not end at the row's end, a skipped target, or
+    a short row cut."""
+    import numpy as np
+
+    from genrec_hf.data.collators import window_ranges
+
+    lengths = np.random.default_rng(max_length).integers(0, 40, 300)
+    step = max_length if stride is None else stride
+    window = max_length + 1
+    rows, starts, stops = [], [], []
+    for row, length in enumerate(lengths.tolist()):
+        row_starts = [0] if length <= window else list(range(0, length - window, step)) + [length - window]
+        rows += [row] * len(row_starts)
+        starts += row_starts
+        stops += [length] if length <= window else [s + window for s in row_starts]
+    got = window_ranges(lengths, max_length, stride)
+    assert [a.tolist() for a in got] == [rows, starts, stops]

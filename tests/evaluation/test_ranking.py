@@ -200,3 +200,37 @@ def test_single_target_ranks_match_reference(chunk_size, with_exclude):
     exclude = exclude if with_exclude else None
     got = rank_targets(queries, vectors, targets, exclude_ids=exclude, chunk_size=chunk_size)
     assert torch.equal(got, reference_ranks(queries, vectors, targets, exclude))
+
+
+@pytest.mark.parametrize("chunk_size", [1, 4, 29, 1000])
+def test_taken_back_items_are_counted_once_whatever_they_score(chunk_size):
+    """The chunk pass counts every item and takes the unrankable ones back: catches an item taken back twice (a
+    duplicate exclusion, a target also in the history), an excluded NaN item or a NaN padding row still counted
+    (the NaN rule counts them in the pass, so the take-back must too), and the padding of a chunk 0 of width 1."""
+    queries, vectors, targets, exclude, _ = _problem(5, nan=True)
+    vectors[0] = float("nan")  # a padding row holding NaN (a model's padding row is not guaranteed to be zeros)
+    exclude[:, 3] = 5  # the NaN item, excluded in every row ...
+    exclude[:, 4] = 5  # ... twice
+    exclude[3, :4] = targets[3, 0]  # a target four times in its own history
+    scores = score_items(queries, vectors)
+    got = rank_targets(queries, vectors, targets, exclude_ids=exclude, chunk_size=chunk_size)
+    assert torch.equal(got, brute_force_ranks(scores, targets, exclude))
+    assert torch.equal(got, dense_target_ranks(scores, targets, exclude))
+
+
+def test_the_score_buffer_is_reused_not_reallocated(monkeypatch):
+    """Catches the kernel allocating a batch x chunk score matrix per chunk again (half the CPU of an evaluation
+    pass went to re-allocating chunk buffers): every chunk is scored into the same buffer."""
+    buffers = []
+    real = ranking_module.score_items
+
+    def recording(queries, item_vectors, **kwargs):
+        out = kwargs.get("out")
+        if out is not None:
+            buffers.append(out.untyped_storage().data_ptr())
+        return real(queries, item_vectors, **kwargs)
+
+    monkeypatch.setattr(ranking_module, "score_items", recording)
+    queries, vectors, targets, exclude, _ = _problem(6, items=50)
+    rank_targets(queries, vectors, targets, exclude_ids=exclude, chunk_size=8)
+    assert len(buffers) == 7 and len(set(buffers)) == 1

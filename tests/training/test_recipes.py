@@ -138,6 +138,18 @@ def test_a_recipe_that_is_not_a_mapping_is_a_clear_error(tmp_path, content):
         load_recipe(path)
 
 
+def test_recipes_read_yaml_1_2_scalars(tmp_path):
+    """Catches YAML 1.1 readings that break recipes: `eval_strategy: no` turning into False (TrainingArguments then
+    fails deep inside), and `1e-3` turning into a string."""
+    path = tmp_path / "r.yaml"
+    path.write_text("training:\n  eval_strategy: no\n  save_strategy: no\n  learning_rate: 1e-3\n  use_cpu: true\n")
+    recipe = load_recipe(path, {"training.logging_strategy": "no", "training.weight_decay": "1e-2"})
+    assert recipe.training["eval_strategy"] == "no" and recipe.training["logging_strategy"] == "no"
+    assert recipe.training["learning_rate"] == 1e-3 and recipe.training["weight_decay"] == 0.01
+    assert recipe.training["use_cpu"] is True
+    assert recipe.training_arguments().eval_strategy == "no"
+
+
 def test_tracking_defaults_to_tensorboard_when_installed(monkeypatch):
     """`report_to` was `[]` whatever was installed; now TensorBoard (offline) when it is, nothing when it is not, and
     a recipe's own choice (trackio, wandb, none) wins."""

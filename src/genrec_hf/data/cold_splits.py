@@ -78,14 +78,20 @@ def _reindex(vocab: ItemVocab, cold: set[str]) -> tuple[ItemVocab, np.ndarray, i
     return new, lookup, len(warm_ids)
 
 
-def hold_out_items(data: InteractionData, fraction: float = 0.1, seed: int = 0) -> ColdStartSplit:
-    """Protocol (a): a random `fraction` of items never trained on; test targets = every user's last event."""
+def choose_cold_items(raw_ids: list[str], fraction: float, seed: int) -> list[str]:
+    """The `fraction` of `raw_ids` a cold-item split holds out, drawn with `seed`, in vocabulary order (the one
+    draw: `hold_out_items` in memory and `genrec-hf prepare --split cold_items` make the same)."""
     if not 0.0 < fraction < 1.0:
         raise ValueError(f"fraction={fraction}; expected a share of items strictly between 0 and 1.")
     rng = np.random.default_rng(seed)
-    raw_ids = data.vocab.raw_ids
     count = max(1, int(round(fraction * len(raw_ids))))
-    cold = {raw_ids[i] for i in rng.choice(len(raw_ids), size=count, replace=False)}
+    chosen = set(rng.choice(len(raw_ids), size=count, replace=False).tolist())
+    return [raw for i, raw in enumerate(raw_ids) if i in chosen]
+
+
+def hold_out_items(data: InteractionData, fraction: float = 0.1, seed: int = 0) -> ColdStartSplit:
+    """Protocol (a): a random `fraction` of items never trained on; test targets = every user's last event."""
+    cold = set(choose_cold_items(data.vocab.raw_ids, fraction, seed))
     vocab, lookup, num_warm = _reindex(data.vocab, cold)
     empty = lambda: {name: [] for name in ("user_id", *_COLUMNS)}  # noqa: E731
     train, validation, test = empty(), empty(), empty()

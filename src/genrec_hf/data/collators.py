@@ -73,6 +73,13 @@ def sliding_windows(dataset: Dataset, max_length: int, stride: int | None = None
     `max_length`) and the last one ends at the row's end, so every event after a row's first is a target at least
     once. `stride` above `max_length` would skip targets and is refused. Shorter rows pass unchanged.
     """
+    return take_event_ranges(dataset, *window_ranges(row_lengths(dataset), max_length, stride))
+
+
+def window_ranges(lengths: np.ndarray, max_length: int, stride: int | None = None
+                  ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(rows, starts, stops) of `sliding_windows` over rows of `lengths` events: the one window rule, shared with
+    the training windows streamed from a prepared folder."""
     if max_length < 1:
         raise ValueError(f"max_length={max_length}; expected a positive integer.")
     stride = max_length if stride is None else stride
@@ -80,16 +87,15 @@ def sliding_windows(dataset: Dataset, max_length: int, stride: int | None = None
         raise ValueError(f"stride={stride}; expected 1..max_length={max_length} (a larger stride leaves events "
                          "that are never a training target).")
     window = max_length + 1
-    rows, starts, stops = [], [], []
-    for row, length in enumerate(row_lengths(dataset).tolist()):
-        if length <= window:
-            rows.append(row), starts.append(0), stops.append(length)
-            continue
-        row_starts = list(range(0, length - window, stride)) + [length - window]
-        rows.extend([row] * len(row_starts))
-        starts.extend(row_starts)
-        stops.extend(s + window for s in row_starts)
-    return take_event_ranges(dataset, np.array(rows), np.array(starts), np.array(stops))
+    lengths = np.asarray(lengths, dtype=np.int64)
+    # windows start every `stride` events, and the last one ends at the row's end: ceil((n - window) / stride) + 1
+    counts = np.where(lengths <= window, 1, -(-(lengths - window) // stride) + 1)
+    rows = np.repeat(np.arange(len(lengths)), counts)
+    index = np.arange(counts.sum()) - np.repeat(np.cumsum(counts) - counts, counts)  # window number within its row
+    last = index == counts[rows] - 1
+    starts = np.where(lengths[rows] <= window, 0, np.where(last, lengths[rows] - window, index * stride))
+    stops = np.where(lengths[rows] <= window, lengths[rows], starts + window)
+    return rows, starts, stops
 
 
 def label_windows(dataset: Dataset, max_length: int) -> Dataset:

@@ -102,6 +102,33 @@ def build_interactions(
     if len(events) == 0:
         raise ValueError(f"{name}: no events to build sequences from.")
 
+    frame = canonical_events(events, name)
+
+    if dedup:
+        before = len(frame)
+        frame = frame.drop_duplicates(subset=["user_id", "item_id", "timestamp"], keep="first")
+        if len(frame) < before:
+            logger.info("%s: dropped %d repeated (user, item, timestamp) events", name, before - len(frame))
+    if k_core:
+        frame = _k_core(frame, k_core, name)
+    frame = _drop_short_users(frame, min_user_events, name)
+
+    vocab = ItemVocab.from_raw_ids(frame["item_id"].unique(), None)
+    info = {raw: item_info[raw] for raw in vocab.raw_ids if item_info and raw in item_info}
+    vocab.item_info = info
+    sequences = _to_sequences(frame, vocab)
+    max_action = int(frame["action"].max())
+    logger.info("%s: %d users, %d items, %d events", name, len(sequences), vocab.num_items, len(frame))
+    return InteractionData(sequences=sequences, vocab=vocab, item_info=info, has_timestamps=has_timestamps,
+                           num_action_types=max_action + 1 if max_action > 0 else 0, name=name)
+
+
+def canonical_events(events: pd.DataFrame, name: str = "interactions") -> pd.DataFrame:
+    """A loader's events as the builder's frame: str ids, int64 unix seconds, rating (0.0 where absent), action.
+
+    The first step of `build_interactions`, before any filter; `genrec_hf.data.prepare` stages events of loaders
+    that only parse in memory (MovieLens, sequence text, synthetic) through it too, so both paths see the same rows.
+    """
     where: dict[str, Any] = {"label": f"{name} events", "first_line": 0, "unit": "row"}
     ids = {column: (exact_ids(events[column], column=column, **where) if events[column].dtype.kind == "f"
                     else events[column].astype(str)).to_numpy(dtype=object) for column in ("user_id", "item_id")}
@@ -123,24 +150,7 @@ def build_interactions(
     if (frame["action"] < 0).any():
         raise ValueError(f"{name}: action ids must be >= 0 (0 = unknown); found {int(frame['action'].min())}.")
     frame["rating"] = frame["rating"].fillna(0.0)
-
-    if dedup:
-        before = len(frame)
-        frame = frame.drop_duplicates(subset=["user_id", "item_id", "timestamp"], keep="first")
-        if len(frame) < before:
-            logger.info("%s: dropped %d repeated (user, item, timestamp) events", name, before - len(frame))
-    if k_core:
-        frame = _k_core(frame, k_core, name)
-    frame = _drop_short_users(frame, min_user_events, name)
-
-    vocab = ItemVocab.from_raw_ids(frame["item_id"].unique(), None)
-    info = {raw: item_info[raw] for raw in vocab.raw_ids if item_info and raw in item_info}
-    vocab.item_info = info
-    sequences = _to_sequences(frame, vocab)
-    max_action = int(frame["action"].max())
-    logger.info("%s: %d users, %d items, %d events", name, len(sequences), vocab.num_items, len(frame))
-    return InteractionData(sequences=sequences, vocab=vocab, item_info=info, has_timestamps=has_timestamps,
-                           num_action_types=max_action + 1 if max_action > 0 else 0, name=name)
+    return frame
 
 
 def _k_core(frame: pd.DataFrame, k: int, name: str) -> pd.DataFrame:
@@ -202,8 +212,15 @@ def take_event_ranges(sequences: Dataset, rows: np.ndarray, starts: np.ndarray, 
     Done in Arrow with one vectorised gather per column, so splits and windows of million-event logs take
     seconds; scalar columns (`user_id`) are repeated as they are.
     """
+    out = take_table_ranges(sequences.with_format("arrow")[:], rows, starts, stops).cast(
+        sequences.features.arrow_schema)
+    return Dataset(InMemoryTable(out), info=DatasetInfo(features=sequences.features))
+
+
+def take_table_ranges(table: pa.Table, rows: np.ndarray, starts: np.ndarray, stops: np.ndarray) -> pa.Table:
+    """`take_event_ranges` on an Arrow table (list columns keep their list type: a prepared shard's large lists
+    stay large)."""
     rows, starts, stops = (np.asarray(a, dtype=np.int64) for a in (rows, starts, stops))
-    table = sequences.with_format("arrow")[:]
     lengths = stops - starts
     if len(rows) and (lengths < 0).any():
         raise ValueError("take_event_ranges: every stop must be >= its start.")
@@ -215,11 +232,12 @@ def take_event_ranges(sequences: Dataset, rows: np.ndarray, starts: np.ndarray, 
             source_offsets = column.offsets.to_numpy()
             gather = np.repeat(source_offsets[rows] + starts - offsets[:-1], lengths) + np.arange(offsets[-1])
             values = column.values.take(pa.array(gather, pa.int64()))
-            columns[name] = pa.ListArray.from_arrays(pa.array(offsets, pa.int32()), values)
+            array = pa.LargeListArray if pa.types.is_large_list(column.type) else pa.ListArray
+            width = pa.int64() if pa.types.is_large_list(column.type) else pa.int32()
+            columns[name] = array.from_arrays(pa.array(offsets, width), values)
         else:
             columns[name] = column.take(pa.array(rows, pa.int64()))
-    out = pa.table(columns).cast(sequences.features.arrow_schema)
-    return Dataset(InMemoryTable(out), info=DatasetInfo(features=sequences.features))
+    return pa.table(columns)
 
 
 def row_lengths(sequences: Dataset) -> np.ndarray:

@@ -10,6 +10,7 @@ from ._parsing import require_path
 from .events import LoadedEvents
 from .interactions import InteractionData, build_interactions
 from .movielens import is_movielens, load_movielens
+from .prepared import interactions_from_prepared, is_prepared_folder
 from .recbole import load_recbole
 from .sequence_text import load_sequence_text
 from .synthetic import synthetic_events
@@ -32,8 +33,9 @@ def load_interactions(
     """Load an interaction log into canonical `InteractionData`.
 
     Args:
-        source: a path (file, folder or GroupLens .zip) or `"synthetic"` / `"synthetic:num_users=500,seed=1"`
-            (keyword arguments of `generate_synthetic`).
+        source: a path (file, folder or GroupLens .zip), a prepared folder (`genrec-hf prepare`: read back as
+            prepared, its shards checked; filters that would change it are an error) or `"synthetic"` /
+            `"synthetic:num_users=500,seed=1"` (keyword arguments of `generate_synthetic`).
         format: one of `FORMATS`; None = detect from the file names: `*.inter` → recbole; `u.data`, `ratings.dat`,
             GroupLens `ratings.csv` or a MovieLens zip → movielens; `*.txt` → sequence_text; `*.csv`/`*.tsv` →
             csv; `*.parquet` → parquet. A `column_map` always means a generic csv/parquet table.
@@ -42,6 +44,9 @@ def load_interactions(
         k_core: optional iterative k-core filter on users and items.
         dedup: drop repeated (user, item, timestamp) events.
     """
+    if format is None and column_map is None and is_prepared_folder(Path(str(source)).expanduser()):
+        return interactions_from_prepared(Path(str(source)).expanduser(), min_user_events=min_user_events,
+                                          k_core=k_core, dedup=dedup)
     loaded = read_events(source, format, column_map=column_map)
     return build_interactions(loaded.events, item_info=loaded.item_info, name=loaded.name,
                               has_timestamps=loaded.has_timestamps, min_user_events=min_user_events, k_core=k_core,

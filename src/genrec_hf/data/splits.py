@@ -15,11 +15,27 @@ from .interactions import InteractionData, flat_column, row_lengths, take_event_
 logger = logging.getLogger(__name__)
 
 
-def _slice_rows(sequences: Dataset, bounds: list[int | None]) -> Dataset:
-    """Row i truncated to its first `bounds[i]` events; rows whose bound is None are left out."""
-    rows = np.array([i for i, stop in enumerate(bounds) if stop is not None], dtype=np.int64)
-    stops = np.array([stop for stop in bounds if stop is not None], dtype=np.int64)
-    return take_event_ranges(sequences, rows, np.zeros_like(rows), stops)
+def _slice_rows(sequences: Dataset, bounds: np.ndarray) -> Dataset:
+    """Row i truncated to its first `bounds[i]` events; rows whose bound is -1 are left out."""
+    rows = np.flatnonzero(bounds >= 0)
+    return take_event_ranges(sequences, rows, np.zeros_like(rows), bounds[rows])
+
+
+def leave_one_out_bounds(lengths: np.ndarray) -> dict[str, np.ndarray]:
+    """Per split, how many of each user's events its row keeps (-1: the user is not in the split): train n−2,
+    validation n−1, test n, each only when it leaves a (history, target) pair (>= 2 events). The one rule, shared
+    by `leave_one_out` and the streamed splits of a prepared folder."""
+    lengths = np.asarray(lengths, dtype=np.int64)
+    return {name: np.where(lengths - drop >= 2, lengths - drop, -1)
+            for name, drop in (("train", 2), ("validation", 1), ("test", 0))}
+
+
+def time_split_bounds(lengths: np.ndarray, before: np.ndarray) -> dict[str, np.ndarray]:
+    """`time_split`'s rule per user from `before` (events before the cut): train / validation keep the pre-cut
+    events (>= 2 of them), test those plus the first event after the cut (>= 1 on each side); -1: not in it."""
+    lengths, before = np.asarray(lengths, dtype=np.int64), np.asarray(before, dtype=np.int64)
+    train = np.where(before >= 2, before, -1)
+    return {"train": train, "validation": train, "test": np.where((before >= 1) & (before < lengths), before + 1, -1)}
 
 
 def leave_one_out(data: InteractionData,
@@ -34,15 +50,16 @@ def leave_one_out(data: InteractionData,
     if unknown:
         raise ValueError(f"required={list(required)}: unknown split(s) {unknown}; expected train, validation, test.")
     lengths = row_lengths(data.sequences)
+    bounds = leave_one_out_bounds(lengths)
     splits = {}
     for name, drop in (("train", 2), ("validation", 1), ("test", 0)):
         need = drop + 2
-        if name in required and not (lengths >= need).any():
+        if name in required and not (bounds[name] >= 0).any():
             raise ValueError(f"leave-one-out of {data.name}: the {name} split is empty. Leave-one-out needs users "
                              "with >= 4 events for train (2 to train on + the validation and test targets), >= 3 for "
                              f"validation, >= 2 for test; no user has >= {need}: {_length_counts(lengths)}. Use a log "
                              "with longer histories (or min_user_events=4 to drop the short users).")
-        splits[name] = _slice_rows(data.sequences, [n - drop if n - drop >= 2 else None for n in lengths.tolist()])
+        splits[name] = _slice_rows(data.sequences, bounds[name])
     _log_sizes("leave-one-out", data, splits)
     return DatasetDict(splits)
 
@@ -79,10 +96,8 @@ def time_split(data: InteractionData, cut: int | None = None, quantile: float | 
     lengths = row_lengths(data.sequences)
     # rows are time-ordered, so the count of pre-cut events is the position of the first event at/after the cut
     before = np.bincount(row_of_event, weights=times < cut, minlength=len(lengths)).astype(np.int64)
-    in_train = before >= 2
-    in_test = (before >= 1) & (before < lengths)
-    train_bounds = [int(b) if ok else None for b, ok in zip(before, in_train)]
-    test_bounds = [int(b) + 1 if ok else None for b, ok in zip(before, in_test)]
+    bounds = time_split_bounds(lengths, before)
+    in_train, in_test = bounds["train"] >= 0, bounds["test"] >= 0
     how = f"quantile {quantile} of event times" if quantile is not None else "given cut"
     if not in_train.any() or not in_test.any():
         empty = "train and validation splits are" if not in_train.any() else "test split is"
@@ -93,9 +108,9 @@ def time_split(data: InteractionData, cut: int | None = None, quantile: float | 
             f"{int(in_train.sum())} have >= 2 events before the cut and {int(in_test.sum())} have events on both "
             f"sides ({int(before.sum())} events before, {int((lengths - before).sum())} at/after). Pick another "
             "cut or quantile.")
-    splits = {"train": _slice_rows(data.sequences, train_bounds)}
+    splits = {"train": _slice_rows(data.sequences, bounds["train"])}
     splits["validation"] = splits["train"]
-    splits["test"] = _slice_rows(data.sequences, test_bounds)
+    splits["test"] = _slice_rows(data.sequences, bounds["test"])
     logger.info("time split at %d (%s)", cut, how)
     _log_sizes("time split", data, splits)
     return DatasetDict(splits)

@@ -16,13 +16,26 @@ from ..models.genrec.tokenization_genrec import (VOCAB_FILE, GenRecItemTokenizer
                                                  read_item_vocab, write_item_vocab)
 
 
-def sort_raw_ids(raw_ids: Iterable[str]) -> list[str]:
-    """Distinct raw ids in a deterministic order: numerically when every id is an integer, else as strings."""
+def sort_raw_ids(raw_ids: Iterable[str], numeric: bool | None = None) -> list[str]:
+    """Distinct raw ids in a deterministic order: numerically when every id is an integer, else as strings.
+
+    `numeric` fixes the mode decided over a larger set (a shard of a log sorts its users in the log's mode);
+    None decides it from these ids.
+    """
     distinct = set(raw_ids)
+    if numeric is None:
+        numeric = all_integer_ids(distinct)
+    return sorted(distinct, key=lambda raw: (int(raw), raw)) if numeric else sorted(distinct)
+
+
+def all_integer_ids(raw_ids: Iterable[str]) -> bool:
+    """True when Python reads every id as an integer (`int(raw)`), the condition for numeric id order."""
     try:
-        return sorted(distinct, key=lambda raw: (int(raw), raw))
+        for raw in raw_ids:
+            int(raw)
     except ValueError:
-        return sorted(distinct)
+        return False
+    return True
 
 
 class ItemVocab:

@@ -29,18 +29,25 @@ def popularity_scores(train: Dataset, vocab_size: int) -> torch.Tensor:
     return torch.from_numpy(np.bincount(items, minlength=vocab_size).astype(np.float64))
 
 
+def static_ranks(item_scores: torch.Tensor, batches: Iterable[dict[str, torch.Tensor]],
+                 protocol: RankingProtocol = LEAVE_ONE_OUT) -> torch.Tensor:
+    """(U, T) ranks of each batch's targets under one score vector shared by every user (`rank_batches`' shape)."""
+    item_vectors = item_scores.float().unsqueeze(1)  # (V, 1)
+    ranks = []
+    for batch in batches:
+        exclude = batch.get("exclude_ids") if protocol.exclude_history else None
+        out = rank_targets(torch.ones(batch["target_ids"].shape[0], 1), item_vectors,
+                           protocol.targets(batch["target_ids"]), exclude_ids=exclude, allowed=protocol.allowed(batch))
+        ranks.append(out[:, None] if out.dim() == 1 else out)
+    return pad_ranks(ranks)
+
+
 def evaluate_static_scores(
     item_scores: torch.Tensor, batches: Iterable[dict[str, torch.Tensor]],
     protocol: RankingProtocol = LEAVE_ONE_OUT, ks: tuple[int, ...] = DEFAULT_KS,
 ) -> dict[str, float]:
     """Metrics of each batch's `target_ids` ranked under one score vector shared by every user."""
-    item_vectors = item_scores.float().unsqueeze(1)  # (V, 1)
-    ranks = []
-    for batch in batches:
-        exclude = batch.get("exclude_ids") if protocol.exclude_history else None
-        ranks.append(rank_targets(torch.ones(batch["target_ids"].shape[0], 1), item_vectors, batch["target_ids"],
-                                  exclude_ids=exclude, allowed=protocol.allowed(batch)))
-    return metrics_from_ranks(pad_ranks(ranks), ks)
+    return metrics_from_ranks(static_ranks(item_scores, batches, protocol), ks)
 
 
 def popularity_metrics(splits: DatasetDict, vocab_size: int, collator: Callable, split: str = "test",

@@ -16,7 +16,7 @@ from tqdm.auto import tqdm
 
 from ..data.protocol import LEAVE_ONE_OUT, RankingProtocol
 from .metrics import DEFAULT_KS, metrics_from_ranks, pad_ranks
-from .ranking import rank_targets
+from .ranking import RANKING_CHUNK, rank_targets
 
 MODEL_INPUTS = ("input_ids", "attention_mask", "timestamps", "action_ids")
 
@@ -41,8 +41,9 @@ def rank_batches(
     `model` is a `GenRecForNextItemPrediction` or a PeftModel around one (its active adapter scores). Batches are
     dicts as from the eval collators: `input_ids`, `attention_mask`, `timestamps`, `action_ids`, `target_ids` (B, T)
     (or (B,)), optionally `exclude_ids` (B, H) and `target_time` (B,). Items are scored `chunk_size` (default
-    `config.score_chunk_size`) at a time. `gather` (e.g. `accelerator.gather_for_metrics`, after padding T across
-    processes) collects each batch's ranks from every process. The model's train/eval mode is restored.
+    `config.score_chunk_size`, at most `RANKING_CHUNK`) at a time. `gather` (e.g. `accelerator.gather_for_metrics`,
+    after padding T across processes) collects each batch's ranks from every process. The model's train/eval mode
+    is restored.
     """
     was_training = model.training
     model.eval()
@@ -64,7 +65,8 @@ def rank_batches(
             batch_ranks = rank_targets(
                 queries, item_vectors, protocol.targets(batch["target_ids"].to(device)),
                 exclude_ids=None if exclude is None else exclude.to(device), allowed=protocol.allowed(batch),
-                chunk_size=chunk_size or config.score_chunk_size, temperature=config.score_temperature,
+                chunk_size=chunk_size or min(config.score_chunk_size, RANKING_CHUNK),
+                temperature=config.score_temperature,
                 l2_normalize=config.l2_normalize_scores)
             if batch_ranks.dim() == 1:
                 batch_ranks = batch_ranks[:, None]

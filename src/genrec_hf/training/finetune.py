@@ -40,7 +40,7 @@ from ..data.tasks import TaskData, build_task
 from ..evaluation import evaluate_model
 from ..integrity import load_verified_model, write_manifest
 from ..models.genrec import GenRecForNextItemPrediction
-from .pipeline import run_training, save_run
+from .pipeline import run_training, sample_users, save_run
 from .recipes import FINETUNE_MODES, FinetuneRecipe, load_recipe
 from .run_folder import RunFolderLock, check_output_dir, clear_previous_run, remove_checkpoints
 from .trainer import GenRecTrainer
@@ -121,7 +121,7 @@ def _finetune(recipe: FinetuneRecipe, base_dir: Path, output_dir: Path, task: Ta
 
     trainer = GenRecTrainer.from_recipe(
         recipe, model, args=recipe.training_arguments(label_names=["labels"]), train_dataset=train_rows,
-        eval_dataset=task.validation, data_collator=TaskCollator(recipe.data.max_length, mode="train"),
+        eval_dataset=sample_users(task.validation, recipe.evaluation.validation_users, recipe.seed), data_collator=TaskCollator(recipe.data.max_length, mode="train"),
         eval_collator=eval_collator, protocol=task.protocol)
     record = run_training(trainer, recipe)
     validation, test = trainer.final_evaluation(task.test)

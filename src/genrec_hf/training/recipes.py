@@ -11,8 +11,8 @@ kind adds its own sections:
 
 How a recipe is read, and by which library:
 
-* PyYAML reads the file with YAML 1.2 numbers (`1e-3` is a float, as in every YAML 1.2 tool and JSON), after a
-  size bound that an alias "bomb" cannot pass.
+* PyYAML reads the file with YAML 1.2 scalars (`1e-3` is a float and `no` a string, as in every YAML 1.2 tool
+  and JSON), after a size bound that an alias "bomb" cannot pass.
 * Command-line overrides `--section.key value` set one key of the mapping each (values parsed as YAML scalars).
 * pydantic validates the mapping into the dataclasses below (`TypeAdapter`): nested sections from mappings,
   unknown keys, values of the wrong type and values outside a `Literal` are errors, reported here as one line per
@@ -137,6 +137,12 @@ class EvaluationSection:
     ks: list[Int] = field(default_factory=lambda: list(DEFAULT_KS))  # cut-offs of hr@K / ndcg@K (/ recall@K)
     metric_for_best_model: Str = "mrr"  # validation metric that picks the best checkpoint
     early_stopping_patience: Int | None = 3  # evaluations without improvement before stopping; None = never
+    # Validation (checkpoint selection, early stopping, the `validation` metrics) on this many users drawn once with
+    # the recipe's seed; None = every validation user. The test set is always ranked whole, once, at the end.
+    validation_users: Int | None = None
+    # The final test on this many users drawn once with the seed (streamed: the first test_users / shards users of
+    # each shard); None = every test user. A sample is for a quick look at a huge log; report on the whole set.
+    test_users: Int | None = None
 
 
 @section
@@ -182,6 +188,11 @@ class RecipeBase:
         if evaluation.metric_for_best_model not in allowed:
             raise ValueError(f"{source}: evaluation.metric_for_best_model={evaluation.metric_for_best_model!r}; "
                              f"expected one of {sorted(allowed)}.")
+        for key in ("validation_users", "test_users"):
+            count = getattr(evaluation, key)
+            if count is not None and count < 1:
+                raise ValueError(f"{source}: evaluation.{key}={count}; expected a positive integer or null (every "
+                                 f"{key.split('_')[0]} user).")
         if self.max_train_minutes is not None and self.max_train_minutes <= 0:
             raise ValueError(f"{source}: max_train_minutes={self.max_train_minutes}; expected a positive number "
                              "of minutes (or leave it out).")
@@ -226,12 +237,22 @@ class ItemFeaturesSection:
     cache: Str | None = None  # folder for the built store, shared across runs; None = output_dir/item_feature_store
 
 
+# The decoding loss a catalog above `model.sampled_softmax_above_items` items gets unless `model.overrides` set
+# `loss_type`: uniform negatives drawn per position (the setting that cost least quality in benchmarks/heads), so
+# training memory is O(positions x negatives) instead of O(positions x catalog) (docs/scale.md).
+SAMPLED_HEAD = {"loss_type": "sampled", "num_negatives": 128, "negative_sharing": "position",
+                "negative_sampler": "uniform"}
+
+
 @section
 @dataclass
 class ModelSection:
     preset: Str = "genrec-2m"  # a name of genrec_hf.SIZE_PRESETS
     overrides: dict[Str, Any] = field(default_factory=dict)  # GenRecConfig fields on top of the preset
     init_from: Str | None = None  # start from a saved model folder instead of random weights
+    # Catalogs larger than this train with sampled softmax (`SAMPLED_HEAD`) unless overrides set loss_type; a full
+    # softmax materialises positions x catalog logits (~55 GB at 1e6 items for a 128 x 50 batch). None = never.
+    sampled_softmax_above_items: Int | None = 50_000
     item_tower: ItemTowerSection | None = None  # the cold-start item tower; None = ID embeddings only
     item_features: ItemFeaturesSection = field(default_factory=ItemFeaturesSection)  # what the tower reads
 
@@ -270,6 +291,10 @@ class PretrainDataSection(DataSection):
     time_split_cut: Int | None = None  # for split: time, a unix timestamp
     window_stride: Int | None = None  # sliding-window stride for long training histories (None = max_length)
     batching: Batching = "padded"  # padded | grouped | packed
+    # Stream a prepared folder (`genrec-hf prepare`) shard by shard instead of loading it: each process reads its
+    # own shards, memory does not grow with the log (docs/scale.md). Needs a prepared `source`.
+    streaming: Bool = False
+    shuffle_users: Int = 4096  # streaming: users whose windows are shuffled together (0 = shard order)
 
 
 @section
@@ -307,9 +332,32 @@ class Recipe(RecipeBase):
             self.objective.multi_token()  # a bad K waits for nobody to switch the type to mtp
         except ValueError as error:
             raise ValueError(f"{source}: objective: {error}") from None
+        limit = model.sampled_softmax_above_items
+        if limit is not None and limit < 1:
+            raise ValueError(f"{source}: model.sampled_softmax_above_items={limit}; expected a positive integer or "
+                             "null.")
+        if self.data.streaming:
+            self._validate_streaming(source)
         clash = sorted(set(GROUPED_TRAINING_KEYS) & set(self.training))
         if self.data.batching == "grouped" and clash:
             raise ValueError(f"{source}: training: {clash} are set by data.batching: grouped; leave them out.")
+
+    def _validate_streaming(self, source: str) -> None:
+        data = self.data
+        problems = []
+        if data.split not in ("leave_one_out", "time"):
+            problems.append(f"data.split={data.split!r} (a streamed folder splits leave_one_out or time)")
+        if data.batching == "grouped":
+            problems.append("data.batching='grouped' (length grouping samples a dataset with a length; use packed)")
+        if self.training.get("dataloader_num_workers", 0):
+            problems.append("training.dataloader_num_workers > 0 (the stream position a resume needs is kept by the "
+                            "main process)")
+        if self.model.item_tower is not None and self.model.item_tower.mask_prob == "auto":
+            problems.append('model.item_tower.mask_prob="auto" (give a number)')
+        if data.shuffle_users < 0:
+            problems.append(f"data.shuffle_users={data.shuffle_users} (0 or more)")
+        if problems:
+            raise ValueError(f"{source}: data.streaming: true cannot go with {'; '.join(problems)}.")
 
     def training_arguments(self, **fixed: Any) -> TrainingArguments:
         """`RecipeBase.training_arguments`, with Trainer's length-grouped sampler for `data.batching: grouped`
@@ -447,9 +495,15 @@ RecipeT = TypeVar("RecipeT", bound=RecipeBase)
 
 
 class RecipeLoader(yaml.SafeLoader):
-    """PyYAML's safe loader with YAML 1.2 floats: `1e-3` and `5E+4` are numbers, not strings (YAML 1.1 wants a dot)."""
+    """PyYAML's safe loader with YAML 1.2 scalars: `1e-3` and `5E+4` are numbers (YAML 1.1 wants a dot), and only
+    true / false are booleans (YAML 1.1 also reads yes / no / on / off, so `eval_strategy: no` became False)."""
 
 
+RecipeLoader.yaml_implicit_resolvers = {
+    first: [(tag, regexp) for tag, regexp in resolvers if tag != "tag:yaml.org,2002:bool"]
+    for first, resolvers in yaml.SafeLoader.yaml_implicit_resolvers.items()}
+RecipeLoader.add_implicit_resolver(
+    "tag:yaml.org,2002:bool", re.compile(r"^(?:true|True|TRUE|false|False|FALSE)$"), list("tTfF"))
 RecipeLoader.add_implicit_resolver(
     "tag:yaml.org,2002:float",
     re.compile(r"""^(?:[-+]?(?:[0-9][0-9_]*)\.[0-9_]*(?:[eE][-+]?[0-9]+)?

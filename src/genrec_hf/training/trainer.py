@@ -14,12 +14,16 @@ overwrite, resume) is `run_folder`'s.
 
 from __future__ import annotations
 
+import copy
+import json
 import logging
 import math
 import os
 import shutil
 import sys
 import time
+from collections import OrderedDict
+from collections.abc import Iterable
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
@@ -33,7 +37,11 @@ from transformers.trainer import TRAINER_STATE_NAME
 from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR, EvalLoopOutput, rotate_checkpoints
 
 from ..cards import upload_to_hub
+from ..data.streaming import TrainingWindowStream
 from ..evaluation import DEFAULT_KS, LEAVE_ONE_OUT, RankingProtocol, evaluate_model
+from ..evaluation.baselines import static_ranks
+from ..evaluation.metrics import metrics_from_ranks, pad_ranks
+from ..evaluation.protocols import rank_batches
 from ..integrity import write_manifest
 from .run_folder import STAGING_DIR, publish_dir, same_path, sync_tree
 from .throughput import ThroughputCallback
@@ -117,6 +125,65 @@ class GenRecTrainer(Trainer):
                                    recipe.budget_clock)
         return cls(model=model, args=args, ks=tuple(recipe.evaluation.ks), callbacks=[*callbacks, *stops], **kwargs)
 
+    def get_train_dataloader(self) -> DataLoader:
+        """Trainer's loader, except for a stream of this process's own shards (`TrainingWindowStream`): accelerate
+        would hand every process the whole stream and keep 1/n of its batches, so the stream gets a plain loader
+        whose collator notes the stream position after every batch (what a checkpoint saves for an exact resume)."""
+        if not isinstance(self.train_dataset, TrainingWindowStream):
+            return super().get_train_dataloader()
+        self.stream_positions = StreamPositions(self.train_dataset, self.data_collator)
+        return DataLoader(self.train_dataset, batch_size=self._train_batch_size, collate_fn=self.stream_positions,
+                          num_workers=0, pin_memory=self.args.dataloader_pin_memory)
+
+    def restore_stream(self, checkpoint: str | Path) -> bool:
+        """Before a resume: put the training stream back where it stood at `checkpoint` (True), or leave it (False:
+        no stream, or a checkpoint without a stream position, which Trainer's batch skipping then handles)."""
+        if not isinstance(self.train_dataset, TrainingWindowStream):
+            return False
+        path = Path(checkpoint) / stream_state_file(self.args.process_index)
+        if not path.is_file():
+            logger.warning("checkpoint %s has no %s: the stream restarts and Trainer skips the trained batches",
+                           checkpoint, path.name)
+            return False
+        self.train_dataset.load_state_dict(json.loads(path.read_text()))
+        self._stream_restored = True
+        return True
+
+    def get_resumed_dataloader(self, dataloader: DataLoader, num_batches: int) -> DataLoader:
+        if getattr(self, "_stream_restored", False):
+            return dataloader  # the stream itself continues after the last trained batch: nothing to skip
+        return super().get_resumed_dataloader(dataloader, num_batches)
+
+    def evaluate_local(self, batches: Iterable[Dataset], item_scores: torch.Tensor | None = None
+                       ) -> tuple[dict[str, float], dict[str, float] | None]:
+        """Metrics of the users each process holds (its own shards' rows, in-memory `batches` of them), gathered
+        over the processes: (model metrics, metrics of the static `item_scores` baseline or None). Unlike
+        `evaluate`, nothing is split between processes: each ranks its own users once."""
+        model = self.accelerator.unwrap_model(self.model)
+        ranks, baseline = [], []
+        for rows in batches:
+            loader = DataLoader(rows, batch_size=self.args.eval_batch_size, collate_fn=self.eval_collator)
+            ranks.append(rank_batches(model, loader, self.protocol))
+            if item_scores is not None:
+                baseline.append(static_ranks(item_scores, loader, self.protocol))
+        metrics = metrics_from_ranks(self._gather_rows(pad_ranks(ranks)), self.ks)
+        if item_scores is None:
+            return metrics, None
+        return metrics, metrics_from_ranks(self._gather_rows(pad_ranks(baseline)), self.ks)
+
+    def _gather_rows(self, ranks: torch.Tensor) -> torch.Tensor:
+        """Every process's (U_p, T) ranks stacked: T and U padded to the widest process for the gather, the padding
+        rows dropped after it."""
+        if self.args.world_size == 1:
+            return ranks
+        device = self.args.device
+        ranks = self.accelerator.pad_across_processes(ranks.to(device), dim=1)
+        counts = self.accelerator.gather(torch.tensor([ranks.shape[0]], device=device)).cpu()
+        padded = self.accelerator.pad_across_processes(ranks, dim=0)
+        gathered = self.accelerator.gather(padded).cpu()
+        rows = int(padded.shape[0])
+        return torch.cat([gathered[p * rows:p * rows + int(n)] for p, n in enumerate(counts)])
+
     def get_eval_dataloader(self, eval_dataset: str | Dataset | None = None) -> DataLoader:
         if isinstance(eval_dataset, str):
             eval_dataset = self.eval_dataset[eval_dataset]
@@ -143,8 +210,9 @@ class GenRecTrainer(Trainer):
         metrics = {f"{metric_key_prefix}_{k}": v for k, v in metrics.items()}
         return EvalLoopOutput(predictions=None, label_ids=None, metrics=metrics, num_samples=num_users)
 
-    def final_evaluation(self, test_dataset: Dataset) -> tuple[dict[str, float], dict[str, float]]:
-        """(validation, test) metrics of the trained (best) model, without prefixes, for metrics.json.
+    def final_evaluation(self, test_dataset: Dataset | None) -> tuple[dict[str, float], dict[str, float] | None]:
+        """(validation, test) metrics of the trained (best) model, without prefixes, for metrics.json (test None
+        when `test_dataset` is None: a streamed test set is ranked by `evaluate_local`).
 
         Refuses non-finite weights first; early stopping is removed, since these evaluations are reports, not
         stopping signals.
@@ -152,6 +220,8 @@ class GenRecTrainer(Trainer):
         require_finite_parameters(self.model, "final model")
         self.remove_callback(EarlyStoppingCallback)
         validation = self.evaluate(metric_key_prefix="validation")
+        if test_dataset is None:
+            return strip_prefix(validation, "validation_"), None
         test = self.evaluate(test_dataset, metric_key_prefix="test")
         return strip_prefix(validation, "validation_"), strip_prefix(test, "test_")
 
@@ -225,10 +295,16 @@ class GenRecTrainer(Trainer):
             best = os.path.join(run_dir, f"{PREFIX_CHECKPOINT_DIR}-{best_step}")
             if best_step == self.state.global_step or os.path.isdir(best):
                 self.state.best_model_checkpoint = best
+        positions = getattr(self, "stream_positions", None)
+        if positions is not None:  # every process: where its stream stands after the last trained batch
+            trained = (self.state.global_step - self.run_folder.start_step) * self.args.gradient_accumulation_steps
+            os.makedirs(staged, exist_ok=True)
+            Path(staged, stream_state_file(self.args.process_index)).write_text(
+                json.dumps(positions.state_after(trained)))
         if self.args.should_save:
             self.state.save_to_json(os.path.join(staged, TRAINER_STATE_NAME))
             write_manifest(staged)  # so a resume can tell a changed or corrupted checkpoint from a good one
-        self.accelerator.wait_for_everyone()  # every process has written its RNG state
+        self.accelerator.wait_for_everyone()  # every process has written its RNG state (and stream position)
         if self.args.should_save:
             sync_tree(staged)
             publish_dir(staged, final)
@@ -239,6 +315,38 @@ class GenRecTrainer(Trainer):
             rotate_checkpoints(output_dir=run_dir, save_total_limit=self.args.save_total_limit,
                                best_model_checkpoint=self.state.best_model_checkpoint, use_mtime=True)
         self.accelerator.wait_for_everyone()
+
+
+def stream_state_file(process_index: int) -> str:
+    return f"stream_state-{process_index}.json"
+
+
+class StreamPositions:
+    """A training collator that also notes the stream's position after each batch it collates.
+
+    The loader collates batches ahead of the step that trains them (accelerate looks one batch ahead), so the
+    position after the n-th *trained* batch is looked up by n (`state_after`), not read at save time."""
+
+    def __init__(self, stream: TrainingWindowStream, collator: Callable[[list[dict[str, Any]]], dict[str, Any]],
+                 keep: int = 256) -> None:
+        self.stream, self.collator, self.keep = stream, collator, keep
+        self.batches = 0
+        self.states: OrderedDict[int, dict[str, Any]] = OrderedDict({0: copy.deepcopy(stream.state_dict())})
+
+    def __call__(self, examples: list[dict[str, Any]]) -> dict[str, Any]:
+        batch = self.collator(examples)
+        self.batches += 1
+        self.states[self.batches] = copy.deepcopy(self.stream.state_dict())
+        while len(self.states) > self.keep:
+            self.states.popitem(last=False)
+        return batch
+
+    def state_after(self, batches: int) -> dict[str, Any]:
+        if batches not in self.states:
+            raise RuntimeError(f"the stream position after batch {batches} is no longer known (positions of batches "
+                               f"{min(self.states)}..{max(self.states)} are); checkpoint more often than every "
+                               f"{self.keep} batches.")
+        return self.states[batches]
 
 
 class RunFolderCallback(TrainerCallback):

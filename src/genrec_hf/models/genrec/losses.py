@@ -82,7 +82,8 @@ def sampled_softmax_loss(
     temperature: float = 1.0,
     l2_normalize: bool = False,
 ) -> torch.Tensor:
-    """Summed cross-entropy of each target against its positive + sampled negatives (+ other positives).
+    """Summed cross-entropy of each target against its positive + sampled negatives (+ other positives): the
+    one-target case of `sampled_softmax_multi_target_loss` (one implementation of the sampled softmax).
 
     Args:
         queries: (N, d) query vectors; targets: (N,) positive item indices.
@@ -92,30 +93,10 @@ def sampled_softmax_loss(
             (logQ correction, Yi et al. 2019). With a uniform sampler it is a constant and changes nothing.
         remove_accidental_hits: Mask candidates equal to the position's own positive (they are not negatives).
     """
-    n = queries.shape[0]
-    # One gather for positives and negatives: each gather's backward materialises a dense (V, d) gradient, so
-    # separate gathers would double the item-table gradient memory and time of every step.
-    candidate_vectors = item_vectors[torch.cat([targets, negatives.reshape(-1)])]
-    if l2_normalize:
-        queries = F.normalize(queries, dim=-1)
-        candidate_vectors = F.normalize(candidate_vectors, dim=-1)
-    positive_vectors, negative_vectors = candidate_vectors[:n], candidate_vectors[n:]
-    positive = score_items(queries.unsqueeze(1), positive_vectors.unsqueeze(1), temperature=temperature).reshape(n, 1)
-    negative_ids, negative = _negative_logits(queries, negative_vectors, negatives, temperature)
-    candidate_ids = [targets[:, None], negative_ids]
-    logits = [positive, negative]
-    if in_batch_negatives:
-        logits.append(score_items(queries, positive_vectors, temperature=temperature))
-        candidate_ids.append(targets.unsqueeze(0).expand(n, -1))
-    logits = torch.cat(logits, dim=1).float()
-    candidate_ids = torch.cat(candidate_ids, dim=1)
-    if item_log_q is not None:
-        logits = logits - item_log_q[candidate_ids].float()
-    if remove_accidental_hits:
-        hits = candidate_ids == targets[:, None]
-        hits[:, 0] = False
-        logits = logits.masked_fill(hits, float("-inf"))
-    return -F.log_softmax(logits, dim=1)[:, 0].sum()
+    return sampled_softmax_multi_target_loss(
+        queries, item_vectors, targets[:, None], torch.ones(targets.shape[0], 1, device=queries.device), negatives,
+        in_batch_negatives=in_batch_negatives, item_log_q=item_log_q, remove_accidental_hits=remove_accidental_hits,
+        temperature=temperature, l2_normalize=l2_normalize)
 
 
 # --- multi-token prediction (paper §4): a weighted set of future targets per position ------------------------------
@@ -163,18 +144,18 @@ def sampled_softmax_multi_target_loss(
 ) -> torch.Tensor:
     """Weighted summed sampled-softmax loss: each target of a position against that position's negatives.
 
-    Every positive y_nk is scored against the same candidates as `sampled_softmax_loss` would score the position's
-    next item against: the shared (S,) or per-position (N, S) negatives, plus, with `in_batch_negatives`, the
-    first target of every position of the batch (its next-token label; all N * K targets would make the block
-    N x NK). The other targets of the position are not its negatives: a candidate equal to ANY target of the
-    position is an accidental hit and is masked (`remove_accidental_hits`). `item_log_q` corrects every logit as in
-    `sampled_softmax_loss`. K = 1 with weight 1 is `sampled_softmax_loss` (up to float rounding: the positive is
-    combined with the negatives' log-sum-exp by `logaddexp`).
+    Every positive y_nk is scored against the position's candidates: the shared (S,) or per-position (N, S)
+    negatives, plus, with `in_batch_negatives`, the first target of every position of the batch (its next-token
+    label; all N * K targets would make the block N x NK). The other targets of the position are not its negatives:
+    a candidate equal to ANY target of the position is an accidental hit and is masked (`remove_accidental_hits`).
+    `item_log_q` (logQ correction) is subtracted from every logit, the positive's too. K = 1 with weight 1 is the
+    next-token sampled softmax (`sampled_softmax_loss` is exactly that call).
     """
     n, k = targets.shape
     real = targets > 0
     first = targets[:, 0]
-    # One gather for positives and negatives (see `sampled_softmax_loss`: one dense (V, d) gradient, not two).
+    # One gather for positives and negatives: each gather's backward materialises a dense (V, d) gradient, so
+    # separate gathers would double the item-table gradient memory and time of every step.
     candidate_vectors = item_vectors[torch.cat([targets.reshape(-1), negatives.reshape(-1)])]
     if l2_normalize:
         queries = F.normalize(queries, dim=-1)

@@ -70,12 +70,24 @@ def rankable_chunk(batch: int, start: int, stop: int, not_ranked: torch.Tensor, 
 
 
 def score_items(queries: torch.Tensor, item_vectors: torch.Tensor, *, temperature: float = 1.0,
-                l2_normalize: bool = False) -> torch.Tensor:
-    """Scores of every query against the given item vectors (the one scoring rule of the package)."""
+                l2_normalize: bool = False, out: torch.Tensor | None = None) -> torch.Tensor:
+    """Scores of every query against the given item vectors (the one scoring rule of the package).
+
+    `out`: a float32 buffer of the result's shape to write into (a ranking loop reuses one instead of allocating
+    batch x chunk scores per chunk); the values are the same as without it.
+    """
     if l2_normalize:
         queries = F.normalize(queries, dim=-1)
         item_vectors = F.normalize(item_vectors, dim=-1)
-    return (queries @ item_vectors.transpose(-1, -2)) / temperature
+    if out is None:
+        return (queries @ item_vectors.transpose(-1, -2)) / temperature
+    if queries.dtype == item_vectors.dtype == out.dtype and queries.dim() == 2:
+        torch.mm(queries, item_vectors.t(), out=out)
+        if temperature != 1.0:
+            out.div_(temperature)
+    else:
+        out.copy_((queries @ item_vectors.transpose(-1, -2)) / temperature)
+    return out
 
 
 def chunked_topk(
@@ -107,24 +119,46 @@ def chunked_topk(
         raise ValueError(f"k={k!r}; expected a positive integer number of items to return.")
     batch, num_items = queries.shape[0], item_vectors.shape[0]
     k = min(k, num_items - 1)
-    exclude = as_exclusion(exclude, batch, queries.device)
+    device = queries.device
+    exclude = as_exclusion(exclude, batch, device)
     # Items are ordered by a key in which NaN sorts after every number but before excluded items (-inf): a
     # diverged model's NaN scores never come first, and they stay visible as NaN in the returned scores.
-    best_keys = torch.full((batch, k), float("-inf"), device=queries.device)
+    best_keys = torch.full((batch, k), float("-inf"), device=device)
     best_scores = best_keys.clone()
-    best_index = torch.zeros(batch, k, dtype=torch.long, device=queries.device)
+    best_index = torch.zeros(batch, k, dtype=torch.long, device=device)
+    chunk_size = max(1, min(chunk_size, num_items))
+    buffer = torch.empty(batch * chunk_size, device=device)  # one score buffer for every chunk
     for start in range(0, num_items, chunk_size):
         stop = min(start + chunk_size, num_items)
-        scores = score_items(queries, item_vectors[start:stop], temperature=temperature,
-                             l2_normalize=l2_normalize).float()
-        scores.masked_fill_(~rankable_chunk(batch, start, stop, exclude, allowed, queries.device), float("-inf"))
-        keys = torch.where(torch.isnan(scores), torch.finfo(scores.dtype).min, scores)
-        merged_keys = torch.cat([best_keys, keys], dim=1)
-        merged_scores = torch.cat([best_scores, scores], dim=1)
-        chunk_index = torch.arange(start, stop, device=queries.device).expand(batch, -1)
-        merged_index = torch.cat([best_index, chunk_index], dim=1)
+        scores = score_items(queries, item_vectors[start:stop], temperature=temperature, l2_normalize=l2_normalize,
+                             out=buffer[:batch * (stop - start)].view(batch, stop - start))
+        _drop_unrankable(scores, start, stop, exclude, allowed)
+        keys = torch.where(torch.isnan(scores), torch.finfo(scores.dtype).min, scores) \
+            if bool(torch.isnan(scores).any()) else scores
+        chunk_keys, position = keys.topk(min(k, stop - start), dim=1)  # the chunk's best, then merged with the best
+        merged_keys = torch.cat([best_keys, chunk_keys], dim=1)
+        merged_scores = torch.cat([best_scores, scores.gather(1, position)], dim=1)
+        merged_index = torch.cat([best_index, position + start], dim=1)
         best_keys, pos = merged_keys.topk(k, dim=1)
         best_scores = merged_scores.gather(1, pos)
         best_index = merged_index.gather(1, pos)
     best_index = best_index.masked_fill(best_keys == float("-inf"), 0)
     return TopItems(best_index, best_scores)
+
+
+def _drop_unrankable(scores: torch.Tensor, start: int, stop: int, exclude: torch.Tensor,
+                     allowed: torch.Tensor | None) -> None:
+    """Set to -inf, in place, the chunk's items a row may not return: padding (item 0), the row's `exclude` ids
+    (written where they fall, a few per row, instead of a batch x chunk mask) and items `allowed` leaves out."""
+    if start == 0:
+        scores[:, 0] = float("-inf")
+    if exclude.numel():
+        local = exclude - start
+        inside = (exclude > 0) & (local >= 0) & (local < stop - start)
+        # entries outside the chunk write column 0's own final value back (a no-op), so every write agrees
+        first = torch.where((inside & (local == 0)).any(dim=1), float("-inf"), scores[:, 0])
+        values = torch.where(inside, torch.tensor(float("-inf"), device=scores.device), first[:, None])
+        scores.scatter_(1, torch.where(inside, local, torch.zeros_like(local)), values)
+    if allowed is not None:
+        mask = allowed[..., start:stop].to(device=scores.device, dtype=torch.bool)
+        scores.masked_fill_(~mask, float("-inf"))

@@ -36,12 +36,14 @@ def test_importing_the_package_and_the_cli_loads_neither_torch_nor_transformers(
     assert help_run.returncode == 0 and "train" in help_run.stdout, help_run.stderr[-2000:]
 
 
+AUTO = "from transformers import AutoConfig, AutoModel, AutoTokenizer"
+
+
 @pytest.mark.parametrize("imports", [
-    "import genrec_hf\nfrom transformers import AutoConfig, AutoModel, AutoTokenizer",
-    "from transformers import AutoConfig, AutoModel, AutoTokenizer\nimport genrec_hf",
-    "import genrec_hf\nimport transformers.modeling_utils\nfrom transformers import AutoConfig, AutoModel, AutoTokenizer",
-    "import genrec_hf\nfrom genrec_hf import GenRecForNextItemPrediction\nfrom transformers import AutoConfig, AutoModel, "
-    "AutoTokenizer",
+    f"import genrec_hf\n{AUTO}",
+    f"{AUTO}\nimport genrec_hf",
+    f"import genrec_hf\nimport transformers.modeling_utils\n{AUTO}",
+    f"import genrec_hf\nfrom genrec_hf import GenRecForNextItemPrediction\n{AUTO}",
 ], ids=["genrec_first", "transformers_first", "modeling_utils_in_between", "model_class_first"])
 def test_import_registers_the_auto_classes_in_any_order(tmp_path, imports):
     """A Python user who imported genrec_hf loads a run folder with the Auto classes, without trust_remote_code:

@@ -73,7 +73,8 @@ class NextItemRecommendationPipeline(Pipeline):
         They are switched one by one, as transformers' `set_adapter` does, which checks for a newer peft than the
         adapters need."""
         return [module for module in self.model.modules() if not isinstance(module, PreTrainedModel)
-                and callable(getattr(module, "set_adapter", None)) and callable(getattr(module, "enable_adapters", None))]
+                and callable(getattr(module, "set_adapter", None))
+                and callable(getattr(module, "enable_adapters", None))]
 
     def _sanitize_parameters(self, top_k: int | None = None, exclude_seen: bool | None = None,
                              adapter: str | None = None, timestamps: Sequence[int] | None = None,

@@ -27,6 +27,7 @@ from tests.training.test_pretrain import tiny_args
 RECIPE = str(REPO_ROOT / "recipes/pretrain/genrec-100k.yaml")
 RUN_LOCK_FILE = ".genrec-hf.lock"
 STAGING_DIR = ".checkpoint-staging"
+SAVE_STAGING_DIR = ".genrec-save-staging"
 STEPS_PER_EPOCH = 10  # tiny_args: 290 training windows, batch 32
 
 
@@ -215,14 +216,98 @@ def test_resume_skips_a_partial_latest_checkpoint(full_run, tmp_path, caplog, da
 
 @pytest.mark.parametrize("epochs", [2, 3])
 def test_resume_with_no_epochs_left_is_refused(full_run, tmp_path, capsys, epochs):
-    """Catches a resume asking for no more epochs than the checkpoint has (Trainer trains nothing and the run
-    records a training loss of 0.0)."""
+    """Catches a resume of a finished run asking for no more epochs than the checkpoint has (Trainer trains nothing
+    and the run records a training loss of 0.0)."""
     out = tmp_path / "run"
-    shutil.copytree(full_run / "checkpoint-30", out / "checkpoint-30")
+    shutil.copytree(full_run, out)
+    before = (out / "metrics.json").read_text()
     assert _train(out, epochs, resume=True) == 2
     (line,) = _error_lines(capsys.readouterr().err)
     assert "already trained 3 epochs" in line and f"num_train_epochs={epochs}" in line
-    assert not (out / "metrics.json").exists()
+    assert (out / "metrics.json").read_text() == before
+
+
+# --- an interrupted final save (X2): the files are staged, then published by renames, the manifest last -------------
+
+def _checkpoints_only(full_run: Path, out: Path) -> None:
+    """A run folder as a run leaves it when it is killed after training, before its final save."""
+    for checkpoint in full_run.glob("checkpoint-*"):
+        shutil.copytree(checkpoint, out / checkpoint.name)
+
+
+def _loads_like(out: Path, full_run: Path) -> None:
+    from genrec_hf.serving import Recommender
+
+    Recommender.from_pretrained(out)  # verified: weights, config and vocabulary match the manifest
+    assert _equal(_weights(out), _weights(full_run))
+    ranking = [k for k in _metrics(full_run)["test"] if "runtime" not in k and "per_second" not in k]
+    assert {k: _metrics(out)["test"][k] for k in ranking} == {k: _metrics(full_run)["test"][k] for k in ranking}
+    assert _metrics(out)["train"]["loss"] == _metrics(full_run)["train"]["loss"]  # the whole run's, not 0.0
+    assert not (out / SAVE_STAGING_DIR).exists()
+
+
+@pytest.mark.parametrize("kill_at", ["genrec_hf.data.vocab:ItemVocab.save", "genrec_hf.training.run_folder:write_manifest"])
+def test_final_save_killed_while_staging_keeps_the_folder_and_resume_redoes_it(full_run, tmp_path, monkeypatch,
+                                                                                 capsys, kill_at):
+    """X2: a kill right after the final model.safetensors write left weights without vocabulary, manifest or
+    metrics; `recommend` asked "was this model trained with genrec_hf?" and resume refused (no epochs left). Now
+    the save is staged: loads name the interrupted save, and a resume redoes the final evaluation and save."""
+    from tests.faults import Killed, fault
+
+    out = tmp_path / "run"
+    _checkpoints_only(full_run, out)
+    fault(monkeypatch, kill_at)
+    with pytest.raises(Killed):
+        _train(out, resume=True)  # training is complete: the resume goes straight to the final save, killed there
+    monkeypatch.undo()
+    assert (out / SAVE_STAGING_DIR / "model.safetensors").is_file()
+    assert not (out / "model.safetensors").exists() and not (out / "genrec_weights.json").exists()
+    assert main(["recommend", str(out), "--history", "1,2"]) == 2
+    (line,) = _error_lines(capsys.readouterr().err)
+    assert "last save was interrupted" in line and SAVE_STAGING_DIR in line and "--resume_from_checkpoint" in line
+    assert _train(out, resume=True) == 0
+    _loads_like(out, full_run)
+
+
+def test_final_save_killed_while_publishing_is_refused_and_finished_by_resume(full_run, tmp_path, monkeypatch,
+                                                                              caplog, capsys):
+    """X2 while the staged files are renamed into place: the folder mixes published and unpublished files (no
+    manifest), so loads refuse it; a resume publishes the rest, the manifest last."""
+    from genrec_hf.serving import Recommender
+    from tests.faults import Killed, fault
+
+    out = tmp_path / "run"
+    _checkpoints_only(full_run, out)
+    fault(monkeypatch, "genrec_hf.training.run_folder:_move", call=3)
+    with pytest.raises(Killed):
+        _train(out, resume=True)
+    monkeypatch.undo()
+    assert (out / "config.json").is_file() and not (out / "genrec_weights.json").exists()
+    with pytest.raises(ValueError, match="last save was interrupted"):
+        Recommender.from_pretrained(out)
+    with caplog.at_level(logging.WARNING):
+        assert _train(out, resume=True) == 2  # published; then there is nothing left to train
+    assert "finishing the interrupted final save" in caplog.text
+    assert "already trained 3 epochs" in capsys.readouterr().err
+    _loads_like(out, full_run)
+
+
+def test_sigterm_during_the_final_save_is_recoverable(tmp_path):
+    """X2 with a real signal (nothing after it runs, not even `finally`): SIGTERM while the final files are being
+    published, in a subprocess; the folder is then refused by name and a resume finishes it."""
+    out = tmp_path / "run"
+    args = ["train", RECIPE, "--output_dir", str(out), *tiny_args(1)]
+    done = subprocess.run([sys.executable, "-m", "tests.faults", "genrec_hf.training.run_folder:_move", "2", "--",
+                           *args], cwd=REPO_ROOT, capture_output=True, text=True, timeout=300,
+                          env={**os.environ, "PYTHONPATH": os.pathsep.join([str(REPO_ROOT / "src"), str(REPO_ROOT)])})
+    assert done.returncode == -15, done.stderr[-2000:]
+    assert (out / SAVE_STAGING_DIR).is_dir() and (out / RUN_LOCK_FILE).is_file()  # killed: nothing cleaned up
+    assert main(["recommend", str(out), "--history", "1,2"]) == 2
+    assert main([*args, "--resume_from_checkpoint"]) == 2  # stale lock taken over, save published, nothing to train
+    from genrec_hf.serving import Recommender
+
+    Recommender.from_pretrained(out)
+    assert _metrics(out)["train"]["steps"] == STEPS_PER_EPOCH
 
 
 def test_resume_continues_the_run_and_reports_its_whole_loss(full_run, tmp_path, monkeypatch):

@@ -18,7 +18,7 @@ from typing import Any
 from peft import PeftModel
 from safetensors import safe_open
 
-from ..integrity import file_sha256, load_verified_model, verify_weights, write_manifest
+from ..integrity import check_save_complete, file_sha256, load_verified_model, verify_weights, write_manifest
 from ..models.genrec import GenRecConfig, GenRecForNextItemPrediction
 from .config import quiet_peft
 
@@ -191,6 +191,7 @@ def load_adapters(base: str | Path | GenRecForNextItemPrediction, adapters: dict
     peft_model: PeftModel | None = None
     for name, adapter_dir in adapters.items():
         adapter_dir = Path(adapter_dir)
+        check_save_complete(adapter_dir)
         if not (adapter_dir / "adapter_config.json").is_file():
             raise FileNotFoundError(f"Adapter folder {adapter_dir} has no adapter_config.json.")
         check_base(adapter_dir, model.config, base_dir)

@@ -39,7 +39,7 @@ from ..data import ItemVocab, remap_to_vocab
 from ..data.collators import TaskCollator, label_windows
 from ..data.tasks import TaskData, build_task
 from ..evaluation import evaluate_model
-from ..integrity import load_verified_model, write_manifest
+from ..integrity import load_verified_model
 from ..models.genrec import GenRecForNextItemPrediction
 from .pipeline import run_training, save_run
 from .recipes import FINETUNE_MODES, FinetuneRecipe, load_recipe
@@ -144,20 +144,20 @@ def _finetune(recipe: FinetuneRecipe, base_dir: Path, output_dir: Path, task: Ta
         "parameters": {"trainable": trainable, "total": total, "trainable_fraction": trainable / total},
     }
     if trainer.is_world_process_zero():
+        def write_model(folder: Path) -> None:
+            if recipe.mode == "lora":
+                save_adapter(model, folder, base_dir=base_dir)
+                metrics["checkpoint_bytes"] = _dir_bytes(folder, ("adapter_model.safetensors",))
+            else:
+                trainer.save_model(str(folder))
+                if vocab_file.is_file():
+                    shutil.copy(vocab_file, folder / "item_vocab.json")
+                metrics["checkpoint_bytes"] = _dir_bytes(folder, ("model.safetensors",))
+            metrics["peak_rss_mb"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+        save_run(output_dir, metrics, recipe, "finetune_recipe.yaml", data_name, write_model=write_model)
         if not recipe.keep_checkpoints:
             remove_checkpoints(output_dir)
-        if recipe.mode == "lora":
-            save_adapter(model, output_dir, base_dir=base_dir)
-            size = _dir_bytes(output_dir, ("adapter_model.safetensors",))
-        else:
-            trainer.save_model(str(output_dir))
-            write_manifest(output_dir)
-            if vocab_file.is_file():
-                shutil.copy(vocab_file, output_dir / "item_vocab.json")
-            size = _dir_bytes(output_dir, ("model.safetensors",))
-        metrics["checkpoint_bytes"] = size
-        metrics["peak_rss_mb"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
-        save_run(output_dir, metrics, recipe, "finetune_recipe.yaml", data_name)
     return FinetuneOutcome(metrics=metrics, model=model, task=task)
 
 

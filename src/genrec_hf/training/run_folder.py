@@ -7,6 +7,9 @@
 * `resolve_resume_checkpoint` / `checkpoint_problem` / `require_training_left`: resume from the newest complete
   checkpoint, never from one an interrupted save left partial, and never into a run with nothing left to train.
 * `publish_dir`: how a folder written elsewhere (a staged checkpoint) replaces its final name atomically.
+* `staged_save` / `final_save_covers`: a run's final files are written to a staging folder and published by renames,
+  the manifest last, so a kill at any point leaves the previous state or a folder that loads refuse by name and a
+  resume finishes.
 """
 
 from __future__ import annotations
@@ -19,6 +22,8 @@ import socket
 import sys
 import tempfile
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -29,7 +34,7 @@ from transformers.trainer import TRAINER_STATE_NAME
 from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR
 
 from ..evaluation.cold_slices import COLD_START_RANKS
-from ..integrity import MANIFEST_FILE, WeightsIntegrityError, verify_manifest
+from ..integrity import MANIFEST_FILE, SAVE_STAGING_DIR, WeightsIntegrityError, verify_manifest, write_manifest
 from ..models import genrec
 
 logger = logging.getLogger(__name__)
@@ -207,7 +212,7 @@ def clear_previous_run(output_dir: str | Path) -> list[str]:
     """Remove what an earlier run of the package wrote into `output_dir` (for `--overwrite_output_dir`), keep
     every other file, and return the removed names (also logged).
 
-    Removed: checkpoint-* and the staging folder, model / adapter weights and configs, item_vocab.json,
+    Removed: checkpoint-* and the staging folders, model / adapter weights and configs, item_vocab.json,
     metrics.json, cold_start_ranks.json, the recipes, training_args.bin, eval_results_*.json, a README.md model card
     written by the package, and the remote-code `.py` files beside config.json.
     """
@@ -223,7 +228,7 @@ def clear_previous_run(output_dir: str | Path) -> list[str]:
     for path in sorted(output_dir.iterdir()):
         name = path.name
         if path.is_dir() and not path.is_symlink():
-            if name == STAGING_DIR or (name.startswith(f"{PREFIX_CHECKPOINT_DIR}-")
+            if name in (STAGING_DIR, SAVE_STAGING_DIR) or (name.startswith(f"{PREFIX_CHECKPOINT_DIR}-")
                                        and name[len(PREFIX_CHECKPOINT_DIR) + 1:].isdigit()):
                 shutil.rmtree(path)
                 removed.append(name)
@@ -325,3 +330,93 @@ def remove_checkpoints(output_dir: str | Path) -> None:
     for checkpoint in Path(output_dir).glob(f"{PREFIX_CHECKPOINT_DIR}-*"):
         if checkpoint.is_dir() and _checkpoint_step(checkpoint) is not None:
             shutil.rmtree(checkpoint, ignore_errors=True)
+
+
+@contextmanager
+def staged_save(output_dir: str | Path) -> Iterator[Path]:
+    """A run's final save, atomic: the body writes the files into `SAVE_STAGING_DIR` (yielded); then the manifest is
+    written there last (it marks the staged save complete), every file is fsynced and `publish_staged` renames them
+    into `output_dir`, the manifest last.
+
+    A kill before the manifest leaves `output_dir` as it was plus an incomplete staging folder; a kill while
+    publishing leaves a complete one. Loads refuse a folder holding either (`integrity.check_save_complete`) and
+    `final_save_covers` (a resume) discards the first and publishes the second. An ordinary exception in the body
+    removes the staging folder (the folder is as it was); a kill is not an exception and is what the above is for.
+    """
+    output_dir = Path(output_dir)
+    staging = output_dir / SAVE_STAGING_DIR
+    if staging.exists():
+        shutil.rmtree(staging)
+    staging.mkdir(parents=True)
+    try:
+        yield staging
+        write_manifest(staging)
+        sync_tree(str(staging))
+    except Exception:
+        shutil.rmtree(staging, ignore_errors=True)
+        raise
+    publish_staged(output_dir)
+
+
+def _move(source: Path, target: Path) -> None:
+    """Put one staged file or folder at its final name (replacing what is there)."""
+    if source.is_dir():
+        publish_dir(str(source), str(target))
+    else:
+        os.replace(source, target)
+
+
+def publish_staged(output_dir: str | Path) -> None:
+    """Move a complete staged save (its manifest written) into `output_dir`: the folder's old manifest first goes
+    (a half-published folder is never taken for a complete one), every other file is renamed into place, the
+    manifest last, then the empty staging folder goes. Re-running it after a kill finishes the job."""
+    output_dir = Path(output_dir)
+    staging = output_dir / SAVE_STAGING_DIR
+    (output_dir / MANIFEST_FILE).unlink(missing_ok=True)
+    for source in sorted(staging.iterdir()):
+        if source.name != MANIFEST_FILE:
+            _move(source, output_dir / source.name)
+    _move(staging / MANIFEST_FILE, output_dir / MANIFEST_FILE)
+    fd = os.open(output_dir, os.O_RDONLY)
+    try:
+        os.fsync(fd)  # the renames themselves
+    finally:
+        os.close(fd)
+    staging.rmdir()
+
+
+def recover_final_save(output_dir: str | Path) -> None:
+    """Finish or undo an interrupted `staged_save` in `output_dir`: a complete staged save (its manifest, written
+    last, is there) is published and checked, an incomplete one removed; both are logged."""
+    output_dir = Path(output_dir)
+    staging = output_dir / SAVE_STAGING_DIR
+    if not staging.is_dir():
+        return
+    if (staging / MANIFEST_FILE).is_file():
+        logger.warning("finishing the interrupted final save of %s: publishing the complete staged save in %s",
+                       output_dir, staging)
+        publish_staged(output_dir)
+        verify_manifest(output_dir)
+    else:
+        logger.warning("discarding the final save of %s that was interrupted before it was complete (%s)",
+                       output_dir, staging)
+        shutil.rmtree(staging)
+
+
+def final_save_covers(output_dir: str | Path, checkpoint: str | Path) -> bool:
+    """Whether `output_dir` holds a complete final save made at or after `checkpoint`'s step (after recovering an
+    interrupted save). False means the run's training reached the checkpoint but its final evaluation and save did
+    not finish, so a resume must redo them even with no training left."""
+    output_dir = Path(output_dir)
+    recover_final_save(output_dir)
+    try:
+        saved_step = json.loads((output_dir / "metrics.json").read_text())["train"]["steps"]
+        step = json.loads((Path(checkpoint) / TRAINER_STATE_NAME).read_text())["global_step"]
+    except (OSError, ValueError, KeyError, TypeError):
+        saved_step, step = None, None
+    covered = ((output_dir / MANIFEST_FILE).is_file() and isinstance(saved_step, int) and isinstance(step, int)
+               and saved_step >= step)
+    if not covered:
+        logger.warning("%s has no final save of %s (the run was stopped after training): the resumed run redoes "
+                       "the final evaluation and save", output_dir, Path(checkpoint).name)
+    return covered

@@ -182,17 +182,17 @@ class RunFolderLock:
                 f"another --output_dir (if no run is writing there, delete {self.path}).")
 
 
-def check_output_dir(output_dir: Path, overwrite: bool, resuming: bool) -> None:
-    """Refuse to write into a non-empty folder unless asked (nothing a user saved is lost silently), and fail
+def check_output_dir(output_dir: Path, overwrite: bool, resuming: bool, flag: str = "--overwrite_output_dir") -> None:
+    """Refuse to write into a non-empty folder unless asked (`flag`; nothing a user saved is lost silently), and fail
     early, before any data is loaded, when the folder cannot be created or written."""
     output_dir = Path(output_dir)
     _make_writable_folder(output_dir)
     ours = {RUN_LOCK_FILE}
     entries = [p for p in output_dir.iterdir() if p.name not in ours and not p.name.startswith(_PROBE_PREFIX)]
     if entries and not (overwrite or resuming):
-        raise FileExistsError(f"Output folder {output_dir} exists and is not empty; pass --overwrite_output_dir to "
-                              "write into it, --resume_from_checkpoint to continue a run, or choose another "
-                              "--output_dir.")
+        resume = ", --resume_from_checkpoint to continue a run," if flag == "--overwrite_output_dir" else ""
+        raise FileExistsError(f"Output folder {output_dir} exists and is not empty; pass {flag} to write into it"
+                              f"{resume} or choose another --output_dir.")
 
 
 def _package_file_names() -> set[str]:
@@ -222,7 +222,7 @@ def clear_previous_run(output_dir: str | Path) -> list[str]:
     files = {"model.safetensors", "model.safetensors.index.json", "pytorch_model.bin", "pytorch_model.bin.index.json",
              "config.json", "generation_config.json", "item_vocab.json", "metrics.json", "training_recipe.yaml",
              "finetune_recipe.yaml", "training_args.bin", "adapter_model.safetensors", "adapter_model.bin",
-             "adapter_config.json", "genrec_base.json", "genrec_weights.json", COLD_START_RANKS}
+             "adapter_config.json", "genrec_base.json", "genrec_weights.json", "catalog_extensions.json", COLD_START_RANKS}
     code = _package_file_names() if (output_dir / "config.json").is_file() else set()
     removed = []
     for path in sorted(output_dir.iterdir()):

@@ -146,7 +146,7 @@ def _finetune(recipe: FinetuneRecipe, base_dir: Path, output_dir: Path, task: Ta
     if trainer.is_world_process_zero():
         def write_model(folder: Path) -> None:
             if recipe.mode == "lora":
-                save_adapter(model, folder, base_dir=base_dir)
+                save_adapter(model, folder, base_dir=base_dir, final_dir=output_dir)
                 metrics["checkpoint_bytes"] = _dir_bytes(folder, ("adapter_model.safetensors",))
             else:
                 trainer.save_model(str(folder))

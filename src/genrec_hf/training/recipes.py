@@ -164,6 +164,11 @@ class RecipeBase:
     def validate(self, source: str) -> None:
         """Checks that span keys, shared by every kind; subclasses extend it with their own."""
         self.training = check_training_section(self.training, source)
+        values = {**self.default_training_arguments, **self.training}
+        if not (values.get("max_steps") or 0) > 0 and not (values.get("num_train_epochs") or 0) > 0:
+            raise ValueError(f"{source}: training.num_train_epochs={values.get('num_train_epochs')!r} trains nothing "
+                             "(the run would save an untrained model with metrics and a card); expected a number "
+                             "> 0, or training.max_steps > 0.")
         if self.data.max_length < 1:  # type: ignore[attr-defined]
             raise ValueError(f"{source}: data.max_length={self.data.max_length}; "  # type: ignore[attr-defined]
                              "expected a positive integer.")

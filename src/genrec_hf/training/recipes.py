@@ -45,7 +45,7 @@ from ..data import InteractionData, load_interactions
 from ..data.collators import LENGTH_COLUMN
 from ..data.item_features import FEATURE_BLOCKS
 from ..data.mtp import MultiTokenTargets
-from ..data.tasks import TASKS
+from ..data.tasks import TASKS, check_task_params
 from ..evaluation import DEFAULT_KS
 from ..models.genrec import SIZE_PRESETS, GenRecConfig
 from ..models.genrec.configuration_item_tower import FUSIONS, GenRecItemTowerConfig
@@ -410,6 +410,10 @@ def check_task(task: TaskSection, source: str, where: str = "task") -> None:
     if unknown and not any(p.kind is p.VAR_KEYWORD for p in parameters):
         raise ValueError(f"{source}: {where}.params: task {task.name!r} has no parameter(s) {unknown}; its "
                          f"parameters are {allowed}.")
+    try:
+        check_task_params(task.name, task.params)
+    except (ValueError, TypeError) as error:
+        raise ValueError(f"{source}: {where}.params: {error}") from None
 
 
 # --- the training: section ------------------------------------------------------------------------------------------

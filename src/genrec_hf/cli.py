@@ -93,6 +93,8 @@ def cmd_evaluate(args: argparse.Namespace, extra: list[str]) -> int:
         where = args.split if args.staleness_anchor == "request" else "cut"
         name = f"staleness_{args.task or 'short_horizon'}_{where}"
     output = Path(args.output) if args.output else model_dir / f"eval_results_{name}.json"
+    if output.is_symlink() and not output.exists():
+        raise FileNotFoundError(f"--output {output} is a symbolic link to {output.readlink()}, which does not exist.")
     if output.is_dir():
         raise IsADirectoryError(f"--output {output} is a folder; expected a JSON file path.")
     if output.exists() and not args.overwrite:

@@ -134,6 +134,21 @@ def test_unwritable_output_dir_fails_before_loading_data(tmp_path, monkeypatch, 
         check_output_dir(blocker / "out", overwrite=False, resuming=False)
 
 
+def test_an_output_path_that_is_a_dangling_symlink_is_named(tmp_path, monkeypatch, capsys):
+    """Issue 27 P2: an --output_dir that is a symbolic link to a missing folder failed with "File exists" (and
+    writing through it would create the target, perhaps on the disk that replaced an unmounted one)."""
+    link = tmp_path / "runs"
+    link.symlink_to(tmp_path / "unmounted" / "runs")
+    monkeypatch.setattr(pipeline, "prepare_run",
+                        lambda *args, **kwargs: pytest.fail("data loaded before the folder check"))
+    assert _train(link, 1) == 2
+    (line,) = _error_lines(capsys.readouterr().err)
+    assert f"--output_dir {link} is a symbolic link to {tmp_path / 'unmounted' / 'runs'}, which does not exist" in line
+    assert main(["export-embeddings", str(tmp_path / "model"), "--data", "synthetic", "--out", str(link)]) == 2
+    assert f"--out {link} is a symbolic link" in capsys.readouterr().err
+    assert not (tmp_path / "unmounted").exists()
+
+
 def test_resume_in_a_copied_folder_reads_its_own_best_checkpoint(full_run, tmp_path, caplog):
     """Catches a resume in a copied run folder following trainer_state.json's absolute best_model_checkpoint into
     the original folder and saving that other run's weights as this run's model."""

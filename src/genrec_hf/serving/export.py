@@ -50,6 +50,7 @@ from ..integrity import file_sha256
 from ..loading import load_saved_model
 from ..models.genrec import GenRecForNextItemPrediction
 from ..models.genrec.modeling_genrec import history_inputs
+from ..training.run_folder import refuse_dangling_link
 
 MANIFEST = "manifest.json"
 EXPORT_FILES = ("items.safetensors", "items.parquet", "users.safetensors", "users.parquet", VOCAB_FILE, MANIFEST)
@@ -236,6 +237,7 @@ def _weights_file(folder: Path) -> Path:
 
 
 def _check_out_dir(out_dir: Path, overwrite: bool) -> None:
+    refuse_dangling_link(out_dir, "--out")
     if out_dir.exists() and not out_dir.is_dir():
         raise NotADirectoryError(f"--out {out_dir} exists and is not a folder.")
     if out_dir.is_dir() and any(out_dir.iterdir()):

@@ -95,8 +95,18 @@ def is_main_rank() -> bool:
     return True
 
 
+def refuse_dangling_link(path: str | Path, what: str = "--output_dir") -> None:
+    """Raise `FileNotFoundError` when `path` is a symbolic link to nothing: writing through it would create its
+    target (perhaps on another disk than the one that is missing), and mkdir says only "File exists"."""
+    path = Path(path)
+    if path.is_symlink() and not path.exists():
+        raise FileNotFoundError(f"{what} {path} is a symbolic link to {os.readlink(path)}, which does not exist; "
+                                f"create it (or mount what holds it), or choose another {what}.")
+
+
 def _make_writable_folder(output_dir: Path) -> None:
     """Create `output_dir` and write a probe file in it; any OSError becomes one clear line."""
+    refuse_dangling_link(output_dir)
     try:
         output_dir.mkdir(parents=True, exist_ok=True)
         fd, probe = tempfile.mkstemp(prefix=_PROBE_PREFIX, dir=output_dir)

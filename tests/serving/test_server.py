@@ -232,3 +232,21 @@ def test_missing_serve_extra_names_it(model_dir):
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=REPO_ROOT, timeout=300)
     assert result.returncode == 2, result.stderr[-2000:]
     assert 'pip install "genrec-hf[serve]"' in result.stderr and "Traceback" not in result.stderr
+
+
+def test_bench_serving_window_part_runs(model_dir):
+    """Keeps the benchmark of issue 27 item 8 runnable, and checks what it reports: past the window the old
+    behaviour (overflow_keep = window) rebuilds on every update, the default on one in window/2."""
+    import argparse
+
+    from tests.helpers import benchmark_module
+
+    bench = benchmark_module("bench_serving")
+    args = argparse.Namespace(model_dir=str(model_dir), overflow_keeps="window,half", stream_events=24, users=1)
+    rows = bench.part_window(args)
+    rebuilds = {(r["overflow_keep"], r["mode"], r["phase"].split(" (")[1]): r["rebuilds_per_update"] for r in rows}
+    assert len(rows) == 8 and rows[0]["window"] == 16
+    for mode in ("in-process", "http"):
+        assert rebuilds[(16, mode, "filling)")] == rebuilds[(8, mode, "filling)")] == 0
+        assert rebuilds[(16, mode, "past the window)")] == 1.0 and rebuilds[(8, mode, "past the window)")] == 1 / 8
+    assert "| overflow_keep |" in "\n".join(bench.tables("window", rows, args, "load"))

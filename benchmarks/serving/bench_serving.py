@@ -548,8 +548,8 @@ def tables(part: str, rows: list[dict], args, load: str) -> list[str]:
                          f"{r['nprobe']} | {r['recall@k']:.3f} | {r['p50_ms']:.1f} | {r['p95_ms']:.1f} | "
                          f"{r['exact_p50_ms']:.1f} | {r['build_s']:.1f} |")
     elif part == "window":
-        lines += ["| model (window) | overflow_keep | mode | updates | p50 ms | p95 ms | p99 ms | mean ms | rebuilds per "
-                  "update | n |", "|" + "---|" * 10]
+        lines += ["| model (window) | overflow_keep | mode | updates | p50 ms | p95 ms | p99 ms | mean ms | "
+                  "rebuilds per update | n |", "|" + "---|" * 10]
         for r in rows:
             lines.append(f"| {r['model']} ({r['window']}) | {r['overflow_keep']} | {r['mode']} | {r['phase']} | "
                          f"{_ms(r)} | {r['mean_ms']:.1f} | {r['rebuilds_per_update']:.2f} | {r['n']} |")

@@ -187,12 +187,13 @@ def load_verified_model(folder: str | Path, verify: bool = True, **kwargs: Any) 
     folder = Path(folder)
     check_save_complete(folder)
     if not (folder / "config.json").is_file():
-        checkpoints = sorted((p for p in folder.glob("checkpoint-*") if (p / "config.json").is_file()),
-                             key=lambda p: int(p.name.rpartition("-")[2]) if p.name.rpartition("-")[2].isdigit() else -1)
-        if checkpoints:
+        steps = sorted(int(p.name[len("checkpoint-"):]) for p in folder.glob("checkpoint-*")
+                       if p.name[len("checkpoint-"):].isdigit() and (p / "config.json").is_file())
+        if steps:
             raise FileNotFoundError(
-                f"{folder} holds checkpoints ({', '.join(p.name for p in checkpoints[-3:])}) but no final model: the run did not "
-                "finish. Resume it (`genrec-hf train ... --resume_from_checkpoint`), or load a checkpoint folder.")
+                f"{folder} holds checkpoints ({', '.join(f'checkpoint-{n}' for n in steps[-3:])}) but no final model: "
+                "the run did not finish. Resume it (`genrec-hf train ... --resume_from_checkpoint`), or load a "
+                "checkpoint folder.")
         raise FileNotFoundError(f"{folder} is not a saved genrec_hf model: it has no config.json (expected a saved "
                                 "GenRecForNextItemPrediction, e.g. the output_dir of `genrec-hf train`).")
     verify_weights(folder, verify)

@@ -172,7 +172,8 @@ def test_user_rank_bootstrap_resamples_the_same_users_at_every_size(tmp_path):
         ([1e5, 0, 1e7, 1e8], [0.1, 0.2, 0.25, 0.3], "backbone size 0 for task 'T' is not positive"),
         ([1e5, 1e6, 1e6, 1e8], [0.1, 0.2, 0.25, 0.3], "duplicate backbone size 1e\\+06 for task 'T'"),
         # issue 27 F4: negative MRR values were fitted and reported "identified yes"
-        ([1e5, 1e6, 1e7, 1e8], [-0.4, -0.3, -0.25, -0.2], r"mrr = -0.4 at size 100000 for task 'T' is outside \[0, 1\]"),
+        ([1e5, 1e6, 1e7, 1e8], [-0.4, -0.3, -0.25, -0.2],
+         r"mrr = -0.4 at size 100000 for task 'T' is outside \[0, 1\]"),
         ([1e5, 1e6, 1e7, 1e8], [[0.1, 0.1], [0.2, 1.2], [0.25, 0.2], [0.3, 0.3]], r"mrr = 1.2 at size 1e\+06"),
     ],
 )

@@ -261,7 +261,8 @@ def _loads_like(out: Path, full_run: Path) -> None:
     assert not (out / SAVE_STAGING_DIR).exists()
 
 
-@pytest.mark.parametrize("kill_at", ["genrec_hf.data.vocab:ItemVocab.save", "genrec_hf.training.run_folder:write_manifest"])
+@pytest.mark.parametrize("kill_at", ["genrec_hf.data.vocab:ItemVocab.save",
+                                     "genrec_hf.training.run_folder:write_manifest"])
 def test_final_save_killed_while_staging_keeps_the_folder_and_resume_redoes_it(full_run, tmp_path, monkeypatch,
                                                                                  capsys, kill_at):
     """X2: a kill right after the final model.safetensors write left weights without vocabulary, manifest or

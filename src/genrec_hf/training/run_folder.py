@@ -232,7 +232,8 @@ def clear_previous_run(output_dir: str | Path) -> list[str]:
     files = {"model.safetensors", "model.safetensors.index.json", "pytorch_model.bin", "pytorch_model.bin.index.json",
              "config.json", "generation_config.json", "item_vocab.json", "metrics.json", "training_recipe.yaml",
              "finetune_recipe.yaml", "training_args.bin", "adapter_model.safetensors", "adapter_model.bin",
-             "adapter_config.json", "genrec_base.json", "genrec_weights.json", "catalog_extensions.json", COLD_START_RANKS}
+             "adapter_config.json", "genrec_base.json", "genrec_weights.json", "catalog_extensions.json",
+             COLD_START_RANKS}
     code = _package_file_names() if (output_dir / "config.json").is_file() else set()
     removed = []
     for path in sorted(output_dir.iterdir()):

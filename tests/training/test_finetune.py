@@ -152,6 +152,9 @@ def test_a_killed_finetune_save_is_refused_by_loads_and_rerun_with_overwrite(tmp
     from tests.faults import Killed, fault
 
     recipe = _recipe(tmp_path)
+    raw = yaml.safe_load(recipe.read_text())
+    raw["training"]["num_train_epochs"], raw["evaluation"]["zero_shot"] = 1, False
+    recipe.write_text(yaml.safe_dump(raw))
     fault(monkeypatch, "genrec_hf.training.run_folder:_move", call=2)
     with pytest.raises(Killed):
         run_finetune(str(base_dir), str(recipe))

@@ -590,7 +590,7 @@ def part_window(args) -> list[dict]:
                for _ in range(args.users)]
     rows = []
     for keep in _keeps(args.overflow_keeps, window):
-        for mode in ("in-process", "http"):
+        for mode in args.modes.split(","):
             client = server = None
             if mode == "http":
                 import httpx
@@ -665,7 +665,7 @@ def main() -> None:
     parser.add_argument("--users", type=int, default=5, help="window: users streamed")
     # grid part
     parser.add_argument("--topk", default="exact,ivf,hnsw", help="grid: exact, ivf, hnsw, flat")
-    parser.add_argument("--modes", default="in-process,http", help="grid: in-process, http")
+    parser.add_argument("--modes", default="in-process,http", help="grid, window: in-process, http")
     parser.add_argument("--requests", type=int, default=200, help="grid: requests per case (upper bound)")
     parser.add_argument("--nprobe", type=int, default=None, help="grid: IVF lists searched (default nlist/4)")
     parser.add_argument("--ef_search", type=int, default=64, help="grid: HNSW candidates searched")

@@ -242,7 +242,8 @@ def test_bench_serving_window_part_runs(model_dir):
     from tests.helpers import benchmark_module
 
     bench = benchmark_module("bench_serving")
-    args = argparse.Namespace(model_dir=str(model_dir), overflow_keeps="window,half", stream_events=24, users=1)
+    args = argparse.Namespace(model_dir=str(model_dir), overflow_keeps="window,half", stream_events=24, users=1,
+                              modes="in-process,http")
     rows = bench.part_window(args)
     rebuilds = {(r["overflow_keep"], r["mode"], r["phase"].split(" (")[1]): r["rebuilds_per_update"] for r in rows}
     assert len(rows) == 8 and rows[0]["window"] == 16

@@ -333,3 +333,43 @@ def test_sigterm_during_an_atomic_save_is_recoverable(tmp_path):
     assert main(["recommend", str(out), "--history", "1,2"]) == 2
     assert main([*args, "--overwrite"]) == 0
     assert Recommender.from_pretrained(out).num_items == 41 and not (out / SAVE_STAGING_DIR).exists()
+
+
+def _final_save(folder: Path, steps: int) -> None:
+    from genrec_hf.integrity import write_manifest
+
+    folder.mkdir(parents=True, exist_ok=True)
+    save_file({"w": torch.zeros(2)}, str(folder / "model.safetensors"))
+    (folder / "metrics.json").write_text(json.dumps({"train": {"steps": steps}}))
+    write_manifest(folder)
+
+
+@pytest.mark.parametrize(("layout", "covered"), [
+    ("final save of step 30", True),
+    ("final save of step 20 (the resumed run's own save was lost)", False),
+    ("no final save", False),
+    ("final save of step 30 + an incomplete staged one", True),
+    ("a complete staged save of step 30, half published", True),
+])
+def test_final_save_covers_gives_every_process_the_same_answer(tmp_path, layout, covered):
+    """Catches a resume that refuses to finish an interrupted final save, finishes one that was complete, or (in a
+    distributed run, where only rank 0 repairs the folder) ranks that disagree on whether there is training left."""
+    from genrec_hf.training.run_folder import final_save_covers
+
+    out = tmp_path / "run"
+    (out / "checkpoint-30").mkdir(parents=True)
+    (out / "checkpoint-30" / "trainer_state.json").write_text(json.dumps({"global_step": 30}))
+    if "step 30" in layout and "staged" not in layout.split("+")[0]:
+        _final_save(out, 30)
+    elif "step 20" in layout:
+        _final_save(out, 20)
+    if "incomplete staged" in layout:
+        (out / SAVE_STAGING_DIR).mkdir()
+        save_file({"w": torch.ones(2)}, str(out / SAVE_STAGING_DIR / "model.safetensors"))
+    if "half published" in layout:
+        _final_save(out / SAVE_STAGING_DIR, 30)
+        os.replace(out / SAVE_STAGING_DIR / "metrics.json", out / "metrics.json")  # moved before the kill
+    assert final_save_covers(out, out / "checkpoint-30", recover=False) is covered  # another rank: no repair
+    assert final_save_covers(out, out / "checkpoint-30") is covered  # rank 0 repairs the folder
+    assert not (out / SAVE_STAGING_DIR).exists()
+    assert (out / MANIFEST).is_file() == ("step" in layout)

@@ -39,10 +39,10 @@ while one of its updates is in flight is dropped with it.
 
 from __future__ import annotations
 
+import copy
 import threading
 from collections import OrderedDict
 from collections.abc import Sequence
-import copy
 from dataclasses import dataclass, field, replace
 from typing import TYPE_CHECKING, Union
 

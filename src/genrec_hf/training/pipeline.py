@@ -16,9 +16,9 @@ from __future__ import annotations
 import json
 import logging
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from collections.abc import Callable
 from typing import Any
 
 import torch
@@ -231,8 +231,9 @@ def train(recipe: Recipe, *, overwrite_output_dir: bool = False, resume_from_che
         check_output_dir(output_dir, overwrite_output_dir, bool(resume_from_checkpoint))
         args = recipe.training_arguments()
         checkpoint = resolve_resume_checkpoint(output_dir, resume_from_checkpoint)
-        if checkpoint and final_save_covers(output_dir, checkpoint):  # else: finish an interrupted final save
-            require_training_left(checkpoint, args)
+        if checkpoint:
+            if final_save_covers(output_dir, checkpoint, recover=lock.enabled):  # else: the run redoes its final save
+                require_training_left(checkpoint, args)
         elif overwrite_output_dir and lock.enabled:
             clear_previous_run(output_dir)
         set_seed(recipe.seed)

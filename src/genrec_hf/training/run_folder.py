@@ -414,19 +414,27 @@ def recover_final_save(output_dir: str | Path) -> None:
         shutil.rmtree(staging)
 
 
-def final_save_covers(output_dir: str | Path, checkpoint: str | Path) -> bool:
-    """Whether `output_dir` holds a complete final save made at or after `checkpoint`'s step (after recovering an
-    interrupted save). False means the run's training reached the checkpoint but its final evaluation and save did
-    not finish, so a resume must redo them even with no training left."""
+def final_save_covers(output_dir: str | Path, checkpoint: str | Path, *, recover: bool = True) -> bool:
+    """Whether `output_dir` holds (or, with an interrupted but complete staged save, is about to hold) a final save
+    made at or after `checkpoint`'s step. False means the run's training reached the checkpoint but its final
+    evaluation and save did not finish, so a resume must redo them even with no training left. `recover` (the
+    process that writes the folder) then finishes or undoes the interrupted save (`recover_final_save`); the answer
+    is the same on every process."""
     output_dir = Path(output_dir)
-    recover_final_save(output_dir)
+    staging = output_dir / SAVE_STAGING_DIR
+    complete_staging = (staging / MANIFEST_FILE).is_file()
+    saved = output_dir
+    if complete_staging and (staging / "metrics.json").is_file():
+        saved = staging  # published next; its metrics.json may also have been moved out already
     try:
-        saved_step = json.loads((output_dir / "metrics.json").read_text())["train"]["steps"]
+        saved_step = json.loads((saved / "metrics.json").read_text())["train"]["steps"]
         step = json.loads((Path(checkpoint) / TRAINER_STATE_NAME).read_text())["global_step"]
     except (OSError, ValueError, KeyError, TypeError):
         saved_step, step = None, None
-    covered = ((output_dir / MANIFEST_FILE).is_file() and isinstance(saved_step, int) and isinstance(step, int)
-               and saved_step >= step)
+    has_manifest = complete_staging or (output_dir / MANIFEST_FILE).is_file()  # an incomplete one left it intact
+    covered = has_manifest and isinstance(saved_step, int) and isinstance(step, int) and saved_step >= step
+    if recover:
+        recover_final_save(output_dir)
     if not covered:
         logger.warning("%s has no final save of %s (the run was stopped after training): the resumed run redoes "
                        "the final evaluation and save", output_dir, Path(checkpoint).name)

@@ -104,20 +104,25 @@ def check_task_params(name: str, params: dict[str, Any]) -> None:
 
 
 def build_task(name: str, data: InteractionData, **params: Any) -> TaskData:
-    """Build the registered task `name` from `InteractionData`, with task parameters as keywords. A task that leaves
-    no user to evaluate (parameters no event meets, such as a rating threshold above every rating) is an error
-    naming the task and its parameters, not an empty evaluation later."""
+    """Build the registered task `name` from `InteractionData`, with task parameters as keywords (checked first by
+    the task's own `check`, see `register_task`)."""
     if name not in TASKS:
         raise ValueError(f"Unknown task {name!r}; registered tasks are {sorted(TASKS)} (add one with "
                          "@genrec_hf.data.tasks.register_task).")
     check_task_params(name, params)
-    task = TASKS[name](data, **params)
-    if len(task.test) == 0:
+    return TASKS[name](data, **params)
+
+
+def require_eligible_users(task: TaskData, data_name: str) -> None:
+    """Raise a `ValueError` naming the task and its parameters when it has no user to train, validate and test on
+    (parameters no event meets, such as a rating threshold above every rating): a fine-tune of it would train on
+    nothing and fail at its end with an empty evaluation."""
+    empty = [split for split in ("train", "validation", "test") if len(getattr(task, split)) == 0]
+    if empty:
         shown = ", ".join(f"{k}={v!r}" for k, v in task.params.items()) or "default parameters"
-        raise ValueError(f"task {name!r} ({shown}) has no eligible user in {data.name}: none of its "
-                         f"{len(data.sequences)} users has two targets to validate and test on; change the task's "
+        raise ValueError(f"task {task.name!r} ({shown}) has no eligible user in {data_name}: its {' and '.join(empty)} "
+                         f"rows are empty ({task.stats.get('users_dropped', '?')} users dropped); change the task's "
                          "parameters (recipe task.params).")
-    return task
 
 
 # ---------------------------------------------------------------------------------------------------------------------

@@ -37,7 +37,7 @@ from transformers import set_seed
 from ..adapters import attach_adapter, check_lora_layers, save_adapter, trainable_parameters
 from ..data import ItemVocab, remap_to_vocab
 from ..data.collators import TaskCollator, label_windows
-from ..data.tasks import TaskData, build_task
+from ..data.tasks import TaskData, build_task, require_eligible_users
 from ..evaluation import evaluate_model
 from ..integrity import load_verified_model
 from ..models.genrec import GenRecForNextItemPrediction
@@ -100,6 +100,7 @@ def _finetune(recipe: FinetuneRecipe, base_dir: Path, output_dir: Path, task: Ta
         task = build_task(recipe.task.name, data, **recipe.task.params)
         data_name = data.name
     data_name = data_name or recipe.data.source
+    require_eligible_users(task, data_name)
     train_rows = label_windows(task.train, recipe.data.max_length)
     ks = tuple(recipe.evaluation.ks)
     logger.info("task %s on %s: %d training windows, %d validation and %d test users", task.name, data_name,

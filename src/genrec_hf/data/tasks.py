@@ -31,6 +31,10 @@ Registering your own task::
         return single_target_task(data, is_target, name="weekend", params=params)
 
     task = build_task("weekend", data)   # TaskData with train / validation / test / protocol
+
+`register_task(name, check=fn)` also registers `fn(**params)`, which refuses parameters that can select no target
+(an empty window) when a recipe is read, before any data; a fine-tune refuses a task left with no user
+(`require_eligible_users`).
 """
 
 from __future__ import annotations

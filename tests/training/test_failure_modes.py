@@ -335,6 +335,125 @@ def test_sigterm_during_an_atomic_save_is_recoverable(tmp_path):
     assert Recommender.from_pretrained(out).num_items == 41 and not (out / SAVE_STAGING_DIR).exists()
 
 
+def test_resume_continues_the_run_and_reports_its_whole_loss(full_run, tmp_path, monkeypatch):
+    """Catches a resume that restarts from scratch or without the optimizer state (it would run 30 steps, or end
+    on other weights than the uninterrupted run), and metrics.json's train.loss covering only the resumed steps."""
+    out = tmp_path / "run"
+    shutil.copytree(full_run / "checkpoint-10", out / "checkpoint-10")
+    real_step = GenRecTrainer.training_step
+    steps = []
+
+    def counted(self, *args, **kwargs):
+        steps.append(self.state.global_step)
+        return real_step(self, *args, **kwargs)
+
+    monkeypatch.setattr(GenRecTrainer, "training_step", counted)
+    assert _train(out, resume=True) == 0
+    assert steps == list(range(10, 30))  # continues at the checkpoint's step
+    assert _equal(_weights(out), _weights(full_run))  # model, optimizer, scheduler, RNG and data order restored
+    resumed, uninterrupted = _metrics(out)["train"], _metrics(full_run)["train"]
+    history = json.loads((full_run / "checkpoint-30" / "trainer_state.json").read_text())["log_history"]
+    logged = [(e["step"], e["loss"]) for e in history if "loss" in e]
+    assert [s for s, _ in logged] == [10, 20, 30]  # one entry per epoch, so the whole-run mean is their mean
+    whole_run = sum(loss for _, loss in logged) / len(logged)
+    assert resumed["loss"] == pytest.approx(whole_run, rel=1e-9)
+    assert uninterrupted["loss"] == pytest.approx(whole_run, rel=1e-9)
+    assert resumed["resumed_from_step"] == 10 and resumed["steps"] == uninterrupted["steps"] == 30
+
+
+def test_run_training_loss_weights_entries_by_steps_and_adds_the_unlogged_tail():
+    """Catches the whole-run loss averaging log entries unweighted or dropping steps after the last entry."""
+    from transformers import TrainerState
+
+    from genrec_hf.training.trainer import run_training_loss
+
+    state = TrainerState(global_step=12, log_history=[{"loss": 2.0, "step": 5}, {"loss": 1.0, "step": 10}])
+    session_loss = (2.0 * 5 + 1.0 * 5 + 0.5 * 2) / 12  # steps 11-12 (loss 0.5) were never logged
+    assert run_training_loss(state, session_loss, 0) == pytest.approx(16 / 12)
+    # Resumed at step 10 from a checkpoint whose last entry was at step 8: steps 9-10 have no known loss.
+    state = TrainerState(global_step=14, log_history=[{"loss": 3.0, "step": 8}, {"loss": 1.0, "step": 12}])
+    session_loss = (1.0 * 2 + 0.5 * 2) / 4
+    assert run_training_loss(state, session_loss, 10) == pytest.approx((3.0 * 8 + 1.0 * 2 + 0.5 * 2) / 12)
+    assert run_training_loss(TrainerState(global_step=0), 0.0, 0) is None
+
+
+def test_divergent_run_stops_naming_the_step_and_saves_nothing(tmp_path, capsys):
+    """Catches a learning rate of 1e9 training to NaN, exiting 0 and serving all-NaN scores."""
+    args = tiny_args(2)
+    args[args.index("0.01")] = "1e9"
+    out = tmp_path / "run"
+    assert main(["train", RECIPE, "--output_dir", str(out), *args]) == 2
+    (line,) = _error_lines(capsys.readouterr().err)
+    assert "training loss is" in line and " at step " in line
+    assert not (out / "model.safetensors").exists()
+    for checkpoint in out.glob("checkpoint-*"):
+        assert all(torch.isfinite(t).all() for t in _weights(checkpoint).values())
+
+
+def test_non_finite_weights_are_never_checkpointed(tmp_path):
+    """Catches a checkpoint (a candidate "best" model) being saved with NaN weights after a finite loss."""
+    from transformers import TrainerCallback, TrainingArguments
+
+    from genrec_hf import GenRecForNextItemPrediction
+    from genrec_hf.data import NextItemCollator, leave_one_out, load_interactions, sliding_windows
+    from genrec_hf.training.trainer import NonFiniteError
+
+    data = load_interactions("synthetic:num_users=40,num_items=30,num_clusters=3,seed=1")
+    splits = leave_one_out(data)
+    model = GenRecForNextItemPrediction(tiny_config(vocab_size=len(data.vocab), num_action_types=6))
+
+    class Poison(TrainerCallback):
+        def on_step_end(self, args, state, control, model=None, **kwargs):
+            if state.global_step == 2:
+                with torch.no_grad():
+                    model.model.embeddings.item_embeddings.weight[1, 0] = float("nan")
+
+    args = TrainingArguments(output_dir=str(tmp_path), max_steps=4, save_strategy="steps", save_steps=2,
+                             per_device_train_batch_size=8, eval_strategy="no", report_to=[], use_cpu=True,
+                             remove_unused_columns=False, disable_tqdm=True)
+    trainer = GenRecTrainer(model=model, args=args, train_dataset=sliding_windows(splits["train"], 16),
+                            data_collator=NextItemCollator(16), eval_collator=NextItemCollator(16, mode="eval"),
+                            callbacks=[Poison()])
+    with pytest.raises(NonFiniteError, match="checkpoint at step 2: tensor .*item_embeddings.weight has non-finite"):
+        trainer.train()
+    assert not list(tmp_path.glob("checkpoint-*"))
+
+
+def test_overwrite_removes_the_previous_runs_files_and_keeps_the_users(full_run, tmp_path, caplog):
+    """Catches --overwrite_output_dir leaving the old run's checkpoints and evaluation files beside the new run's
+    (a resume or a reader would mix the two runs), or deleting a user's own files."""
+    out = tmp_path / "run"
+    shutil.copytree(full_run, out)
+    shutil.copytree(out / "checkpoint-30", out / "checkpoint-999")
+    (out / "eval_results_test.json").write_text("{}")
+    (out / "notes.txt").write_text("mine")
+    (out / "analysis.py").write_text("print('mine')")
+    (out / "plots").mkdir()
+    (out / "plots" / "loss.csv").write_text("1,2")
+    with caplog.at_level(logging.INFO):
+        assert _train(out, 1, "--overwrite_output_dir") == 0
+    names = {p.name for p in out.iterdir()}
+    assert {"notes.txt", "analysis.py", "plots"} <= names and (out / "plots" / "loss.csv").is_file()
+    assert "eval_results_test.json" not in names
+    assert {n for n in names if n.startswith("checkpoint-")} == {"checkpoint-10"}
+    assert _metrics(out)["train"]["steps"] == STEPS_PER_EPOCH
+    assert "removed the previous run's" in caplog.text and "checkpoint-999" in caplog.text
+
+
+def test_clear_previous_run_keeps_files_the_package_did_not_write(tmp_path):
+    """Catches the overwrite cleanup deleting a user's README or script that only looks like the package's."""
+    from genrec_hf.training.run_folder import clear_previous_run
+
+    (tmp_path / "README.md").write_text("# my notes about this folder\n")
+    (tmp_path / "helper.py").write_text("")
+    (tmp_path / "modeling_genrec.py").write_text("")  # remote code only beside a config.json
+    assert clear_previous_run(tmp_path) == []
+    (tmp_path / "config.json").write_text("{}")
+    (tmp_path / "checkpoint-final").mkdir()  # not a Trainer checkpoint name
+    assert clear_previous_run(tmp_path) == ["config.json", "modeling_genrec.py"]
+    assert {p.name for p in tmp_path.iterdir()} == {"README.md", "helper.py", "checkpoint-final"}
+
+
 def _final_save(folder: Path, steps: int) -> None:
     from genrec_hf.integrity import write_manifest
 

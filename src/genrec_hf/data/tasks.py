@@ -18,6 +18,10 @@ Splits are per-user and leak-free in time order (the leave-one-out protocol gene
 test anchor is their last qualifying target, the validation anchor the last qualifying target before it, and the
 training rows only see events before the validation anchor.
 
+`register_task(name, check=fn)` also registers `fn(**params)`, which refuses parameters that can select no target
+(an empty window) when a recipe is read, before any data; a fine-tune refuses a task left with no user
+(`require_eligible_users`).
+
 Registering your own task::
 
     from genrec_hf.data.tasks import build_task, register_task, single_target_task
@@ -31,10 +35,6 @@ Registering your own task::
         return single_target_task(data, is_target, name="weekend", params=params)
 
     task = build_task("weekend", data)   # TaskData with train / validation / test / protocol
-
-`register_task(name, check=fn)` also registers `fn(**params)`, which refuses parameters that can select no target
-(an empty window) when a recipe is read, before any data; a fine-tune refuses a task left with no user
-(`require_eligible_users`).
 """
 
 from __future__ import annotations

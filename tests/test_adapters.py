@@ -273,7 +273,10 @@ def test_evaluate_adapter_folder_checks_the_base_it_names(tmp_path, caplog):
     served = Recommender.from_pretrained(adapter_dir)
     plain = Recommender.from_pretrained(base_dir)
     assert not torch.allclose(served.user_embedding(["1", "2"]), plain.user_embedding(["1", "2"]), atol=1e-4)
-    ItemVocab(ids[::-1]).save(base_dir)  # the base folder was retrained on a re-indexed catalog
+    from genrec_hf.integrity import write_manifest
+
+    ItemVocab(ids[::-1]).save(base_dir)  # the base folder was retrained on a re-indexed catalog (and re-saved)
+    write_manifest(base_dir)
     with pytest.raises(ValueError, match="item_vocab.json differs"):
         evaluate_saved_model(adapter_dir, TINY_DATA)
     with pytest.raises(ValueError, match="item_vocab.json differs"):

@@ -52,12 +52,58 @@ def _sha(path) -> str:
     return hashlib.sha256(path.read_bytes()).hexdigest()
 
 
-def test_manifest_records_every_weights_file(tmp_path):
+def test_manifest_records_every_file_a_load_reads(tmp_path):
     _save(tmp_path / "m")
     manifest = json.loads((tmp_path / "m" / MANIFEST_FILE).read_text())
-    weights = tmp_path / "m" / "model.safetensors"
-    assert manifest["files"] == {"model.safetensors": {"sha256": _sha(weights), "size": weights.stat().st_size}}
-    assert manifest["genrec_hf_version"] and manifest["created_at"]
+    names = ("model.safetensors", "config.json", "generation_config.json", "item_vocab.json")
+    assert manifest["files"] == {n: {"sha256": _sha(tmp_path / "m" / n), "size": (tmp_path / "m" / n).stat().st_size}
+                                 for n in names if (tmp_path / "m" / n).is_file()}
+    assert {"model.safetensors", "config.json", "item_vocab.json"} <= set(manifest["files"])
+    assert manifest["format"] == 2 and manifest["genrec_hf_version"] and manifest["created_at"]
+
+
+@pytest.mark.parametrize("change", ["item_vocab.json reversed", "config.json score_temperature"])
+def test_a_changed_vocabulary_or_config_is_refused(tmp_path, change):
+    """Issue 27 item 3: reversing the item list of item_vocab.json in a copy of a run made `recommend` return
+    another list with no warning (the manifest covered only the weights). Every file a load reads is covered now."""
+    folder = tmp_path / "m"
+    _save(folder)
+    name = change.split()[0]
+    data = json.loads((folder / name).read_text())
+    if name == "item_vocab.json":
+        key = next(k for k, v in data.items() if isinstance(v, list) and len(v) == 40)
+        data[key] = data[key][::-1]
+    else:
+        data["score_temperature"] = 0.5
+    (folder / name).write_text(json.dumps(data))
+    with pytest.raises(WeightsIntegrityError, match=f"{folder / name} does not match {MANIFEST_FILE}"):
+        Recommender.from_pretrained(folder)
+    assert main(["recommend", str(folder), "--history", "1,2"]) == 2
+    Recommender.from_pretrained(folder, verify=False)
+
+
+def test_an_old_weights_only_manifest_loads_with_a_warning_naming_what_it_cannot_vouch_for(tmp_path, caplog):
+    """Old run folders (manifest of the weights only) must keep loading; the warning says which files are not
+    covered, so a user knows to re-save."""
+    folder = tmp_path / "m"
+    _save(folder)
+    manifest = json.loads((folder / MANIFEST_FILE).read_text())
+    manifest.pop("format")
+    manifest["files"] = {"model.safetensors": manifest["files"]["model.safetensors"]}
+    (folder / MANIFEST_FILE).write_text(json.dumps(manifest))
+    with caplog.at_level(logging.WARNING, logger="genrec_hf.integrity"):
+        Recommender.from_pretrained(folder)
+    (record,) = [r for r in caplog.records if MANIFEST_FILE in r.getMessage()]
+    assert "config.json" in record.getMessage() and "item_vocab.json" in record.getMessage()
+    assert "written before manifests covered more than the weights" in record.getMessage()
+
+
+def test_a_garbled_manifest_entry_is_one_clear_error(tmp_path):
+    folder = tmp_path / "m"
+    _save(folder)
+    (folder / MANIFEST_FILE).write_text(json.dumps({"files": {"model.safetensors": "abc"}}))
+    with pytest.raises(WeightsIntegrityError, match="is not a valid weights manifest"):
+        Recommender.from_pretrained(folder)
 
 
 def test_changed_payload_is_refused_naming_file_and_both_hashes(tmp_path):
@@ -121,7 +167,7 @@ def test_adapter_weights_are_recorded_and_checked(tmp_path):
     base = _save(tmp_path / "base")
     out = save_adapter(attach_adapter(base, lora_config(r=2)), tmp_path / "adapter", base_dir=tmp_path / "base")
     manifest = json.loads((out / MANIFEST_FILE).read_text())
-    assert set(manifest["files"]) == {"adapter_model.safetensors"}
+    assert set(manifest["files"]) == {"adapter_model.safetensors", "adapter_config.json", "genrec_base.json"}
     load_adapters(tmp_path / "base", {"task": out})
     _overwrite_last_float(out / "adapter_model.safetensors", 2.5)
     with pytest.raises(WeightsIntegrityError, match="adapter_model.safetensors"):

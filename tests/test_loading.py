@@ -68,7 +68,8 @@ def test_every_load_refuses_the_vocabulary_of_another_model(folders, tmp_path):
     folder = tmp_path / "other_vocab"
     folder.mkdir()
     for path in base_dir.iterdir():
-        (folder / path.name).write_bytes(path.read_bytes())
+        if path.name != "genrec_weights.json":  # with the manifest, the changed vocabulary is refused even earlier
+            (folder / path.name).write_bytes(path.read_bytes())
     ItemVocab([str(i) for i in range(1, 31)]).save(folder)  # 31 indices for a model of vocab_size=41
     for load in (lambda: load_model(folder), lambda: load_saved_model(folder), lambda: load_serving_model(folder),
                  lambda: Recommender.from_pretrained(folder), lambda: evaluate_saved_model(folder, TINY_DATA)):
@@ -104,3 +105,62 @@ def test_adapter_load_does_not_warn_about_gradient_checkpointing(tmp_path):
     assert base.is_gradient_checkpointing is False
     base.activation_checkpointing_enable()
     assert base.is_gradient_checkpointing is True
+
+
+def _adapter_on(base: GenRecForNextItemPrediction, base_dir, adapter_dir):
+    peft = attach_adapter(base, lora_config(r=2))
+    with torch.no_grad():
+        for name, param in peft.named_parameters():
+            if "lora_B" in name:
+                param.add_(0.3 * torch.randn(param.shape))
+    save_adapter(peft, adapter_dir, base_dir=base_dir)
+
+
+def _tiny_base(folder, seed: int) -> GenRecForNextItemPrediction:
+    torch.manual_seed(seed)
+    model = GenRecForNextItemPrediction(tiny_config()).eval()
+    model.save_pretrained(folder)
+    ItemVocab([str(i) for i in range(1, 41)]).save(folder)
+    write_manifest(folder)
+    return model
+
+
+def test_an_adapters_base_is_found_from_the_adapter_not_the_current_folder(tmp_path, monkeypatch):
+    """Issue 27 P8: an adapter's base_dir ("runs/base", as given when it was trained) was resolved against the
+    current folder: from another folder holding a different runs/base, the adapter silently loaded on the wrong
+    base. The base is now recorded absolute and relative to the adapter, and a base found only from the current
+    folder must have the recorded weights."""
+    project, elsewhere = tmp_path / "project", tmp_path / "elsewhere"
+    for root, seed in ((project, 0), (elsewhere, 1)):
+        (root / "runs").mkdir(parents=True)
+        _tiny_base(root / "runs" / "base", seed)
+    monkeypatch.chdir(project)
+    _adapter_on(GenRecForNextItemPrediction.from_pretrained("runs/base"), "runs/base", "runs/adapter")
+    expected, _ = load_saved_model("runs/adapter")
+    adapter = project / "runs" / "adapter"
+    monkeypatch.chdir(elsewhere)  # a different runs/base here
+    merged, _ = load_saved_model(adapter)
+    with torch.no_grad():
+        torch.testing.assert_close(merged(**BATCH).user_embeddings, expected(**BATCH).user_embeddings)
+    moved = tmp_path / "moved"  # base and adapter moved together: found relative to the adapter
+    (project / "runs").rename(moved)
+    merged, _ = load_saved_model(moved / "adapter")
+    with torch.no_grad():
+        torch.testing.assert_close(merged(**BATCH).user_embeddings, expected(**BATCH).user_embeddings)
+
+    import json
+
+    legacy = moved / "adapter" / "genrec_base.json"  # as older versions wrote it: the path as given, nothing else
+    fingerprint = json.loads(legacy.read_text())
+    fingerprint.pop("base_dir_relative")
+    fingerprint["base_dir"] = "runs/base"
+    legacy.write_text(json.dumps(fingerprint))
+    config = json.loads((moved / "adapter" / "adapter_config.json").read_text())
+    config["base_model_name_or_path"] = "runs/base"
+    (moved / "adapter" / "adapter_config.json").write_text(json.dumps(config))
+    write_manifest(moved / "adapter")
+    with pytest.raises(ValueError, match=r"names its base as 'runs/base'.*weights differ.*--base DIR"):
+        load_saved_model(moved / "adapter")
+    merged, _ = load_saved_model(moved / "adapter", base=moved / "base")
+    with torch.no_grad():
+        torch.testing.assert_close(merged(**BATCH).user_embeddings, expected(**BATCH).user_embeddings)

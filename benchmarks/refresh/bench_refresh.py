@@ -99,8 +99,8 @@ def initial_base(config, vocab, out: Path) -> Path:
     from genrec_hf.integrity import write_manifest
 
     GenRecForNextItemPrediction(config).save_pretrained(out)
-    write_manifest(out)
     vocab.save(out)
+    write_manifest(out)  # last: it covers the vocabulary too
     return out
 
 

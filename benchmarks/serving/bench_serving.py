@@ -21,6 +21,10 @@ HTTP cases talk to a uvicorn server on 127.0.0.1 only, started and stopped by th
              extrapolated to one epoch over `--epoch_events`) vs putting one new vector into the exact table or the
              IVF index, and a cold-start `add_items` of its metadata (the `add_items` part alone)
   add_items  the cold-start row of `freshness` on its own: one metadata row → `model.add_items` → fused table
+  window     a TRAINED model (`--model_dir`, its max_position_embeddings = the recipe's data.max_length): the
+             latency of each one-event update of a user's served state (`Recommender.update`, what POST /events
+             runs; and over HTTP) while the state fills its window and after, per `--overflow_keeps` (window: a
+             rebuild per event past it, the behaviour before the amortised default; half: the default)
   grid       the older grid: presets × catalogs × top-k kinds × modes × batches, recommend from histories
 
     python benchmarks/serving/bench_serving.py --parts state,topk,requests,freshness \\
@@ -609,6 +613,12 @@ def tables(part: str, rows: list[dict], args, load: str) -> list[str]:
             lines.append(f"| {r['preset']} ({r['width']}) | {r['items']:,} | {r['space']} | {r['nlist']} / "
                          f"{r['nprobe']} | {r['recall@k']:.3f} | {r['p50_ms']:.1f} | {r['p95_ms']:.1f} | "
                          f"{r['exact_p50_ms']:.1f} | {r['build_s']:.1f} |")
+    elif part == "window":
+        lines += ["| model (window) | overflow_keep | mode | updates | p50 ms | p95 ms | p99 ms | mean ms | "
+                  "rebuilds per update | n |", "|" + "---|" * 10]
+        for r in rows:
+            lines.append(f"| {r['model']} ({r['window']}) | {r['overflow_keep']} | {r['mode']} | {r['phase']} | "
+                         f"{_ms(r)} | {r['mean_ms']:.1f} | {r['rebuilds_per_update']:.2f} | {r['n']} |")
     elif part in ("freshness", "add_items"):
         lines += ["| preset | items | path to a recommendable new item | seconds | how |", "|---|---|---|---|---|"]
         for r in rows:
@@ -624,9 +634,74 @@ def tables(part: str, rows: list[dict], args, load: str) -> list[str]:
     return lines + [""]
 
 
+def _keeps(text: str, window: int) -> list[int]:
+    named = {"window": window, "half": max(1, window // 2)}
+    return [named[t] if t in named else int(t) for t in text.split(",")]
+
+
+def part_window(args) -> list[dict]:
+    """One-event updates of a trained model's served state before and after the window fills, per overflow_keep:
+    each of `--users` users gets `--stream_events` single events (catalog items, increasing timestamps)."""
+    import numpy as np
+
+    from genrec_hf.serving import Recommender, UserStateStore
+
+    if not args.model_dir:
+        raise SystemExit("the window part needs --model_dir: a trained model folder")
+    recommender = Recommender.from_pretrained(args.model_dir)
+    window = min(recommender.config.max_position_embeddings, 1024)  # 1024: the store's default max_events
+    rng = np.random.default_rng(0)
+    streams = [([str(i) for i in rng.choice(recommender.vocab.raw_ids, args.stream_events)],
+                (1_700_000_000 + np.cumsum(rng.integers(1, 3600, args.stream_events))).tolist())
+               for _ in range(args.users)]
+    rows = []
+    for keep in _keeps(args.overflow_keeps, window):
+        for mode in args.modes.split(","):
+            client = server = None
+            if mode == "http":
+                import httpx
+
+                from genrec_hf.serving.server import ServerThread, create_app
+
+                server = ServerThread(create_app(recommender, overflow_keep=keep)).__enter__()
+                client = httpx.Client(base_url=server.url, timeout=120)
+            else:
+                recommender.user_states = UserStateStore(recommender, overflow_keep=keep)
+            store = recommender.user_states
+            times_by_phase: dict[str, list[float]] = {"filling": [], "past": []}
+            rebuilds = {"filling": 0, "past": 0}
+            try:
+                for user, (items, stamps) in enumerate(streams):
+                    for i in range(args.stream_events):
+                        phase = "filling" if i < window else "past"
+                        before = store.stats.rebuilds
+                        begin = time.perf_counter()
+                        if client is None:
+                            recommender.update(f"u{user}", items[i:i + 1], timestamps=stamps[i:i + 1])
+                        else:
+                            client.post("/events", json={"user_id": f"u{user}", "events": items[i:i + 1],
+                                                         "timestamps": stamps[i:i + 1]}).raise_for_status()
+                        if i:  # the first event builds the user's state: neither phase
+                            times_by_phase[phase].append(time.perf_counter() - begin)
+                            rebuilds[phase] += store.stats.rebuilds - before
+            finally:
+                if client is not None:
+                    client.close()
+                    server.__exit__(None, None, None)
+            for phase, label in (("filling", f"events 2..{window} (filling)"),
+                                 ("past", f"events {window + 1}..{args.stream_events} (past the window)")):
+                measured = times_by_phase[phase]
+                row = {"part": "window", "model": Path(args.model_dir).name, "window": window, "overflow_keep": keep,
+                       "mode": mode, "phase": label, **_summary(measured), "mean_ms": 1000 * float(np.mean(measured)),
+                       "rebuilds_per_update": rebuilds[phase] / len(measured)}
+                rows.append(row)
+                print(json.dumps(row), flush=True)
+    return rows
+
+
 PARTS = {"state": part_state, "topk": part_topk, "ann": part_ann, "ann_trained": part_ann_trained,
-         "requests": part_requests,
-         "freshness": part_freshness, "add_items": part_add_items, "grid": part_grid}
+         "requests": part_requests, "freshness": part_freshness, "add_items": part_add_items, "window": part_window,
+         "grid": part_grid}
 
 
 def main() -> None:
@@ -650,9 +725,14 @@ def main() -> None:
     parser.add_argument("--train_batch", type=int, default=8, help="histories per training step (freshness)")
     parser.add_argument("--train_steps", type=int, default=3, help="timed training steps (freshness)")
     parser.add_argument("--epoch_events", type=int, default=1_000_000, help="events of the retrain's epoch")
+    parser.add_argument("--model_dir", default=None, help="window: a trained model folder")
+    parser.add_argument("--overflow_keeps", default="window,half",
+                        help="window: overflow_keep values (window, half or numbers)")
+    parser.add_argument("--stream_events", type=int, default=200, help="window: one-event updates per user")
+    parser.add_argument("--users", type=int, default=5, help="window: users streamed")
     # grid part
     parser.add_argument("--topk", default="exact,ivf,hnsw", help="grid: exact, ivf, hnsw, flat")
-    parser.add_argument("--modes", default="in-process,http", help="grid: in-process, http")
+    parser.add_argument("--modes", default="in-process,http", help="grid, window: in-process, http")
     parser.add_argument("--requests", type=int, default=200, help="grid: requests per case (upper bound)")
     parser.add_argument("--nprobe", type=int, default=None, help="grid: IVF lists searched (default nlist/4)")
     parser.add_argument("--ef_search", type=int, default=64, help="grid: HNSW candidates searched")

@@ -112,6 +112,8 @@ def cmd_evaluate(args: argparse.Namespace, extra: list[str]) -> int:
         where = args.split if args.staleness_anchor == "request" else "cut"
         name = f"staleness_{args.task or 'short_horizon'}_{where}"
     output = Path(args.output) if args.output else model_dir / f"eval_results_{name}.json"
+    if output.is_symlink() and not output.exists():
+        raise FileNotFoundError(f"--output {output} is a symbolic link to {output.readlink()}, which does not exist.")
     if output.is_dir():
         raise IsADirectoryError(f"--output {output} is a folder; expected a JSON file path.")
     if output.exists() and not args.overwrite:
@@ -230,7 +232,7 @@ def cmd_serve(args: argparse.Namespace, extra: list[str]) -> int:
         except ImportError as error:
             raise RuntimeError(str(error)) from None
     serve(args.model_dir, adapters=adapters or None, host=args.host, port=args.port, index=args.index,
-          max_body_bytes=args.max_body_bytes, max_k=args.max_k, max_users=args.max_users,
+          max_body_bytes=args.max_body_bytes, max_k=args.max_k, max_rows=args.max_rows, max_users=args.max_users,
           max_events=args.max_events, max_cache_bytes=args.max_cache_mb << 20, overflow_keep=args.overflow_keep)
     return 0
 
@@ -540,14 +542,17 @@ def build_parser() -> argparse.ArgumentParser:
                    help="top-k: exact chunked scoring or a faiss index (needs pip install \"genrec-hf[ann]\")")
     p.add_argument("--max_k", type=_positive_int, default=1000, help="largest k a request may ask for")
     p.add_argument("--max_body_bytes", type=_positive_int, default=1 << 20, help="larger request bodies get 413")
+    p.add_argument("--max_rows", type=_positive_int, default=1000,
+                   help="most histories one POST /recommend may hold (more get 413)")
     p.add_argument("--max_users", type=_positive_int, default=100_000,
                    help="users whose /events histories are kept (least recently used evicted)")
     p.add_argument("--max_events", type=_positive_int, default=1024, help="events kept per user")
     p.add_argument("--max_cache_mb", type=_int_at_least(0), default=1024,
                    help="MiB of cached per-user backbone states (least recently used dropped; see docs/serving.md)")
     p.add_argument("--overflow_keep", type=_positive_int, default=None,
-                   help="events a user's cached state is rebuilt from once it outgrows the window (default: the "
-                        "whole window, the exact answer; fewer = more cheap updates per rebuild)")
+                   help="events a user's cached state is rebuilt from once it outgrows the window (default: half the "
+                        "window, one rebuild per window/2 events; the whole window reads exactly the events a "
+                        "stateless request reads, with a full forward per event)")
     p.set_defaults(func=cmd_serve)
 
 

@@ -296,3 +296,41 @@ def test_build_interactions_refuses_infinite_times_and_float_ids():
         build_interactions(events, name="toy")
     events["item_id"] = [12.0, 13.0]
     assert build_interactions(events, name="toy").vocab.raw_ids == ["12", "13"]
+
+
+@pytest.mark.parametrize(("values", "message"), [
+    ([True, False, True, False], "column 'item_id' has Parquet type bool \\(row 0: True\\); expected integer"),
+    ([[1, 2], [3], [1, 2], [4]], "column 'item_id' has Parquet type list<element: int64>"),
+    ([{"a": 1}, {"a": 2}, {"a": 1}, {"a": 3}], "column 'item_id' has Parquet type struct<a: int64>"),
+    ([b"\xff\xfe", b"ab", b"\xff\xfe", b"cd"], "row 0: column 'item_id' holds bytes b'\\\\xff\\\\xfe' that are not "
+                                               "UTF-8 text"),
+])
+def test_parquet_ids_of_the_wrong_type_are_refused(tmp_path, values, message):
+    """Issue 27 D11/D12: bool / list / struct item ids were accepted as 'True', '[1 2]', "{'a': 1}"; binary ids
+    failed with "'utf-8' codec can't decode" naming neither file nor column."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    path = tmp_path / "log.parquet"
+    pq.write_table(pa.table({"user_id": ["u1", "u1", "u2", "u2"], "item_id": pa.array(values),
+                             "timestamp": [1, 2, 3, 4]}), path)
+    with pytest.raises(ValueError, match=f"log.parquet.*{message}"):
+        load_interactions(path, min_user_events=1)
+
+
+def test_parquet_binary_ids_that_are_utf8_text_are_read_as_text(tmp_path):
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    path = tmp_path / "log.parquet"
+    pq.write_table(pa.table({"user_id": pa.array([b"u1", b"u1"]), "item_id": pa.array([b"caf\xc3\xa9", b"b"]),
+                             "timestamp": [1, 2]}), path)
+    assert load_interactions(path, min_user_events=1).vocab.raw_ids == ["b", "café"]
+
+
+def test_recbole_item_file_with_a_duplicate_id_is_refused(tmp_path):
+    """Issue 27 D13: a RecBole .item file listing an id twice kept the last row silently."""
+    write(tmp_path / "d.inter", "user_id:token\titem_id:token\n1\t10\n1\t11\n")
+    write(tmp_path / "d.item", "item_id:token\tmovie_title:token_seq\n10\tFirst\n11\tOther\n10\tSecond\n")
+    with pytest.raises(ValueError, match=r"d.item, line 4: item_id '10' is listed again \(first on line 2\)"):
+        load_interactions(tmp_path / "d.inter")

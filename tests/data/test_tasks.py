@@ -195,3 +195,34 @@ def test_task_evaluation_end_to_end(synthetic):
         assert 1 <= int(ranks[b, 0]) <= new
     unrestricted = rank_batches(model, [batch], RankingProtocol())
     assert (unrestricted[:, 0] >= ranks[:, 0]).all()
+
+
+@pytest.mark.parametrize(("name", "params", "message"), [
+    ("long_horizon", {"start_days": 30, "end_days": 7},
+     r"task long_horizon: start_days=30 must be less than end_days=7"),
+    ("long_horizon", {"start_events": 5, "end_events": 5}, r"start_events=5 must be less than end_events=5"),
+    ("availability", {"window_days": 0}, r"window_days=0 and window_events=2000 must be > 0"),
+])
+def test_task_parameters_that_select_nothing_name_the_parameter(synthetic, name, params, message):
+    """Issue 27 A3/A4: a fine-tune task selecting nobody (`threshold: 99`, `start_days > end_days`) trained on
+    nothing and failed at evaluation with "No ranks to average", naming neither the task nor the parameter."""
+    with pytest.raises(ValueError, match=message):
+        build_task(name, synthetic, **params)
+
+
+def test_a_task_selecting_nobody_is_named_before_training(synthetic):
+    from genrec_hf.data.tasks import require_eligible_users
+
+    task = build_task("high_engagement", synthetic, threshold=99)  # building it is fine (a validation cut may use it)
+    with pytest.raises(ValueError, match=r"task 'high_engagement' \(threshold=99, exclude_history=True\) has no "
+                                         r"eligible user in synthetic: its train and validation and test rows"):
+        require_eligible_users(task, "synthetic")
+
+
+def test_task_parameters_are_checked_with_the_recipe_before_any_data(tmp_path):
+    from genrec_hf.training import FinetuneRecipe, recipe_from_dict
+
+    raw = {"data": {"source": str(tmp_path / "not-read-yet.csv")},
+           "task": {"name": "long_horizon", "params": {"start_days": 30, "end_days": 7}}}
+    with pytest.raises(ValueError, match=r"recipe: task.params: task long_horizon: start_days=30 must be less"):
+        recipe_from_dict(raw, kind=FinetuneRecipe)

@@ -187,3 +187,20 @@ def test_request_replay_long_horizon_is_stale_from_the_context_end():
     assert _by_user(day, data) == {"u": (["A", "B"], ["E"], ["C", "D"])}
     assert day.rows[0]["target_time"] == 3 * D + 2 * H  # the window and its first target's time are not moved
     assert request_replay(data, "1h").stats["request_at"] == "target_time"
+
+
+@pytest.mark.parametrize("cut", ["1", "4102444800"])  # 1970 and 2100
+def test_a_cut_outside_the_datas_time_range_is_an_error(tmp_path, capsys, cut):
+    """Issue 27 T5: `evaluate --staleness ... --staleness_anchor cut --cut` outside the data's time range exited 0
+    with 0 users ranked and no warning."""
+    from genrec_hf.cli import main
+    from genrec_hf.data import ItemVocab
+
+    model = GenRecForNextItemPrediction(tiny_config(num_action_types=8)).eval()
+    model.save_pretrained(tmp_path / "m")
+    ItemVocab([str(i) for i in range(1, 41)]).save(tmp_path / "m")
+    assert main(["evaluate", str(tmp_path / "m"), "--data", "synthetic:num_users=30,num_items=40,num_clusters=3",
+                 "--staleness", "0,1h", "--staleness_anchor", "cut", "--cut", cut]) == 2
+    (line,) = [line for line in capsys.readouterr().err.splitlines() if "error:" in line]
+    assert f"the staleness cut {cut} (--cut) is outside the time range of" in line
+    assert not list((tmp_path / "m").glob("eval_results_*"))

@@ -165,7 +165,18 @@ def test_add_items_scores_new_items_from_features_saves_and_reloads(tmp_path, ca
     (["a"], torch.zeros(1, 7), r"shape \(1, 7\); expected \(1, 8\)"),
     (["a"], {"a": {"colour": "red"}}, "unknown feature name 'colour'"),
     (["a"], {"a": {"text": [1.0, 2.0]}}, "'text' has dimension 2; the schema expects 4"),
-    (["a"], {"a": {"year": "soon"}}, "'year'='soon' is not a number"),
+    (["a"], {"a": {"year": "soon"}}, "'year'='soon' is not a finite number"),
+    # issue 27 C7: NaN / Infinity / 1e400 (or NaN text) were added and every later load failed as "corrupted weights"
+    (["a"], {"a": {"year": float("nan")}}, "'year'=nan is not a finite number"),
+    (["a"], {"a": {"year": float("inf")}}, "'year'=inf is not a finite number"),
+    (["a"], {"a": {"year": "NaN"}}, "'year'='NaN' is not a finite number"),
+    (["a"], {"a": {"text": [1.0, float("nan"), 0.0, 0.0]}}, "'text' holds a non-finite value"),
+    (["a"], torch.tensor([[0.0] * 7 + [float("inf")]]), "row 0 \\(item 'a'\\), column 7 is inf"),
+    # C8: a number where categories go was a TypeError traceback; C9: `"year": true` was read as year 1
+    (["a"], {"a": {"genres": 1.5}}, "'genres'=1.5 is not a category name or a list of category names"),
+    (["a"], {"a": {"genres": [True]}}, "'genres'=\\[True\\] is not a category name"),
+    (["a"], {"a": {"year": True}}, "'year'=True is not a finite number"),
+    (["a"], {"a": {"text": "abcd"}}, "'text'='abcd' is not a vector of numbers"),
     (["a"], {"b": {"year": 1}}, "not among the raw_ids"),
     ([], None, "at least one raw item id"),
 ])

@@ -84,9 +84,11 @@ def test_log_linear_points_leave_the_ceiling_unidentified():
     straight = fit_scaling(SIZES, log_points(1), n_bootstrap=100)
     assert not straight.identified
     assert any("log-linear limit" in r for r in straight.reasons)
-    above_one = fit_scaling(SIZES, offset_points(1, p0=1.2), n_bootstrap=0)
+    # points inside [0, 1] (points outside are refused) on a slow curve whose fitted ceiling is 1.05
+    slow = 1.05 - (SIZES / TRUTH["n0"]) ** -0.1 + np.random.default_rng(1).normal(0, 0.002, len(SIZES))
+    above_one = fit_scaling(SIZES, slow, n_bootstrap=0)
     assert not above_one.identified and any("exceeds 1" in r for r in above_one.reasons)
-    assert fit_scaling(SIZES, offset_points(1, p0=1.2), n_bootstrap=0, metric="loss_gain").identified
+    assert fit_scaling(SIZES, slow, n_bootstrap=0, metric="loss_gain").identified
 
 
 def test_a_point_far_above_the_curve_leaves_the_ceiling_unidentified():
@@ -169,6 +171,10 @@ def test_user_rank_bootstrap_resamples_the_same_users_at_every_size(tmp_path):
         ([1e5, float("inf"), 1e7, 1e8], [0.1, 0.2, 0.25, 0.3], "non-finite size inf"),
         ([1e5, 0, 1e7, 1e8], [0.1, 0.2, 0.25, 0.3], "backbone size 0 for task 'T' is not positive"),
         ([1e5, 1e6, 1e6, 1e8], [0.1, 0.2, 0.25, 0.3], "duplicate backbone size 1e\\+06 for task 'T'"),
+        # issue 27 F4: negative MRR values were fitted and reported "identified yes"
+        ([1e5, 1e6, 1e7, 1e8], [-0.4, -0.3, -0.25, -0.2],
+         r"mrr = -0.4 at size 100000 for task 'T' is outside \[0, 1\]"),
+        ([1e5, 1e6, 1e7, 1e8], [[0.1, 0.1], [0.2, 1.2], [0.25, 0.2], [0.3, 0.3]], r"mrr = 1.2 at size 1e\+06"),
     ],
 )
 def test_bad_points_are_named(sizes, values, match):

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 
 import numpy as np
 import pyarrow.parquet as pq
@@ -139,3 +140,81 @@ def test_alignment_lowers_drift_between_seeds(trained, export_dir, tmp_path):
     assert main(["export-embeddings", str(trained[1]), "--data", DATA, "--out", str(plain)]) == 0
     a, p = read_export(out), read_export(plain)
     np.testing.assert_allclose(a.user_vectors @ a.item_vectors.T, p.user_vectors @ p.item_vectors.T, atol=1e-4)
+
+
+def test_alignment_on_too_few_shared_items_is_refused_and_drift_is_measured_held_out():
+    """Issue 27 item 6: --align_to with 2 shared items fitted a 32-dimensional rotation on 2 points and reported
+    drift 1.133 -> 0.020 measured on the same 2 points. Fewer than `alignment_minimum(d)` shared items are refused,
+    and the reported drift is that of held-out shared items: on unrelated spaces it stays high, while the in-sample
+    figure (what used to be reported) looks aligned."""
+    from genrec_hf.serving.export import alignment_minimum
+
+    rng = np.random.default_rng(0)
+    dim = 16
+    ids = [f"i{n}" for n in range(40)]
+    mine, unrelated = rng.normal(size=(40, dim)), rng.normal(size=(40, dim))
+    users = rng.normal(size=(3, dim))
+    with pytest.raises(ValueError, match=r"2 item ids are shared .* 16-dimensional rotation needs at least 19"):
+        align_embeddings(ids[:2], mine[:2], users, ids[:2], unrelated[:2])
+    assert alignment_minimum(dim) == 19  # 16 to fit + a fifth held out
+    _, _, stats = align_embeddings(ids[:20], mine[:20], users, ids[:20], unrelated[:20])
+    assert stats["fit_items"] == 16 and stats["held_out_items"] == 4
+    assert stats["drift_after"] > 0.5 > stats["drift_after_fit"]  # held-out: no real alignment exists here
+
+
+def test_an_adapter_folder_exports_with_its_base_vocabulary(trained, tmp_path):
+    """Issue 27 E2: export-embeddings on an adapter folder computed every vector, then failed on the adapter's
+    missing item_vocab.json."""
+    from genrec_hf import GenRecForNextItemPrediction
+    from genrec_hf.adapters import attach_adapter, lora_config, save_adapter
+
+    adapter = tmp_path / "adapter"
+    save_adapter(attach_adapter(GenRecForNextItemPrediction.from_pretrained(trained[0]), lora_config(r=2)), adapter,
+                 base_dir=trained[0])
+    out = tmp_path / "export"
+    assert main(["export-embeddings", str(adapter), "--data", DATA, "--out", str(out)]) == 0
+    manifest = read_export(out).manifest
+    assert manifest["item_vocab_sha256"] == file_sha256(trained[0] / "item_vocab.json")
+    assert manifest["model_sha256"] == file_sha256(adapter / "adapter_model.safetensors")
+    assert manifest["base_model_sha256"] == file_sha256(trained[0] / "model.safetensors")
+
+
+def _damaged_export(source, target, damage: str) -> None:
+    import shutil
+
+    shutil.copytree(source, target)
+    manifest = json.loads((target / "manifest.json").read_text())
+    if damage == "format":
+        manifest["format"] = "something.else"
+    elif damage == "format_version":
+        manifest["format_version"] = 99
+    if damage in ("format", "format_version"):
+        (target / "manifest.json").write_text(json.dumps(manifest))
+    elif damage == "garbage manifest":
+        (target / "manifest.json").write_text("not json {")
+    elif damage == "no items.parquet":
+        (target / "items.parquet").unlink()
+    else:  # rows out of step with the vectors
+        table = pq.read_table(target / "items.parquet")
+        pq.write_table(table.slice(0, table.num_rows - 3), target / "items.parquet")
+
+
+@pytest.mark.parametrize(("damage", "message"), [
+    ("format", "holds format 'something.else', format_version 1; this genrec_hf reads"),
+    ("format_version", "format_version 99; this genrec_hf reads"),
+    ("garbage manifest", r"manifest.json is not valid JSON"),
+    ("no items.parquet", "is an incomplete embedding export: items.parquet is missing"),
+    ("rows", r"items.parquet has (\d+) rows but items.safetensors holds vectors of shape \((?!\1)\d+, 16\)"),
+])
+def test_a_bad_previous_export_is_refused_by_name_before_any_work(trained, export_dir, tmp_path, capsys, damage,
+                                                                   message):
+    """Issue 27 E4-E7: a bogus format / format_version was accepted, a garbage manifest was a JSON error naming
+    no file, a missing items.parquet was just a path, rows out of step with the Parquet were an IndexError."""
+    reference = tmp_path / "previous"
+    _damaged_export(export_dir, reference, damage)
+    out = tmp_path / "out"
+    assert main(["export-embeddings", str(trained[0]), "--data", DATA, "--out", str(out),
+                 "--align_to", str(reference)]) == 2
+    (line,) = [line for line in capsys.readouterr().err.splitlines() if "error:" in line]
+    assert re.search(message if damage == "rows" else re.escape(message), line) and str(reference) in line
+    assert not out.exists()

@@ -122,3 +122,23 @@ def test_existing_single_history_api_with_timestamps(model_dir):
     recs = recommender.recommend(HISTORY, k=3, timestamps=[1, 2, 3, 4], exclude_seen=False)
     assert len(recs) == 3 and all(isinstance(r.item_id, str) for r in recs)
     assert recommender.user_embedding(HISTORY).shape == (recommender.item_vectors().shape[1],)
+
+
+def test_a_large_batch_is_ranked_in_chunks_with_the_same_answers(recommender, monkeypatch):
+    """Issue 27 item 5: a batch of 40,000 histories was encoded and ranked at once (2.5 GB for one request); it is
+    now answered ROW_CHUNK histories at a time, and chunking must not change, drop or reorder any answer."""
+    from genrec_hf.serving import recommender as module
+
+    g = torch.Generator().manual_seed(3)
+    histories = [[RAW_IDS[i] for i in torch.randint(0, NUM_ITEMS, (n,), generator=g).tolist()]
+                 for n in torch.randint(1, 9, (11,), generator=g).tolist()]
+    times = [list(range(100, 100 + len(h))) for h in histories]
+    whole = recommender.recommend(histories, 4, timestamps=times)
+    monkeypatch.setattr(module, "ROW_CHUNK", 3)
+    sizes = []
+    real = recommender.encode_queries
+    monkeypatch.setattr(recommender, "encode_queries", lambda rows, **kw: sizes.append(len(rows)) or real(rows, **kw))
+    chunked = recommender.recommend(histories, 4, timestamps=times)
+    assert sizes == [3, 3, 3, 2]  # never more than ROW_CHUNK histories in memory at once
+    assert [[r.item_id for r in row] for row in chunked] == [[r.item_id for r in row] for row in whole]
+    assert [r.score for row in chunked for r in row] == pytest.approx([r.score for row in whole for r in row], abs=1e-6)

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+import socket
 import subprocess
 import sys
 import time
@@ -38,7 +39,8 @@ def recommender(model_dir, adapter_dir):
 
 @pytest.fixture(scope="module")
 def server(recommender):
-    app = create_app(recommender, max_body_bytes=4096, max_k=20, max_users=2, max_events=5)
+    app = create_app(recommender, max_body_bytes=4096, max_k=20, max_rows=3, max_users=2, max_events=5,
+                     overflow_keep=5)  # states read exactly the stored events: answers equal a stateless request
     with ServerThread(app) as running:
         with httpx.Client(base_url=running.url, timeout=30) as client:
             yield client
@@ -94,6 +96,14 @@ def test_events_then_recommend_by_user(server, recommender):
     ({"content": b'{"history": ["m105", ', "headers": {"content-type": "application/json"}}, 400, "JSON"),
     ({"content": json.dumps({"history": ["m105"] * 2000}).encode(), "headers": {"content-type": "application/json"}},
      413, "limit"),
+    # issue 27 H9: a JSON true was read as k=1 (or item 1); item 5: rows per request are capped (max_rows=3 here)
+    ({"json": {"history": HISTORY, "k": True}}, 422, "k: Input should be a valid integer"),
+    ({"json": {"history": ["m105", True], "k": 2}}, 422, "history.1"),
+    ({"json": {"history": HISTORY, "k": 2, "timestamps": [1, 2, 3, True]}}, 422, "timestamps.3"),
+    ({"json": {"histories": [["m105"]] * 4, "k": 2}}, 413, "over the limit of 3 (max_rows)"),
+    # H10: beyond int64 was "Overflow when unpacking long long" naming no field
+    ({"json": {"history": HISTORY[:1], "k": 2, "timestamps": [1 << 64]}}, 422,
+     "timestamps[0]=18446744073709551616 does not fit in 64 bits"),
 ])
 def test_request_errors_are_clear_4xx_json(server, request_kwargs, status, needle):
     """Catches bad requests answered 500 (or 200 with a silently capped k), error bodies that are not JSON or do
@@ -103,6 +113,17 @@ def test_request_errors_are_clear_4xx_json(server, request_kwargs, status, needl
     error = answer.json()["error"]
     assert needle in error["message"] and error["type"]
     assert "Traceback" not in answer.text
+
+
+def test_a_bad_events_request_does_not_poison_the_user(server):
+    """Issue 27 item 4: a timestamp beyond int64 got a 422, but the events were appended before the forward
+    failed, so every later /events and /recommend for that user answered 422 until eviction."""
+    assert server.post("/events", json={"user_id": "p", "events": ["m101"], "timestamps": [10]}).status_code == 200
+    bad = server.post("/events", json={"user_id": "p", "events": ["m102"], "timestamps": [1 << 63]})
+    assert bad.status_code == 422 and "timestamps[0]" in bad.json()["error"]["message"]
+    assert server.post("/recommend", json={"user_id": "p", "k": 2}).status_code == 200
+    good = server.post("/events", json={"user_id": "p", "events": ["m102"], "timestamps": [20]})
+    assert good.status_code == 200 and good.json()["num_events"] == 2
 
 
 def test_unknown_item_url_and_internal_errors(recommender, server):
@@ -179,8 +200,19 @@ def test_cli_serve_end_to_end(model_dir, adapter_dir, tmp_path):
         answer = httpx.post(f"http://127.0.0.1:{port}/recommend", json={"history": HISTORY, "k": 3, "task": "short"},
                             timeout=30)
         assert answer.status_code == 200 and len(answer.json()["items"]) == 3
-    finally:
+        # issue 27 H15: SIGTERM while a client has sent half its body left the server waiting for it for ever
+        stalled = socket.create_connection(("127.0.0.1", port))
+        stalled.sendall(b"POST /recommend HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+                        b"Content-Length: 1000\r\n\r\n{\"history\": [")
+        time.sleep(0.5)
         process.terminate()
+        started = time.monotonic()
+        process.wait(timeout=60)  # the shutdown timeout (5 s) ends the stalled request
+        assert time.monotonic() - started < 30
+        stalled.close()
+    finally:
+        if process.poll() is None:
+            process.kill()
         process.wait(timeout=60)
 
 
@@ -200,3 +232,22 @@ def test_missing_serve_extra_names_it(model_dir):
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=REPO_ROOT, timeout=300)
     assert result.returncode == 2, result.stderr[-2000:]
     assert 'pip install "genrec-hf[serve]"' in result.stderr and "Traceback" not in result.stderr
+
+
+def test_bench_serving_window_part_runs(model_dir):
+    """Keeps the benchmark of issue 27 item 8 runnable, and checks what it reports: past the window the old
+    behaviour (overflow_keep = window) rebuilds on every update, the default on one in window/2."""
+    import argparse
+
+    from tests.helpers import benchmark_module
+
+    bench = benchmark_module("bench_serving")
+    args = argparse.Namespace(model_dir=str(model_dir), overflow_keeps="window,half", stream_events=24, users=1,
+                              modes="in-process,http")
+    rows = bench.part_window(args)
+    rebuilds = {(r["overflow_keep"], r["mode"], r["phase"].split(" (")[1]): r["rebuilds_per_update"] for r in rows}
+    assert len(rows) == 8 and rows[0]["window"] == 16
+    for mode in ("in-process", "http"):
+        assert rebuilds[(16, mode, "filling)")] == rebuilds[(8, mode, "filling)")] == 0
+        assert rebuilds[(16, mode, "past the window)")] == 1.0 and rebuilds[(8, mode, "past the window)")] == 1 / 8
+    assert "| overflow_keep |" in "\n".join(bench.tables("window", rows, args, "load"))

@@ -63,8 +63,8 @@ def _count_forward_lengths(recommender: Recommender) -> list[int]:
 def test_incremental_updates_equal_full_recompute_across_the_window(position_encoding):
     """Catches a cached state whose positions, time gaps or attended events drift from a full recompute, one that
     keeps growing past max_position_embeddings (or crashes there) instead of rebuilding from the last window, and
-    updates that secretly recompute the whole history."""
-    recommender = _recommender(position_encoding)
+    updates that secretly recompute the whole history (overflow_keep = the window: exact answers)."""
+    recommender = _recommender(position_encoding, overflow_keep=WINDOW)
     lengths = _count_forward_lengths(recommender)
     items, times = _stream(2 * WINDOW + 5)
     chunks = [1] * 10 + [3, 2] + [1] * (len(items) - 15)  # single events and small batches
@@ -100,9 +100,65 @@ def test_overflow_keep_trades_exactness_for_cheap_updates():
     stats = recommender.user_states.stats
     assert stats.rebuilds == 1 + (40 - WINDOW + 4) // 5  # one rebuild per 5 events past the first full window
     small = UserStateStore(recommender, max_events=6)
-    assert small.window == 6 and small.overflow_keep == 6
+    assert small.window == 6 and small.overflow_keep == 3
     with pytest.raises(ValueError, match="overflow_keep"):
         UserStateStore(recommender, overflow_keep=WINDOW + 1)
+
+
+def test_default_rebuilds_once_per_half_window_past_it():
+    """Issue 27 item 8: past `max_length` events (a trained model's max_position_embeddings) every further event
+    rebuilt the whole state, so the incremental path never applied to a trained model. By default a state outgrowing
+    the window is rebuilt from the most recent half, so one update in window/2 is a rebuild; each state still equals
+    a full recompute over the events it reads."""
+    recommender = _recommender()
+    assert recommender.user_states.overflow_keep == WINDOW // 2
+    lengths = _count_forward_lengths(recommender)
+    items, times = _stream(4 * WINDOW, seed=2)
+    for i in range(len(items)):
+        recommender.update("u", items[i:i + 1], timestamps=times[i:i + 1])
+        state = recommender.user_states._users["u"].states["__base__"]
+        assert state.window == i + 1 if i < WINDOW else WINDOW // 2 <= state.window <= WINDOW
+        want = _recompute(recommender, items[:i + 1][-state.window:], times[:i + 1][-state.window:])
+        torch.testing.assert_close(state.embedding, want, atol=1e-5, rtol=1e-5)
+    past = len(items) - WINDOW  # updates after the window filled
+    assert recommender.user_states.stats.rebuilds == 1 + -(-past // (WINDOW // 2))
+    assert sorted(set(lengths)) == [-WINDOW // 2, -1, 1]  # rebuilds read half the window; the rest one event
+
+
+def test_a_failed_update_leaves_the_user_as_it_was(monkeypatch):
+    """Issue 27 item 4: a timestamp beyond int64 was appended before the forward failed, so every later update
+    and recommendation for that user failed until eviction. Checks run first, states are computed on copies, and
+    a failure in the middle of a multi-task update changes nothing; a new user whose first update fails is not kept."""
+    recommender = _recommender()
+    store = recommender.user_states
+    recommender.update("u", ["m101", "m102"], timestamps=[10, 20])
+    before = store._users["u"].states["__base__"]
+    for bad in ([1 << 63], [True], ["30"], [30.0]):
+        with pytest.raises(ValueError, match=r"timestamps\[0\]"):
+            recommender.update("u", ["m103"], timestamps=bad)
+    real = recommender.encode_state
+    calls = []
+
+    def fail_on_the_second(*args, **kwargs):
+        calls.append(1)
+        if len(calls) == 2:
+            raise RuntimeError("forward failed")
+        return real(*args, **kwargs)
+
+    store._users["u"].states["other"] = before  # a second state, so the update computes two
+    monkeypatch.setattr(recommender, "encode_state", fail_on_the_second)
+    with pytest.raises(RuntimeError):
+        recommender.update("u", ["m103"], timestamps=[30])
+    monkeypatch.undo()
+    del store._users["u"].states["other"]
+    assert store.history("u") == ([2, 3], [10, 20])
+    assert store._users["u"].states["__base__"] is before and before.cache.get_seq_length() == 2
+    recommender.update("u", ["m103"], timestamps=[30])
+    torch.testing.assert_close(store.embeddings(["u"])[0][0],
+                               _recompute(recommender, ["m101", "m102", "m103"], [10, 20, 30]), atol=1e-5, rtol=1e-5)
+    with pytest.raises(ValueError, match="64 bits"):
+        recommender.update("new", ["m101"], timestamps=[-(1 << 64)])
+    assert "new" not in store
 
 
 def test_byte_bound_drops_caches_but_keeps_users_recommendable():
@@ -156,7 +212,7 @@ def test_user_bound_and_errors():
 def test_concurrent_updates_and_reads_stay_consistent():
     """Catches a race that loses or reorders one user's events, extends a cache twice, or corrupts the byte
     accounting, under concurrent writers (several per user) and readers."""
-    recommender = _recommender(max_events=64)
+    recommender = _recommender(max_events=64, overflow_keep=WINDOW)
     streams = {f"u{i}": _stream(24, seed=10 + i)[0] for i in range(4)}
     errors: list[BaseException] = []
 

@@ -27,6 +27,8 @@ from tests.training.test_pretrain import tiny_args
 RECIPE = str(REPO_ROOT / "recipes/pretrain/genrec-100k.yaml")
 RUN_LOCK_FILE = ".genrec-hf.lock"
 STAGING_DIR = ".checkpoint-staging"
+SAVE_STAGING_DIR = ".genrec-save-staging"
+MANIFEST = "genrec_weights.json"
 STEPS_PER_EPOCH = 10  # tiny_args: 290 training windows, batch 32
 
 
@@ -133,6 +135,21 @@ def test_unwritable_output_dir_fails_before_loading_data(tmp_path, monkeypatch, 
         check_output_dir(blocker / "out", overwrite=False, resuming=False)
 
 
+def test_an_output_path_that_is_a_dangling_symlink_is_named(tmp_path, monkeypatch, capsys):
+    """Issue 27 P2: an --output_dir that is a symbolic link to a missing folder failed with "File exists" (and
+    writing through it would create the target, perhaps on the disk that replaced an unmounted one)."""
+    link = tmp_path / "runs"
+    link.symlink_to(tmp_path / "unmounted" / "runs")
+    monkeypatch.setattr(pipeline, "prepare_run",
+                        lambda *args, **kwargs: pytest.fail("data loaded before the folder check"))
+    assert _train(link, 1) == 2
+    (line,) = _error_lines(capsys.readouterr().err)
+    assert f"--output_dir {link} is a symbolic link to {tmp_path / 'unmounted' / 'runs'}, which does not exist" in line
+    assert main(["export-embeddings", str(tmp_path / "model"), "--data", "synthetic", "--out", str(link)]) == 2
+    assert f"--out {link} is a symbolic link" in capsys.readouterr().err
+    assert not (tmp_path / "unmounted").exists()
+
+
 def test_resume_in_a_copied_folder_reads_its_own_best_checkpoint(full_run, tmp_path, caplog):
     """Catches a resume in a copied run folder following trainer_state.json's absolute best_model_checkpoint into
     the original folder and saving that other run's weights as this run's model."""
@@ -215,14 +232,107 @@ def test_resume_skips_a_partial_latest_checkpoint(full_run, tmp_path, caplog, da
 
 @pytest.mark.parametrize("epochs", [2, 3])
 def test_resume_with_no_epochs_left_is_refused(full_run, tmp_path, capsys, epochs):
-    """Catches a resume asking for no more epochs than the checkpoint has (Trainer trains nothing and the run
-    records a training loss of 0.0)."""
+    """Catches a resume of a finished run asking for no more epochs than the checkpoint has (Trainer trains nothing
+    and the run records a training loss of 0.0)."""
     out = tmp_path / "run"
-    shutil.copytree(full_run / "checkpoint-30", out / "checkpoint-30")
+    shutil.copytree(full_run, out)
+    before = (out / "metrics.json").read_text()
     assert _train(out, epochs, resume=True) == 2
     (line,) = _error_lines(capsys.readouterr().err)
     assert "already trained 3 epochs" in line and f"num_train_epochs={epochs}" in line
-    assert not (out / "metrics.json").exists()
+    assert (out / "metrics.json").read_text() == before
+
+
+# --- an interrupted final save (X2): the files are staged, then published by renames, the manifest last -------------
+
+def _checkpoints_only(full_run: Path, out: Path) -> None:
+    """A run folder as a run leaves it when it is killed after training, before its final save."""
+    for checkpoint in full_run.glob("checkpoint-*"):
+        shutil.copytree(checkpoint, out / checkpoint.name)
+
+
+def _loads_like(out: Path, full_run: Path) -> None:
+    from genrec_hf.serving import Recommender
+
+    Recommender.from_pretrained(out)  # verified: weights, config and vocabulary match the manifest
+    assert _equal(_weights(out), _weights(full_run))
+    ranking = [k for k in _metrics(full_run)["test"] if "runtime" not in k and "per_second" not in k]
+    assert {k: _metrics(out)["test"][k] for k in ranking} == {k: _metrics(full_run)["test"][k] for k in ranking}
+    assert _metrics(out)["train"]["loss"] == _metrics(full_run)["train"]["loss"]  # the whole run's, not 0.0
+    assert not (out / SAVE_STAGING_DIR).exists()
+
+
+@pytest.mark.parametrize("kill_at", ["genrec_hf.data.vocab:ItemVocab.save",
+                                     "genrec_hf.training.run_folder:write_manifest"])
+def test_final_save_killed_while_staging_keeps_the_folder_and_resume_redoes_it(full_run, tmp_path, monkeypatch,
+                                                                                 capsys, kill_at):
+    """X2: a kill right after the final model.safetensors write left weights without vocabulary, manifest or
+    metrics; `recommend` asked "was this model trained with genrec_hf?" and resume refused (no epochs left). Now
+    the save is staged: loads name the interrupted save, and a resume redoes the final evaluation and save."""
+    from tests.faults import Killed, fault
+
+    out = tmp_path / "run"
+    _checkpoints_only(full_run, out)
+    fault(monkeypatch, kill_at)
+    with pytest.raises(Killed):
+        _train(out, resume=True)  # training is complete: the resume goes straight to the final save, killed there
+    monkeypatch.undo()
+    assert (out / SAVE_STAGING_DIR / "model.safetensors").is_file()
+    assert not (out / "model.safetensors").exists() and not (out / "genrec_weights.json").exists()
+    assert main(["recommend", str(out), "--history", "1,2"]) == 2
+    (line,) = _error_lines(capsys.readouterr().err)
+    assert "last save was interrupted" in line and SAVE_STAGING_DIR in line and "--resume_from_checkpoint" in line
+    assert _train(out, resume=True) == 0
+    _loads_like(out, full_run)
+
+
+def test_final_save_killed_while_publishing_is_refused_and_finished_by_resume(full_run, tmp_path, monkeypatch,
+                                                                              caplog, capsys):
+    """X2 while the staged files are renamed into place: the folder mixes published and unpublished files (no
+    manifest), so loads refuse it; a resume publishes the rest, the manifest last."""
+    from genrec_hf.serving import Recommender
+    from tests.faults import Killed, fault
+
+    out = tmp_path / "run"
+    _checkpoints_only(full_run, out)
+    fault(monkeypatch, "genrec_hf.training.run_folder:_move", call=3)
+    with pytest.raises(Killed):
+        _train(out, resume=True)
+    monkeypatch.undo()
+    assert (out / "config.json").is_file() and not (out / "genrec_weights.json").exists()
+    with pytest.raises(ValueError, match="last save was interrupted"):
+        Recommender.from_pretrained(out)
+    with caplog.at_level(logging.WARNING):
+        assert _train(out, resume=True) == 2  # published; then there is nothing left to train
+    assert "finishing the interrupted final save" in caplog.text
+    assert "already trained 3 epochs" in capsys.readouterr().err
+    _loads_like(out, full_run)
+
+
+def test_sigterm_during_an_atomic_save_is_recoverable(tmp_path):
+    """X2 with a real signal (nothing after it runs, not even `finally` blocks): SIGTERM in a subprocess while a
+    staged save is being published (add-items, the quickest command that saves a model; train and finetune use the
+    same `staged_save`). The folder is then refused by name, and the documented re-run recovers it."""
+    from genrec_hf.data import ItemVocab
+    from genrec_hf.integrity import write_manifest
+    from genrec_hf.serving import Recommender
+    from tests.models.test_item_tower import tower_model
+
+    model_dir, out = tmp_path / "tower", tmp_path / "grown"
+    tower_model().save_pretrained(model_dir)
+    ItemVocab([str(i) for i in range(1, 41)]).save(model_dir)
+    write_manifest(model_dir)
+    items = tmp_path / "new.jsonl"
+    items.write_text('{"item_id": "n1", "genres": ["drama"]}\n')
+    args = ["add-items", str(model_dir), str(items), "--output_dir", str(out)]
+    done = subprocess.run([sys.executable, "-m", "tests.faults", "genrec_hf.training.run_folder:_move", "2", "--",
+                           *args], cwd=REPO_ROOT, capture_output=True, text=True, timeout=300,
+                          env={**os.environ, "PYTHONPATH": os.pathsep.join([str(REPO_ROOT / "src"), str(REPO_ROOT)])})
+    assert done.returncode == -15, done.stderr[-2000:]
+    assert (out / SAVE_STAGING_DIR / MANIFEST).is_file()  # killed mid-publish: nothing cleaned up
+    assert main(["recommend", str(out), "--history", "1,2"]) == 2
+    assert main([*args, "--overwrite"]) == 0
+    assert Recommender.from_pretrained(out).num_items == 41 and not (out / SAVE_STAGING_DIR).exists()
 
 
 def test_resume_continues_the_run_and_reports_its_whole_loss(full_run, tmp_path, monkeypatch):
@@ -342,3 +452,43 @@ def test_clear_previous_run_keeps_files_the_package_did_not_write(tmp_path):
     (tmp_path / "checkpoint-final").mkdir()  # not a Trainer checkpoint name
     assert clear_previous_run(tmp_path) == ["config.json", "modeling_genrec.py"]
     assert {p.name for p in tmp_path.iterdir()} == {"README.md", "helper.py", "checkpoint-final"}
+
+
+def _final_save(folder: Path, steps: int) -> None:
+    from genrec_hf.integrity import write_manifest
+
+    folder.mkdir(parents=True, exist_ok=True)
+    save_file({"w": torch.zeros(2)}, str(folder / "model.safetensors"))
+    (folder / "metrics.json").write_text(json.dumps({"train": {"steps": steps}}))
+    write_manifest(folder)
+
+
+@pytest.mark.parametrize(("layout", "covered"), [
+    ("final save of step 30", True),
+    ("final save of step 20 (the resumed run's own save was lost)", False),
+    ("no final save", False),
+    ("final save of step 30 + an incomplete staged one", True),
+    ("a complete staged save of step 30, half published", True),
+])
+def test_final_save_covers_gives_every_process_the_same_answer(tmp_path, layout, covered):
+    """Catches a resume that refuses to finish an interrupted final save, finishes one that was complete, or (in a
+    distributed run, where only rank 0 repairs the folder) ranks that disagree on whether there is training left."""
+    from genrec_hf.training.run_folder import final_save_covers
+
+    out = tmp_path / "run"
+    (out / "checkpoint-30").mkdir(parents=True)
+    (out / "checkpoint-30" / "trainer_state.json").write_text(json.dumps({"global_step": 30}))
+    if "step 30" in layout and "staged" not in layout.split("+")[0]:
+        _final_save(out, 30)
+    elif "step 20" in layout:
+        _final_save(out, 20)
+    if "incomplete staged" in layout:
+        (out / SAVE_STAGING_DIR).mkdir()
+        save_file({"w": torch.ones(2)}, str(out / SAVE_STAGING_DIR / "model.safetensors"))
+    if "half published" in layout:
+        _final_save(out / SAVE_STAGING_DIR, 30)
+        os.replace(out / SAVE_STAGING_DIR / "metrics.json", out / "metrics.json")  # moved before the kill
+    assert final_save_covers(out, out / "checkpoint-30", recover=False) is covered  # another rank: no repair
+    assert final_save_covers(out, out / "checkpoint-30") is covered  # rank 0 repairs the folder
+    assert not (out / SAVE_STAGING_DIR).exists()
+    assert (out / MANIFEST).is_file() == ("step" in layout)

@@ -137,3 +137,36 @@ def test_full_starts_from_the_base_and_from_scratch_does_not(tmp_path, base_dir,
         assert 0 < distance <= 1e-4 * 1.01
     else:
         assert distance > 1e-2
+
+
+def test_a_finetune_task_with_no_eligible_user_fails_naming_it(tmp_path, base_dir, capsys):
+    """Issue 27 A3: `threshold: 99` trained on nothing and failed at the end with "No ranks to average"."""
+    from genrec_hf.cli import main
+
+    recipe = _recipe(tmp_path, "high_engagement")
+    assert main(["finetune", str(base_dir), str(recipe), "--task.params", "{threshold: 99}"]) == 2
+    (line,) = [line for line in capsys.readouterr().err.splitlines() if "error:" in line]
+    assert "task 'high_engagement' (threshold=99" in line and "has no eligible user" in line
+    assert not (tmp_path / "out-lora" / "metrics.json").exists()
+
+
+def test_a_killed_finetune_save_is_refused_by_loads_and_rerun_with_overwrite(tmp_path, base_dir, monkeypatch):
+    """Issue 27 X2 for fine-tuning: a kill while the adapter is being published leaves a folder that loads refuse
+    by name (it may mix two saves); the documented remedy, a re-run with --overwrite_output_dir, clears it."""
+    from genrec_hf.adapters import load_adapters
+    from tests.faults import Killed, fault
+
+    recipe = _recipe(tmp_path)
+    raw = yaml.safe_load(recipe.read_text())
+    raw["training"]["num_train_epochs"], raw["evaluation"]["zero_shot"] = 1, False
+    recipe.write_text(yaml.safe_dump(raw))
+    fault(monkeypatch, "genrec_hf.training.run_folder:_move", call=2)
+    with pytest.raises(Killed):
+        run_finetune(str(base_dir), str(recipe))
+    monkeypatch.undo()
+    out = tmp_path / "out-lora"
+    with pytest.raises(ValueError, match="last save was interrupted.*--overwrite_output_dir"):
+        load_adapters(base_dir, {"task": out})
+    run_finetune(str(base_dir), str(recipe), overwrite_output_dir=True)
+    load_adapters(base_dir, {"task": out})
+    assert not (out / ".genrec-save-staging").exists()

@@ -167,3 +167,38 @@ def test_shipped_recipes_say_how_to_track_and_push(path):
     section = path.read_text().split("\ntraining:", 1)[1]
     assert "report_to:" in section and all(name in section for name in ("tensorboard", "trackio", "wandb"))
     assert "push_to_hub: true" in section and "hub_model_id" in section
+
+
+def _alias_bomb(levels: int = 9, width: int = 9) -> str:
+    """A 'billion laughs' document: each level lists the previous one `width` times (width**levels values)."""
+    lines = ["a0: &a0 [" + ", ".join(["lol"] * width) + "]"]
+    lines += [f"a{i}: &a{i} [" + ", ".join([f"*a{i - 1}"] * width) + "]" for i in range(1, levels)]
+    return "\n".join(lines) + "\n"
+
+
+def test_a_yaml_alias_bomb_fails_fast_naming_the_file(tmp_path):
+    """Issue 27 item 7: a 1.4 KB alias bomb hung the recipe loader (still running at 60 s): overrides round-tripped
+    through yaml.safe_dump, which expands every alias. The document is bounded before it is walked, as a file and
+    as an override value (no timed assertion: a hang shows as the test never finishing)."""
+    bomb = _alias_bomb()
+    assert len(bomb) < 1500
+    path = tmp_path / "bomb.yaml"
+    path.write_text("training:\n  num_train_epochs: 1\n" + bomb)
+    with pytest.raises(ValueError, match=r"bomb.yaml: the recipe expands to more than 100,000 values"):
+        load_recipe(path)
+    path.write_text("model:\n  preset: genrec-100k\n")
+    nested = "{" + ", ".join(bomb.strip().splitlines()) + "}"
+    with pytest.raises(ValueError, match=r"expands to more than 100,000 values"):
+        load_recipe(path, {"data.column_map": nested})
+    path.write_text("x" * (1 << 20) + "x")
+    with pytest.raises(ValueError, match="bytes is not a recipe"):
+        load_recipe(path)
+
+
+@pytest.mark.parametrize("training", [{"num_train_epochs": 0}, {"num_train_epochs": -1},
+                                      {"num_train_epochs": 0, "max_steps": -1}])
+def test_a_recipe_that_trains_nothing_is_refused(training):
+    """Issue 27 R2: `--training.num_train_epochs 0` exited 0 with an untrained model, metrics and a card."""
+    with pytest.raises(ValueError, match=r"training.num_train_epochs=-?\d+ trains nothing"):
+        recipe_from_dict({"training": training})
+    assert recipe_from_dict({"training": {"num_train_epochs": 0, "max_steps": 5}}).training["max_steps"] == 5

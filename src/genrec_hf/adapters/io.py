@@ -3,13 +3,16 @@ fingerprint and `check_base`, finding an adapter's base (`adapter_base_dir`), an
 (`load_adapter_model`, `load_adapters`), the base check always run.
 
 Every saved adapter folder carries `genrec_base.json`: the base config fields that shape the weights, plus the hash of
-the base's item vocabulary and weights. Loading on another base raises a `ValueError` naming both.
+the base's item vocabulary and weights, and where the base is (absolute, and relative to the adapter folder, so a
+pair moved together still finds it). Loading on another base raises a `ValueError` naming both; a base found from a
+path relative to the current folder is used only if its weights are the ones the adapter was trained on.
 """
 
 from __future__ import annotations
 
 import json
 import logging
+import os
 import shutil
 import warnings
 from pathlib import Path
@@ -18,7 +21,7 @@ from typing import Any
 from peft import PeftModel
 from safetensors import safe_open
 
-from ..integrity import file_sha256, load_verified_model, verify_weights, write_manifest
+from ..integrity import check_save_complete, file_sha256, load_verified_model, verify_weights, write_manifest
 from ..models.genrec import GenRecConfig, GenRecForNextItemPrediction
 from .config import quiet_peft
 
@@ -31,12 +34,16 @@ FINGERPRINT_FIELDS = ("model_type", "vocab_size", "hidden_size", "num_hidden_lay
                       "num_action_types", "num_time_buckets", "position_encoding", "norm_type")
 
 
-def base_fingerprint(config: GenRecConfig, base_dir: str | Path | None = None) -> dict[str, Any]:
-    """The fields of the base an adapter depends on: config shape + item-vocab and weight hashes when on disk."""
+def base_fingerprint(config: GenRecConfig, base_dir: str | Path | None = None,
+                     adapter_dir: str | Path | None = None) -> dict[str, Any]:
+    """The fields of the base an adapter depends on: config shape + item-vocab and weight hashes when on disk, the
+    base's absolute path and (with `adapter_dir`, where the adapter will be read from) its path relative to it."""
     out: dict[str, Any] = {name: getattr(config, name, None) for name in FINGERPRINT_FIELDS}
     if base_dir is not None:
         base_dir = Path(base_dir)
-        out["base_dir"] = str(base_dir)
+        out["base_dir"] = str(base_dir.resolve())
+        if adapter_dir is not None:
+            out["base_dir_relative"] = os.path.relpath(base_dir.resolve(), Path(adapter_dir).resolve())
         out["item_vocab_sha256"] = file_sha256(base_dir / "item_vocab.json")
         out["weights_sha256"] = file_sha256(base_dir / "model.safetensors")
     return out
@@ -103,10 +110,12 @@ def _item_table_keys(adapter_dir: Path) -> list[str]:
 
 
 def save_adapter(model: PeftModel, output_dir: str | Path, *, adapter_name: str | None = None,
-                 base_dir: str | Path | None = None) -> Path:
+                 base_dir: str | Path | None = None, final_dir: str | Path | None = None) -> Path:
     """Save one adapter flat into `output_dir` (adapter_model.safetensors, adapter_config.json, genrec_base.json).
 
     PEFT puts non-default adapter names into a subfolder; this keeps every adapter folder loadable the same way.
+    `final_dir`: the folder the adapter will be read from when `output_dir` is a staging folder published there
+    (the base's relative path is recorded from it).
     """
     output_dir = Path(output_dir)
     name = adapter_name or model.active_adapter
@@ -120,7 +129,7 @@ def save_adapter(model: PeftModel, output_dir: str | Path, *, adapter_name: str 
             shutil.move(str(path), output_dir / path.name)
         sub.rmdir()
     config = model.get_base_model().config
-    fingerprint = base_fingerprint(config, base_dir)
+    fingerprint = base_fingerprint(config, base_dir, final_dir if final_dir is not None else output_dir)
     fingerprint["adapter_name"] = name
     (output_dir / BASE_FINGERPRINT_FILE).write_text(json.dumps(fingerprint, indent=2))
     write_manifest(output_dir)
@@ -144,26 +153,68 @@ def is_adapter_folder(folder: str | Path) -> bool:
 def adapter_base_dir(adapter_dir: str | Path, base: str | Path | None = None) -> Path:
     """The base folder of an adapter: `base` when given, else the one its genrec_base.json / adapter_config names.
 
-    A recorded relative path is tried as given and relative to the adapter folder. Raises `FileNotFoundError`
-    saying how to pass the base when none of them is a model folder.
+    Candidates, in order: the recorded path relative to the adapter folder, the recorded absolute path, and (older
+    adapters recorded the path as given) a relative path taken from the adapter folder, then from the current
+    folder. The first model folder whose weights (or, without a weights hash, item vocabulary) match the
+    fingerprint is the base; without a match a candidate found through the adapter folder or an absolute path is
+    used (`check_base` then warns about the weights), but never one found only from the current folder, which
+    may hold another `runs/base`: that is a `ValueError` asking for `--base`. Raises `FileNotFoundError` saying
+    how to pass the base when no candidate is a model folder.
     """
     adapter_dir = Path(adapter_dir)
     if base is not None:
         return Path(base)
+    fingerprint = _read_json(adapter_dir / BASE_FINGERPRINT_FILE)
     named: list[str] = []
-    for file, key in ((BASE_FINGERPRINT_FILE, "base_dir"), ("adapter_config.json", "base_model_name_or_path")):
-        path = adapter_dir / file
-        if path.is_file():
-            value = json.loads(path.read_text()).get(key)
-            if value and value not in named:
-                named.append(str(value))
+    for data, key in ((fingerprint, "base_dir"), (_read_json(adapter_dir / "adapter_config.json"),
+                                                  "base_model_name_or_path")):
+        value = data.get(key)
+        if value and str(value) not in named:
+            named.append(str(value))
+    candidates: list[tuple[Path, bool]] = []  # (folder, found only from the current folder)
+    if fingerprint.get("base_dir_relative"):
+        candidates.append((Path(os.path.normpath(adapter_dir / fingerprint["base_dir_relative"])), False))
     for value in named:
-        for candidate in (Path(value), adapter_dir / value):
-            if (candidate / "config.json").is_file():
-                return candidate
-    found = f"it names {named}, which is not a model folder here" if named else "it names no base"
-    raise FileNotFoundError(f"{adapter_dir} is a LoRA adapter and needs its base model, but {found}; pass the base "
-                            "folder (`--base DIR` on the command line, `base=` in Python).")
+        path = Path(value)
+        candidates += [(path, False)] if path.is_absolute() else [(Path(os.path.normpath(adapter_dir / path)), False),
+                                                                  (path, True)]
+    folders, seen = [], set()
+    for path, from_cwd in candidates:
+        if (path / "config.json").is_file() and os.path.realpath(path) not in seen:
+            seen.add(os.path.realpath(path))
+            folders.append((path, from_cwd))
+    if not folders:
+        found = f"it names {named}, which is not a model folder here" if named else "it names no base"
+        raise FileNotFoundError(f"{adapter_dir} is a LoRA adapter and needs its base model, but {found}; pass the "
+                                "base folder (`--base DIR` on the command line, `base=` in Python).")
+    for path, _ in folders:
+        if _is_recorded_base(path, fingerprint):
+            return path
+    trusted = [path for path, from_cwd in folders if not from_cwd]
+    if trusted:
+        return trusted[0]
+    raise ValueError(f"{adapter_dir} names its base as {named[0]!r}, a path relative to the folder it was trained "
+                     f"from; from here that is {folders[0][0].resolve()}, a model whose weights differ from the "
+                     "base the adapter was trained on. Pass the base folder (`--base DIR` on the command line, "
+                     "`base=` in Python).")
+
+
+def _read_json(path: Path) -> dict[str, Any]:
+    try:
+        data = json.loads(path.read_text())
+    except (OSError, ValueError):
+        return {}
+    return data if isinstance(data, dict) else {}
+
+
+def _is_recorded_base(folder: Path, fingerprint: dict[str, Any]) -> bool:
+    """Whether `folder` holds the weights (or, without a recorded weights hash, the item vocabulary) the adapter's
+    fingerprint recorded; True when it recorded neither."""
+    if fingerprint.get("weights_sha256"):
+        return file_sha256(folder / "model.safetensors") == fingerprint["weights_sha256"]
+    if fingerprint.get("item_vocab_sha256"):
+        return file_sha256(folder / "item_vocab.json") == fingerprint["item_vocab_sha256"]
+    return True
 
 
 def load_adapter_model(adapter_dir: str | Path, base: str | Path | GenRecForNextItemPrediction | None = None, *,
@@ -191,6 +242,7 @@ def load_adapters(base: str | Path | GenRecForNextItemPrediction, adapters: dict
     peft_model: PeftModel | None = None
     for name, adapter_dir in adapters.items():
         adapter_dir = Path(adapter_dir)
+        check_save_complete(adapter_dir)
         if not (adapter_dir / "adapter_config.json").is_file():
             raise FileNotFoundError(f"Adapter folder {adapter_dir} has no adapter_config.json.")
         check_base(adapter_dir, model.config, base_dir)

@@ -87,9 +87,15 @@ def _item_info(path: Path) -> dict[str, dict[str, Any]]:
     types = _typed_header(table, label)
     check_columns(types, ["item_id"], label=label)
     info: dict[str, dict[str, Any]] = {}
+    first_line: dict[str, int] = {}
     columns = [c for c in table.columns if c != "item_id"]
-    for row in table.itertuples(index=False):
+    for line, row in enumerate(table.itertuples(index=False), 2):
         values = dict(zip(table.columns, row))
+        raw = str(values["item_id"]).strip()
+        if raw in first_line:
+            raise ValueError(f"{label}, line {line}: item_id {raw!r} is listed again (first on line "
+                             f"{first_line[raw]}); an item has one row of metadata.")
+        first_line[raw] = line
         entry: dict[str, Any] = {}
         for column in columns:
             value = _typed_value(str(values[column]).strip(), types[column])
@@ -106,7 +112,7 @@ def _item_info(path: Path) -> dict[str, dict[str, Any]]:
                     continue
             else:
                 entry[column] = value
-        info[str(values["item_id"]).strip()] = entry
+        info[raw] = entry
     return info
 
 

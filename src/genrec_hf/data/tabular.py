@@ -3,7 +3,8 @@
 `column_map` maps canonical names to the file's columns, e.g. `{"user_id": "customer", "item_id": "sku",
 "timestamp": "ts", "rating": "stars", "action": "event_type"}`. Without a mapping, common spellings are tried
 (`user_id`/`userId`/`user`, `item_id`/`itemId`/`movieId`/`item`, `timestamp`/`time`/`ts`, `rating`/`score`).
-Ids are kept exactly as written ('12' and '12.0' are two ids); a float id column (Parquet) must hold integers.
+Ids are kept exactly as written ('12' and '12.0' are two ids); a float id column (Parquet) must hold integers, a
+binary one UTF-8 text; Parquet id columns of other types (bool, list, struct, ...) are refused.
 Timestamps may be unix seconds (years 1..9999) or parseable date/times, one kind per column; without a timestamp
 column, row order per user is the time.
 Actions may be integers >= 0 or strings (mapped to 1..K in sorted order; 0 stays "unknown").
@@ -16,6 +17,8 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
+import pyarrow as pa
+import pyarrow.parquet as pq
 
 from ._parsing import exact_ids, parse_numbers, parse_timestamps, read_table, require_path
 from .events import LoadedEvents
@@ -53,6 +56,11 @@ def load_table(source: str | Path, column_map: dict[str, str] | None = None) -> 
         table = read_table(path, label=label, sep="\t" if path.suffix == ".tsv" else ",")
         first_line, unit = 2, "line"
     mapping = _resolve_columns(list(table.columns), column_map, label)
+    if unit == "row":
+        schema = pq.read_schema(path)
+        for key in ("user_id", "item_id"):
+            table[mapping[key]] = _parquet_ids(table[mapping[key]], schema.field(mapping[key]).type, label,
+                                               mapping[key])
     user, item = (exact_ids(table[mapping[key]], label=label, column=mapping[key], first_line=first_line, unit=unit)
                   for key in ("user_id", "item_id"))
     events = pd.DataFrame({"user_id": user.to_numpy(), "item_id": item.to_numpy()})
@@ -70,6 +78,28 @@ def load_table(source: str | Path, column_map: dict[str, str] | None = None) -> 
     if "action" in mapping:
         events["action"] = _actions(table[mapping["action"]], label, mapping["action"], first_line, unit)
     return LoadedEvents(events=events, has_timestamps=has_timestamps, name=path.stem)
+
+
+def _parquet_ids(values: pd.Series, kind: pa.DataType, label: str, column: str) -> pd.Series:
+    """A Parquet id column as strings or numbers `exact_ids` reads: integer, float and string columns as they are,
+    binary ones decoded as UTF-8 (the row of the first undecodable value named), any other type refused."""
+    if pa.types.is_dictionary(kind):
+        kind = kind.value_type
+    if pa.types.is_binary(kind) or pa.types.is_large_binary(kind) or pa.types.is_fixed_size_binary(kind):
+        decoded = []
+        for row, value in enumerate(values):
+            try:
+                decoded.append(value.decode("utf-8") if isinstance(value, bytes) else value)
+            except UnicodeDecodeError:
+                raise ValueError(f"{label}, row {row}: column {column!r} holds bytes {value[:16]!r} that are not "
+                                 "UTF-8 text; expected integer or string ids.") from None
+        return pd.Series(decoded, index=values.index, dtype=object)
+    if not (pa.types.is_integer(kind) or pa.types.is_floating(kind) or pa.types.is_string(kind)
+            or pa.types.is_large_string(kind) or pa.types.is_null(kind)):
+        first = values.iloc[0] if len(values) else None
+        raise ValueError(f"{label}: column {column!r} has Parquet type {kind} (row 0: {first}); expected integer "
+                         "or string ids.")
+    return values
 
 
 def _resolve_columns(columns: list[str], column_map: dict[str, str] | None, label: str) -> dict[str, str]:

@@ -18,6 +18,10 @@ Splits are per-user and leak-free in time order (the leave-one-out protocol gene
 test anchor is their last qualifying target, the validation anchor the last qualifying target before it, and the
 training rows only see events before the validation anchor.
 
+`register_task(name, check=fn)` also registers `fn(**params)`, which refuses parameters that can select no target
+(an empty window) when a recipe is read, before any data; a fine-tune refuses a task left with no user
+(`require_eligible_users`).
+
 Registering your own task::
 
     from genrec_hf.data.tasks import build_task, register_task, single_target_task
@@ -36,6 +40,7 @@ Registering your own task::
 from __future__ import annotations
 
 import dataclasses
+import inspect
 import math
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
@@ -78,24 +83,50 @@ class TaskData:
 
 TaskBuilder = Callable[..., TaskData]
 TASKS: dict[str, TaskBuilder] = {}
+TASK_CHECKS: dict[str, Callable[..., None]] = {}  # per task: parameters that can select no target at all
 
 
-def register_task(name: str) -> Callable[[TaskBuilder], TaskBuilder]:
-    """Decorator registering `fn(data, **params) -> TaskData` under `name` (see the module docstring)."""
+def register_task(name: str, check: Callable[..., None] | None = None) -> Callable[[TaskBuilder], TaskBuilder]:
+    """Decorator registering `fn(data, **params) -> TaskData` under `name` (see the module docstring); `check(**params)`
+    raises a `ValueError` for parameters that can never select a target, before any data is read."""
 
     def decorator(fn: TaskBuilder) -> TaskBuilder:
         TASKS[name] = fn
+        if check is not None:
+            TASK_CHECKS[name] = check
         return fn
 
     return decorator
 
 
+def check_task_params(name: str, params: dict[str, Any]) -> None:
+    """The task's own parameter check (`register_task(check=...)`) on its defaults updated with `params`."""
+    if name in TASK_CHECKS:
+        defaults = {p.name: p.default for p in inspect.signature(TASKS[name]).parameters.values()
+                    if p.default is not inspect.Parameter.empty}
+        TASK_CHECKS[name](**{**defaults, **params})
+
+
 def build_task(name: str, data: InteractionData, **params: Any) -> TaskData:
-    """Build the registered task `name` from `InteractionData`, with task parameters as keywords."""
+    """Build the registered task `name` from `InteractionData`, with task parameters as keywords (checked first by
+    the task's own `check`, see `register_task`)."""
     if name not in TASKS:
         raise ValueError(f"Unknown task {name!r}; registered tasks are {sorted(TASKS)} (add one with "
                          "@genrec_hf.data.tasks.register_task).")
+    check_task_params(name, params)
     return TASKS[name](data, **params)
+
+
+def require_eligible_users(task: TaskData, data_name: str) -> None:
+    """Raise a `ValueError` naming the task and its parameters when it has no user to train, validate and test on
+    (parameters no event meets, such as a rating threshold above every rating): a fine-tune of it would train on
+    nothing and fail at its end with an empty evaluation."""
+    empty = [split for split in ("train", "validation", "test") if len(getattr(task, split)) == 0]
+    if empty:
+        shown = ", ".join(f"{k}={v!r}" for k, v in task.params.items()) or "default parameters"
+        raise ValueError(f"task {task.name!r} ({shown}) has no eligible user in {data_name}: its {' and '.join(empty)} "
+                         f"rows are empty ({task.stats.get('users_dropped', '?')} users dropped); change the task's "
+                         "parameters (recipe task.params).")
 
 
 # ---------------------------------------------------------------------------------------------------------------------
@@ -207,6 +238,25 @@ def events_before(data: InteractionData, cut: dict[str, int], users: Iterable[st
 # Built-in tasks
 
 
+def _check_long_horizon(start_days: float, end_days: float, start_events: int, end_events: int, max_targets: int,
+                        train_stride: int, max_train_targets: int, **_: Any) -> None:
+    for low, high, value_low, value_high in (("start_days", "end_days", start_days, end_days),
+                                             ("start_events", "end_events", start_events, end_events)):
+        if not value_low < value_high:
+            raise ValueError(f"task long_horizon: {low}={value_low} must be less than {high}={value_high} (the "
+                             f"target window [{low}, {high}) after the context would be empty).")
+    for key, value in (("max_targets", max_targets), ("train_stride", train_stride),
+                       ("max_train_targets", max_train_targets)):
+        if value < 1:
+            raise ValueError(f"task long_horizon: {key}={value}; expected an integer >= 1.")
+
+
+def _check_availability(window_days: float, window_events: int, **_: Any) -> None:
+    if not window_days > 0 or not window_events > 0:
+        raise ValueError(f"task availability: window_days={window_days} and window_events={window_events} must be "
+                         "> 0 (an empty window makes no item new).")
+
+
 @register_task("short_horizon")
 def short_horizon(data: InteractionData, exclude_history: bool = True) -> TaskData:
     """Paper task B: the very next event after the context (leave-one-out on all events)."""
@@ -260,7 +310,7 @@ def item_availability(data: InteractionData, use_release_dates: bool = True) -> 
     return since, ("seconds" if has_time else "events")
 
 
-@register_task("availability")
+@register_task("availability", check=_check_availability)
 def availability(data: InteractionData, window_days: float = 30.0, window_events: int = 2000,
                  use_release_dates: bool = True, exclude_history: bool = True) -> TaskData:
     """Paper task C ("what's new for you"): the next event on an item that became available within the window.
@@ -300,7 +350,7 @@ def availability(data: InteractionData, window_days: float = 30.0, window_events
     return task
 
 
-@register_task("long_horizon")
+@register_task("long_horizon", check=_check_long_horizon)
 def long_horizon(data: InteractionData, start_days: float = 7.0, end_days: float = 30.0, start_events: int = 5,
                  end_events: int = 20, max_targets: int = 50, train_stride: int = 5, max_train_targets: int = 5,
                  exclude_history: bool = True) -> TaskData:

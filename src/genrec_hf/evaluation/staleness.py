@@ -406,6 +406,12 @@ def evaluate_saved_model_staleness(model_dir: str | Path, source: str, deltas: S
                                     ks=ks)
         return {"dataset": data.name, "split": split, **result}
     cut, origin = default_cut(model_dir, data, cut, cut_quantile)
+    times, _ = flat_column(data.sequences, "timestamps")
+    first, last = int(times.min()), int(times.max())
+    if not first < cut <= last:
+        raise ValueError(f"the staleness cut {cut} ({origin}) is outside the time range of {data.name}, {first} to "
+                         f"{last} (unix seconds): no user has events both before and at/after it, so nothing would "
+                         "be ranked; give a --cut inside the range or a --cut_quantile.")
     result = evaluate_staleness(model, data, deltas, anchor="cut", cut=cut, task=task, max_length=max_length,
                                 batch_size=batch_size, exclude_history=exclude_history, ks=ks)
     return {"dataset": data.name, "cut_from": origin, **result}

@@ -381,6 +381,14 @@ def fit_scaling(
     points = _prepare_points(sizes, values, ranks, task, min_points)
     if upper_bound == "auto":
         upper_bound = 1.0 if _BOUNDED_METRIC.match(metric) else None
+    if upper_bound is not None:  # a value outside the metric's range is another column or a bug, never a point
+        bad = np.argwhere((points.seed_values < 0) | (points.seed_values > upper_bound))
+        if len(bad):
+            size, seed = bad[0]
+            where = f" for task {task!r}" if task is not None else ""
+            raise ValueError(f"{metric} = {points.seed_values[size, seed]:g} at size {points.sizes[size]:g}{where} "
+                             f"is outside [0, {upper_bound:g}], the range of {metric}; fit another column with "
+                             "--metric NAME (upper_bound=None in Python for an unbounded one).")
     rng = np.random.default_rng(seed)
     notes: list[str] = []
     starts = _a_starts(a_bounds, random_starts, rng)

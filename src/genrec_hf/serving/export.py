@@ -14,8 +14,15 @@ Files (rows aligned between the two formats):
 Alignment: retrained models embed items in an arbitrary rotation of the previous space, so downstream consumers
 of the vectors see drift that is not a change of meaning. `align_to` fits the orthogonal Procrustes rotation R
 minimising ||A R - B|| over the items shared with the previous export (A: these vectors, B: the previous ones) and
-applies it to items and users; dot products and norms, so every score, are unchanged. The manifest records the
-mean cosine distance of the shared items before and after.
+applies it to items and users; dot products and norms, so every score, are unchanged. A d-dimensional rotation has
+d(d-1)/2 free parameters: fitted on fewer than d items it can map them onto anything, so at least d items to fit
+it on plus a fifth of the shared items held out are required. The manifest records the mean cosine distance on
+the held-out shared items before and after a rotation fitted without them (`drift_before`, `drift_after`: what
+alignment does for items it did not see), and on all shared items after the rotation applied (fitted on all of
+them; `drift_after_fit`, in-sample).
+
+An adapter folder is exported merged onto its base, with the base's vocabulary. The previous export given to
+`align_to` is read and checked (format, files, rows) before anything is computed.
 """
 
 from __future__ import annotations
@@ -36,6 +43,7 @@ from safetensors.numpy import load_file, save_file
 from scipy.linalg import orthogonal_procrustes
 
 from .._version import __version__
+from ..adapters import adapter_base_dir, is_adapter_folder
 from ..cards import upload_to_hub
 from ..data import VOCAB_FILE, ItemVocab, load_interactions
 from ..data.interactions import flat_column, row_lengths
@@ -43,6 +51,7 @@ from ..integrity import file_sha256
 from ..loading import load_saved_model
 from ..models.genrec import GenRecForNextItemPrediction
 from ..models.genrec.modeling_genrec import history_inputs
+from ..training.run_folder import refuse_dangling_link
 
 MANIFEST = "manifest.json"
 EXPORT_FILES = ("items.safetensors", "items.parquet", "users.safetensors", "users.parquet", VOCAB_FILE, MANIFEST)
@@ -62,16 +71,50 @@ class Export:
 
 
 def read_export(directory: str | Path) -> Export:
-    """Read an export folder (the Parquet files carry the ids; vectors come from safetensors)."""
+    """Read an export folder (the Parquet files carry the ids; vectors come from safetensors), checking that it is
+    one: a manifest of this format and version, every file present and readable, ids and vectors row for row."""
     directory = Path(directory)
-    if not (directory / MANIFEST).is_file():
+    path = directory / MANIFEST
+    if not path.is_file():
         raise FileNotFoundError(f"{directory} is not an embedding export (no {MANIFEST}); write one with "
                                 "`genrec-hf export-embeddings`.")
-    manifest = json.loads((directory / MANIFEST).read_text())
-    items = pq.read_table(directory / "items.parquet", columns=["item_id"]).column("item_id").to_pylist()
-    users = pq.read_table(directory / "users.parquet", columns=["user_id"]).column("user_id").to_pylist()
-    return Export(items, load_file(directory / "items.safetensors")["item_vectors"], users,
-                  load_file(directory / "users.safetensors")["user_vectors"], manifest)
+    try:
+        manifest = json.loads(path.read_text())
+    except (ValueError, UnicodeDecodeError) as error:
+        raise ValueError(f"{path} is not valid JSON ({error}); expected the manifest of an embedding export.") \
+            from None
+    if not isinstance(manifest, dict) or manifest.get("format") != FORMAT or manifest.get("format_version") != \
+            FORMAT_VERSION:
+        found = (f"format {manifest.get('format')!r}, format_version {manifest.get('format_version')!r}"
+                 if isinstance(manifest, dict) else f"a {type(manifest).__name__}")
+        raise ValueError(f"{path} holds {found}; this genrec_hf reads embedding exports of format {FORMAT!r}, "
+                         f"format_version {FORMAT_VERSION}.")
+    missing = [name for name in EXPORT_FILES if not (directory / name).is_file()]
+    if missing:
+        raise FileNotFoundError(f"{directory} is an incomplete embedding export: {', '.join(missing)} "
+                                f"{'is' if len(missing) == 1 else 'are'} missing (an export holds "
+                                f"{', '.join(EXPORT_FILES)}).")
+    columns = {}
+    for name, column in (("items.parquet", "item_id"), ("users.parquet", "user_id")):
+        try:
+            columns[name] = pq.read_table(directory / name, columns=[column]).column(column).to_pylist()
+        except (pa.ArrowException, OSError, KeyError) as error:
+            raise ValueError(f"{directory / name}: not an export's Parquet file with a {column!r} column "
+                             f"({error}).") from None
+    vectors = {}
+    for name, key in (("items.safetensors", "item_vectors"), ("users.safetensors", "user_vectors")):
+        try:
+            vectors[name] = load_file(directory / name)[key]
+        except Exception as error:  # noqa: BLE001 - safetensors raises its own error types for a damaged file
+            raise ValueError(f"{directory / name}: not an export's safetensors file with {key!r} ({error}).") \
+                from None
+    for ids, name in ((columns["items.parquet"], "items"), (columns["users.parquet"], "users")):
+        rows = vectors[f"{name}.safetensors"]
+        if rows.ndim != 2 or len(ids) != rows.shape[0]:
+            raise ValueError(f"{directory}: {name}.parquet has {len(ids)} rows but {name}.safetensors holds vectors "
+                             f"of shape {tuple(rows.shape)}; the export's files do not belong together.")
+    return Export(columns["items.parquet"], vectors["items.safetensors"], columns["users.parquet"],
+                  vectors["users.safetensors"], manifest)
 
 
 def mean_cosine_distance(a: np.ndarray, b: np.ndarray) -> float:
@@ -87,25 +130,52 @@ def procrustes_rotation(source: np.ndarray, target: np.ndarray) -> np.ndarray:
     return rotation
 
 
+def alignment_minimum(dim: int) -> int:
+    """The fewest shared items a `dim`-dimensional alignment needs: `dim` to fit the rotation on, plus a fifth of
+    the shared items (at least one) held out to measure its drift on."""
+    shared = dim + 1
+    while shared - _held_out_count(shared) < dim:
+        shared += 1
+    return shared
+
+
+def _held_out_count(shared: int) -> int:
+    return max(1, shared // 5)
+
+
 def align_embeddings(item_ids: list[str], item_vectors: np.ndarray, user_vectors: np.ndarray,
-                     reference_ids: list[str], reference_vectors: np.ndarray,
+                     reference_ids: list[str], reference_vectors: np.ndarray, *, seed: int = 0,
                      ) -> tuple[np.ndarray, np.ndarray, dict[str, Any]]:
-    """Rotate items and users onto a reference export through the shared items; returns them + drift stats."""
-    if item_vectors.shape[1] != reference_vectors.shape[1]:
-        raise ValueError(f"Cannot align: these vectors have {item_vectors.shape[1]} dims, the previous export "
+    """Rotate items and users onto a reference export through the shared items; returns them + drift stats.
+
+    The drift is reported on a held-out fifth of the shared items (a rotation fitted on the others), so a rotation
+    that only fits its own points is not mistaken for an aligned space; the rotation applied is fitted on all of
+    them. Fewer shared items than `alignment_minimum(dim)` are refused."""
+    dim = item_vectors.shape[1]
+    if dim != reference_vectors.shape[1]:
+        raise ValueError(f"Cannot align: these vectors have {dim} dims, the previous export "
                          f"{reference_vectors.shape[1]}.")
     position = {raw: i for i, raw in enumerate(reference_ids)}
     shared = [(i, position[raw]) for i, raw in enumerate(item_ids) if raw in position]
-    if len(shared) < 2:
-        raise ValueError(f"Cannot align: only {len(shared)} item ids are shared with the previous export.")
+    minimum = alignment_minimum(dim)
+    if len(shared) < minimum:
+        raise ValueError(f"Cannot align: {len(shared)} item ids are shared with the previous export, and a "
+                         f"{dim}-dimensional rotation needs at least {minimum} ({dim} to fit it on, the rest to "
+                         "measure its drift on); on fewer it can map any points onto any others.")
     mine, theirs = (np.array(side) for side in zip(*shared))
     source, target = item_vectors[mine], reference_vectors[theirs]
+    held = np.zeros(len(shared), bool)
+    held[np.random.default_rng(seed).permutation(len(shared))[:_held_out_count(len(shared))]] = True
+    held_out_rotation = procrustes_rotation(source[~held], target[~held])
     rotation = procrustes_rotation(source, target)
     items = (item_vectors.astype(np.float64) @ rotation).astype(np.float32)
     users = (user_vectors.astype(np.float64) @ rotation).astype(np.float32)
-    stats = {"shared_items": len(shared), "drift_before": mean_cosine_distance(source, target),
-             "drift_after": mean_cosine_distance(items[mine], target),
-             "metric": "mean cosine distance (1 - cos) of the shared items' vectors"}
+    stats = {"shared_items": len(shared), "fit_items": int((~held).sum()), "held_out_items": int(held.sum()),
+             "drift_before": mean_cosine_distance(source[held], target[held]),
+             "drift_after": mean_cosine_distance(source[held] @ held_out_rotation, target[held]),
+             "drift_after_fit": mean_cosine_distance(items[mine], target),
+             "metric": "mean cosine distance (1 - cos); drift_before / drift_after: held-out shared items, rotation "
+                       "fitted on the others; drift_after_fit: all shared items, the rotation applied"}
     return items, users, stats
 
 
@@ -162,7 +232,13 @@ def _vector_table(id_name: str, ids: list[str], extra: dict[str, np.ndarray], ve
                      "vector": column})
 
 
+def _weights_file(folder: Path) -> Path:
+    """The weights an export's fingerprint names: model.safetensors, or adapter_model.safetensors of an adapter."""
+    return folder / ("adapter_model.safetensors" if is_adapter_folder(folder) else "model.safetensors")
+
+
 def _check_out_dir(out_dir: Path, overwrite: bool) -> None:
+    refuse_dangling_link(out_dir, "--out")
     if out_dir.exists() and not out_dir.is_dir():
         raise NotADirectoryError(f"--out {out_dir} exists and is not a folder.")
     if out_dir.is_dir() and any(out_dir.iterdir()):
@@ -187,7 +263,13 @@ def export_embeddings(model_dir: str | Path, source: str, out_dir: str | Path, *
     model_dir, out_dir = Path(model_dir), Path(out_dir)
     _check_out_dir(out_dir, overwrite)
     reference = read_export(align_to) if align_to is not None else None
+    vocab_dir = adapter_base_dir(model_dir) if is_adapter_folder(model_dir) else model_dir  # an adapter: its base's
+    if not (vocab_dir / VOCAB_FILE).is_file():
+        raise FileNotFoundError(f"{vocab_dir} has no {VOCAB_FILE}: its item vectors could not be given raw ids.")
     model, vocab = load_saved_model(model_dir)
+    if reference is not None and model.item_vectors.shape[1] != reference.item_vectors.shape[1]:
+        raise ValueError(f"Cannot align: {model_dir} has {model.item_vectors.shape[1]}-dim vectors, the previous "
+                         f"export {align_to} {reference.item_vectors.shape[1]}.")
     config = model.config
     item_ids = vocab.raw_ids
     item_vectors = model.item_vectors.detach()[1:].float().cpu().numpy()
@@ -202,8 +284,10 @@ def export_embeddings(model_dir: str | Path, source: str, out_dir: str | Path, *
     manifest = {
         "format": FORMAT, "format_version": FORMAT_VERSION, "genrec_hf_version": __version__,
         "created_at": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
-        "model_dir": str(model_dir), "model_sha256": file_sha256(model_dir / "model.safetensors"),
-        "item_vocab_sha256": file_sha256(model_dir / VOCAB_FILE), "data": {"source": str(source), "format": format},
+        "model_dir": str(model_dir), "model_sha256": file_sha256(_weights_file(model_dir)),
+        **({"base_dir": str(vocab_dir), "base_model_sha256": file_sha256(vocab_dir / "model.safetensors")}
+           if vocab_dir != model_dir else {}),
+        "item_vocab_sha256": file_sha256(vocab_dir / VOCAB_FILE), "data": {"source": str(source), "format": format},
         "scoring": {"score_temperature": config.score_temperature, "l2_normalize_scores": config.l2_normalize_scores,
                     "rule": "score = user · item / score_temperature (cosine when l2_normalize_scores)"},
         "dims": {"item": int(item_vectors.shape[1]), "user": int(user_vectors.shape[1])},
@@ -223,7 +307,7 @@ def export_embeddings(model_dir: str | Path, source: str, out_dir: str | Path, *
                        tmp / "items.parquet")
         pq.write_table(_vector_table("user_id", user_ids, {"num_events": num_events}, user_vectors),
                        tmp / "users.parquet")
-        shutil.copyfile(model_dir / VOCAB_FILE, tmp / VOCAB_FILE)
+        shutil.copyfile(vocab_dir / VOCAB_FILE, tmp / VOCAB_FILE)
         (tmp / MANIFEST).write_text(json.dumps(manifest, indent=2))
         out_dir.mkdir(exist_ok=True)
         for name in EXPORT_FILES:

@@ -13,6 +13,7 @@ extend it with the new events only, so recommending for a known user needs no fo
 from __future__ import annotations
 
 import math
+import numbers
 import threading
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
@@ -28,11 +29,13 @@ from ..loading import check_vocab, load_serving_model
 from ..models.genrec import GenRecCache, GenRecForNextItemPrediction
 from ..models.genrec.modeling_genrec import history_inputs
 from ..models.genrec.scoring import TopItems, history_exclusions
-from ..models.genrec.tokenization_genrec import UnknownItemError
+from ..models.genrec.tokenization_genrec import UnknownItemError  # noqa: F401 - re-exported by serving
 from .index import FaissIndex, require_faiss
 from .state import UserStateStore
 
 BASE_TASK = BASE_ADAPTER  # the task served by the base model, no adapter
+ROW_CHUNK = 256  # histories encoded and ranked together: a large batch is answered chunk by chunk, in bounded memory
+INT64 = (-(1 << 63), (1 << 63) - 1)
 RawId = Union[str, int]
 Filters = Union[Mapping[str, Any], Callable[[str, Mapping[str, Any]], bool]]
 
@@ -137,6 +140,20 @@ class Recommender:
         if task not in self.tasks:
             raise UnknownTaskError(task, self.tasks)
         return task
+
+    @staticmethod
+    def check_timestamps(values: Sequence[Any], count: int, where: str = "timestamps") -> list[int]:
+        """`values` as `count` integers that fit in 64 bits (unix seconds); a `ValueError` names the first bad one
+        (a bool, a float, text, or a number beyond int64 would fail deep in torch or be read as another time)."""
+        values = list(values)
+        if len(values) != count:
+            raise ValueError(f"{where} has {len(values)} values for {count} events; give one per event or none.")
+        for i, value in enumerate(values):
+            if isinstance(value, bool) or not isinstance(value, numbers.Integral):
+                raise ValueError(f"{where}[{i}]={value!r} is not an integer; expected unix seconds.")
+            if not INT64[0] <= value <= INT64[1]:
+                raise ValueError(f"{where}[{i}]={value} does not fit in 64 bits; expected unix seconds.")
+        return [int(value) for value in values]
 
     def _check_k(self, k: Any) -> int:
         if isinstance(k, bool) or not isinstance(k, int) or not 1 <= k <= self.num_items:
@@ -279,12 +296,20 @@ class Recommender:
             if not row:
                 raise ValueError(f"History {i} is empty: every history needs at least one raw item id.")
         indices = [[self.encode_item(raw) for raw in row] for row in rows]
+        if times is not None:
+            if len(times) != len(rows):
+                raise ValueError(f"timestamps has {len(times)} rows for {len(rows)} histories.")
+            times = [self.check_timestamps(t, len(row), "timestamps" if single else f"timestamps[{i}]")
+                     for i, (t, row) in enumerate(zip(times, rows))]
         allowed = self.allowed_mask(candidates, filters)
-        queries = self.encode_queries(indices, timestamps=[list(t) for t in times] if times else None,
-                                      task=task_name)
-        exclude = history_exclusions(indices) if exclude_seen else None
-        top = self.topk(queries, k, task=task_name, exclude=exclude, allowed=allowed, exact=exact)
-        out = [self._decode(items, scores) for items, scores in zip(top.items.tolist(), top.scores.tolist())]
+        out: list[list[Recommendation]] = []
+        for start in range(0, len(indices), ROW_CHUNK):
+            chunk = indices[start:start + ROW_CHUNK]
+            queries = self.encode_queries(chunk, timestamps=times[start:start + ROW_CHUNK] if times else None,
+                                          task=task_name)
+            exclude = history_exclusions(chunk) if exclude_seen else None
+            top = self.topk(queries, k, task=task_name, exclude=exclude, allowed=allowed, exact=exact)
+            out += [self._decode(items, scores) for items, scores in zip(top.items.tolist(), top.scores.tolist())]
         return out[0] if single else out
 
     # ------------------------------------------------------------------------------------------------------------

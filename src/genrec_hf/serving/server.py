@@ -12,9 +12,13 @@ Endpoints:
   * `GET /health`, `GET /items/{item_id}`.
 
 Errors are JSON `{"error": {"type", "message"}}` with a 4xx status: 400 malformed JSON, 404 unknown item in the
-URL or unknown user, 413 body over `max_body_bytes`, 422 invalid request (unknown item in the body, empty history,
-k out of range, unknown task, wrong field types). Unexpected failures answer 500 without a stack trace (logged on
-the server).
+URL or unknown user, 413 body over `max_body_bytes` or more than `max_rows` histories in one request, 422 invalid
+request (unknown item in the body, empty history, k out of range, unknown task, wrong field types: `k` and
+timestamps are integers, not booleans or strings, and timestamps fit in 64 bits). A failed `/events` stores
+nothing. Unexpected failures answer 500 without a stack trace (logged on the server).
+
+Shutdown: on SIGTERM / Ctrl-C the server stops accepting connections and waits at most `shutdown_timeout` seconds
+for requests in flight (a client that sends half a body and stalls cannot keep it alive).
 """
 
 from __future__ import annotations
@@ -32,7 +36,7 @@ try:
     from fastapi import FastAPI, Request
     from fastapi.exceptions import RequestValidationError
     from fastapi.responses import JSONResponse
-    from pydantic import BaseModel, ConfigDict, Field
+    from pydantic import BaseModel, ConfigDict, Field, StrictInt, StrictStr
     from starlette.exceptions import HTTPException as StarletteHTTPException
 except ImportError:  # pragma: no cover - exercised by the missing-extra test in a subprocess
     raise ImportError('The HTTP server needs FastAPI and uvicorn, which are not installed: '
@@ -40,9 +44,11 @@ except ImportError:  # pragma: no cover - exercised by the missing-extra test in
 
 logger = logging.getLogger(__name__)
 
-RawId = Union[str, int]
+RawId = Union[StrictStr, StrictInt]  # a JSON true is not item 1
 DEFAULT_MAX_BODY_BYTES = 1 << 20
 DEFAULT_MAX_K = 1000
+DEFAULT_MAX_ROWS = 1000  # histories per POST /recommend: the response grows with rows × k
+DEFAULT_SHUTDOWN_TIMEOUT_S = 5.0
 
 
 class RecommendRequest(BaseModel):
@@ -50,20 +56,20 @@ class RecommendRequest(BaseModel):
 
     history: Optional[list[RawId]] = None
     histories: Optional[list[list[RawId]]] = None
-    user_id: Optional[str] = None
-    k: int = 10
-    task: Optional[str] = None
+    user_id: Optional[StrictStr] = None
+    k: StrictInt = 10
+    task: Optional[StrictStr] = None
     exclude_seen: bool = True
     candidates: Optional[list[RawId]] = None
-    timestamps: Optional[list[int]] = None
+    timestamps: Optional[list[StrictInt]] = None
 
 
 class EventsRequest(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
-    user_id: str = Field(min_length=1)
+    user_id: StrictStr = Field(min_length=1)
     events: list[RawId] = Field(min_length=1)
-    timestamps: Optional[list[int]] = None
+    timestamps: Optional[list[StrictInt]] = None
 
 
 class ApiError(Exception):
@@ -113,8 +119,9 @@ def _validation_message(errors: list[dict[str, Any]]) -> str:
 
 
 def create_app(recommender: Recommender, *, max_body_bytes: int = DEFAULT_MAX_BODY_BYTES,
-               max_k: int = DEFAULT_MAX_K, max_users: int = 100_000, max_events: int = 1024,
-               max_cache_bytes: int = DEFAULT_MAX_CACHE_BYTES, overflow_keep: int | None = None) -> FastAPI:
+               max_k: int = DEFAULT_MAX_K, max_rows: int = DEFAULT_MAX_ROWS, max_users: int = 100_000,
+               max_events: int = 1024, max_cache_bytes: int = DEFAULT_MAX_CACHE_BYTES,
+               overflow_keep: int | None = None) -> FastAPI:
     """The FastAPI app serving `recommender` (see the module docstring for the endpoints and errors).
 
     Installs a fresh `UserStateStore` with the given bounds as `recommender.user_states`, so in-process
@@ -205,6 +212,9 @@ def create_app(recommender: Recommender, *, max_body_bytes: int = DEFAULT_MAX_BO
         histories = body.history if body.history is not None else body.histories
         if body.histories is not None and (not body.histories or timestamps is not None):
             raise ApiError(422, "invalid_request", "histories must be non-empty and takes no timestamps.")
+        if body.histories is not None and len(body.histories) > max_rows:
+            raise ApiError(413, "too_many_rows", f"{len(body.histories)} histories in one request is over the limit "
+                           f"of {max_rows} (max_rows); send them in several requests.")
         if body.history is not None and not body.history:
             raise ApiError(422, "invalid_request", "The history is empty: give at least one raw item id.")
         if timestamps is not None and body.histories is None and len(timestamps) != len(histories):
@@ -227,6 +237,17 @@ def free_port(host: str = "127.0.0.1") -> int:
         return int(sock.getsockname()[1])
 
 
+def uvicorn_config(app: Any, host: str = "127.0.0.1", port: int = 8000, *, log_level: str = "info",
+                   shutdown_timeout: float = DEFAULT_SHUTDOWN_TIMEOUT_S, **options: Any) -> Any:
+    """The uvicorn configuration every server of the package runs with: requests in flight get at most
+    `shutdown_timeout` seconds once a shutdown is asked for (uvicorn would otherwise wait for ever on a client that
+    stalls in the middle of its request body)."""
+    import uvicorn
+
+    return uvicorn.Config(app, host=host, port=port, log_level=log_level,
+                          timeout_graceful_shutdown=shutdown_timeout, **options)
+
+
 class ServerThread:
     """Run an app with uvicorn in a background thread (tests, examples, benchmarks); stops on exit.
 
@@ -234,12 +255,13 @@ class ServerThread:
             httpx.post(f"{server.url}/recommend", json={...})
     """
 
-    def __init__(self, app: Any, host: str = "127.0.0.1", port: int | None = None, timeout: float = 30.0) -> None:
+    def __init__(self, app: Any, host: str = "127.0.0.1", port: int | None = None, timeout: float = 30.0,
+                 shutdown_timeout: float = DEFAULT_SHUTDOWN_TIMEOUT_S) -> None:
         import uvicorn
 
         self.host, self.port = host, port or free_port(host)
-        self.server = uvicorn.Server(uvicorn.Config(app, host=host, port=self.port, log_level="warning",
-                                                    lifespan="off", access_log=False))
+        self.server = uvicorn.Server(uvicorn_config(app, host, self.port, log_level="warning", lifespan="off",
+                                                    access_log=False, shutdown_timeout=shutdown_timeout))
         self.thread = threading.Thread(target=self.server.run, name="genrec-hf-server", daemon=True)
         self.timeout = timeout
 
@@ -263,7 +285,7 @@ class ServerThread:
 
 
 def serve(model_dir: str, *, adapters: dict[str, str] | None = None, host: str = "127.0.0.1", port: int = 8000,
-          index: str | None = None, **app_options: Any) -> None:
+          index: str | None = None, shutdown_timeout: float = DEFAULT_SHUTDOWN_TIMEOUT_S, **app_options: Any) -> None:
     """Load the model once and serve it with uvicorn until interrupted."""
     import uvicorn
 
@@ -271,4 +293,5 @@ def serve(model_dir: str, *, adapters: dict[str, str] | None = None, host: str =
     if index is not None and index != "exact":
         for task in (None, *recommender.tasks):
             recommender.index(task)  # build before the first request
-    uvicorn.run(create_app(recommender, **app_options), host=host, port=port, log_level="info")
+    uvicorn.Server(uvicorn_config(create_app(recommender, **app_options), host, port,
+                                  shutdown_timeout=shutdown_timeout)).run()

@@ -12,13 +12,19 @@ An update runs only the new events through the model, attending to the cached on
 `cache=`), so it costs one short forward instead of a forward over the whole history; the result equals a full
 recompute to float tolerance (tests/serving/test_state.py).
 
-Window. A state covers at most `window = min(max_position_embeddings, max_events)` events. A state is (re)built
-from the user's most recent `overflow_keep` events (default: the whole window) and then extended until it covers
-`window` events; the event after that rebuilds it from the most recent `overflow_keep` events again. With the
-default a user's state always reads exactly the events a stateless `Recommender.recommend(history)` reads (the
-most recent `window`), at the price of a full forward for every event once a history is longer than the window;
-a smaller `overflow_keep` (say 3/4 of the window) buys `window - overflow_keep` cheap updates per rebuild, and
-recommendations then read the most recent `overflow_keep` to `window` events instead of exactly `window`.
+Window. A state covers at most `window = min(max_position_embeddings, max_events)` events (a trained model's
+`max_position_embeddings` is its recipe's `data.max_length`, 50 in the shipped recipes). A state is (re)built from
+the user's most recent `overflow_keep` events and then extended event by event until it covers `window` events; the
+event after that rebuilds it from the most recent `overflow_keep` events again. The default `overflow_keep` is half
+the window: past the window one update in `window - overflow_keep` is a rebuild (a full forward over `overflow_keep`
+events) and the others are incremental, and a recommendation reads the most recent `overflow_keep` to `window`
+events. `overflow_keep = window` reads exactly the events a stateless `Recommender.recommend(history)` reads (the
+most recent `window`), at the price of a full forward for every event once a history is longer than the window
+(benchmarks/serving/README.md measures both on a trained model).
+
+Updates are all or nothing: items, timestamps (integers that fit in 64 bits) and the timestamps-or-none rule are
+checked before anything is stored, and the new states are computed on copies of the caches, so an update that fails
+leaves the user's history and states exactly as they were (a new user is not kept).
 
 Bounds. At most `max_users` users (the least recently used one is dropped, history and states), and at most
 `max_cache_bytes` of backbone caches over all users: beyond it the least recently used caches are dropped but the
@@ -33,6 +39,7 @@ while one of its updates is in flight is dropped with it.
 
 from __future__ import annotations
 
+import copy
 import threading
 from collections import OrderedDict
 from collections.abc import Sequence
@@ -100,7 +107,8 @@ class UserStateStore:
         max_users: users kept; the least recently used one is dropped beyond it.
         max_events: history events kept per user (the most recent).
         max_cache_bytes: total bytes of cached backbone states; least recently used caches are dropped beyond it.
-        overflow_keep: events a state is (re)built from (default: the whole window, see the module docstring).
+        overflow_keep: events a state is (re)built from once it outgrows the window (default: half the window; the
+            whole window for exact answers; see the module docstring).
     """
 
     def __init__(self, recommender: Recommender, *, max_users: int = 100_000, max_events: int = 1024,
@@ -110,7 +118,7 @@ class UserStateStore:
         self.recommender = recommender
         self.max_users, self.max_events, self.max_cache_bytes = max_users, max_events, max_cache_bytes
         self.window = min(recommender.config.max_position_embeddings, max_events)
-        self.overflow_keep = self.window if overflow_keep is None else overflow_keep
+        self.overflow_keep = max(1, self.window // 2) if overflow_keep is None else overflow_keep
         if not 1 <= self.overflow_keep <= self.window:
             raise ValueError(f"overflow_keep={overflow_keep} must be between 1 and the window of {self.window} "
                              "events (min of max_position_embeddings and max_events).")
@@ -139,29 +147,33 @@ class UserStateStore:
         stored events.
 
         Every state the user already has (one per task served to them) is extended, and `task`'s is built if it is
-        missing. Unknown items raise `UnknownItemError` and store nothing; timestamps must come with every batch of
-        a user's events or with none.
+        missing. All or nothing: unknown items (`UnknownItemError`), timestamps that are not 64-bit integers, and
+        timestamps given for some of a user's batches but not others raise before anything is stored, and a
+        failure while computing the new states leaves the user as they were.
         """
         task = self.recommender._check_task(task)
         if not events:
             raise ValueError("events is empty: give at least one raw item id.")
         indices = [self.recommender.encode_item(raw, "events") for raw in events]
-        times = None if timestamps is None else [int(t) for t in timestamps]
-        if times is not None and len(times) != len(indices):
-            raise ValueError(f"timestamps has {len(times)} values for {len(indices)} events; give one per event or "
-                             "none.")
+        times = None if timestamps is None else self.recommender.check_timestamps(timestamps, len(indices))
         user = self._user(user_id, create=True)
-        with user.lock:
-            if user.events and (user.timestamps is None) != (times is None):
-                raise ValueError(f"user {user_id!r}: timestamps must be given with every batch of events or with "
-                                 "none (this user's stored events " +
-                                 ("have" if user.timestamps is not None else "have no") + " timestamps).")
-            user.events = (user.events + indices)[-self.max_events:]
-            if times is not None:
-                user.timestamps = ((user.timestamps or []) + times)[-self.max_events:]
-            for name in {*user.states, task}:
-                user.states[name] = self._advance(user, user.states.get(name), len(indices), name)
-            count = len(user.events)
+        try:
+            with user.lock:
+                if user.events and (user.timestamps is None) != (times is None):
+                    raise ValueError(f"user {user_id!r}: timestamps must be given with every batch of events or "
+                                     "with none (this user's stored events " +
+                                     ("have" if user.timestamps is not None else "have no") + " timestamps).")
+                history = (user.events + indices)[-self.max_events:]
+                history_times = None if times is None else ((user.timestamps or []) + times)[-self.max_events:]
+                states = {name: self._advance(history, history_times, user.states.get(name), len(indices), name)
+                          for name in {*user.states, task}}
+                user.events, user.timestamps = history, history_times  # nothing changed until every state is done
+                user.states.update(states)
+                count = len(user.events)
+        except BaseException:
+            if not user.events:  # a user this call created: not kept
+                self._drop(user_id, user)
+            raise
         self._account(user_id, user)
         return count
 
@@ -178,7 +190,7 @@ class UserStateStore:
             with user.lock:
                 state = user.states.get(task)
                 if state is None:
-                    state = user.states[task] = self._advance(user, None, 0, task)
+                    state = user.states[task] = self._advance(user.events, user.timestamps, None, 0, task)
                 histories.append(list(user.events))
             vectors.append(state.embedding)
             self._account(user_id, user)
@@ -213,19 +225,30 @@ class UserStateStore:
             self._users.move_to_end(user_id)
             return user
 
-    def _advance(self, user: _User, state: UserState | None, new: int, task: str) -> UserState:
-        """The state after the last `new` events of `user.events` (called under the user's lock)."""
+    def _drop(self, user_id: str, user: _User) -> None:
+        """Forget `user` if it is still the one stored under `user_id`."""
+        with self._lock:
+            if self._users.get(user_id) is user:
+                del self._users[user_id]
+                self._release(user_id, user)
+
+    def _advance(self, events: list[int], timestamps: list[int] | None, state: UserState | None, new: int,
+                 task: str) -> UserState:
+        """The state after the last `new` of `events` (the user's history with them; called under the user's lock).
+        The given state is never changed: an increment extends a copy of its cache."""
         if new and state is not None and state.cache is not None and state.window + new <= self.window:
-            start = len(user.events) - new
+            start = len(events) - new
             embedding, cache = self.recommender.encode_state(
-                user.events[start:], None if user.timestamps is None else user.timestamps[start:], task=task,
-                cache=state.cache)
+                events[start:], None if timestamps is None else timestamps[start:], task=task,
+                cache=_fork(state.cache))
             with self._lock:
                 self.stats.incremental += 1
             return UserState(embedding, cache, state.window + new)
-        keep = min(self.overflow_keep, len(user.events))
+        keep = min(self.overflow_keep, len(events))
+        if new > keep:  # a batch longer than overflow_keep: read all of it (up to the window)
+            keep = min(new, self.window, len(events))
         embedding, cache = self.recommender.encode_state(
-            user.events[-keep:], None if user.timestamps is None else user.timestamps[-keep:], task=task)
+            events[-keep:], None if timestamps is None else timestamps[-keep:], task=task)
         with self._lock:
             self.stats.rebuilds += 1
         return UserState(embedding, cache, keep)
@@ -257,3 +280,11 @@ class UserStateStore:
             return
         for task in list(user.states):
             self._cache_bytes -= self._caches.pop((user_id, task), 0)
+
+
+def _fork(cache: GenRecCache) -> GenRecCache:
+    """A copy of `cache` that a forward can extend without changing the original (the model replaces the cached
+    tensors with longer ones, it does not write into them), so no tensor is copied."""
+    forked = copy.copy(cache)
+    forked.keys, forked.values = list(cache.keys), list(cache.values)
+    return forked

@@ -36,9 +36,9 @@ from transformers import set_seed
 from ..adapters import attach_adapter, check_lora_layers, save_adapter, trainable_parameters
 from ..data import ItemVocab, remap_to_vocab, save_item_tokenizer
 from ..data.collators import TaskCollator, label_windows
-from ..data.tasks import TaskData, build_task
+from ..data.tasks import TaskData, build_task, require_eligible_users
 from ..evaluation import evaluate_model
-from ..integrity import load_verified_model, write_manifest
+from ..integrity import load_verified_model
 from ..models.genrec import GenRecForNextItemPrediction
 from .pipeline import run_training, sample_users, save_run
 from .recipes import FINETUNE_MODES, FinetuneRecipe, load_recipe
@@ -99,6 +99,7 @@ def _finetune(recipe: FinetuneRecipe, base_dir: Path, output_dir: Path, task: Ta
         task = build_task(recipe.task.name, data, **recipe.task.params)
         data_name = data.name
     data_name = data_name or recipe.data.source
+    require_eligible_users(task, data_name)
     train_rows = label_windows(task.train, recipe.data.max_length)
     ks = tuple(recipe.evaluation.ks)
     logger.info("task %s on %s: %d training windows, %d validation and %d test users", task.name, data_name,
@@ -143,20 +144,21 @@ def _finetune(recipe: FinetuneRecipe, base_dir: Path, output_dir: Path, task: Ta
         "parameters": {"trainable": trainable, "total": total, "trainable_fraction": trainable / total},
     }
     if trainer.is_world_process_zero():
+        def write_model(folder: Path) -> None:
+            if recipe.mode == "lora":
+                save_adapter(model, folder, base_dir=base_dir, final_dir=output_dir)
+                metrics["checkpoint_bytes"] = _dir_bytes(folder, ("adapter_model.safetensors",))
+            else:
+                trainer.save_model(str(folder))
+                metrics["checkpoint_bytes"] = _dir_bytes(folder, ("model.safetensors",))
+            if vocab_file.is_file():  # the base's items, for adapters too: AutoTokenizer reads any run folder
+                save_item_tokenizer(folder, ItemVocab.load(base_dir), base.config)
+            metrics["peak_rss_mb"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+        save_run(output_dir, metrics, recipe, "finetune_recipe.yaml", data_name, write_model=write_model,
+                 trainer=trainer)
         if not recipe.keep_checkpoints:
             remove_checkpoints(output_dir)
-        if recipe.mode == "lora":
-            save_adapter(model, output_dir, base_dir=base_dir)
-            size = _dir_bytes(output_dir, ("adapter_model.safetensors",))
-        else:
-            trainer.save_model(str(output_dir))
-            write_manifest(output_dir)
-            size = _dir_bytes(output_dir, ("model.safetensors",))
-        if vocab_file.is_file():  # the base's items, for adapters too: AutoTokenizer reads any run folder
-            save_item_tokenizer(output_dir, ItemVocab.load(base_dir), base.config)
-        metrics["checkpoint_bytes"] = size
-        metrics["peak_rss_mb"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
-        save_run(output_dir, metrics, recipe, "finetune_recipe.yaml", data_name, trainer=trainer)
     return FinetuneOutcome(metrics=metrics, model=model, task=task)
 
 

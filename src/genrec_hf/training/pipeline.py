@@ -18,6 +18,7 @@ import json
 import logging
 import math
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -40,12 +41,12 @@ from ..data.streaming import (TrainingWindowStream, estimated_windows, read_spli
                               split_dataset, train_item_counts)
 from ..evaluation.baselines import popularity_metrics, popularity_scores
 from ..evaluation.cold_slices import COLD_START_RANKS, cold_warm_ranks, cold_warm_slices, save_cold_start_ranks
-from ..integrity import load_verified_model, write_manifest
+from ..integrity import load_verified_model
 from ..models.genrec import SIZE_PRESETS, GenRecConfig, GenRecForNextItemPrediction, count_backbone_parameters
 from .item_tower import ItemTowerSetup, cold_mask_of, extend_catalog, item_tower_setup, known_items
 from .recipes import SAMPLED_HEAD, Recipe, RecipeBase
-from .run_folder import (RunFolderLock, check_output_dir, clear_previous_run, remove_checkpoints,
-                         require_training_left, resolve_resume_checkpoint)
+from .run_folder import (RunFolderLock, check_output_dir, clear_previous_run, final_save_covers, remove_checkpoints,
+                         require_training_left, resolve_resume_checkpoint, staged_save)
 from .trainer import BUDGET_CLOCKS, GenRecTrainer, run_training_loss
 
 logger = logging.getLogger(__name__)
@@ -384,7 +385,8 @@ def train(recipe: Recipe, *, overwrite_output_dir: bool = False, resume_from_che
         args = recipe.training_arguments()
         checkpoint = resolve_resume_checkpoint(output_dir, resume_from_checkpoint)
         if checkpoint:
-            require_training_left(checkpoint, args)
+            if final_save_covers(output_dir, checkpoint, recover=lock.enabled):  # else: the run redoes its final save
+                require_training_left(checkpoint, args)
         elif overwrite_output_dir and lock.enabled:
             clear_previous_run(output_dir)
         set_seed(recipe.seed)
@@ -440,27 +442,34 @@ def _evaluate_and_save(recipe: Recipe, trainer: GenRecTrainer, run: RunData, rec
             len(run.data.vocab), trainer.eval_collator, ks=ks, protocol=protocol)},
     }
     if trainer.is_world_process_zero():
-        trainer.save_model(str(output_dir))
-        write_manifest(output_dir)
-        save_item_tokenizer(output_dir, vocab if run.cold is not None or run.item_tower is not None else run.data.vocab,
-                            trainer.model.config)
-        if cold_ranks is not None:  # per-user test ranks, for paired comparisons of runs on the same split
-            save_cold_start_ranks(output_dir / COLD_START_RANKS, *cold_ranks, run.cold.num_warm)
-        if not recipe.keep_checkpoints:
+        saved_vocab = vocab if run.cold is not None or run.item_tower is not None else run.data.vocab
+
+        def write_model(folder: Path) -> None:
+            trainer.save_model(str(folder))
+            save_item_tokenizer(folder, saved_vocab, trainer.model.config)
+            if cold_ranks is not None:  # per-user test ranks, for paired comparisons of runs on the same split
+                save_cold_start_ranks(folder / COLD_START_RANKS, *cold_ranks, run.cold.num_warm)
+
+        save_run(output_dir, metrics, recipe, "training_recipe.yaml", run.data.name, write_model=write_model,
+                 training_args=args, trainer=trainer)
+        if not recipe.keep_checkpoints:  # only once the final save is published: until then a resume needs them
             remove_checkpoints(output_dir)
-        save_run(output_dir, metrics, recipe, "training_recipe.yaml", run.data.name, training_args=args,
-                 trainer=trainer)
     return TrainOutcome(metrics=metrics, data=run.data, model=trainer.model, run=run, record=record,
                         is_main_process=trainer.is_world_process_zero())
 
 
-def save_run(output_dir: Path, metrics: dict[str, Any], recipe: RecipeBase, recipe_file: str, dataset_name: str,
-             training_args: TrainingArguments | None = None, trainer: GenRecTrainer | None = None) -> None:
-    """What every run writes beside its weights: metrics.json, the recipe it ran, and the model card (a card
-    failure is logged, never raised: it must not lose a finished run). With `training.push_to_hub` the finished
-    folder is then uploaded to `training.hub_model_id` through `trainer.push_to_hub`."""
-    (output_dir / "metrics.json").write_text(json.dumps(metrics, indent=2, default=str))
-    (output_dir / recipe_file).write_text(yaml.safe_dump(recipe.to_dict(), sort_keys=False))
+def save_run(output_dir: Path, metrics: dict[str, Any], recipe: RecipeBase, recipe_file: str, dataset_name: str, *,
+             write_model: Callable[[Path], None], training_args: TrainingArguments | None = None,
+             trainer: GenRecTrainer | None = None) -> None:
+    """What every run writes at its end, published atomically (`run_folder.staged_save`): `write_model(folder)`'s
+    files (weights, config, vocabulary, ...), metrics.json and the recipe it ran, the manifest last; then the
+    model card (a card failure is logged, never raised: it must not lose a finished run). With
+    `training.push_to_hub` the finished folder is then uploaded to `training.hub_model_id` through
+    `trainer.push_to_hub`."""
+    with staged_save(output_dir) as staging:
+        write_model(staging)
+        (staging / "metrics.json").write_text(json.dumps(metrics, indent=2, default=str))
+        (staging / recipe_file).write_text(yaml.safe_dump(recipe.to_dict(), sort_keys=False))
     args = training_args if training_args is not None else getattr(trainer, "args", None)
     try:
         write_model_card(output_dir, dataset_name=dataset_name, training_args=training_args,

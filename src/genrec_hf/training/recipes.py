@@ -46,7 +46,7 @@ from ..data import InteractionData, load_interactions
 from ..data.collators import LENGTH_COLUMN
 from ..data.item_features import FEATURE_BLOCKS
 from ..data.mtp import MultiTokenTargets
-from ..data.tasks import TASKS
+from ..data.tasks import TASKS, check_task_params
 from ..evaluation import DEFAULT_KS
 from ..models.genrec import SIZE_PRESETS, GenRecConfig
 from ..models.genrec.configuration_item_tower import FUSIONS, GenRecItemTowerConfig
@@ -178,6 +178,11 @@ class RecipeBase:
     def validate(self, source: str) -> None:
         """Checks that span keys, shared by every kind; subclasses extend it with their own."""
         self.training = check_training_section(self.training, source)
+        values = {**self.default_training_arguments, **self.training}
+        if not (values.get("max_steps") or 0) > 0 and not (values.get("num_train_epochs") or 0) > 0:
+            raise ValueError(f"{source}: training.num_train_epochs={values.get('num_train_epochs')!r} trains nothing "
+                             "(the run would save an untrained model with metrics and a card); expected a number "
+                             "> 0, or training.max_steps > 0.")
         if self.data.max_length < 1:  # type: ignore[attr-defined]
             raise ValueError(f"{source}: data.max_length={self.data.max_length}; "  # type: ignore[attr-defined]
                              "expected a positive integer.")
@@ -461,6 +466,10 @@ def check_task(task: TaskSection, source: str, where: str = "task") -> None:
     if unknown and not any(p.kind is p.VAR_KEYWORD for p in parameters):
         raise ValueError(f"{source}: {where}.params: task {task.name!r} has no parameter(s) {unknown}; its "
                          f"parameters are {allowed}.")
+    try:
+        check_task_params(task.name, task.params)
+    except (ValueError, TypeError) as error:
+        raise ValueError(f"{source}: {where}.params: {error}") from None
 
 
 # --- the training: section ------------------------------------------------------------------------------------------

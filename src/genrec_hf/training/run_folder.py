@@ -7,6 +7,9 @@
 * `resolve_resume_checkpoint` / `checkpoint_problem` / `require_training_left`: resume from the newest complete
   checkpoint, never from one an interrupted save left partial, and never into a run with nothing left to train.
 * `publish_dir`: how a folder written elsewhere (a staged checkpoint) replaces its final name atomically.
+* `staged_save` / `final_save_covers`: a run's final files are written to a staging folder and published by renames,
+  the manifest last, so a kill at any point leaves the previous state or a folder that loads refuse by name and a
+  resume finishes.
 """
 
 from __future__ import annotations
@@ -19,6 +22,8 @@ import socket
 import sys
 import tempfile
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -29,7 +34,7 @@ from transformers.trainer import TRAINER_STATE_NAME
 from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR
 
 from ..evaluation.cold_slices import COLD_START_RANKS
-from ..integrity import MANIFEST_FILE, WeightsIntegrityError, verify_manifest
+from ..integrity import MANIFEST_FILE, SAVE_STAGING_DIR, WeightsIntegrityError, verify_manifest, write_manifest
 from ..models import genrec
 
 logger = logging.getLogger(__name__)
@@ -90,8 +95,18 @@ def is_main_rank() -> bool:
     return True
 
 
+def refuse_dangling_link(path: str | Path, what: str = "--output_dir") -> None:
+    """Raise `FileNotFoundError` when `path` is a symbolic link to nothing: writing through it would create its
+    target (perhaps on another disk than the one that is missing), and mkdir says only "File exists"."""
+    path = Path(path)
+    if path.is_symlink() and not path.exists():
+        raise FileNotFoundError(f"{what} {path} is a symbolic link to {os.readlink(path)}, which does not exist; "
+                                f"create it (or mount what holds it), or choose another {what}.")
+
+
 def _make_writable_folder(output_dir: Path) -> None:
     """Create `output_dir` and write a probe file in it; any OSError becomes one clear line."""
+    refuse_dangling_link(output_dir)
     try:
         output_dir.mkdir(parents=True, exist_ok=True)
         fd, probe = tempfile.mkstemp(prefix=_PROBE_PREFIX, dir=output_dir)
@@ -177,17 +192,17 @@ class RunFolderLock:
                 f"another --output_dir (if no run is writing there, delete {self.path}).")
 
 
-def check_output_dir(output_dir: Path, overwrite: bool, resuming: bool) -> None:
-    """Refuse to write into a non-empty folder unless asked (nothing a user saved is lost silently), and fail
+def check_output_dir(output_dir: Path, overwrite: bool, resuming: bool, flag: str = "--overwrite_output_dir") -> None:
+    """Refuse to write into a non-empty folder unless asked (`flag`; nothing a user saved is lost silently), and fail
     early, before any data is loaded, when the folder cannot be created or written."""
     output_dir = Path(output_dir)
     _make_writable_folder(output_dir)
     ours = {RUN_LOCK_FILE}
     entries = [p for p in output_dir.iterdir() if p.name not in ours and not p.name.startswith(_PROBE_PREFIX)]
     if entries and not (overwrite or resuming):
-        raise FileExistsError(f"Output folder {output_dir} exists and is not empty; pass --overwrite_output_dir to "
-                              "write into it, --resume_from_checkpoint to continue a run, or choose another "
-                              "--output_dir.")
+        resume = ", --resume_from_checkpoint to continue a run," if flag == "--overwrite_output_dir" else ""
+        raise FileExistsError(f"Output folder {output_dir} exists and is not empty; pass {flag} to write into it"
+                              f"{resume} or choose another --output_dir.")
 
 
 def _package_file_names() -> set[str]:
@@ -207,7 +222,7 @@ def clear_previous_run(output_dir: str | Path) -> list[str]:
     """Remove what an earlier run of the package wrote into `output_dir` (for `--overwrite_output_dir`), keep
     every other file, and return the removed names (also logged).
 
-    Removed: checkpoint-* and the staging folder, model / adapter weights and configs, the item tokenizer,
+    Removed: checkpoint-* and the staging folders, model / adapter weights and configs, the item tokenizer,
     metrics.json, cold_start_ranks.json, the recipes, training_args.bin, eval_results_*.json, a README.md model card
     written by the package, and the remote-code `.py` files beside config.json.
     """
@@ -217,15 +232,15 @@ def clear_previous_run(output_dir: str | Path) -> list[str]:
     files = {"model.safetensors", "model.safetensors.index.json", "pytorch_model.bin", "pytorch_model.bin.index.json",
              "config.json", "generation_config.json", "item_vocab.json", "metrics.json", "training_recipe.yaml",
              "finetune_recipe.yaml", "training_args.bin", "adapter_model.safetensors", "adapter_model.bin",
-             "adapter_config.json", "genrec_base.json", "genrec_weights.json", "tokenizer_config.json",
-             COLD_START_RANKS}
+             "adapter_config.json", "genrec_base.json", "genrec_weights.json", "catalog_extensions.json",
+             "tokenizer_config.json", COLD_START_RANKS}
     saved = any((output_dir / name).is_file() for name in ("config.json", "tokenizer_config.json"))
     code = _package_file_names() if saved else set()
     removed = []
     for path in sorted(output_dir.iterdir()):
         name = path.name
         if path.is_dir() and not path.is_symlink():
-            if name == STAGING_DIR or (name.startswith(f"{PREFIX_CHECKPOINT_DIR}-")
+            if name in (STAGING_DIR, SAVE_STAGING_DIR) or (name.startswith(f"{PREFIX_CHECKPOINT_DIR}-")
                                        and name[len(PREFIX_CHECKPOINT_DIR) + 1:].isdigit()):
                 shutil.rmtree(path)
                 removed.append(name)
@@ -327,3 +342,101 @@ def remove_checkpoints(output_dir: str | Path) -> None:
     for checkpoint in Path(output_dir).glob(f"{PREFIX_CHECKPOINT_DIR}-*"):
         if checkpoint.is_dir() and _checkpoint_step(checkpoint) is not None:
             shutil.rmtree(checkpoint, ignore_errors=True)
+
+
+@contextmanager
+def staged_save(output_dir: str | Path) -> Iterator[Path]:
+    """A run's final save, atomic: the body writes the files into `SAVE_STAGING_DIR` (yielded); then the manifest is
+    written there last (it marks the staged save complete), every file is fsynced and `publish_staged` renames them
+    into `output_dir`, the manifest last.
+
+    A kill before the manifest leaves `output_dir` as it was plus an incomplete staging folder; a kill while
+    publishing leaves a complete one. Loads refuse a folder holding either (`integrity.check_save_complete`) and
+    `final_save_covers` (a resume) discards the first and publishes the second. An ordinary exception in the body
+    removes the staging folder (the folder is as it was); a kill is not an exception and is what the above is for.
+    """
+    output_dir = Path(output_dir)
+    staging = output_dir / SAVE_STAGING_DIR
+    if staging.exists():
+        shutil.rmtree(staging)
+    staging.mkdir(parents=True)
+    try:
+        yield staging
+        write_manifest(staging)
+        sync_tree(str(staging))
+    except Exception:
+        shutil.rmtree(staging, ignore_errors=True)
+        raise
+    publish_staged(output_dir)
+
+
+def _move(source: Path, target: Path) -> None:
+    """Put one staged file or folder at its final name (replacing what is there)."""
+    if source.is_dir():
+        publish_dir(str(source), str(target))
+    else:
+        os.replace(source, target)
+
+
+def publish_staged(output_dir: str | Path) -> None:
+    """Move a complete staged save (its manifest written) into `output_dir`: the folder's old manifest first goes
+    (a half-published folder is never taken for a complete one), every other file is renamed into place, the
+    manifest last, then the empty staging folder goes. Re-running it after a kill finishes the job."""
+    output_dir = Path(output_dir)
+    staging = output_dir / SAVE_STAGING_DIR
+    (output_dir / MANIFEST_FILE).unlink(missing_ok=True)
+    for source in sorted(staging.iterdir()):
+        if source.name != MANIFEST_FILE:
+            _move(source, output_dir / source.name)
+    _move(staging / MANIFEST_FILE, output_dir / MANIFEST_FILE)
+    fd = os.open(output_dir, os.O_RDONLY)
+    try:
+        os.fsync(fd)  # the renames themselves
+    finally:
+        os.close(fd)
+    staging.rmdir()
+
+
+def recover_final_save(output_dir: str | Path) -> None:
+    """Finish or undo an interrupted `staged_save` in `output_dir`: a complete staged save (its manifest, written
+    last, is there) is published and checked, an incomplete one removed; both are logged."""
+    output_dir = Path(output_dir)
+    staging = output_dir / SAVE_STAGING_DIR
+    if not staging.is_dir():
+        return
+    if (staging / MANIFEST_FILE).is_file():
+        logger.warning("finishing the interrupted final save of %s: publishing the complete staged save in %s",
+                       output_dir, staging)
+        publish_staged(output_dir)
+        verify_manifest(output_dir)
+    else:
+        logger.warning("discarding the final save of %s that was interrupted before it was complete (%s)",
+                       output_dir, staging)
+        shutil.rmtree(staging)
+
+
+def final_save_covers(output_dir: str | Path, checkpoint: str | Path, *, recover: bool = True) -> bool:
+    """Whether `output_dir` holds (or, with an interrupted but complete staged save, is about to hold) a final save
+    made at or after `checkpoint`'s step. False means the run's training reached the checkpoint but its final
+    evaluation and save did not finish, so a resume must redo them even with no training left. `recover` (the
+    process that writes the folder) then finishes or undoes the interrupted save (`recover_final_save`); the answer
+    is the same on every process."""
+    output_dir = Path(output_dir)
+    staging = output_dir / SAVE_STAGING_DIR
+    complete_staging = (staging / MANIFEST_FILE).is_file()
+    saved = output_dir
+    if complete_staging and (staging / "metrics.json").is_file():
+        saved = staging  # published next; its metrics.json may also have been moved out already
+    try:
+        saved_step = json.loads((saved / "metrics.json").read_text())["train"]["steps"]
+        step = json.loads((Path(checkpoint) / TRAINER_STATE_NAME).read_text())["global_step"]
+    except (OSError, ValueError, KeyError, TypeError):
+        saved_step, step = None, None
+    has_manifest = complete_staging or (output_dir / MANIFEST_FILE).is_file()  # an incomplete one left it intact
+    covered = has_manifest and isinstance(saved_step, int) and isinstance(step, int) and saved_step >= step
+    if recover:
+        recover_final_save(output_dir)
+    if not covered:
+        logger.warning("%s has no final save of %s (the run was stopped after training): the resumed run redoes "
+                       "the final evaluation and save", output_dir, Path(checkpoint).name)
+    return covered

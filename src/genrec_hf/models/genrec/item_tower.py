@@ -24,6 +24,7 @@ Torch only (no genrec_hf imports): copied next to saved checkpoints for `trust_r
 from __future__ import annotations
 
 import logging
+import math
 from collections.abc import Mapping, Sequence
 from typing import Any
 
@@ -188,6 +189,11 @@ class GenRecItemTower(nn.Module):
                 raise ValueError(f"features tensor has shape {tuple(features.shape)}; expected ({n}, "
                                  f"{self.feature_dim}): one row per new item, the columns of feature_schema "
                                  f"{self.tower_config.feature_names}.")
+            bad = (~torch.isfinite(features.float())).nonzero()
+            if len(bad):
+                row, column = bad[0].tolist()
+                raise ValueError(f"features tensor row {row} (item {raw_ids[row]!r}), column {column} is "
+                                 f"{features[row, column].item()}; feature values must be finite.")
             return features.float(), []
         if isinstance(features, Mapping):
             unknown = [raw for raw in features if str(raw) not in set(raw_ids)]
@@ -213,8 +219,9 @@ def encode_item_metadata(schema: Sequence[Mapping[str, Any]], metadata: Mapping[
     """One item's (F,) feature row from `{block name: value}` under `schema` (missing blocks are zeros).
 
     multi_hot: a category name or a list of them (names the schema does not list are ignored: a new category has no
-    column); numeric: a number; dense: a vector of exactly the block's dim. A key that names no block, a dense vector
-    of another width or a non-number are `ValueError`s naming the item and the value.
+    column); numeric: a finite number (a bool is not one); dense: a vector of exactly the block's dim, finite. A key
+    that names no block, or a value of another kind, is a `ValueError` naming the item and the value: a NaN or
+    infinite value would be saved into the weights and make every later load fail as corrupted.
     """
     names = {block["name"] for block in schema}
     unknown = sorted(set(metadata) - names)
@@ -223,28 +230,50 @@ def encode_item_metadata(schema: Sequence[Mapping[str, Any]], metadata: Mapping[
                          f"{sorted(names)}.")
     parts = []
     for block in schema:
-        dim, value = int(block["dim"]), metadata.get(block["name"])
+        dim, value, name = int(block["dim"]), metadata.get(block["name"]), block["name"]
         part = torch.zeros(dim)
         if value is not None:
             if block["kind"] == "multi_hot":
                 index = {str(c): i for i, c in enumerate(block["categories"])}
-                for category in ([value] if isinstance(value, (str, int)) else value):
+                values = [value] if isinstance(value, (str, int)) else value
+                if not isinstance(values, (list, tuple)) or any(
+                        isinstance(c, bool) or not isinstance(c, (str, int)) for c in values):
+                    raise ValueError(f"item {raw_id!r}: feature {name!r}={value!r} is not a category name or a list "
+                                     "of category names.")
+                for category in values:
                     if str(category) in index:
                         part[index[str(category)]] = 1.0
             elif block["kind"] == "numeric":
-                try:
-                    number = float(value)
-                except (TypeError, ValueError):
-                    raise ValueError(f"item {raw_id!r}: feature {block['name']!r}={value!r} is not a number.") from None
+                number = _finite_number(value)
+                if number is None:
+                    raise ValueError(f"item {raw_id!r}: feature {name!r}={value!r} is not a finite number.")
                 part[0] = (number - float(block.get("mean", 0.0))) / float(block.get("std", 1.0))
             else:
-                vector = torch.as_tensor(value, dtype=torch.float32).reshape(-1)
+                try:
+                    vector = torch.as_tensor(value, dtype=torch.float32).reshape(-1)
+                except (TypeError, ValueError, RuntimeError):
+                    raise ValueError(f"item {raw_id!r}: feature {name!r}={value!r} is not a vector of numbers.") \
+                        from None
                 if vector.numel() != dim:
-                    raise ValueError(f"item {raw_id!r}: feature {block['name']!r} has dimension {vector.numel()}; "
+                    raise ValueError(f"item {raw_id!r}: feature {name!r} has dimension {vector.numel()}; "
                                      f"the schema expects {dim}.")
+                if not bool(torch.isfinite(vector).all()):
+                    raise ValueError(f"item {raw_id!r}: feature {name!r} holds a non-finite value "
+                                     f"({vector[~torch.isfinite(vector)][0].item()}); values must be finite.")
                 part = vector
         parts.append(part)
     return torch.cat(parts) if parts else torch.zeros(0)
+
+
+def _finite_number(value: Any) -> float | None:
+    """`value` as a finite float (a number, or text of one), else None: bools, NaN, ±inf and 1e400 are not."""
+    if isinstance(value, bool):
+        return None
+    try:
+        number = float(value)
+    except (TypeError, ValueError, OverflowError):
+        return None
+    return number if math.isfinite(number) else None
 
 
 def add_items(model: nn.Module, raw_ids: Sequence[str | int], features: Any = None, *, vocab: Any = None

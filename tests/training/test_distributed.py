@@ -99,8 +99,13 @@ model = GenRecForNextItemPrediction(tiny_config())
 args = TrainingArguments(output_dir=out, per_device_train_batch_size=batch_size, max_steps=1, learning_rate=0.1,
                          optim="sgd", lr_scheduler_type="constant", report_to=[], use_cpu=True, save_strategy="no",
                          remove_unused_columns=False, seed=0, data_seed=0, disable_tqdm=True)
-trainer = GenRecTrainer(model=model, args=args, train_dataset=Dataset.from_list(_rows()), data_collator=_collate,
-                        eval_collator=_collate)
+def collate(rows):  # every event feature present: DDP is told (by default) that no parameter sits idle
+    batch = _collate(rows)
+    batch["timestamps"] = torch.arange(batch["input_ids"].shape[1]).expand_as(batch["input_ids"]) * 3600
+    batch["action_ids"] = batch["input_ids"] % 3
+    return batch
+trainer = GenRecTrainer(model=model, args=args, train_dataset=Dataset.from_list(_rows()), data_collator=collate,
+                        eval_collator=collate)
 trainer._get_train_sampler = lambda *a, **k: torch.utils.data.SequentialSampler(trainer.train_dataset)
 result = trainer.train()
 if trainer.is_world_process_zero():

@@ -70,12 +70,12 @@ def test_second_run_started_into_the_same_folder_is_refused(tmp_path, monkeypatc
     out = tmp_path / "shared"
     second: dict = {}
 
-    def race(recipe, data=None, item_tower=None):  # the second run starts while the first is loading its data
+    def race(recipe, data=None, item_tower=None, **kwargs):  # the second run starts while the first loads its data
         if not second:
             second["started"] = True
             second["code"] = _train(out, 1)
             second["err"] = capsys.readouterr().err
-        return real_prepare(recipe, data, item_tower)
+        return real_prepare(recipe, data, item_tower, **kwargs)
 
     monkeypatch.setattr(pipeline, "prepare_run", race)
     assert _train(out, 1) == 0
@@ -262,8 +262,9 @@ def _loads_like(out: Path, full_run: Path) -> None:
     assert not (out / SAVE_STAGING_DIR).exists()
 
 
-@pytest.mark.parametrize("kill_at", ["genrec_hf.data.vocab:ItemVocab.save",
-                                     "genrec_hf.training.run_folder:write_manifest"])
+@pytest.mark.parametrize("kill_at", [
+    "genrec_hf.models.genrec.tokenization_genrec:GenRecItemTokenizer.save_vocabulary",  # the item vocabulary
+    "genrec_hf.training.run_folder:write_manifest"])
 def test_final_save_killed_while_staging_keeps_the_folder_and_resume_redoes_it(full_run, tmp_path, monkeypatch,
                                                                                  capsys, kill_at):
     """X2: a kill right after the final model.safetensors write left weights without vocabulary, manifest or

@@ -159,6 +159,22 @@ def test_ddp_searches_for_unused_parameters_only_when_some_can_be_idle(tmp_path)
     assert trainer_for(tower_model(fusion="gate")).args.ddp_find_unused_parameters is False
     explicit = trainer_for(GenRecForNextItemPrediction(tiny_config()), ddp_find_unused_parameters=True)
     assert explicit.args.ddp_find_unused_parameters is True
+    assert explicit.required_event_inputs == ()  # the user's own setting: DDP searches, nothing to require
+
+
+def test_ddp_batch_without_an_event_feature_is_refused():
+    """Catches a custom collator without timestamps under DDP told no parameter is idle: the time-gap table got no
+    gradient, DDP silently skipped averaging its bucket on the last step (the 2-process weights differed from one
+    process's by 0.012) and failed with a reducer error on any later step."""
+    from genrec_hf.training.trainer import event_feature_inputs, require_event_inputs
+
+    model = GenRecForNextItemPrediction(tiny_config())
+    assert event_feature_inputs(model) == ("timestamps", "action_ids")
+    assert event_feature_inputs(GenRecForNextItemPrediction(tiny_config(num_time_buckets=0))) == ("action_ids",)
+    ids = torch.ones(2, 4, dtype=torch.long)
+    require_event_inputs({"input_ids": ids, "timestamps": ids, "action_ids": ids}, ("timestamps", "action_ids"))
+    with pytest.raises(ValueError, match="no 'timestamps'.*num_time_buckets.*ddp_find_unused_parameters=True"):
+        require_event_inputs({"input_ids": ids, "action_ids": ids}, ("timestamps", "action_ids"))
 
 
 def test_ranking_bar_stays_out_of_log_files(trained, capsys):

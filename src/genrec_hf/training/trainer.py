@@ -23,8 +23,7 @@ import shutil
 import sys
 import time
 from collections import OrderedDict
-from collections.abc import Iterable
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -101,10 +100,14 @@ class GenRecTrainer(Trainer):
     def __init__(self, *args: Any, eval_collator: Callable[[list[dict[str, Any]]], dict[str, torch.Tensor]],
                  protocol: RankingProtocol = LEAVE_ONE_OUT, ks: Sequence[int] = DEFAULT_KS, **kwargs: Any) -> None:
         training_args = kwargs.get("args", args[1] if len(args) > 1 else None)
+        # the event-feature inputs every step must carry when DDP is told no parameter sits idle (else: empty)
+        self.required_event_inputs: tuple[str, ...] = ()
         if training_args is not None and training_args.ddp_find_unused_parameters is None:
             # Trainer's default (True) makes DDP search every step's graph and warn that it found nothing
             model = kwargs["model"] if "model" in kwargs else args[0]
             training_args.ddp_find_unused_parameters = may_leave_parameters_idle(model)
+            if not training_args.ddp_find_unused_parameters:
+                self.required_event_inputs = event_feature_inputs(model)
         super().__init__(*args, **kwargs)
         self.run_folder = RunFolderCallback()
         self.add_callback(self.run_folder)
@@ -228,6 +231,8 @@ class GenRecTrainer(Trainer):
     def training_step(self, model: torch.nn.Module, inputs: dict[str, Any],
                       num_items_in_batch: torch.Tensor | int | None = None) -> torch.Tensor:
         """Trainer's step, stopping at the first non-finite loss (Trainer would average it away and train on)."""
+        if self.args.world_size > 1:
+            require_event_inputs(inputs, self.required_event_inputs)
         self.throughput.record(inputs)
         loss = super().training_step(model, inputs, num_items_in_batch)
         if not bool(torch.isfinite(loss).all()):
@@ -391,6 +396,27 @@ def may_leave_parameters_idle(model: torch.nn.Module) -> bool:
     base = model.get_base_model() if hasattr(model, "get_base_model") else model
     tower = getattr(base, "item_tower", None)
     return tower is not None and tower.tower_config.fusion == "semantic"
+
+
+def event_feature_inputs(model: torch.nn.Module) -> tuple[str, ...]:
+    """The batch keys the model's event-feature tables read (`timestamps` for time gaps, `action_ids` for action
+    types): a batch without one leaves that table idle."""
+    base = model.get_base_model() if hasattr(model, "get_base_model") else model
+    embeddings = getattr(getattr(base, "model", base), "embeddings", None)
+    tables = {"timestamps": "time_gap_embeddings", "action_ids": "action_embeddings"}
+    return tuple(key for key, table in tables.items() if getattr(embeddings, table, None) is not None)
+
+
+def require_event_inputs(inputs: dict[str, Any], required: Sequence[str]) -> None:
+    """Refuse a data-parallel batch that leaves an event-feature table idle while DDP was told none is: DDP would
+    skip averaging that bucket's gradients on the last step and fail on the next one."""
+    missing = [key for key in required if inputs.get(key) is None]
+    if missing:
+        raise ValueError(
+            f"the training batch has no {', '.join(repr(k) for k in missing)} although the model has a table for "
+            f"{'them' if len(missing) > 1 else 'it'} (config num_time_buckets / num_action_types): under DDP every "
+            "parameter must take part in every step. Give the collator those fields, build the model with "
+            "num_time_buckets=0 / num_action_types=0, or set TrainingArguments(ddp_find_unused_parameters=True).")
 
 
 def run_training_loss(state: TrainerState, session_loss: float, session_start_step: int) -> float | None:

@@ -236,7 +236,7 @@ def markdown(table: list[dict[str, object]]) -> str:
         for column in columns:
             value = row[column]
             if isinstance(value, float):
-                cells.append(f"{value:+.1%}" if "Δ" in column else f"{value:.4f}" if value < 1 else f"{value:.2f}")
+                cells.append(f"{value:+.1%}" if column.endswith(("Δ", "low", "high")) else f"{value:.4f}" if value < 1 else f"{value:.2f}")
             else:
                 cells.append(str(value))
         lines.append("| " + " | ".join(cells) + " |")
@@ -244,8 +244,10 @@ def markdown(table: list[dict[str, object]]) -> str:
 
 
 def compare(stage: str, reference: str, arms: list[str], seeds: list[int], data_dir: Path, out: Path,
-            metrics: tuple[str, ...] = ("mrr", "ndcg@10"), samples: int = 2000) -> list[dict[str, object]]:
-    """Test-set paired bootstrap over users of each arm against `reference`, per data set, per seed and pooled."""
+            metrics: tuple[str, ...] = ("mrr", "ndcg@10"), samples: int = 2000,
+            split: str = "test") -> list[dict[str, object]]:
+    """Paired bootstrap over the users of `split` of each arm against `reference`, per data set, per seed and
+    pooled. `split="validation"` is what a selection may look at; `"test"` is for reporting only."""
     import torch
 
     from genrec_hf.evaluation import paired_bootstrap, per_user_metric
@@ -257,12 +259,14 @@ def compare(stage: str, reference: str, arms: list[str], seeds: list[int], data_
         folders = {arm: [Run(stage, dataset, arm, seed, 0).folder(out) for seed in seeds] for arm in [reference, *arms]}
         if not all((f / "metrics.json").is_file() for fs in folders.values() for f in fs):
             continue
-        ranks = {arm: [_cached_ranks(f, source, saved_model_ranks, torch) for f in fs] for arm, fs in folders.items()}
+        ranks = {arm: [_cached_ranks(f, source, split, saved_model_ranks, torch) for f in fs]
+                 for arm, fs in folders.items()}
         for arm in arms:
-            for label, pick in [*((f"seed {s}", [i]) for i, s in enumerate(seeds)), ("pooled", range(len(seeds)))]:
+            pooled = [("pooled", range(len(seeds)))] if len(seeds) > 1 else []
+            for label, pick in [*((f"seed {s}", [i]) for i, s in enumerate(seeds)), *pooled]:
                 a = torch.cat([ranks[reference][i] for i in pick])
                 b = torch.cat([ranks[arm][i] for i in pick])
-                row: dict[str, object] = {"dataset": dataset, "arm": arm, "seeds": label}
+                row: dict[str, object] = {"dataset": dataset, "split": split, "arm": arm, "seeds": label}
                 for name in metrics:
                     result = paired_bootstrap(a, b, metric=per_user_metric(name), num_samples=samples)
                     row.update({f"{name} ref": result["a"], f"{name}": result["b"], f"{name} Δ": result["relative"],
@@ -271,11 +275,11 @@ def compare(stage: str, reference: str, arms: list[str], seeds: list[int], data_
     return rows
 
 
-def _cached_ranks(folder: Path, source: str, saved_model_ranks, torch):  # noqa: ANN001, ANN202 (lazy imports)
-    cache = folder / "test_ranks.pt"
+def _cached_ranks(folder: Path, source: str, split: str, saved_model_ranks, torch):  # noqa: ANN001, ANN202
+    cache = folder / f"{split}_ranks.pt"
     if cache.is_file():
         return torch.load(cache)
-    ranks = saved_model_ranks(folder, source, split="test")[1]
+    ranks = saved_model_ranks(folder, source, split=split)[1]
     torch.save(ranks, cache)
     return ranks
 
@@ -293,6 +297,8 @@ def main() -> None:
     parser.add_argument("--reference", default=None, help="select/compare: the arm the others are measured against")
     parser.add_argument("--data-dir", type=Path, default=DATA, help="folder holding the data sets (docs/data.md)")
     parser.add_argument("--out", type=Path, default=OUT)
+    parser.add_argument("--split", choices=["validation", "test"], default="test",
+                        help="compare: the users whose ranks are paired (selection may only look at validation)")
     args = parser.parse_args()
     for arm in args.arms:
         try:
@@ -325,8 +331,9 @@ def main() -> None:
     elif args.action == "compare":
         if not args.reference or not args.arms:
             parser.error("compare needs --reference ARM and --arms ARM ...")
-        table = compare(args.stage, args.reference, args.arms, args.seeds, args.data_dir, args.out)
-        (args.out / args.stage / "compare.json").write_text(json.dumps(table, indent=1))
+        table = compare(args.stage, args.reference, args.arms, args.seeds, args.data_dir, args.out, split=args.split)
+        RESULTS.mkdir(parents=True, exist_ok=True)
+        (RESULTS / f"{args.stage}-compare-{args.split}.json").write_text(json.dumps(table, indent=1))
         print(markdown(table))
 
 

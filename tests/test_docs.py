@@ -21,6 +21,7 @@ small. The whole run takes minutes of CPU (dozens of tiny trainings), hence `slo
 
 from __future__ import annotations
 
+import logging
 import os
 import re
 import runpy
@@ -115,6 +116,18 @@ def tiny(argv: list[str]) -> list[str]:
     if argv[:2] == ["scaling", "fit"]:
         return [*argv, "--bootstrap", "20"]
     return argv
+
+
+@pytest.fixture(autouse=True)
+def restore_logging():
+    """A documented example configures logging for its own process (scaling_ladder.py quiets `genrec_hf.data` to
+    WARNING); run here through runpy, it left that level behind and a later test's caplog saw nothing."""
+    loggers = [logger for logger in logging.Logger.manager.loggerDict.values() if isinstance(logger, logging.Logger)]
+    saved = {logger: (logger.level, logger.propagate, logger.disabled) for logger in loggers}
+    yield
+    for logger in [lg for lg in logging.Logger.manager.loggerDict.values() if isinstance(lg, logging.Logger)]:
+        level, logger.propagate, logger.disabled = saved.get(logger, (logging.NOTSET, True, False))
+        logger.setLevel(level)  # also clears the loggers' cached effective levels
 
 
 def run_command(line: str, cwd: Path) -> None:

@@ -32,6 +32,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import shutil
 import subprocess
 import sys
 import time
@@ -202,6 +203,7 @@ def stage_predict(log: Path, work: Path, engine: str, args: argparse.Namespace) 
     from genrec_hf.serving.predict import predict
 
     index = None if args.predict_index == "exact" else {"nprobe": args.nprobe}
+    shutil.rmtree(work / "predictions", ignore_errors=True)  # the same job would resume from an earlier run's parts
     outcome = predict(work / "model", prepared_folder(work), work / "predictions", k=100,
                       index=args.predict_index, index_options=index, overwrite=True, progress=False)
     return {"users": outcome.users, "parts": outcome.parts_written, "index": args.predict_index,

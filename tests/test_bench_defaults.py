@@ -71,5 +71,5 @@ def test_tiny_stage_runs_summarises_and_compares(bench, tmp_path, monkeypatch):
     assert row["epochs"] == pytest.approx(1.0) and row["best_epoch"] == pytest.approx(1.0)
     assert 0 < row["val_mrr"] <= 1 and row["cpu_s"] > 0
     table = bench.compare("tiny", arms[0], arms[1:], [0], tmp_path, tmp_path)
-    assert [r["seeds"] for r in table] == ["seed 0", "pooled"]
+    assert [r["seeds"] for r in table] == ["seed 0"]  # one seed: no "pooled" row repeating it
     assert table[0]["mrr"] == pytest.approx(row["test_mrr"])  # the saved model re-ranks to the run's own test MRR

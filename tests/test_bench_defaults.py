@@ -53,12 +53,27 @@ def test_bad_arm_is_one_line(bench, arm, message):
 def test_select_ranks_by_the_worst_data_set(bench):
     """`b` is best on average but loses 20% on toys; `c` gains a little everywhere and must come first."""
     values = {"a": (0.10, 0.05, 0.02), "b": (0.13, 0.04, 0.03), "c": (0.105, 0.051, 0.021)}
-    rows = [{"arm": arm, "dataset": dataset, "val_mrr": str(value)}
+    rows = [{"arm": arm, "dataset": dataset, "seed": "0", "val_mrr": str(value)}
             for arm, triple in values.items() for dataset, value in zip(bench.DATASETS, triple)]
     table = bench.select(rows, "a")
     assert [row["arm"] for row in table] == ["c", "a", "b"]
     assert table[2]["worst Δ"] == pytest.approx(-0.2)
     assert table[0]["mean rank"] == pytest.approx((2 + 1 + 2) / 3)
+
+
+def test_select_compares_arms_on_the_same_seeds(bench):
+    """Catches a one-seed arm ranked against the reference's two-seed mean (its lucky seed would win), and --seeds
+    being ignored: with seed 1 added for `a` and `b` only, `c` drops out; asked for seed 0 alone, all three count."""
+    seed0 = {"a": (0.10, 0.05, 0.02), "b": (0.11, 0.06, 0.03), "c": (0.2, 0.2, 0.2)}
+    seed1 = {"a": (0.12, 0.05, 0.02), "b": (0.10, 0.05, 0.02)}
+    rows = [{"arm": arm, "dataset": dataset, "seed": str(seed), "val_mrr": str(value)}
+            for seed, values in ((0, seed0), (1, seed1)) for arm, triple in values.items()
+            for dataset, value in zip(bench.DATASETS, triple)]
+    both = {row["arm"]: row for row in bench.select(rows, "a")}
+    assert set(both) == {"a", "b"}
+    assert both["b"][list(bench.DATASETS)[0]] == pytest.approx(0.105)  # the mean of its two seeds
+    assert both["b"][f"{list(bench.DATASETS)[0]} Δ"] == pytest.approx(0.105 / 0.11 - 1)
+    assert {row["arm"] for row in bench.select(rows, "a", seeds=[0])} == {"a", "b", "c"}
 
 
 def test_tiny_stage_runs_summarises_and_compares(bench, tmp_path, monkeypatch):
@@ -73,3 +88,16 @@ def test_tiny_stage_runs_summarises_and_compares(bench, tmp_path, monkeypatch):
     table = bench.compare("tiny", arms[0], arms[1:], [0], tmp_path, tmp_path)
     assert [r["seeds"] for r in table] == ["seed 0"]  # one seed: no "pooled" row repeating it
     assert table[0]["mrr"] == pytest.approx(row["test_mrr"])  # the saved model re-ranks to the run's own test MRR
+
+
+def test_summary_merges_and_never_drops_rows_of_other_runs(bench, tmp_path):
+    """Catches `summary` rewriting the tracked CSV from one `--out` folder only: the screening rows of runs made
+    elsewhere (or whose folders were deleted) would be lost, and a re-summarised run would appear twice."""
+    path = tmp_path / "screen.csv"
+    row = {field: "" for field in bench.SUMMARY_FIELDS}
+    old = [{**row, "stage": "screen", "dataset": d, "arm": "a", "seed": "0", "val_mrr": "0.1"} for d in ("x", "y")]
+    bench.write_summary(old, path)
+    bench.write_summary([{**row, "stage": "screen", "dataset": "y", "arm": "a", "seed": 0, "val_mrr": 0.25},
+                         {**row, "stage": "screen", "dataset": "y", "arm": "b", "seed": 0, "val_mrr": 0.3}], path)
+    got = {(r["dataset"], r["arm"]): r["val_mrr"] for r in bench.read_summary(path)}
+    assert got == {("x", "a"): "0.1", ("y", "a"): "0.25000", ("y", "b"): "0.30000"}

@@ -189,12 +189,21 @@ def summarize(run: Run, out: Path) -> dict[str, object] | None:
 
 
 def write_summary(rows: list[dict[str, object]], path: Path) -> None:
+    """Merge `rows` into the summary at `path`: a run summarised again replaces its own row, and the rows of runs
+    whose folders are not in this `--out` (another machine's, a deleted folder's) are kept, never dropped."""
+    def key(row: dict) -> tuple[str, ...]:
+        return str(row["stage"]), str(row["dataset"]), str(row["arm"]), str(row["seed"])
+
+    fresh = [{name: (f"{value:.5f}" if isinstance(value, float) else value) for name, value in row.items()}
+             for row in rows]
+    replaced = {key(row) for row in fresh}
+    kept = [row for row in (read_summary(path) if path.exists() else []) if key(row) not in replaced]
+    merged = sorted([*kept, *fresh], key=lambda row: (row["stage"], row["dataset"], row["arm"], int(row["seed"])))
     path.parent.mkdir(parents=True, exist_ok=True)
     with path.open("w", newline="") as handle:
         writer = csv.DictWriter(handle, fieldnames=SUMMARY_FIELDS)
         writer.writeheader()
-        for row in rows:
-            writer.writerow({key: (f"{value:.5f}" if isinstance(value, float) else value) for key, value in row.items()})
+        writer.writerows(merged)
 
 
 def read_summary(path: Path) -> list[dict[str, str]]:
@@ -202,16 +211,21 @@ def read_summary(path: Path) -> list[dict[str, str]]:
         return list(csv.DictReader(handle))
 
 
-def select(rows: list[dict[str, str]], reference: str, metric: str = "val_mrr") -> list[dict[str, object]]:
+def select(rows: list[dict[str, str]], reference: str, metric: str = "val_mrr",
+           seeds: list[int] | None = None) -> list[dict[str, object]]:
     """Per arm: its `metric` (mean over seeds) on each data set relative to `reference`'s, the worst-case ratio and
-    the mean rank over the data sets; sorted best worst-case first. Only data sets every listed arm ran count."""
-    values: dict[str, dict[str, list[float]]] = {}
+    the mean rank over the data sets; sorted best worst-case first. Only the rows of `seeds` (default: all) count,
+    and only arms that ran the reference's data sets with the reference's seeds (a one-seed arm is not compared
+    with a two-seed mean)."""
+    runs: dict[str, dict[str, dict[int, float]]] = {}
     for row in rows:
-        values.setdefault(row["arm"], {}).setdefault(row["dataset"], []).append(float(row[metric]))
-    if reference not in values:
-        raise ValueError(f"reference arm {reference!r} has no runs; arms with runs: {sorted(values)}.")
-    datasets = [d for d in DATASETS if d in values[reference]]
-    arms = {arm: {d: mean(v[d]) for d in datasets} for arm, v in values.items() if all(d in v for d in datasets)}
+        if seeds is None or int(row["seed"]) in seeds:
+            runs.setdefault(row["arm"], {}).setdefault(row["dataset"], {})[int(row["seed"])] = float(row[metric])
+    if reference not in runs:
+        raise ValueError(f"reference arm {reference!r} has no runs; arms with runs: {sorted(runs)}.")
+    datasets = [d for d in DATASETS if d in runs[reference]]
+    arms = {arm: {d: mean(v[d].values()) for d in datasets} for arm, v in runs.items()
+            if all(d in v and set(v[d]) == set(runs[reference][d]) for d in datasets)}
     ranks = {arm: 0.0 for arm in arms}
     for dataset in datasets:
         order = sorted(arms, key=lambda arm: -arms[arm][dataset])
@@ -292,7 +306,8 @@ def main() -> None:
     parser.add_argument("--stage", required=True, help="a name for this set of runs (a folder under --out)")
     parser.add_argument("--arms", nargs="+", default=[], help="PRESET[+KNOB...], e.g. genrec-100k+drop0.2")
     parser.add_argument("--datasets", nargs="+", default=list(DATASETS), choices=list(DATASETS))
-    parser.add_argument("--seeds", nargs="+", type=int, default=[0])
+    parser.add_argument("--seeds", nargs="+", type=int, default=None,
+                        help="run / compare: the seeds (default 0); select: the seeds whose rows count (default all)")
     parser.add_argument("--minutes", type=float, default=6.0, help="CPU-minutes of training per run")
     parser.add_argument("--reference", default=None, help="select/compare: the arm the others are measured against")
     parser.add_argument("--data-dir", type=Path, default=DATA, help="folder holding the data sets (docs/data.md)")
@@ -306,7 +321,7 @@ def main() -> None:
         except ValueError as error:
             parser.error(str(error))
     runs = [Run(args.stage, dataset, arm, seed, args.minutes)
-            for seed in args.seeds for arm in args.arms for dataset in args.datasets]
+            for seed in (args.seeds or [0]) for arm in args.arms for dataset in args.datasets]
     summary_path = RESULTS / f"{args.stage}.csv"
     if args.action == "commands":
         print("\n".join(" ".join(command(run, args.data_dir, args.out)) for run in runs))
@@ -323,15 +338,15 @@ def main() -> None:
             minutes = yaml.safe_load((path.parent / "training_recipe.yaml").read_text()).get("max_train_minutes")
             rows.append(summarize(Run(args.stage, dataset, arm, seed, minutes), args.out))
         write_summary([row for row in rows if row], summary_path)
-        print(f"{len(rows)} runs summarised in {summary_path}")
+        print(f"{len(rows)} runs of {args.out} summarised into {summary_path} (rows of other runs kept)")
     elif args.action == "select":
         if not args.reference:
             parser.error("select needs --reference ARM")
-        print(markdown(select(read_summary(summary_path), args.reference)))
+        print(markdown(select(read_summary(summary_path), args.reference, seeds=args.seeds)))
     elif args.action == "compare":
         if not args.reference or not args.arms:
             parser.error("compare needs --reference ARM and --arms ARM ...")
-        table = compare(args.stage, args.reference, args.arms, args.seeds, args.data_dir, args.out, split=args.split)
+        table = compare(args.stage, args.reference, args.arms, args.seeds or [0], args.data_dir, args.out, split=args.split)
         RESULTS.mkdir(parents=True, exist_ok=True)
         (RESULTS / f"{args.stage}-compare-{args.split}.json").write_text(json.dumps(table, indent=1))
         print(markdown(table))

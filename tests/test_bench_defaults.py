@@ -4,6 +4,7 @@ data set, and one tiny run goes through the public CLI, the summary and the pair
 from __future__ import annotations
 
 import importlib.util
+import json
 import subprocess
 import sys
 
@@ -101,3 +102,14 @@ def test_summary_merges_and_never_drops_rows_of_other_runs(bench, tmp_path):
                          {**row, "stage": "screen", "dataset": "y", "arm": "b", "seed": 0, "val_mrr": 0.3}], path)
     got = {(r["dataset"], r["arm"]): r["val_mrr"] for r in bench.read_summary(path)}
     assert got == {("x", "a"): "0.1", ("y", "a"): "0.25000", ("y", "b"): "0.30000"}
+
+
+def test_comparison_file_keeps_earlier_comparisons(bench, tmp_path):
+    """Catches `compare` overwriting the stored comparison: the seed-0 intervals of other arms would be lost when
+    seed 1 of one arm is compared; the same pair compared again replaces its row instead of adding a second one."""
+    path = tmp_path / "screen-compare-validation.json"
+    row = {"dataset": "x", "split": "validation", "reference": "a", "seeds": "seed 0", "mrr": 0.1}
+    bench.write_comparison([{**row, "arm": "b"}, {**row, "arm": "c"}], path)
+    bench.write_comparison([{**row, "arm": "b", "mrr": 0.2}, {**row, "arm": "b", "seeds": "seed 1"}], path)
+    stored = {(r["arm"], r["seeds"]): r["mrr"] for r in json.loads(path.read_text())}
+    assert stored == {("c", "seed 0"): 0.1, ("b", "seed 0"): 0.2, ("b", "seed 1"): 0.1}

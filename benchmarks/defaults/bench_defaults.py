@@ -280,13 +280,26 @@ def compare(stage: str, reference: str, arms: list[str], seeds: list[int], data_
             for label, pick in [*((f"seed {s}", [i]) for i, s in enumerate(seeds)), *pooled]:
                 a = torch.cat([ranks[reference][i] for i in pick])
                 b = torch.cat([ranks[arm][i] for i in pick])
-                row: dict[str, object] = {"dataset": dataset, "split": split, "arm": arm, "seeds": label}
+                row: dict[str, object] = {"dataset": dataset, "split": split, "reference": reference, "arm": arm,
+                                          "seeds": label}
                 for name in metrics:
                     result = paired_bootstrap(a, b, metric=per_user_metric(name), num_samples=samples)
                     row.update({f"{name} ref": result["a"], f"{name}": result["b"], f"{name} Δ": result["relative"],
                                 f"{name} low": result["relative_low"], f"{name} high": result["relative_high"]})
                 rows.append(row)
     return rows
+
+
+def write_comparison(rows: list[dict[str, object]], path: Path) -> None:
+    """Merge `rows` into the comparison file at `path`: a pair compared again (same data set, split, reference, arm
+    and seeds) replaces its row; every other comparison already there is kept."""
+    def key(row: dict) -> tuple[object, ...]:
+        return row["dataset"], row["split"], row.get("reference"), row["arm"], row["seeds"]
+
+    replaced = {key(row) for row in rows}
+    kept = [row for row in (json.loads(path.read_text()) if path.exists() else []) if key(row) not in replaced]
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps([*kept, *rows], indent=1))
 
 
 def _cached_ranks(folder: Path, source: str, split: str, saved_model_ranks, torch):  # noqa: ANN001, ANN202
@@ -347,8 +360,7 @@ def main() -> None:
         if not args.reference or not args.arms:
             parser.error("compare needs --reference ARM and --arms ARM ...")
         table = compare(args.stage, args.reference, args.arms, args.seeds or [0], args.data_dir, args.out, split=args.split)
-        RESULTS.mkdir(parents=True, exist_ok=True)
-        (RESULTS / f"{args.stage}-compare-{args.split}.json").write_text(json.dumps(table, indent=1))
+        write_comparison(table, RESULTS / f"{args.stage}-compare-{args.split}.json")
         print(markdown(table))
 
 

@@ -188,17 +188,22 @@ def summarize(run: Run, out: Path) -> dict[str, object] | None:
     }
 
 
-def write_summary(rows: list[dict[str, object]], path: Path) -> None:
-    """Merge `rows` into the summary at `path`: a run summarised again replaces its own row, and the rows of runs
-    whose folders are not in this `--out` (another machine's, a deleted folder's) are kept, never dropped."""
+def merge_rows(stored: list[dict], fresh: list[dict], fields: tuple[str, ...]) -> list[dict]:
+    """`stored` without the rows that a row of `fresh` replaces (the same values of `fields`), then `fresh`: results
+    files are merged, so rows made elsewhere (another `--out`, a deleted run folder) are never dropped."""
     def key(row: dict) -> tuple[str, ...]:
-        return str(row["stage"]), str(row["dataset"]), str(row["arm"]), str(row["seed"])
+        return tuple(str(row.get(field)) for field in fields)
 
+    replaced = {key(row) for row in fresh}
+    return [*(row for row in stored if key(row) not in replaced), *fresh]
+
+
+def write_summary(rows: list[dict[str, object]], path: Path) -> None:
+    """Merge `rows` into the summary at `path`: a run summarised again replaces its own row (`merge_rows`)."""
     fresh = [{name: (f"{value:.5f}" if isinstance(value, float) else value) for name, value in row.items()}
              for row in rows]
-    replaced = {key(row) for row in fresh}
-    kept = [row for row in (read_summary(path) if path.exists() else []) if key(row) not in replaced]
-    merged = sorted([*kept, *fresh], key=lambda row: (row["stage"], row["dataset"], row["arm"], int(row["seed"])))
+    merged = merge_rows(read_summary(path) if path.exists() else [], fresh, ("stage", "dataset", "arm", "seed"))
+    merged.sort(key=lambda row: (row["stage"], row["dataset"], row["arm"], int(row["seed"])))
     path.parent.mkdir(parents=True, exist_ok=True)
     with path.open("w", newline="") as handle:
         writer = csv.DictWriter(handle, fieldnames=SUMMARY_FIELDS)
@@ -292,14 +297,11 @@ def compare(stage: str, reference: str, arms: list[str], seeds: list[int], data_
 
 def write_comparison(rows: list[dict[str, object]], path: Path) -> None:
     """Merge `rows` into the comparison file at `path`: a pair compared again (same data set, split, reference, arm
-    and seeds) replaces its row; every other comparison already there is kept."""
-    def key(row: dict) -> tuple[object, ...]:
-        return row["dataset"], row["split"], row.get("reference"), row["arm"], row["seeds"]
-
-    replaced = {key(row) for row in rows}
-    kept = [row for row in (json.loads(path.read_text()) if path.exists() else []) if key(row) not in replaced]
+    and seeds) replaces its row; every other comparison already there is kept (`merge_rows`)."""
+    stored = json.loads(path.read_text()) if path.exists() else []
+    merged = merge_rows(stored, rows, ("dataset", "split", "reference", "arm", "seeds"))
     path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps([*kept, *rows], indent=1))
+    path.write_text(json.dumps(merged, indent=1))
 
 
 def _cached_ranks(folder: Path, source: str, split: str, saved_model_ranks, torch):  # noqa: ANN001, ANN202

@@ -335,8 +335,9 @@ def main() -> None:
             parse_arm(arm)
         except ValueError as error:
             parser.error(str(error))
+    run_seeds = args.seeds or [0]  # what run / compare train and pair; select reads args.seeds (None: every seed)
     runs = [Run(args.stage, dataset, arm, seed, args.minutes)
-            for seed in (args.seeds or [0]) for arm in args.arms for dataset in args.datasets]
+            for seed in run_seeds for arm in args.arms for dataset in args.datasets]
     summary_path = RESULTS / f"{args.stage}.csv"
     if args.action == "commands":
         print("\n".join(" ".join(command(run, args.data_dir, args.out)) for run in runs))
@@ -361,7 +362,7 @@ def main() -> None:
     elif args.action == "compare":
         if not args.reference or not args.arms:
             parser.error("compare needs --reference ARM and --arms ARM ...")
-        table = compare(args.stage, args.reference, args.arms, args.seeds or [0], args.data_dir, args.out, split=args.split)
+        table = compare(args.stage, args.reference, args.arms, run_seeds, args.data_dir, args.out, split=args.split)
         write_comparison(table, RESULTS / f"{args.stage}-compare-{args.split}.json")
         print(markdown(table))
 
